@@ -1,0 +1,757 @@
+//! The log: open, append with group commit, truncate, close.
+//!
+//! Appenders copy their records into the active segment's mapping under one
+//! short lock (no I/O on that path except when a segment rolls), then wait
+//! for the flusher thread. The flusher takes everything written since its
+//! last flush, issues one msync for all of it, publishes the new durable
+//! LSN and wakes every waiter: one flush serves a whole batch of appenders.
+
+use std::any::Any;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use parking_lot::{Condvar, Mutex, RwLock};
+
+use crate::format::{
+    encode_record_header, record_size_bytes, CleanMarker, LSN_FIRST, RECORD_FLAG_BATCH_CONTINUES,
+    RECORD_HEADER_SIZE_BYTES, SEGMENT_HEADER_SIZE_BYTES,
+};
+use crate::reader::{LogReader, Tailer};
+use crate::recovery::{
+    scan_segment, segment_files, trust_clean_marker, OpenReport, SegmentEnd, CLEAN_MARKER_FILE_NAME,
+};
+use crate::segment::{Segment, SegmentOpen};
+use crate::storage::Storage;
+use crate::{Durability, LogError, LogOptions, Lsn};
+
+/// Records in one `append_batch` call: bounds the stack work and the time
+/// the writer lock is held.
+pub const BATCH_RECORDS_MAX: usize = 65_536;
+
+/// A segmented, memory-mapped, append-only log. See the crate docs.
+///
+/// `Log` is `Sync`: share it (`&Log` or `Arc<Log>`) between threads and
+/// tasks; appends from all of them are group-committed.
+pub struct Log {
+    shared: Arc<Shared>,
+    flusher: Option<JoinHandle<()>>,
+    report: OpenReport,
+}
+
+/// A failure that stopped the log: kept so every later call can report it.
+#[derive(Clone)]
+pub(crate) struct FailStop {
+    operation: &'static str,
+    path: PathBuf,
+    source: Arc<std::io::Error>,
+}
+
+impl FailStop {
+    fn new(operation: &'static str, path: &Path, source: std::io::Error) -> FailStop {
+        tracing::error!(operation, path = %path.display(), error = %source, "log fail-stopped");
+        FailStop {
+            operation,
+            path: path.to_path_buf(),
+            source: Arc::new(source),
+        }
+    }
+
+    fn to_error(&self) -> LogError {
+        LogError::FailStopped {
+            operation: self.operation,
+            path: self.path.clone(),
+            source: self.source.clone(),
+        }
+    }
+}
+
+/// State shared by the log handle, the flusher thread, readers and tailers.
+pub(crate) struct Shared {
+    pub dir: PathBuf,
+    pub storage: Arc<dyn Storage>,
+    pub options: LogOptions,
+    /// Every retained segment, ordered by base LSN; never empty.
+    pub segments: RwLock<Vec<Arc<Segment>>>,
+    pub first_lsn: AtomicU64,
+    /// Records below this LSN are readable: durable under `EveryBatch`,
+    /// written under the other modes.
+    pub visible_lsn: AtomicU64,
+    /// Records below this LSN are durable.
+    durable_lsn: AtomicU64,
+    writer: Mutex<WriterState>,
+    sync: Mutex<SyncState>,
+    /// Appenders waiting for `durable_lsn`.
+    sync_waiters: Condvar,
+    /// The flusher waiting for work.
+    flusher_wake: Condvar,
+    pub tail_notify: tokio::sync::Notify,
+    pub tail_waiting: AtomicUsize,
+    _lock: Option<Box<dyn Any + Send + Sync>>,
+}
+
+struct WriterState {
+    active: Arc<Segment>,
+    write_offset: u64,
+    /// Offset in `active` up to which a flush has been started.
+    flush_offset: u64,
+    next_lsn: Lsn,
+    failed: Option<FailStop>,
+    closed: bool,
+}
+
+#[derive(Default)]
+struct SyncState {
+    requested: bool,
+    shutdown: bool,
+    failed: Option<FailStop>,
+}
+
+impl Log {
+    /// Opens (or creates) the log in `dir`.
+    ///
+    /// A torn tail is cut off and reported in [`Log::open_report`]; damage
+    /// anywhere else is an error naming the file and offset.
+    ///
+    /// ```
+    /// use skald_log::{Log, LogOptions};
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let log = Log::open(dir.path(), LogOptions::default()).unwrap();
+    /// let lsn = log.append(b"order created").unwrap();
+    /// let mut reader = log.read_from(lsn).unwrap();
+    /// assert_eq!(reader.read_next().unwrap().unwrap().payload, b"order created");
+    /// log.close().unwrap();
+    /// ```
+    pub fn open(dir: impl AsRef<Path>, options: LogOptions) -> Result<Log, LogError> {
+        options.validate()?;
+        let dir = dir.as_ref().to_path_buf();
+        let storage = options.storage.clone();
+        let writable = !options.read_only;
+        let lock = if writable {
+            storage
+                .create_dir_all(&dir)
+                .map_err(|e| LogError::io("create log directory", &dir, e))?;
+            let lock = storage
+                .lock_dir(&dir)
+                .map_err(|e| LogError::io("lock log directory", &dir, e))?;
+            Some(lock.ok_or_else(|| LogError::Locked { dir: dir.clone() })?)
+        } else {
+            None
+        };
+        let names = storage.list_dir(&dir).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => LogError::NotFound { dir: dir.clone() },
+            _ => LogError::io("list log directory", &dir, e),
+        })?;
+        let mut report = OpenReport {
+            segments: 0,
+            first_lsn: LSN_FIRST,
+            next_lsn: LSN_FIRST,
+            clean_close: false,
+            torn_tail: None,
+            removed_segment: None,
+        };
+        let mut segments = open_segments(&*storage, &dir, &names, writable, &mut report)?;
+        let end = if segments.is_empty() {
+            if !writable {
+                return Err(LogError::NotFound { dir });
+            }
+            let segment = Segment::create(
+                &*storage,
+                &dir,
+                LSN_FIRST,
+                options.epoch,
+                options.segment_size_bytes,
+            )
+            .map_err(|e| LogError::io("create segment", &dir, e))?;
+            storage
+                .sync_dir(&dir)
+                .map_err(|e| LogError::io("sync log directory", &dir, e))?;
+            segments.push(Arc::new(segment));
+            SegmentEnd {
+                offset: SEGMENT_HEADER_SIZE_BYTES,
+                next_lsn: LSN_FIRST,
+                torn: None,
+            }
+        } else {
+            find_end(
+                &*storage,
+                &dir,
+                segments.last().expect("not empty"),
+                writable,
+                &mut report,
+            )?
+        };
+        let active = segments.last().expect("not empty").clone();
+        report.segments = segments.len();
+        report.first_lsn = segments[0].base_lsn();
+        report.next_lsn = end.next_lsn;
+        if let Some(torn) = &end.torn {
+            tracing::warn!(
+                path = %torn.path.display(), offset = torn.offset, lsn = torn.lsn,
+                bytes = torn.bytes_discarded, reason = %torn.reason,
+                "cut a torn tail off the log"
+            );
+            if writable {
+                zero_torn_tail(&active, torn.offset, torn.offset + torn.bytes_discarded)?;
+            }
+            report.torn_tail = end.torn.clone();
+        }
+        let shared = Arc::new(Shared {
+            dir,
+            storage,
+            segments: RwLock::new(segments),
+            first_lsn: AtomicU64::new(report.first_lsn),
+            visible_lsn: AtomicU64::new(end.next_lsn),
+            durable_lsn: AtomicU64::new(end.next_lsn),
+            writer: Mutex::new(WriterState {
+                active,
+                write_offset: end.offset,
+                flush_offset: end.offset,
+                next_lsn: end.next_lsn,
+                failed: None,
+                closed: !writable,
+            }),
+            sync: Mutex::new(SyncState::default()),
+            sync_waiters: Condvar::new(),
+            flusher_wake: Condvar::new(),
+            tail_notify: tokio::sync::Notify::new(),
+            tail_waiting: AtomicUsize::new(0),
+            _lock: lock,
+            options,
+        });
+        let flusher = match (writable, shared.options.durability) {
+            (true, Durability::EveryBatch | Durability::Periodic(_)) => {
+                let flusher_shared = shared.clone();
+                Some(
+                    std::thread::Builder::new()
+                        .name("skald-log-flusher".into())
+                        .spawn(move || flusher_shared.run_flusher())
+                        .map_err(|e| LogError::io("start flusher thread", &shared.dir, e))?,
+                )
+            }
+            _ => None,
+        };
+        Ok(Log {
+            shared,
+            flusher,
+            report,
+        })
+    }
+
+    /// What opening found: segments, LSN range, and anything cut off.
+    pub fn open_report(&self) -> &OpenReport {
+        &self.report
+    }
+
+    /// The log directory.
+    pub fn dir(&self) -> &Path {
+        &self.shared.dir
+    }
+
+    /// Oldest retained LSN.
+    pub fn first_lsn(&self) -> Lsn {
+        self.shared.first_lsn.load(Ordering::Acquire)
+    }
+
+    /// LSN the next append gets.
+    pub fn next_lsn(&self) -> Lsn {
+        self.shared.writer.lock().next_lsn
+    }
+
+    /// Records below this LSN are readable.
+    pub fn visible_lsn(&self) -> Lsn {
+        self.shared.visible_lsn.load(Ordering::Acquire)
+    }
+
+    /// Records below this LSN are durable.
+    pub fn durable_lsn(&self) -> Lsn {
+        self.shared.durable_lsn.load(Ordering::Acquire)
+    }
+
+    /// Number of segment files.
+    pub fn segment_count(&self) -> usize {
+        self.shared.segments.read().len()
+    }
+
+    /// Appends one record and returns its LSN once it is durable under the
+    /// log's [`Durability`].
+    pub fn append(&self, payload: &[u8]) -> Result<Lsn, LogError> {
+        self.append_batch(&[payload])
+    }
+
+    /// Appends records atomically: after a crash either all of them are in
+    /// the log or none. Returns the LSN of the first; the rest follow
+    /// densely. The batch must fit in one segment.
+    pub fn append_batch(&self, payloads: &[&[u8]]) -> Result<Lsn, LogError> {
+        let last = self.shared.write_batch(payloads)?;
+        if self.shared.options.durability == Durability::EveryBatch {
+            self.shared.wait_durable(last)?;
+        }
+        Ok(last + 1 - payloads.len() as u64)
+    }
+
+    /// [`Log::append`] for async callers: the wait for the flush does not
+    /// block the executor thread.
+    pub async fn append_async(&self, payload: &[u8]) -> Result<Lsn, LogError> {
+        self.append_batch_async(&[payload]).await
+    }
+
+    /// [`Log::append_batch`] for async callers.
+    pub async fn append_batch_async(&self, payloads: &[&[u8]]) -> Result<Lsn, LogError> {
+        let last = self.shared.write_batch(payloads)?;
+        if self.shared.options.durability == Durability::EveryBatch {
+            self.shared.request_flush();
+            let mut waiter = Tailer::waiting_for(self.shared.clone(), last + 1);
+            waiter.wait_visible().await?;
+            // A fail-stop may have woken us without the record being durable.
+            if self.shared.durable_lsn.load(Ordering::Acquire) <= last {
+                return Err(self.shared.failure().unwrap_or(LogError::Closed));
+            }
+        }
+        Ok(last + 1 - payloads.len() as u64)
+    }
+
+    /// A reader positioned at `lsn`, which must lie between the first
+    /// retained LSN and the visible end (inclusive).
+    pub fn read_from(&self, lsn: Lsn) -> Result<LogReader, LogError> {
+        LogReader::new(self.shared.clone(), lsn)
+    }
+
+    /// A tailing reader from `lsn`: `next().await` waits for new records
+    /// without polling.
+    pub fn tail_from(&self, lsn: Lsn) -> Result<Tailer, LogError> {
+        Ok(Tailer::new(LogReader::new(self.shared.clone(), lsn)?))
+    }
+
+    /// Deletes every whole segment whose records all lie below `lsn`. The
+    /// active segment is never deleted. Returns the new first LSN.
+    pub fn truncate_prefix(&self, lsn: Lsn) -> Result<Lsn, LogError> {
+        if self.shared.options.read_only {
+            return Err(LogError::InvalidOptions("the log was opened read-only"));
+        }
+        let doomed: Vec<Arc<Segment>> = {
+            let mut segments = self.shared.segments.write();
+            let count = segments
+                .windows(2)
+                .take_while(|pair| pair[1].base_lsn() <= lsn)
+                .count();
+            let doomed = segments.drain(..count).collect();
+            self.shared
+                .first_lsn
+                .store(segments[0].base_lsn(), Ordering::Release);
+            doomed
+        };
+        // Oldest first, each removal made durable before the next, so a
+        // crash leaves a contiguous suffix of segments, never a gap.
+        for segment in doomed {
+            self.shared
+                .storage
+                .remove_file(&segment.path)
+                .map_err(|e| LogError::io("remove segment", &segment.path, e))?;
+            self.shared
+                .storage
+                .sync_dir(&self.shared.dir)
+                .map_err(|e| LogError::io("sync log directory", &self.shared.dir, e))?;
+        }
+        Ok(self.first_lsn())
+    }
+
+    /// Flushes everything, stops the flusher and records a clean close so
+    /// the next open need not scan the tail.
+    pub fn close(mut self) -> Result<(), LogError> {
+        self.stop_flusher();
+        if self.shared.options.read_only {
+            return Ok(());
+        }
+        let mut writer = self.shared.writer.lock();
+        if let Some(failure) = &writer.failed {
+            return Err(failure.to_error());
+        }
+        writer.closed = true;
+        let target = self.shared.flush_written(&mut writer)?;
+        self.shared.publish_durable(target);
+        let marker = CleanMarker {
+            segment_base_lsn: writer.active.base_lsn(),
+            end_offset: writer.write_offset,
+            next_lsn: writer.next_lsn,
+        };
+        let path = self.shared.dir.join(CLEAN_MARKER_FILE_NAME);
+        self.shared
+            .storage
+            .write_small_file(&path, &marker.encode())
+            .and_then(|()| self.shared.storage.sync_dir(&self.shared.dir))
+            .map_err(|e| LogError::io("write clean-close marker", &path, e))
+    }
+
+    fn stop_flusher(&mut self) {
+        {
+            let mut sync = self.shared.sync.lock();
+            sync.shutdown = true;
+            self.shared.flusher_wake.notify_all();
+        }
+        if let Some(flusher) = self.flusher.take() {
+            // A panic in the flusher already fail-stopped nothing useful;
+            // surface it rather than hide it.
+            flusher.join().expect("flusher thread panicked");
+        }
+    }
+}
+
+impl Drop for Log {
+    /// Dropping without [`Log::close`] stops the flusher after a last flush
+    /// but leaves no clean-close marker: the next open scans the tail.
+    fn drop(&mut self) {
+        self.stop_flusher();
+        let mut writer = self.shared.writer.lock();
+        writer.closed = true;
+        self.shared.sync.lock().shutdown = true;
+        self.shared.sync_waiters.notify_all();
+        drop(writer);
+        self.shared.tail_notify.notify_waiters();
+    }
+}
+
+impl Shared {
+    /// Copies a batch into the active segment; returns the last LSN.
+    fn write_batch(&self, payloads: &[&[u8]]) -> Result<Lsn, LogError> {
+        if payloads.is_empty() || payloads.len() > BATCH_RECORDS_MAX {
+            return Err(LogError::InvalidOptions(
+                "a batch holds between 1 and BATCH_RECORDS_MAX records",
+            ));
+        }
+        let record_max = self.options.record_size_bytes_max();
+        let mut batch_size = 0u64;
+        for payload in payloads {
+            if payload.len() as u64 > record_max {
+                return Err(LogError::RecordTooLarge {
+                    size_bytes: payload.len() as u64,
+                    max_bytes: record_max,
+                });
+            }
+            batch_size += record_size_bytes(payload.len() as u64);
+        }
+        let segment_capacity = self.options.segment_size_bytes - SEGMENT_HEADER_SIZE_BYTES;
+        if batch_size > segment_capacity {
+            return Err(LogError::BatchTooLarge {
+                size_bytes: batch_size,
+                records: payloads.len(),
+                max_bytes: segment_capacity,
+            });
+        }
+        let mut writer = self.writer.lock();
+        if let Some(failure) = &writer.failed {
+            return Err(failure.to_error());
+        }
+        if writer.closed {
+            return Err(if self.options.read_only {
+                LogError::InvalidOptions("the log was opened read-only")
+            } else {
+                LogError::Closed
+            });
+        }
+        if writer.write_offset + batch_size > writer.active.size_bytes() {
+            self.roll(&mut writer)?;
+        }
+        let durable = self.durable_lsn.load(Ordering::Acquire);
+        let mut header = [0u8; RECORD_HEADER_SIZE_BYTES as usize];
+        let mut offset = writer.write_offset;
+        let first = writer.next_lsn;
+        for (index, payload) in payloads.iter().enumerate() {
+            let lsn = first + index as u64;
+            let flags = if index + 1 < payloads.len() {
+                RECORD_FLAG_BATCH_CONTINUES
+            } else {
+                0
+            };
+            encode_record_header(&mut header, lsn, durable, flags, payload);
+            // SAFETY: bytes at and past `write_offset` are read by no one
+            // (readers stop at the visible LSN, whose records end before
+            // it) and written only under this lock.
+            unsafe {
+                writer.active.file.write(offset, &header);
+                writer
+                    .active
+                    .file
+                    .write(offset + RECORD_HEADER_SIZE_BYTES, payload);
+            }
+            offset += record_size_bytes(payload.len() as u64);
+        }
+        debug_assert_eq!(offset - writer.write_offset, batch_size);
+        writer.write_offset = offset;
+        writer.next_lsn = first + payloads.len() as u64;
+        let last = writer.next_lsn - 1;
+        if self.options.durability != Durability::EveryBatch {
+            self.publish_visible(writer.next_lsn);
+        }
+        Ok(last)
+    }
+
+    /// Starts a new segment at the writer's next LSN. The old segment is
+    /// flushed first, so a record in a segment implies that every earlier
+    /// segment is complete on disk (recovery scans only the last one).
+    fn roll(&self, writer: &mut WriterState) -> Result<(), LogError> {
+        let old = writer.active.clone();
+        // Flush from the header, not from `flush_offset`: a concurrent
+        // flusher round may still be writing an earlier range, and msync of
+        // the whole range waits for it.
+        if let Err(error) = old.file.flush(
+            SEGMENT_HEADER_SIZE_BYTES,
+            writer.write_offset - SEGMENT_HEADER_SIZE_BYTES,
+        ) {
+            return Err(self.fail(writer, FailStop::new("flush", &old.path, error)));
+        }
+        let segment = match Segment::create(
+            &*self.storage,
+            &self.dir,
+            writer.next_lsn,
+            self.options.epoch,
+            self.options.segment_size_bytes,
+        ) {
+            Ok(segment) => Arc::new(segment),
+            Err(error) => {
+                return Err(self.fail(writer, FailStop::new("create segment", &self.dir, error)))
+            }
+        };
+        if let Err(error) = self.storage.sync_dir(&self.dir) {
+            return Err(self.fail(writer, FailStop::new("sync directory", &self.dir, error)));
+        }
+        self.segments.write().push(segment.clone());
+        writer.active = segment;
+        writer.write_offset = SEGMENT_HEADER_SIZE_BYTES;
+        writer.flush_offset = SEGMENT_HEADER_SIZE_BYTES;
+        Ok(())
+    }
+
+    /// Records a fail-stop; every later append and every waiter gets it.
+    fn fail(&self, writer: &mut WriterState, failure: FailStop) -> LogError {
+        let error = failure.to_error();
+        writer.failed.get_or_insert(failure.clone());
+        let mut sync = self.sync.lock();
+        sync.failed.get_or_insert(failure);
+        self.sync_waiters.notify_all();
+        drop(sync);
+        self.tail_notify.notify_waiters();
+        error
+    }
+
+    fn failure(&self) -> Option<LogError> {
+        self.sync.lock().failed.as_ref().map(FailStop::to_error)
+    }
+
+    fn request_flush(&self) {
+        let mut sync = self.sync.lock();
+        if !sync.requested {
+            sync.requested = true;
+            self.flusher_wake.notify_one();
+        }
+    }
+
+    /// Blocks until `lsn` is durable or the log fails.
+    fn wait_durable(&self, lsn: Lsn) -> Result<(), LogError> {
+        let mut sync = self.sync.lock();
+        loop {
+            if self.durable_lsn.load(Ordering::Acquire) > lsn {
+                return Ok(());
+            }
+            if let Some(failure) = &sync.failed {
+                return Err(failure.to_error());
+            }
+            if sync.shutdown {
+                return Err(LogError::Closed);
+            }
+            if !sync.requested {
+                sync.requested = true;
+                self.flusher_wake.notify_one();
+            }
+            self.sync_waiters.wait(&mut sync);
+        }
+    }
+
+    /// The flusher thread: one msync per round covers everything written
+    /// since the previous round.
+    fn run_flusher(&self) {
+        let interval = match self.options.durability {
+            Durability::Periodic(interval) => Some(interval),
+            _ => None,
+        };
+        loop {
+            let shutdown = {
+                let mut sync = self.sync.lock();
+                match interval {
+                    Some(interval) => {
+                        if !sync.shutdown && !sync.requested {
+                            self.flusher_wake.wait_for(&mut sync, interval);
+                        }
+                    }
+                    None => {
+                        while !sync.requested && !sync.shutdown {
+                            self.flusher_wake.wait(&mut sync);
+                        }
+                    }
+                }
+                sync.requested = false;
+                sync.shutdown
+            };
+            let mut writer = self.writer.lock();
+            if writer.failed.is_some() {
+                return;
+            }
+            let result = self.flush_written(&mut writer);
+            match result {
+                Ok(target) => self.publish_durable(target),
+                Err(_) => return,
+            }
+            if shutdown {
+                return;
+            }
+        }
+    }
+
+    /// Flushes everything written so far; returns the LSN below which all
+    /// records are now durable. The writer lock is released during the
+    /// msync so appenders keep writing into the next batch.
+    fn flush_written(
+        &self,
+        writer: &mut parking_lot::MutexGuard<'_, WriterState>,
+    ) -> Result<Lsn, LogError> {
+        let segment = writer.active.clone();
+        let (from, to, target) = (writer.flush_offset, writer.write_offset, writer.next_lsn);
+        writer.flush_offset = to;
+        let result =
+            parking_lot::MutexGuard::unlocked(writer, || segment.file.flush(from, to - from));
+        match result {
+            Ok(()) => Ok(target),
+            Err(error) => Err(self.fail(writer, FailStop::new("flush", &segment.path, error))),
+        }
+    }
+
+    fn publish_durable(&self, target: Lsn) {
+        let sync = self.sync.lock();
+        let previous = self.durable_lsn.fetch_max(target, Ordering::AcqRel);
+        debug_assert!(previous <= target || previous == target);
+        self.sync_waiters.notify_all();
+        drop(sync);
+        if self.options.durability == Durability::EveryBatch {
+            self.publish_visible(target);
+        }
+    }
+
+    fn publish_visible(&self, lsn: Lsn) {
+        // SeqCst pairs with the tailer's registration (see reader.rs), so a
+        // tailer either sees the new LSN or is woken.
+        self.visible_lsn.fetch_max(lsn, Ordering::SeqCst);
+        if self.tail_waiting.load(Ordering::SeqCst) > 0 {
+            self.tail_notify.notify_waiters();
+        }
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        let sync = self.sync.lock();
+        sync.shutdown || sync.failed.is_some()
+    }
+}
+
+/// Opens every segment file, removing a last segment whose creation was
+/// torn. Any other unreadable header is an error.
+fn open_segments(
+    storage: &dyn Storage,
+    dir: &Path,
+    names: &[String],
+    writable: bool,
+    report: &mut OpenReport,
+) -> Result<Vec<Arc<Segment>>, LogError> {
+    let files = segment_files(dir, names);
+    let mut segments = Vec::with_capacity(files.len());
+    for (index, (base_lsn, path)) in files.iter().enumerate() {
+        match Segment::open(storage, path, *base_lsn, writable)? {
+            SegmentOpen::Sound(segment) => segments.push(Arc::new(segment)),
+            SegmentOpen::BadHeader {
+                body_zero: true,
+                damage,
+            } if index + 1 == files.len() => {
+                // Torn while being created: nothing was ever written after
+                // the header, because records go in only once the header and
+                // the directory entry are durable.
+                tracing::warn!(path = %path.display(), %damage, "removing a segment torn while being created");
+                if writable {
+                    storage
+                        .remove_file(path)
+                        .and_then(|()| storage.sync_dir(dir))
+                        .map_err(|e| LogError::io("remove torn segment", path, e))?;
+                }
+                report.removed_segment = Some(path.clone());
+            }
+            SegmentOpen::BadHeader { damage, .. } => {
+                return Err(LogError::CorruptSegmentHeader {
+                    path: path.clone(),
+                    damage,
+                })
+            }
+        }
+    }
+    Ok(segments)
+}
+
+/// Finds the end of the last segment: from the clean-close marker if it is
+/// sound (and, when writable, removes it before anything new is written),
+/// else by scanning.
+fn find_end(
+    storage: &dyn Storage,
+    dir: &Path,
+    last: &Segment,
+    writable: bool,
+    report: &mut OpenReport,
+) -> Result<SegmentEnd, LogError> {
+    let marker_path = dir.join(CLEAN_MARKER_FILE_NAME);
+    let marker = storage
+        .read_small_file(&marker_path)
+        .map_err(|e| LogError::io("read clean-close marker", &marker_path, e))?;
+    let Some(marker_bytes) = marker else {
+        return scan_segment(last);
+    };
+    if writable {
+        // The marker describes the log as it is now; the first new append
+        // would make it a lie, so it goes before anything is written.
+        storage
+            .remove_file(&marker_path)
+            .and_then(|()| storage.sync_dir(dir))
+            .map_err(|e| LogError::io("remove clean-close marker", &marker_path, e))?;
+    }
+    let trusted =
+        CleanMarker::decode(&marker_bytes).and_then(|marker| trust_clean_marker(&marker, last));
+    match trusted {
+        Some(end) => {
+            report.clean_close = true;
+            Ok(end)
+        }
+        None => {
+            tracing::warn!(path = %marker_path.display(), "clean-close marker does not match the log; scanning");
+            scan_segment(last)
+        }
+    }
+}
+
+/// Zeroes the cut-off bytes of a torn tail, durably, so that stale records
+/// there can never be mistaken for new ones by a later recovery.
+fn zero_torn_tail(segment: &Segment, from: u64, to: u64) -> Result<(), LogError> {
+    const ZERO_CHUNK_BYTES: u64 = 64 << 10;
+    let zeros = [0u8; ZERO_CHUNK_BYTES as usize];
+    let mut offset = from;
+    while offset < to {
+        let length = (to - offset).min(ZERO_CHUNK_BYTES);
+        // SAFETY: no reader or writer exists yet during open.
+        unsafe { segment.file.write(offset, &zeros[..length as usize]) };
+        offset += length;
+    }
+    segment
+        .file
+        .flush(from, to - from)
+        .map_err(|e| LogError::io("zero torn tail", &segment.path, e))
+}
+
+#[allow(dead_code)]
+fn _assert_sync() {
+    fn is_sync<T: Sync + Send>() {}
+    is_sync::<Log>();
+}

@@ -1,0 +1,450 @@
+//! A simulated disk for power-cut and fault tests.
+//!
+//! Every file has two images: what the process sees (`content`) and what
+//! would survive a power cut (`durable`). Writes touch only `content`; a
+//! flush copies its byte range to `durable`. Directory entries are the same:
+//! creations and removals become durable only at `sync_dir`. A power cut
+//! rebuilds every file from its durable image, optionally keeping a random
+//! subset of the unflushed 4 KiB pages (a torn write), and forgets every
+//! entry the directory never synced.
+
+use std::any::Any;
+use std::collections::{BTreeMap, BTreeSet};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use super::{SegmentFile, Storage};
+
+/// Granularity at which a power cut tears unflushed data.
+pub const SIM_PAGE_SIZE_BYTES: u64 = 4096;
+
+/// What a simulated power cut does to data that was written but not flushed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PowerCut {
+    /// Every unflushed page is lost.
+    DropUnflushed,
+    /// Each unflushed 4 KiB page independently survives or is lost, chosen
+    /// by a generator seeded with `seed`.
+    TearUnflushed { seed: u64 },
+}
+
+/// An I/O fault the simulated disk injects until cleared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SimFault {
+    /// Every flush fails with EIO (and flushes nothing).
+    FlushEio,
+    /// Creating a segment fails with ENOSPC.
+    CreateEnospc,
+}
+
+#[derive(Default)]
+struct Faults {
+    flush_eio: AtomicBool,
+    create_enospc: AtomicBool,
+}
+
+/// A simulated disk; cheap to clone (clones share the disk).
+#[derive(Clone, Default)]
+pub struct SimStorage {
+    state: Arc<Mutex<SimState>>,
+    faults: Arc<Faults>,
+}
+
+#[derive(Default)]
+struct SimState {
+    directories: BTreeSet<PathBuf>,
+    files: BTreeMap<PathBuf, Arc<SimFile>>,
+    durable_files: BTreeMap<PathBuf, Arc<SimFile>>,
+    locked: BTreeSet<PathBuf>,
+}
+
+impl SimStorage {
+    /// An empty simulated disk.
+    pub fn new() -> SimStorage {
+        SimStorage::default()
+    }
+
+    /// Starts injecting `fault`.
+    pub fn inject(&self, fault: SimFault) {
+        self.fault_flag(fault).store(true, Ordering::SeqCst);
+    }
+
+    /// Stops injecting `fault`.
+    pub fn clear(&self, fault: SimFault) {
+        self.fault_flag(fault).store(false, Ordering::SeqCst);
+    }
+
+    fn fault_flag(&self, fault: SimFault) -> &AtomicBool {
+        match fault {
+            SimFault::FlushEio => &self.faults.flush_eio,
+            SimFault::CreateEnospc => &self.faults.create_enospc,
+        }
+    }
+
+    /// Cuts the power: afterwards the disk holds only what was durable
+    /// (plus, for [`PowerCut::TearUnflushed`], a random subset of unflushed
+    /// pages), and every lock is released as if the process died.
+    ///
+    /// Handles opened before the cut keep working on detached copies, so a
+    /// log that is still alive can be dropped afterwards without touching
+    /// the new state. Returns the number of unflushed pages that were lost.
+    pub fn power_cut(&self, cut: PowerCut) -> usize {
+        let mut state = self.state.lock();
+        let mut rng = match cut {
+            PowerCut::DropUnflushed => None,
+            PowerCut::TearUnflushed { seed } => Some(StdRng::seed_from_u64(seed)),
+        };
+        let mut pages_lost = 0;
+        let mut survivors = BTreeMap::new();
+        for (path, file) in &state.durable_files {
+            let (image, lost) = file.image_after_cut(rng.as_mut());
+            pages_lost += lost;
+            survivors.insert(
+                path.clone(),
+                Arc::new(SimFile::new(image, self.faults.clone())),
+            );
+        }
+        state.files = survivors.clone();
+        state.durable_files = survivors;
+        state.locked.clear();
+        pages_lost
+    }
+
+    /// The current (not necessarily durable) bytes of a file, for tests that
+    /// damage files on purpose.
+    pub fn file_bytes(&self, path: &Path) -> Option<Vec<u8>> {
+        let state = self.state.lock();
+        state.files.get(path).map(|file| file.snapshot_content())
+    }
+
+    /// Replaces a file's bytes, durably (damage injected by a test).
+    pub fn set_file_bytes(&self, path: &Path, bytes: &[u8]) {
+        let mut state = self.state.lock();
+        let file = Arc::new(SimFile::new(bytes.to_vec(), self.faults.clone()));
+        state.files.insert(path.to_path_buf(), file.clone());
+        state.durable_files.insert(path.to_path_buf(), file);
+    }
+
+    fn not_found(path: &Path) -> io::Error {
+        io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("{} not found", path.display()),
+        )
+    }
+}
+
+impl Storage for SimStorage {
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        // Directories are durable at once: the log's own flushes are about
+        // the files inside them.
+        self.state.lock().directories.insert(dir.to_path_buf());
+        Ok(())
+    }
+
+    fn list_dir(&self, dir: &Path) -> io::Result<Vec<String>> {
+        let state = self.state.lock();
+        if !state.directories.contains(dir) {
+            return Err(Self::not_found(dir));
+        }
+        Ok(state
+            .files
+            .keys()
+            .filter(|path| path.parent() == Some(dir))
+            .filter_map(|path| path.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .collect())
+    }
+
+    fn create_segment(
+        &self,
+        path: &Path,
+        size_bytes: u64,
+        header: &[u8],
+    ) -> io::Result<Box<dyn SegmentFile>> {
+        if self.faults.create_enospc.load(Ordering::SeqCst) {
+            return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+        }
+        let mut state = self.state.lock();
+        if state.files.contains_key(path) {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "segment exists",
+            ));
+        }
+        let mut image = vec![0u8; size_bytes as usize];
+        image[..header.len()].copy_from_slice(header);
+        // Content and size are durable (the real storage fsyncs the file);
+        // only the directory entry is not, until sync_dir.
+        let file = Arc::new(SimFile::new(image, self.faults.clone()));
+        state.files.insert(path.to_path_buf(), file.clone());
+        Ok(Box::new(SimHandle {
+            file,
+            writable: true,
+        }))
+    }
+
+    fn open_segment(&self, path: &Path, writable: bool) -> io::Result<Box<dyn SegmentFile>> {
+        let state = self.state.lock();
+        let file = state.files.get(path).ok_or_else(|| Self::not_found(path))?;
+        Ok(Box::new(SimHandle {
+            file: file.clone(),
+            writable,
+        }))
+    }
+
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        let mut state = self.state.lock();
+        state
+            .files
+            .remove(path)
+            .map(|_| ())
+            .ok_or_else(|| Self::not_found(path))
+    }
+
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        if self.faults.flush_eio.load(Ordering::SeqCst) {
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
+        let mut state = self.state.lock();
+        let state = &mut *state;
+        state
+            .durable_files
+            .retain(|path, _| path.parent() != Some(dir));
+        for (path, file) in &state.files {
+            if path.parent() == Some(dir) {
+                state.durable_files.insert(path.clone(), file.clone());
+            }
+        }
+        Ok(())
+    }
+
+    fn read_small_file(&self, path: &Path) -> io::Result<Option<Vec<u8>>> {
+        Ok(self.file_bytes(path))
+    }
+
+    fn write_small_file(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
+        if self.faults.flush_eio.load(Ordering::SeqCst) {
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
+        let mut state = self.state.lock();
+        let file = Arc::new(SimFile::new(bytes.to_vec(), self.faults.clone()));
+        state.files.insert(path.to_path_buf(), file);
+        Ok(())
+    }
+
+    fn lock_dir(&self, dir: &Path) -> io::Result<Option<Box<dyn Any + Send + Sync>>> {
+        let mut state = self.state.lock();
+        if !state.locked.insert(dir.to_path_buf()) {
+            return Ok(None);
+        }
+        Ok(Some(Box::new(SimLock {
+            state: self.state.clone(),
+            dir: dir.to_path_buf(),
+        })))
+    }
+}
+
+struct SimLock {
+    state: Arc<Mutex<SimState>>,
+    dir: PathBuf,
+}
+
+impl Drop for SimLock {
+    fn drop(&mut self) {
+        self.state.lock().locked.remove(&self.dir);
+    }
+}
+
+/// One simulated file: the process's view and the durable image.
+struct SimFile {
+    content: RawBytes,
+    durable: Mutex<Vec<u8>>,
+    /// Byte ranges written since they were last flushed: start -> end.
+    unflushed: Mutex<BTreeMap<u64, u64>>,
+    faults: Arc<Faults>,
+}
+
+impl SimFile {
+    fn new(image: Vec<u8>, faults: Arc<Faults>) -> SimFile {
+        SimFile {
+            content: RawBytes::new(image.clone()),
+            durable: Mutex::new(image),
+            unflushed: Mutex::new(BTreeMap::new()),
+            faults,
+        }
+    }
+
+    fn snapshot_content(&self) -> Vec<u8> {
+        // SAFETY: tests call this while no writer is active.
+        unsafe { self.content.slice(0, self.content.length) }.to_vec()
+    }
+
+    /// The file as a power cut leaves it, and the number of pages lost.
+    fn image_after_cut(&self, mut rng: Option<&mut StdRng>) -> (Vec<u8>, usize) {
+        let mut image = self.durable.lock().clone();
+        let unflushed = self.unflushed.lock().clone();
+        let mut pages = BTreeSet::new();
+        for (&start, &end) in &unflushed {
+            pages.extend(start / SIM_PAGE_SIZE_BYTES..=(end - 1) / SIM_PAGE_SIZE_BYTES);
+        }
+        let mut lost = 0;
+        for page in pages {
+            let keep = rng.as_mut().is_some_and(|rng| rng.random_bool(0.5));
+            if !keep {
+                lost += 1;
+                continue;
+            }
+            let page_start = page * SIM_PAGE_SIZE_BYTES;
+            let page_end = page_start + SIM_PAGE_SIZE_BYTES;
+            for (&start, &end) in unflushed.range(..page_end) {
+                let (from, to) = (start.max(page_start), end.min(page_end));
+                if from < to {
+                    let (from, to) = (from as usize, to as usize);
+                    // SAFETY: in bounds; a power cut is taken while the
+                    // test's writers are quiescent.
+                    image[from..to].copy_from_slice(unsafe { self.content.slice(from, to - from) });
+                }
+            }
+        }
+        (image, lost)
+    }
+}
+
+/// Adds `[start, end)` to a set of disjoint ranges.
+fn ranges_insert(ranges: &mut BTreeMap<u64, u64>, mut start: u64, mut end: u64) {
+    let overlapping: Vec<(u64, u64)> = ranges
+        .range(..=end)
+        .filter(|(_, &e)| e >= start)
+        .map(|(&s, &e)| (s, e))
+        .collect();
+    for (s, e) in overlapping {
+        ranges.remove(&s);
+        start = start.min(s);
+        end = end.max(e);
+    }
+    ranges.insert(start, end);
+}
+
+/// Removes `[start, end)` from a set of disjoint ranges.
+fn ranges_remove(ranges: &mut BTreeMap<u64, u64>, start: u64, end: u64) {
+    let overlapping: Vec<(u64, u64)> = ranges
+        .range(..end)
+        .filter(|(_, &e)| e > start)
+        .map(|(&s, &e)| (s, e))
+        .collect();
+    for (s, e) in overlapping {
+        ranges.remove(&s);
+        if s < start {
+            ranges.insert(s, start);
+        }
+        if e > end {
+            ranges.insert(end, e);
+        }
+    }
+}
+
+struct SimHandle {
+    file: Arc<SimFile>,
+    writable: bool,
+}
+
+impl SegmentFile for SimHandle {
+    fn size_bytes(&self) -> u64 {
+        self.file.content.length as u64
+    }
+
+    unsafe fn bytes(&self, offset: u64, length: u64) -> &[u8] {
+        assert!(
+            offset + length <= self.size_bytes(),
+            "read past segment end"
+        );
+        // SAFETY: in bounds; the caller guarantees no concurrent writer.
+        unsafe { self.file.content.slice(offset as usize, length as usize) }
+    }
+
+    unsafe fn write(&self, offset: u64, data: &[u8]) {
+        assert!(self.writable, "write to a read-only segment");
+        assert!(
+            offset + data.len() as u64 <= self.size_bytes(),
+            "write past segment end"
+        );
+        if data.is_empty() {
+            return;
+        }
+        // SAFETY: in bounds; the caller guarantees exclusive access.
+        unsafe { self.file.content.write(offset as usize, data) };
+        ranges_insert(
+            &mut self.file.unflushed.lock(),
+            offset,
+            offset + data.len() as u64,
+        );
+    }
+
+    fn flush(&self, offset: u64, length: u64) -> io::Result<()> {
+        if self.file.faults.flush_eio.load(Ordering::SeqCst) {
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
+        if length == 0 {
+            return Ok(());
+        }
+        let (start, end) = (offset as usize, (offset + length) as usize);
+        let mut durable = self.file.durable.lock();
+        // SAFETY: the log only flushes ranges whose writes are complete and
+        // that no one writes again.
+        durable[start..end].copy_from_slice(unsafe { self.file.content.slice(start, end - start) });
+        ranges_remove(&mut self.file.unflushed.lock(), offset, offset + length);
+        Ok(())
+    }
+}
+
+/// A fixed-size heap buffer shared by a writer and readers that touch
+/// disjoint ranges, like a shared memory mapping.
+struct RawBytes {
+    pointer: *mut u8,
+    length: usize,
+}
+
+// SAFETY: access is coordinated by the log exactly as for a memory mapping.
+unsafe impl Send for RawBytes {}
+// SAFETY: as above.
+unsafe impl Sync for RawBytes {}
+
+impl RawBytes {
+    fn new(bytes: Vec<u8>) -> RawBytes {
+        let boxed = bytes.into_boxed_slice();
+        let length = boxed.len();
+        RawBytes {
+            pointer: Box::into_raw(boxed) as *mut u8,
+            length,
+        }
+    }
+
+    unsafe fn slice(&self, start: usize, length: usize) -> &[u8] {
+        assert!(start + length <= self.length);
+        // SAFETY: in bounds; caller guarantees no concurrent writer.
+        unsafe { std::slice::from_raw_parts(self.pointer.add(start), length) }
+    }
+
+    unsafe fn write(&self, start: usize, data: &[u8]) {
+        assert!(start + data.len() <= self.length);
+        // SAFETY: in bounds; caller guarantees exclusive access.
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.pointer.add(start), data.len()) }
+    }
+}
+
+impl Drop for RawBytes {
+    fn drop(&mut self) {
+        // SAFETY: pointer and length came from Box::into_raw of a boxed slice.
+        drop(unsafe {
+            Box::from_raw(std::ptr::slice_from_raw_parts_mut(
+                self.pointer,
+                self.length,
+            ))
+        });
+    }
+}
