@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -43,10 +43,25 @@ pub enum SimFault {
     CreateEnospc,
 }
 
+/// Fault switches and the power line of one "boot" of the simulated disk.
 #[derive(Default)]
 struct Faults {
     flush_eio: AtomicBool,
     create_enospc: AtomicBool,
+    /// Set by a power cut: every later operation of this boot fails (EIO).
+    dead: AtomicBool,
+    /// Writes and flushes hold it shared; a power cut holds it exclusively,
+    /// so a cut happens between two writes, never in the middle of one.
+    power: RwLock<()>,
+}
+
+impl Faults {
+    fn check(&self, injected: &AtomicBool, errno: i32) -> io::Result<()> {
+        if self.dead.load(Ordering::SeqCst) || injected.load(Ordering::SeqCst) {
+            return Err(io::Error::from_raw_os_error(errno));
+        }
+        Ok(())
+    }
 }
 
 /// A simulated disk; cheap to clone (clones share the disk).
@@ -87,33 +102,41 @@ impl SimStorage {
         }
     }
 
-    /// Cuts the power: afterwards the disk holds only what was durable
-    /// (plus, for [`PowerCut::TearUnflushed`], a random subset of unflushed
-    /// pages), and every lock is released as if the process died.
+    /// Cuts the power and boots the disk again: the returned storage holds
+    /// only what was durable (plus, for [`PowerCut::TearUnflushed`], a random
+    /// subset of unflushed pages), with no locks held.
     ///
-    /// Handles opened before the cut keep working on detached copies, so a
-    /// log that is still alive can be dropped afterwards without touching
-    /// the new state. Returns the number of unflushed pages that were lost.
-    pub fn power_cut(&self, cut: PowerCut) -> usize {
-        let mut state = self.state.lock();
+    /// This storage, and every file opened through it, is dead afterwards:
+    /// each later operation fails with EIO, so a log still running on it
+    /// fail-stops without touching the new boot. Returns the new storage and
+    /// the number of unflushed pages that were lost.
+    pub fn power_cut(&self, cut: PowerCut) -> (SimStorage, usize) {
+        let _power = self.faults.power.write();
+        self.faults.dead.store(true, Ordering::SeqCst);
+        let state = self.state.lock();
         let mut rng = match cut {
             PowerCut::DropUnflushed => None,
             PowerCut::TearUnflushed { seed } => Some(StdRng::seed_from_u64(seed)),
         };
+        let faults = Arc::new(Faults::default());
         let mut pages_lost = 0;
         let mut survivors = BTreeMap::new();
         for (path, file) in &state.durable_files {
             let (image, lost) = file.image_after_cut(rng.as_mut());
             pages_lost += lost;
-            survivors.insert(
-                path.clone(),
-                Arc::new(SimFile::new(image, self.faults.clone())),
-            );
+            survivors.insert(path.clone(), Arc::new(SimFile::new(image, faults.clone())));
         }
-        state.files = survivors.clone();
-        state.durable_files = survivors;
-        state.locked.clear();
-        pages_lost
+        let rebooted = SimState {
+            directories: state.directories.clone(),
+            files: survivors.clone(),
+            durable_files: survivors,
+            locked: BTreeSet::new(),
+        };
+        let storage = SimStorage {
+            state: Arc::new(Mutex::new(rebooted)),
+            faults,
+        };
+        (storage, pages_lost)
     }
 
     /// The current (not necessarily durable) bytes of a file, for tests that
@@ -166,9 +189,8 @@ impl Storage for SimStorage {
         size_bytes: u64,
         header: &[u8],
     ) -> io::Result<Box<dyn SegmentFile>> {
-        if self.faults.create_enospc.load(Ordering::SeqCst) {
-            return Err(io::Error::from_raw_os_error(libc::ENOSPC));
-        }
+        self.faults
+            .check(&self.faults.create_enospc, libc::ENOSPC)?;
         let mut state = self.state.lock();
         if state.files.contains_key(path) {
             return Err(io::Error::new(
@@ -198,6 +220,7 @@ impl Storage for SimStorage {
     }
 
     fn remove_file(&self, path: &Path) -> io::Result<()> {
+        self.faults.check(&self.faults.flush_eio, libc::EIO)?;
         let mut state = self.state.lock();
         state
             .files
@@ -207,9 +230,7 @@ impl Storage for SimStorage {
     }
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
-        if self.faults.flush_eio.load(Ordering::SeqCst) {
-            return Err(io::Error::from_raw_os_error(libc::EIO));
-        }
+        self.faults.check(&self.faults.flush_eio, libc::EIO)?;
         let mut state = self.state.lock();
         let state = &mut *state;
         state
@@ -228,9 +249,7 @@ impl Storage for SimStorage {
     }
 
     fn write_small_file(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
-        if self.faults.flush_eio.load(Ordering::SeqCst) {
-            return Err(io::Error::from_raw_os_error(libc::EIO));
-        }
+        self.faults.check(&self.faults.flush_eio, libc::EIO)?;
         let mut state = self.state.lock();
         let file = Arc::new(SimFile::new(bytes.to_vec(), self.faults.clone()));
         state.files.insert(path.to_path_buf(), file);
@@ -305,8 +324,8 @@ impl SimFile {
                 let (from, to) = (start.max(page_start), end.min(page_end));
                 if from < to {
                     let (from, to) = (from as usize, to as usize);
-                    // SAFETY: in bounds; a power cut is taken while the
-                    // test's writers are quiescent.
+                    // SAFETY: in bounds; the caller holds the power lock
+                    // exclusively, so no write is in flight.
                     image[from..to].copy_from_slice(unsafe { self.content.slice(from, to - from) });
                 }
             }
@@ -376,6 +395,7 @@ impl SegmentFile for SimHandle {
         if data.is_empty() {
             return;
         }
+        let _power = self.file.faults.power.read();
         // SAFETY: in bounds; the caller guarantees exclusive access.
         unsafe { self.file.content.write(offset as usize, data) };
         ranges_insert(
@@ -386,9 +406,10 @@ impl SegmentFile for SimHandle {
     }
 
     fn flush(&self, offset: u64, length: u64) -> io::Result<()> {
-        if self.file.faults.flush_eio.load(Ordering::SeqCst) {
-            return Err(io::Error::from_raw_os_error(libc::EIO));
-        }
+        let _power = self.file.faults.power.read();
+        self.file
+            .faults
+            .check(&self.file.faults.flush_eio, libc::EIO)?;
         if length == 0 {
             return Ok(());
         }
