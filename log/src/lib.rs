@@ -44,6 +44,7 @@ mod error;
 pub mod format;
 mod log;
 mod options;
+mod preparer;
 mod reader;
 mod recovery;
 mod segment;

@@ -18,6 +18,7 @@ use crate::format::{
     encode_record_header, record_size_bytes, CleanMarker, LSN_FIRST, RECORD_FLAG_BATCH_CONTINUES,
     RECORD_HEADER_SIZE_BYTES, SEGMENT_HEADER_SIZE_BYTES,
 };
+use crate::preparer::{Preparer, PREPARED_SUFFIX};
 use crate::reader::{LogReader, Tailer};
 use crate::recovery::{
     scan_segment, segment_files, trust_clean_marker, OpenReport, SegmentEnd, CLEAN_MARKER_FILE_NAME,
@@ -88,6 +89,8 @@ pub(crate) struct Shared {
     flusher_wake: Condvar,
     pub tail_notify: tokio::sync::Notify,
     pub tail_waiting: AtomicUsize,
+    /// Keeps a spare segment ready for the next roll (writable logs).
+    preparer: Mutex<Option<Preparer>>,
     _lock: Option<Box<dyn Any + Send + Sync>>,
 }
 
@@ -151,6 +154,9 @@ impl Log {
             torn_tail: None,
             removed_segment: None,
         };
+        if writable {
+            remove_stale_spares(&*storage, &dir, &names)?;
+        }
         let mut segments = open_segments(&*storage, &dir, &names, writable, &mut report)?;
         let end = if segments.is_empty() {
             if !writable {
@@ -217,9 +223,19 @@ impl Log {
             flusher_wake: Condvar::new(),
             tail_notify: tokio::sync::Notify::new(),
             tail_waiting: AtomicUsize::new(0),
+            preparer: Mutex::new(None),
             _lock: lock,
             options,
         });
+        if writable && shared.options.prepare_segments {
+            let preparer = Preparer::start(
+                shared.storage.clone(),
+                shared.dir.clone(),
+                shared.options.segment_size_bytes,
+            )
+            .map_err(|e| LogError::io("start preparer thread", &shared.dir, e))?;
+            *shared.preparer.lock() = Some(preparer);
+        }
         let flusher = match (writable, shared.options.durability) {
             (true, Durability::EveryBatch | Durability::Periodic(_)) => {
                 let flusher_shared = shared.clone();
@@ -303,9 +319,8 @@ impl Log {
         if self.shared.options.durability == Durability::EveryBatch {
             self.shared.request_flush();
             let mut waiter = Tailer::waiting_for(self.shared.clone(), last + 1);
-            waiter.wait_visible().await?;
-            // A fail-stop may have woken us without the record being durable.
-            if self.shared.durable_lsn.load(Ordering::Acquire) <= last {
+            // Under EveryBatch a record is visible only once durable.
+            if waiter.wait_visible().await.is_err() {
                 return Err(self.shared.failure().unwrap_or(LogError::Closed));
             }
         }
@@ -361,6 +376,7 @@ impl Log {
     /// the next open need not scan the tail.
     pub fn close(mut self) -> Result<(), LogError> {
         self.stop_flusher();
+        self.shared.stop_preparer()?;
         if self.shared.options.read_only {
             return Ok(());
         }
@@ -403,6 +419,8 @@ impl Drop for Log {
     /// but leaves no clean-close marker: the next open scans the tail.
     fn drop(&mut self) {
         self.stop_flusher();
+        // Best effort: a leftover spare is removed by the next open anyway.
+        let _ = self.shared.stop_preparer();
         let mut writer = self.shared.writer.lock();
         writer.closed = true;
         self.shared.sync.lock().shutdown = true;
@@ -501,13 +519,23 @@ impl Shared {
         ) {
             return Err(self.fail(writer, FailStop::new("flush", &old.path, error)));
         }
-        let segment = match Segment::create(
-            &*self.storage,
-            &self.dir,
-            writer.next_lsn,
-            self.options.epoch,
-            self.options.segment_size_bytes,
-        ) {
+        let spare = self.preparer.lock().as_ref().and_then(Preparer::take);
+        let created = match spare {
+            Some(spare) => spare.install(
+                &*self.storage,
+                &self.dir,
+                writer.next_lsn,
+                self.options.epoch,
+            ),
+            None => Segment::create(
+                &*self.storage,
+                &self.dir,
+                writer.next_lsn,
+                self.options.epoch,
+                self.options.segment_size_bytes,
+            ),
+        };
+        let segment = match created {
             Ok(segment) => Arc::new(segment),
             Err(error) => {
                 return Err(self.fail(writer, FailStop::new("create segment", &self.dir, error)))
@@ -627,14 +655,15 @@ impl Shared {
     }
 
     fn publish_durable(&self, target: Lsn) {
-        let sync = self.sync.lock();
-        let previous = self.durable_lsn.fetch_max(target, Ordering::AcqRel);
-        debug_assert!(previous <= target || previous == target);
-        self.sync_waiters.notify_all();
-        drop(sync);
+        // Visible first: an appender that sees its record durable must also
+        // find it with a reader it opens right after.
         if self.options.durability == Durability::EveryBatch {
             self.publish_visible(target);
         }
+        let sync = self.sync.lock();
+        let previous = self.durable_lsn.fetch_max(target, Ordering::AcqRel);
+        debug_assert!(previous <= target, "durable LSN went backwards");
+        self.sync_waiters.notify_all();
     }
 
     fn publish_visible(&self, lsn: Lsn) {
@@ -646,10 +675,47 @@ impl Shared {
         }
     }
 
+    /// Stops the preparer and removes its unused spare.
+    fn stop_preparer(&self) -> Result<(), LogError> {
+        let Some(mut preparer) = self.preparer.lock().take() else {
+            return Ok(());
+        };
+        if let Some(path) = preparer.stop() {
+            self.storage
+                .remove_file(&path)
+                .and_then(|()| self.storage.sync_dir(&self.dir))
+                .map_err(|e| LogError::io("remove spare segment", &path, e))?;
+        }
+        Ok(())
+    }
+
     pub(crate) fn is_closed(&self) -> bool {
         let sync = self.sync.lock();
         sync.shutdown || sync.failed.is_some()
     }
+}
+
+/// Removes spare segments a previous writer prepared but never used: they
+/// were never part of the log.
+fn remove_stale_spares(
+    storage: &dyn Storage,
+    dir: &Path,
+    names: &[String],
+) -> Result<(), LogError> {
+    let mut removed = false;
+    for name in names.iter().filter(|name| name.ends_with(PREPARED_SUFFIX)) {
+        let path = dir.join(name);
+        storage
+            .remove_file(&path)
+            .map_err(|e| LogError::io("remove stale spare segment", &path, e))?;
+        removed = true;
+    }
+    if removed {
+        storage
+            .sync_dir(dir)
+            .map_err(|e| LogError::io("sync log directory", dir, e))?;
+    }
+    Ok(())
 }
 
 /// Opens every segment file, removing a last segment whose creation was

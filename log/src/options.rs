@@ -42,6 +42,9 @@ pub struct LogOptions {
     pub epoch: u64,
     /// Open without the writer lock; appends are refused.
     pub read_only: bool,
+    /// Keep a spare segment prepared in the background, so that a roll
+    /// does not stall appenders while a new segment is zeroed (default on).
+    pub prepare_segments: bool,
     /// Where the bytes go.
     pub storage: Arc<dyn Storage>,
 }
@@ -53,6 +56,7 @@ impl Default for LogOptions {
             durability: Durability::default(),
             epoch: 0,
             read_only: false,
+            prepare_segments: true,
             storage: Arc::new(FsStorage::default()),
         }
     }
@@ -65,6 +69,7 @@ impl std::fmt::Debug for LogOptions {
             .field("durability", &self.durability)
             .field("epoch", &self.epoch)
             .field("read_only", &self.read_only)
+            .field("prepare_segments", &self.prepare_segments)
             .finish_non_exhaustive()
     }
 }
@@ -91,6 +96,12 @@ impl LogOptions {
     /// Opens read-only.
     pub fn read_only(mut self, read_only: bool) -> LogOptions {
         self.read_only = read_only;
+        self
+    }
+
+    /// Turns background segment preparation on or off.
+    pub fn prepare_segments(mut self, prepare: bool) -> LogOptions {
+        self.prepare_segments = prepare;
         self
     }
 

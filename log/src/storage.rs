@@ -40,6 +40,10 @@ pub trait Storage: Send + Sync + 'static {
     /// Removes a file. Not durable until the directory is synced.
     fn remove_file(&self, path: &Path) -> io::Result<()>;
 
+    /// Renames a file within its directory, replacing nothing (the target
+    /// must not exist). Not durable until the directory is synced.
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+
     /// Makes every creation and removal in `dir` durable (fsync of the directory).
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
 

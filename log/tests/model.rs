@@ -41,9 +41,10 @@ fn payload(lsn_hint: u64, size: usize) -> Vec<u8> {
         .collect()
 }
 
-fn open(storage: &SimStorage) -> Log {
+fn open(storage: &SimStorage, prepare: bool) -> Log {
     let options = LogOptions::default()
         .segment_size_bytes(SEGMENT_SIZE_BYTES)
+        .prepare_segments(prepare)
         .storage(Arc::new(storage.clone()));
     Log::open(Path::new("/model"), options).expect("open")
 }
@@ -70,9 +71,9 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
 
     #[test]
-    fn log_agrees_with_model(ops in prop::collection::vec(op(), 1..60)) {
+    fn log_agrees_with_model(ops in prop::collection::vec(op(), 1..60), prepare in any::<bool>()) {
         let storage = SimStorage::new();
-        let mut log = Some(open(&storage));
+        let mut log = Some(open(&storage, prepare));
         // (lsn, payload) for every retained record.
         let mut model: Vec<(u64, Vec<u8>)> = Vec::new();
         let mut next_lsn = 1u64;
@@ -117,7 +118,7 @@ proptest! {
                     } else {
                         drop(old);
                     }
-                    let reopened = open(&storage);
+                    let reopened = open(&storage, prepare);
                     prop_assert_eq!(reopened.open_report().clean_close, clean);
                     prop_assert_eq!(reopened.open_report().torn_tail.clone(), None);
                     prop_assert_eq!(reopened.next_lsn(), next_lsn);

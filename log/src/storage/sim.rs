@@ -229,6 +229,23 @@ impl Storage for SimStorage {
             .ok_or_else(|| Self::not_found(path))
     }
 
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.faults.check(&self.faults.flush_eio, libc::EIO)?;
+        let mut state = self.state.lock();
+        if state.files.contains_key(to) {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "rename target exists",
+            ));
+        }
+        let file = state
+            .files
+            .remove(from)
+            .ok_or_else(|| Self::not_found(from))?;
+        state.files.insert(to.to_path_buf(), file);
+        Ok(())
+    }
+
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         self.faults.check(&self.faults.flush_eio, libc::EIO)?;
         let mut state = self.state.lock();
