@@ -15,8 +15,8 @@ use std::thread::JoinHandle;
 use parking_lot::{Condvar, Mutex, RwLock};
 
 use crate::format::{
-    encode_record_header, record_size_bytes, CleanMarker, LSN_FIRST, RECORD_FLAG_BATCH_CONTINUES,
-    RECORD_HEADER_SIZE_BYTES, SEGMENT_HEADER_SIZE_BYTES,
+    encode_record_header, record_size_bytes, CleanMarker, HeaderDamage, LSN_FIRST,
+    RECORD_FLAG_BATCH_CONTINUES, RECORD_HEADER_SIZE_BYTES, SEGMENT_HEADER_SIZE_BYTES,
 };
 use crate::preparer::{Preparer, PREPARED_SUFFIX};
 use crate::reader::{LogReader, Tailer};
@@ -91,6 +91,14 @@ pub(crate) struct Shared {
     pub tail_waiting: AtomicUsize,
     /// Keeps a spare segment ready for the next roll (writable logs).
     preparer: Mutex<Option<Preparer>>,
+    /// Serialises every msync of segment data. Linux reports a writeback
+    /// error to one caller only; with one flush at a time, and the sticky
+    /// flag below set under this lock, no caller can take a later success
+    /// for proof that an earlier failed range reached the disk.
+    flush_lock: Mutex<()>,
+    flush_failed: std::sync::atomic::AtomicBool,
+    /// Serialises `truncate_prefix`, so segments are removed oldest first.
+    truncate_lock: Mutex<()>,
     _lock: Option<Box<dyn Any + Send + Sync>>,
 }
 
@@ -189,6 +197,18 @@ impl Log {
             )?
         };
         let active = segments.last().expect("not empty").clone();
+        if writable {
+            // What the scan found may exist only in the page cache (a
+            // writer killed before its flush): make it durable before
+            // anything is built on it.
+            active
+                .file
+                .flush(
+                    SEGMENT_HEADER_SIZE_BYTES,
+                    end.offset - SEGMENT_HEADER_SIZE_BYTES,
+                )
+                .map_err(|e| LogError::io("flush recovered tail", &active.path, e))?;
+        }
         report.segments = segments.len();
         report.first_lsn = segments[0].base_lsn();
         report.next_lsn = end.next_lsn;
@@ -224,6 +244,9 @@ impl Log {
             tail_notify: tokio::sync::Notify::new(),
             tail_waiting: AtomicUsize::new(0),
             preparer: Mutex::new(None),
+            flush_lock: Mutex::new(()),
+            flush_failed: std::sync::atomic::AtomicBool::new(false),
+            truncate_lock: Mutex::new(()),
             _lock: lock,
             options,
         });
@@ -345,6 +368,7 @@ impl Log {
         if self.shared.options.read_only {
             return Err(LogError::InvalidOptions("the log was opened read-only"));
         }
+        let _truncating = self.shared.truncate_lock.lock();
         let doomed: Vec<Arc<Segment>> = {
             let mut segments = self.shared.segments.write();
             let count = segments
@@ -376,7 +400,6 @@ impl Log {
     /// the next open need not scan the tail.
     pub fn close(mut self) -> Result<(), LogError> {
         self.stop_flusher();
-        self.shared.stop_preparer()?;
         if self.shared.options.read_only {
             return Ok(());
         }
@@ -392,6 +415,12 @@ impl Log {
             end_offset: writer.write_offset,
             next_lsn: writer.next_lsn,
         };
+        drop(writer);
+        // The spare goes before the marker, so the marker describes a
+        // directory with nothing left over to clean up.
+        if let Err(error) = self.shared.stop_preparer() {
+            tracing::warn!(%error, "could not remove the spare segment; the next open will");
+        }
         let path = self.shared.dir.join(CLEAN_MARKER_FILE_NAME);
         self.shared
             .storage
@@ -513,11 +542,29 @@ impl Shared {
         // Flush from the header, not from `flush_offset`: a concurrent
         // flusher round may still be writing an earlier range, and msync of
         // the whole range waits for it.
-        if let Err(error) = old.file.flush(
+        let flushed = self.flush_range(
+            &old,
             SEGMENT_HEADER_SIZE_BYTES,
             writer.write_offset - SEGMENT_HEADER_SIZE_BYTES,
-        ) {
+        );
+        if let Err(error) = flushed {
             return Err(self.fail(writer, FailStop::new("flush", &old.path, error)));
+        }
+        if writer.write_offset == SEGMENT_HEADER_SIZE_BYTES {
+            // The active segment is empty (it was created with a smaller
+            // segment size): replace it rather than start a second segment
+            // at the same LSN.
+            if let Err(error) = self
+                .storage
+                .remove_file(&old.path)
+                .and_then(|()| self.storage.sync_dir(&self.dir))
+            {
+                return Err(self.fail(
+                    writer,
+                    FailStop::new("replace empty segment", &old.path, error),
+                ));
+            }
+            self.segments.write().pop();
         }
         let spare = self.preparer.lock().as_ref().and_then(Preparer::take);
         let created = match spare {
@@ -627,8 +674,10 @@ impl Shared {
             }
             let result = self.flush_written(&mut writer);
             match result {
-                Ok(target) => self.publish_durable(target),
-                Err(_) => return,
+                // A failure recorded elsewhere while this msync ran means the
+                // disk's state is unknown: publish nothing.
+                Ok(target) if writer.failed.is_none() => self.publish_durable(target),
+                _ => return,
             }
             if shutdown {
                 return;
@@ -646,12 +695,26 @@ impl Shared {
         let segment = writer.active.clone();
         let (from, to, target) = (writer.flush_offset, writer.write_offset, writer.next_lsn);
         writer.flush_offset = to;
-        let result =
-            parking_lot::MutexGuard::unlocked(writer, || segment.file.flush(from, to - from));
+        let result = parking_lot::MutexGuard::unlocked(writer, || {
+            self.flush_range(&segment, from, to - from)
+        });
         match result {
             Ok(()) => Ok(target),
             Err(error) => Err(self.fail(writer, FailStop::new("flush", &segment.path, error))),
         }
+    }
+
+    /// One msync, serialised with every other; fails if any earlier one did.
+    fn flush_range(&self, segment: &Segment, offset: u64, length: u64) -> std::io::Result<()> {
+        let _flushing = self.flush_lock.lock();
+        if self.flush_failed.load(Ordering::SeqCst) {
+            return Err(std::io::Error::other("an earlier flush of the log failed"));
+        }
+        let result = segment.file.flush(offset, length);
+        if result.is_err() {
+            self.flush_failed.store(true, Ordering::SeqCst);
+        }
+        result
     }
 
     fn publish_durable(&self, target: Lsn) {
@@ -660,7 +723,9 @@ impl Shared {
         if self.options.durability == Durability::EveryBatch {
             self.publish_visible(target);
         }
-        let sync = self.sync.lock();
+        // Under the sync lock, so a waiter cannot check and then sleep
+        // between the store and the notification.
+        let _sync = self.sync.lock();
         let previous = self.durable_lsn.fetch_max(target, Ordering::AcqRel);
         debug_assert!(previous <= target, "durable LSN went backwards");
         self.sync_waiters.notify_all();
@@ -734,7 +799,10 @@ fn open_segments(
             SegmentOpen::Sound(segment) => segments.push(Arc::new(segment)),
             SegmentOpen::BadHeader {
                 body_zero: true,
-                damage,
+                // Only damage a torn creation can cause: a header from a
+                // newer format version is never removed.
+                damage:
+                    damage @ (HeaderDamage::Short | HeaderDamage::Magic | HeaderDamage::Checksum),
             } if index + 1 == files.len() => {
                 // Torn while being created: nothing was ever written after
                 // the header, because records go in only once the header and

@@ -54,6 +54,13 @@ impl LogReader {
         }
         let (segment, segment_end_lsn) = {
             let segments = shared.segments.read();
+            // Checked again under the lock: a truncation may have run since.
+            if lsn < segments[0].base_lsn() {
+                return Err(LogError::Truncated {
+                    requested: lsn,
+                    first: segments[0].base_lsn(),
+                });
+            }
             let index = segments.partition_point(|s| s.base_lsn() <= lsn) - 1;
             (
                 segments[index].clone(),
@@ -151,10 +158,14 @@ impl LogReader {
         }
         let segments = self.shared.segments.read();
         let index = segments.partition_point(|s| s.base_lsn() < end);
-        let next = segments
-            .get(index)
-            .filter(|s| s.base_lsn() == end)
-            .expect("the following segment is retained while a reader is before it");
+        let Some(next) = segments.get(index).filter(|s| s.base_lsn() == end) else {
+            // A truncation deleted the next segment while this reader was
+            // still in an earlier one.
+            return Err(LogError::Truncated {
+                requested: self.next_lsn,
+                first: segments[0].base_lsn(),
+            });
+        };
         self.segment = next.clone();
         self.segment_end_lsn = segments.get(index + 1).map(|s| s.base_lsn());
         self.offset = SEGMENT_HEADER_SIZE_BYTES;
@@ -244,8 +255,12 @@ async fn wait_until(shared: &Shared, mut ready: impl FnMut() -> bool) -> Result<
         let notified = shared.tail_notify.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        // Registered and enabled before this check (SeqCst both sides), so
-        // a publish after it is guaranteed to wake us.
+        // Registered (SeqCst increment) and enabled before this check; the
+        // fence orders the check after both, pairing with the publisher's
+        // SeqCst store then SeqCst load of the waiter count. Without it the
+        // check's Acquire load could read a stale LSN while the publisher
+        // reads a stale count: a lost wake-up.
+        std::sync::atomic::fence(Ordering::SeqCst);
         if ready() || shared.is_closed() {
             continue;
         }

@@ -3,7 +3,12 @@
 use std::path::{Path, PathBuf};
 
 use crate::format::{segment_file_name, HeaderDamage, SegmentHeader, SEGMENT_HEADER_SIZE_BYTES};
+use crate::options::{SEGMENT_SIZE_BYTES_MAX, SEGMENT_SIZE_BYTES_MIN};
 use crate::storage::{SegmentFile, Storage};
+
+/// Largest base LSN a segment may have: far beyond any real log, and far
+/// enough below `u64::MAX` that LSN sums cannot overflow.
+pub(crate) const LSN_MAX: Lsn = 1 << 62;
 use crate::{LogError, Lsn};
 
 /// An open segment. Shared (`Arc`) by the writer and readers; a reader that
@@ -87,6 +92,18 @@ impl Segment {
                 return Ok(SegmentOpen::BadHeader { damage, body_zero });
             }
         };
+        let size_valid = (SEGMENT_SIZE_BYTES_MIN..=SEGMENT_SIZE_BYTES_MAX)
+            .contains(&header.segment_size_bytes)
+            && header
+                .segment_size_bytes
+                .is_multiple_of(SEGMENT_SIZE_BYTES_MIN);
+        // Headroom so that no LSN arithmetic over a segment can overflow.
+        if !size_valid || header.base_lsn == 0 || header.base_lsn > LSN_MAX {
+            return Ok(SegmentOpen::BadHeader {
+                damage: HeaderDamage::Inconsistent,
+                body_zero: false,
+            });
+        }
         if header.base_lsn != base_lsn || header.segment_size_bytes != size_bytes {
             return Err(LogError::SegmentMismatch {
                 path: path.to_path_buf(),

@@ -313,3 +313,104 @@ fn a_read_only_open_of_a_missing_directory_is_a_clear_error() {
         Ok(_) => panic!("opened a missing directory"),
     }
 }
+
+#[test]
+fn a_recovered_tail_is_made_durable_before_new_appends_build_on_it() {
+    // A writer killed before its flush leaves records only in the page
+    // cache; the next writer must flush them before acknowledging records
+    // whose watermark vouches for them.
+    let storage = SimStorage::new();
+    let os_only = sim_options(&storage).durability(Durability::OsOnly);
+    let log = Log::open("/recovered", os_only).unwrap();
+    for index in 0..5u8 {
+        log.append(&[index; 100]).unwrap();
+    }
+    drop(log); // no flush under OsOnly: the "page cache" holds them
+    let log = Log::open("/recovered", sim_options(&storage)).unwrap();
+    assert_eq!(log.next_lsn(), 6);
+    assert_eq!(log.append(b"acknowledged").unwrap(), 6);
+    let (rebooted, _) = storage.power_cut(skald_log::PowerCut::DropUnflushed);
+    drop(log);
+    let log = Log::open("/recovered", sim_options(&rebooted)).unwrap();
+    let mut reader = log.read_from(1).unwrap();
+    let mut lsns = Vec::new();
+    while let Some(record) = reader.read_next().unwrap() {
+        lsns.push(record.lsn);
+    }
+    assert_eq!(lsns, (1..=6).collect::<Vec<_>>());
+}
+
+#[test]
+fn an_empty_last_segment_from_a_smaller_segment_size_is_replaced() {
+    let storage = SimStorage::new();
+    let small = sim_options(&storage).segment_size_bytes(8192);
+    let log = Log::open("/resize", small).unwrap();
+    log.close().unwrap();
+    let large = sim_options(&storage).segment_size_bytes(64 * 1024);
+    let log = Log::open("/resize", large.clone()).unwrap();
+    assert_eq!(log.append(&[9u8; 20_000]).unwrap(), 1);
+    assert_eq!(log.segment_count(), 1);
+    log.close().unwrap();
+    let log = Log::open("/resize", large).unwrap();
+    assert_eq!(
+        log.read_from(1)
+            .unwrap()
+            .read_next()
+            .unwrap()
+            .unwrap()
+            .payload
+            .len(),
+        20_000
+    );
+}
+
+#[test]
+fn a_reader_overtaken_by_truncation_gets_an_error_not_a_panic() {
+    let storage = SimStorage::new();
+    let log = Log::open("/overtaken", sim_options(&storage)).unwrap();
+    for _ in 0..30 {
+        log.append(&[4u8; 10_000]).unwrap();
+    }
+    assert!(log.segment_count() >= 4);
+    let mut reader = log.read_from(1).unwrap();
+    log.truncate_prefix(log.next_lsn() - 1).unwrap();
+    let error = loop {
+        match reader.read_next() {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("the reader jumped the truncated segments"),
+            Err(error) => break error,
+        }
+    };
+    assert!(matches!(error, LogError::Truncated { .. }), "{error}");
+}
+
+#[test]
+fn a_crafted_segment_header_is_an_error_not_a_panic() {
+    use skald_log::format::{segment_file_name, SegmentHeader};
+    use skald_log::storage::Storage;
+    let storage = SimStorage::new();
+    let dir = Path::new("/crafted");
+    storage.create_dir_all(dir).unwrap();
+    for (base_lsn, size) in [(1u64, 100u64), (u64::MAX - 1, 8192), (0, 8192)] {
+        let header = SegmentHeader {
+            epoch: 0,
+            base_lsn,
+            segment_size_bytes: size,
+        };
+        let mut image = vec![0u8; 8192];
+        image[..64].copy_from_slice(&header.encode());
+        image[64..100].fill(0xEE); // something written after the header
+        let path = dir.join(segment_file_name(base_lsn));
+        storage.set_file_bytes(&path, &image);
+        let result = Log::open(dir, sim_options(&storage).read_only(true));
+        assert!(
+            matches!(
+                result,
+                Err(LogError::CorruptSegmentHeader { .. }) | Err(LogError::SegmentMismatch { .. })
+            ),
+            "base {base_lsn}, size {size}: {:?}",
+            result.err()
+        );
+        storage.remove_file(&path).unwrap();
+    }
+}
