@@ -188,8 +188,8 @@ fn skald_async(
         name: format!(
             "skald, {tasks} async tasks, {payload} B{}",
             match preparation {
-                SegmentPreparation::ZeroFill => ", zero-filled",
-                SegmentPreparation::Fallocate => "",
+                SegmentPreparation::ZeroFill => "",
+                SegmentPreparation::Fallocate => ", fallocated segments",
             }
         ),
         records,
@@ -312,20 +312,16 @@ fn batches(count: u64, batch: usize, payload: usize) -> Vec<Row> {
     rows
 }
 
-fn os_only(count: u64, payload: usize) -> (Row, Row, Row, Row) {
+fn os_only(count: u64, payload: usize, preparation: SegmentPreparation) -> (Row, Row, Row, Row) {
     let bytes = vec![0x5Au8; payload];
     let dir = scratch_dir();
-    let log = Log::open(
-        dir.path(),
-        skald_options(Durability::OsOnly, SegmentPreparation::ZeroFill),
-    )
-    .unwrap();
+    let log = Log::open(dir.path(), skald_options(Durability::OsOnly, preparation)).unwrap();
     let started = Instant::now();
     for _ in 0..count {
         log.append(&bytes).unwrap();
     }
     let skald = Row {
-        name: format!("skald OS-only, 1 appender, {payload} B"),
+        name: format!("skald OS-only, 1 appender, {payload} B, {preparation:?}"),
         records: count,
         seconds: started.elapsed().as_secs_f64(),
         latencies_ns: Vec::new(),
@@ -441,11 +437,11 @@ fn main() {
             bare_fdatasync(scale(3000), 256),
             skald_concurrent("skald, 1 appender, 256 B", 1, scale(3000), 256, prep),
             skald_concurrent(
-                "skald, 1 appender, 256 B, zero-filled segment",
+                "skald, 1 appender, 256 B, fallocated segments",
                 1,
                 scale(3000),
                 256,
-                SegmentPreparation::ZeroFill,
+                SegmentPreparation::Fallocate,
             ),
         ];
         print_rows(
@@ -470,14 +466,7 @@ fn main() {
             64,
             scale(2000),
             256,
-            SegmentPreparation::ZeroFill,
-        ));
-        concurrent.push(skald_concurrent(
-            "skald, 64 appenders, 256 B, zero-filled",
-            64,
-            scale(1000),
-            256,
-            SegmentPreparation::ZeroFill,
+            SegmentPreparation::Fallocate,
         ));
         for payload in [64usize, 4096] {
             concurrent.push(skald_concurrent(
@@ -506,13 +495,12 @@ fn main() {
         return;
     }
     for payload in [64usize, 256, 4096] {
-        let (skald, plain, replay, plain_replay) = os_only(
-            scale(if payload == 4096 { 100_000 } else { 1_000_000 }),
-            payload,
-        );
+        let count = scale(if payload == 4096 { 100_000 } else { 1_000_000 });
+        let (skald, plain, replay, plain_replay) = os_only(count, payload, prep);
+        let (fallocated, _, _, _) = os_only(count, payload, SegmentPreparation::Fallocate);
         print_rows(
             &format!("OS-only durability, {payload} B"),
-            &[plain, skald],
+            &[plain, skald, fallocated],
             0,
         );
         print_rows(&format!("Replay, {payload} B"), &[plain_replay, replay], 0);

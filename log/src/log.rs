@@ -108,6 +108,8 @@ struct WriterState {
     /// Offset in `active` up to which a flush has been started.
     flush_offset: u64,
     next_lsn: Lsn,
+    /// A spare segment was requested for the roll after `active`.
+    spare_requested: bool,
     failed: Option<FailStop>,
     closed: bool,
 }
@@ -137,7 +139,7 @@ impl Log {
     pub fn open(dir: impl AsRef<Path>, options: LogOptions) -> Result<Log, LogError> {
         options.validate()?;
         let dir = dir.as_ref().to_path_buf();
-        let storage = options.storage.clone();
+        let storage = options.resolved_storage();
         let writable = !options.read_only;
         let lock = if writable {
             storage
@@ -235,6 +237,7 @@ impl Log {
                 write_offset: end.offset,
                 flush_offset: end.offset,
                 next_lsn: end.next_lsn,
+                spare_requested: false,
                 failed: None,
                 closed: !writable,
             }),
@@ -527,6 +530,12 @@ impl Shared {
         debug_assert_eq!(offset - writer.write_offset, batch_size);
         writer.write_offset = offset;
         writer.next_lsn = first + payloads.len() as u64;
+        if !writer.spare_requested && offset > writer.active.size_bytes() / 2 {
+            writer.spare_requested = true;
+            if let Some(preparer) = self.preparer.lock().as_ref() {
+                preparer.request();
+            }
+        }
         let last = writer.next_lsn - 1;
         if self.options.durability != Durability::EveryBatch {
             self.publish_visible(writer.next_lsn);
@@ -595,6 +604,7 @@ impl Shared {
         writer.active = segment;
         writer.write_offset = SEGMENT_HEADER_SIZE_BYTES;
         writer.flush_offset = SEGMENT_HEADER_SIZE_BYTES;
+        writer.spare_requested = false;
         Ok(())
     }
 

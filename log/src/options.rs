@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::format::{RECORD_HEADER_SIZE_BYTES, SEGMENT_HEADER_SIZE_BYTES};
-use crate::storage::{FsStorage, Storage};
+use crate::storage::{FsStorage, SegmentPreparation, Storage};
 use crate::LogError;
 
 /// Default segment size: large enough that rolling is rare, small enough
@@ -46,7 +46,12 @@ pub struct LogOptions {
     /// does not stall appenders while a new segment is zeroed (default on).
     pub prepare_segments: bool,
     /// Where the bytes go.
-    pub storage: Arc<dyn Storage>,
+    /// Where the bytes go. `None` (the default) is the real file system,
+    /// with segments prepared to suit the durability mode: zero-filled when
+    /// every batch is synced (a sync is then a pure data write), fallocated
+    /// otherwise (no second write of each segment). See
+    /// [`crate::SegmentPreparation`].
+    pub storage: Option<Arc<dyn Storage>>,
 }
 
 impl Default for LogOptions {
@@ -57,7 +62,7 @@ impl Default for LogOptions {
             epoch: 0,
             read_only: false,
             prepare_segments: true,
-            storage: Arc::new(FsStorage::default()),
+            storage: None,
         }
     }
 }
@@ -107,13 +112,25 @@ impl LogOptions {
 
     /// Sets the storage (real or simulated).
     pub fn storage(mut self, storage: Arc<dyn Storage>) -> LogOptions {
-        self.storage = storage;
+        self.storage = Some(storage);
         self
     }
 
     /// The largest payload one record can carry with these options.
     pub fn record_size_bytes_max(&self) -> u64 {
         self.segment_size_bytes - SEGMENT_HEADER_SIZE_BYTES - RECORD_HEADER_SIZE_BYTES
+    }
+
+    /// The storage to use: the configured one, or the file system with
+    /// the preparation that suits the durability mode.
+    pub(crate) fn resolved_storage(&self) -> Arc<dyn Storage> {
+        match &self.storage {
+            Some(storage) => storage.clone(),
+            None => Arc::new(FsStorage::new(match self.durability {
+                Durability::EveryBatch => SegmentPreparation::ZeroFill,
+                Durability::Periodic(_) | Durability::OsOnly => SegmentPreparation::Fallocate,
+            })),
+        }
     }
 
     pub(crate) fn validate(&self) -> Result<(), LogError> {

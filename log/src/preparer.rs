@@ -2,8 +2,9 @@
 //!
 //! Preparing a segment (allocating and zeroing 64 MiB, then an fsync) takes
 //! tens of milliseconds. Done inside a roll it would stall every appender
-//! for that long once per segment. A background thread keeps one spare
-//! segment ready under a temporary name (`*.prep`, never part of the log);
+//! for that long once per segment. Once the active segment is half full, a
+//! background thread prepares one spare segment under a temporary name
+//! (`*.prep`, never part of the log);
 //! a roll writes the real header into it, flushes that, renames it to its
 //! final name and syncs the directory: a few hundred microseconds.
 
@@ -60,6 +61,8 @@ impl Spare {
 #[derive(Default)]
 struct State {
     spare: Option<Spare>,
+    /// The writer asked for a spare (its active segment is half full).
+    wanted: bool,
     shutdown: bool,
     /// Counts spares made, so each gets a fresh temporary name.
     made: u64,
@@ -88,12 +91,19 @@ impl Preparer {
         })
     }
 
-    /// The ready spare, if the preparer has one; it starts on the next.
-    pub fn take(&self) -> Option<Spare> {
+    /// Asks for a spare to be prepared, if none is ready. Called once the
+    /// active segment is half full, so a log that never grows that far
+    /// never pays for a spare.
+    pub fn request(&self) {
         let (lock, wake) = &*self.state;
-        let spare = lock.lock().spare.take();
+        lock.lock().wanted = true;
         wake.notify_all();
-        spare
+    }
+
+    /// The ready spare, if the preparer has one.
+    pub fn take(&self) -> Option<Spare> {
+        let (lock, _) = &*self.state;
+        lock.lock().spare.take()
     }
 
     /// Stops the thread and returns the unused spare's path, if any.
@@ -119,12 +129,14 @@ fn run(storage: &dyn Storage, dir: &Path, size_bytes: u64, state: &(Mutex<State>
     loop {
         let name = {
             let mut guard = lock.lock();
-            while guard.spare.is_some() && !guard.shutdown {
+            let ready_to_prepare = |state: &State| state.wanted && state.spare.is_none();
+            while !ready_to_prepare(&guard) && !guard.shutdown {
                 wake.wait(&mut guard);
             }
             if guard.shutdown {
                 return;
             }
+            guard.wanted = false;
             guard.made += 1;
             format!("{:020}{PREPARED_SUFFIX}", guard.made)
         };
