@@ -35,7 +35,7 @@ enum Command {
         /// Records to append.
         #[arg(long, default_value_t = 200_000)]
         records: u64,
-        /// Concurrent appenders, each waiting for its own durable append.
+        /// Concurrent appenders (async tasks), each awaiting its own durable append.
         #[arg(long, default_value_t = 64)]
         writers: u64,
         /// Payload size in bytes.
@@ -44,14 +44,22 @@ enum Command {
     },
 }
 
-fn main() -> Result<()> {
-    match Cli::parse().command {
+fn main() -> std::process::ExitCode {
+    let result = match Cli::parse().command {
         Command::Demo {
             data,
             records,
             writers,
             payload_bytes,
         } => demo(data, records, writers, payload_bytes),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            // One line: what failed and why, each cause after a colon.
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
     }
 }
 
@@ -70,7 +78,9 @@ fn demo(data: PathBuf, records: u64, writers: u64, payload_bytes: usize) -> Resu
         report.segments,
         report.first_lsn,
         report.next_lsn,
-        if report.clean_close {
+        if report.next_lsn == report.first_lsn {
+            "empty log".to_string()
+        } else if report.clean_close {
             "closed cleanly last time".to_string()
         } else if let Some(torn) = &report.torn_tail {
             format!(
@@ -79,35 +89,45 @@ fn demo(data: PathBuf, records: u64, writers: u64, payload_bytes: usize) -> Resu
                 torn.offset
             )
         } else {
-            "tail scanned".to_string()
+            "not closed cleanly: tail scanned, nothing torn".to_string()
         }
     );
     let start_lsn = log.next_lsn();
     let log = Arc::new(log);
+    // Appenders are async tasks on a two-thread runtime, the way the engine's
+    // partitions will append: each awaits its own durable append, and the
+    // log group-commits them.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .context("starting the async runtime")?;
     let started = Instant::now();
     let per_writer = records / writers;
-    let handles: Vec<_> = (0..writers)
-        .map(|writer| {
-            let log = log.clone();
-            std::thread::spawn(move || -> Result<Vec<Duration>> {
-                let mut latencies = Vec::with_capacity(per_writer as usize);
-                let mut payload = vec![0u8; payload_bytes];
-                for index in 0..per_writer {
-                    let stamp = format!("writer {writer} record {index}");
-                    let length = stamp.len().min(payload.len());
-                    payload[..length].copy_from_slice(&stamp.as_bytes()[..length]);
-                    let begin = Instant::now();
-                    log.append(&payload)?;
-                    latencies.push(begin.elapsed());
-                }
-                Ok(latencies)
+    let mut latencies: Vec<Duration> = runtime.block_on(async {
+        let tasks: Vec<_> = (0..writers)
+            .map(|writer| {
+                let log = log.clone();
+                tokio::spawn(async move {
+                    let mut latencies = Vec::with_capacity(per_writer as usize);
+                    let mut payload = vec![0u8; payload_bytes];
+                    for index in 0..per_writer {
+                        let stamp = format!("writer {writer} record {index}");
+                        let length = stamp.len().min(payload.len());
+                        payload[..length].copy_from_slice(&stamp.as_bytes()[..length]);
+                        let begin = Instant::now();
+                        log.append_async(&payload).await?;
+                        latencies.push(begin.elapsed());
+                    }
+                    Ok::<_, skald_log::LogError>(latencies)
+                })
             })
-        })
-        .collect();
-    let mut latencies = Vec::new();
-    for handle in handles {
-        latencies.extend(handle.join().expect("appender thread panicked")?);
-    }
+            .collect();
+        let mut all = Vec::new();
+        for task in tasks {
+            all.extend(task.await.context("appender task")??);
+        }
+        Ok::<_, anyhow::Error>(all)
+    })?;
     let elapsed = started.elapsed();
     latencies.sort();
     let appended = latencies.len() as u64;
