@@ -102,12 +102,14 @@ fn demo(data: PathBuf, records: u64, writers: u64, payload_bytes: usize) -> Resu
         .build()
         .context("starting the async runtime")?;
     let started = Instant::now();
-    let per_writer = records / writers;
+    // Spread the records so that exactly `records` are appended.
+    let share = move |writer: u64| records / writers + u64::from(writer < records % writers);
     let mut latencies: Vec<Duration> = runtime.block_on(async {
         let tasks: Vec<_> = (0..writers)
             .map(|writer| {
                 let log = log.clone();
                 tokio::spawn(async move {
+                    let per_writer = share(writer);
                     let mut latencies = Vec::with_capacity(per_writer as usize);
                     let mut payload = vec![0u8; payload_bytes];
                     for index in 0..per_writer {

@@ -103,7 +103,7 @@ pub enum LogError {
     PastEnd {
         /// The LSN asked for.
         requested: Lsn,
-        /// The LSN the next append will get.
+        /// The end of what is readable: the visible LSN.
         next: Lsn,
     },
 
@@ -124,7 +124,8 @@ pub enum LogError {
     #[error("log is closed")]
     Closed,
 
-    /// Options that cannot work.
+    /// Options that cannot work, or a call the log's mode refuses (an
+    /// append to a read-only log, an empty or oversized batch count).
     #[error("invalid log options: {0}")]
     InvalidOptions(&'static str),
 }

@@ -291,6 +291,7 @@ impl CleanMarker {
             || bytes[0..8] != CLEAN_MAGIC
             || read_u32(bytes, 8) != FORMAT_VERSION
             || crc32fast::hash(&bytes[0..44]) != read_u32(bytes, 44)
+            || bytes[12..16].iter().chain(&bytes[40..44]).any(|&b| b != 0)
         {
             return None;
         }

@@ -172,6 +172,18 @@ impl Log {
             if !writable {
                 return Err(LogError::NotFound { dir });
             }
+            // A marker without segments describes nothing: remove it before
+            // a new log starts here.
+            let marker_path = dir.join(CLEAN_MARKER_FILE_NAME);
+            if storage
+                .read_small_file(&marker_path)
+                .map_err(|e| LogError::io("read clean-close marker", &marker_path, e))?
+                .is_some()
+            {
+                storage
+                    .remove_file(&marker_path)
+                    .map_err(|e| LogError::io("remove clean-close marker", &marker_path, e))?;
+            }
             let segment = Segment::create(
                 &*storage,
                 &dir,
@@ -198,6 +210,15 @@ impl Log {
                 &mut report,
             )?
         };
+        if writable
+            && end.offset == SEGMENT_HEADER_SIZE_BYTES
+            && segments.last().expect("not empty").size_bytes() < options.segment_size_bytes
+        {
+            let last = segments.pop().expect("not empty");
+            segments.push(Arc::new(replace_empty_segment(
+                &*storage, &dir, &last, &options,
+            )?));
+        }
         let active = segments.last().expect("not empty").clone();
         if writable {
             // What the scan found may exist only in the page cache (a
@@ -391,10 +412,12 @@ impl Log {
                 .storage
                 .remove_file(&segment.path)
                 .map_err(|e| LogError::io("remove segment", &segment.path, e))?;
-            self.shared
-                .storage
-                .sync_dir(&self.shared.dir)
-                .map_err(|e| LogError::io("sync log directory", &self.shared.dir, e))?;
+            if let Err(error) = self.shared.storage.sync_dir(&self.shared.dir) {
+                // A failed fsync leaves the directory's state unknown: the
+                // log stops, like for any other failed flush.
+                let failure = FailStop::new("sync directory", &self.shared.dir, error);
+                return Err(self.shared.fail(&mut self.shared.writer.lock(), failure));
+            }
         }
         Ok(self.first_lsn())
     }
@@ -559,22 +582,13 @@ impl Shared {
         if let Err(error) = flushed {
             return Err(self.fail(writer, FailStop::new("flush", &old.path, error)));
         }
-        if writer.write_offset == SEGMENT_HEADER_SIZE_BYTES {
-            // The active segment is empty (it was created with a smaller
-            // segment size): replace it rather than start a second segment
-            // at the same LSN.
-            if let Err(error) = self
-                .storage
-                .remove_file(&old.path)
-                .and_then(|()| self.storage.sync_dir(&self.dir))
-            {
-                return Err(self.fail(
-                    writer,
-                    FailStop::new("replace empty segment", &old.path, error),
-                ));
-            }
-            self.segments.write().pop();
-        }
+        // Open replaced an empty last segment smaller than the configured
+        // size, and a batch never exceeds the configured capacity: so the
+        // active segment has records, and the new one gets a new base LSN.
+        assert!(
+            writer.write_offset > SEGMENT_HEADER_SIZE_BYTES,
+            "rolling an empty segment"
+        );
         let spare = self.preparer.lock().as_ref().and_then(Preparer::take);
         let created = match spare {
             Some(spare) => spare.install(
@@ -768,6 +782,34 @@ impl Shared {
         let sync = self.sync.lock();
         sync.shutdown || sync.failed.is_some()
     }
+}
+
+/// Replaces an empty last segment that is smaller than the configured size
+/// (the size option grew), so that every batch the options allow fits the
+/// active segment. The new file is made under a temporary name and renamed
+/// over the old one: at any crash, one of the two is there.
+fn replace_empty_segment(
+    storage: &dyn Storage,
+    dir: &Path,
+    last: &Segment,
+    options: &LogOptions,
+) -> Result<Segment, LogError> {
+    let temporary = dir.join(format!("{:020}{PREPARED_SUFFIX}", 0));
+    let header = crate::format::SegmentHeader {
+        epoch: options.epoch,
+        base_lsn: last.base_lsn(),
+        segment_size_bytes: options.segment_size_bytes,
+    };
+    let file = storage
+        .create_segment(&temporary, options.segment_size_bytes, &header.encode())
+        .and_then(|file| storage.rename(&temporary, &last.path).map(|()| file))
+        .and_then(|file| storage.sync_dir(dir).map(|()| file))
+        .map_err(|e| LogError::io("replace empty segment", &last.path, e))?;
+    Ok(Segment {
+        path: last.path.clone(),
+        header,
+        file,
+    })
 }
 
 /// Removes spare segments a previous writer prepared but never used: they

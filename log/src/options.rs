@@ -45,7 +45,6 @@ pub struct LogOptions {
     /// Keep a spare segment prepared in the background, so that a roll
     /// does not stall appenders while a new segment is zeroed (default on).
     pub prepare_segments: bool,
-    /// Where the bytes go.
     /// Where the bytes go. `None` (the default) is the real file system,
     /// with segments prepared to suit the durability mode: zero-filled when
     /// every batch is synced (a sync is then a pure data write), fallocated

@@ -6,8 +6,11 @@
 //! it was written. Where the scan of the last segment stops at LSN `e`, a
 //! sound record later in the segment whose watermark is above `e` proves
 //! that `e` was durable, and so possibly acknowledged: that is damage, an
-//! error naming the file and offset. Without such proof, nothing from `e` on
-//! was ever acknowledged, and it is cut off and reported.
+//! error naming the file and offset. Without such proof the stop is treated
+//! as a torn write: everything from `e` on is cut off and reported. The
+//! honest limit (FORMAT.md, "Recovery"): damage to the last records, written
+//! before any later record could vouch for them, looks exactly like a torn
+//! write and is cut the same way, reported, never silently.
 
 use std::path::{Path, PathBuf};
 
@@ -36,7 +39,8 @@ pub struct OpenReport {
     /// A torn tail that was cut off, if any.
     pub torn_tail: Option<TornTail>,
     /// A last segment whose creation was torn (header unreadable, nothing
-    /// written after it), removed.
+    /// written after it): removed by a writable open, only reported by a
+    /// read-only one.
     pub removed_segment: Option<PathBuf>,
 }
 

@@ -18,7 +18,8 @@ use std::path::Path;
 
 /// A directory of segment files and small metadata files.
 pub trait Storage: Send + Sync + 'static {
-    /// Creates `dir` (and parents) if missing, making the new entry durable.
+    /// Creates `dir` (and parents) if missing, and fsyncs the parent of
+    /// `dir` so that its entry is durable.
     fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
 
     /// Names of the regular files in `dir`.
@@ -40,8 +41,9 @@ pub trait Storage: Send + Sync + 'static {
     /// Removes a file. Not durable until the directory is synced.
     fn remove_file(&self, path: &Path) -> io::Result<()>;
 
-    /// Renames a file within its directory, replacing nothing (the target
-    /// must not exist). Not durable until the directory is synced.
+    /// Renames a file within its directory, atomically replacing the target
+    /// if it exists (POSIX `rename`). Not durable until the directory is
+    /// synced.
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
 
     /// Makes every creation and removal in `dir` durable (fsync of the directory).

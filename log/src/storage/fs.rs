@@ -123,12 +123,6 @@ impl Storage for FsStorage {
     }
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        if to.exists() {
-            return Err(io::Error::new(
-                io::ErrorKind::AlreadyExists,
-                format!("{} already exists", to.display()),
-            ));
-        }
         std::fs::rename(from, to)
     }
 
@@ -184,10 +178,10 @@ fn map_segment(file: &File, writable: bool) -> io::Result<MmapSegment> {
     } else {
         MmapOptions::new().map_raw_read_only(file)?
     };
-    // Default read-ahead advice made every msync write about 1 MB to the
-    // device on the reference machine (page cache fault-around dirtying far
-    // more than was written); random advice brings it back to the bytes
-    // actually written. See ARCHITECTURE.md.
+    // Default read-ahead advice lets page faults fill the cache with large
+    // folios, and msync writes a dirty folio whole: about 1 MB per sync on
+    // the reference machine. Random advice faults in single pages, so a
+    // sync writes the pages actually touched. See SegmentPreparation.
     map.advise(Advice::Random)?;
     Ok(MmapSegment {
         map,

@@ -48,7 +48,9 @@ pub enum SimFault {
 struct Faults {
     flush_eio: AtomicBool,
     create_enospc: AtomicBool,
-    /// Set by a power cut: every later operation of this boot fails (EIO).
+    /// Set by a power cut: every later create, remove, rename, directory
+    /// sync, small-file write and flush of this boot fails (writes still
+    /// land in the detached images, which nothing reads any more).
     dead: AtomicBool,
     /// Writes and flushes hold it shared; a power cut holds it exclusively,
     /// so a cut happens between two writes, never in the middle of one.
@@ -107,8 +109,9 @@ impl SimStorage {
     /// subset of unflushed pages), with no locks held.
     ///
     /// This storage, and every file opened through it, is dead afterwards:
-    /// each later operation fails with EIO, so a log still running on it
-    /// fail-stops without touching the new boot. Returns the new storage and
+    /// every later create, remove, rename, directory sync and flush fails,
+    /// so a log still running on it fail-stops without touching the new
+    /// boot. Returns the new storage and
     /// the number of unflushed pages that were lost.
     pub fn power_cut(&self, cut: PowerCut) -> (SimStorage, usize) {
         let _power = self.faults.power.write();
@@ -232,12 +235,6 @@ impl Storage for SimStorage {
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         self.faults.check(&self.faults.flush_eio, libc::EIO)?;
         let mut state = self.state.lock();
-        if state.files.contains_key(to) {
-            return Err(io::Error::new(
-                io::ErrorKind::AlreadyExists,
-                "rename target exists",
-            ));
-        }
         let file = state
             .files
             .remove(from)
