@@ -53,6 +53,22 @@ pub fn frame(buffer: &mut Vec<u8>, lsn: u64, payload: &[u8]) {
     buffer.resize(padded, 0);
 }
 
+/// Walks a buffer of framed records (see [`frame`]), checking each CRC;
+/// returns the number of records. The replay baseline.
+pub fn replay_framed(data: &[u8]) -> u64 {
+    let mut offset = 0usize;
+    let mut records = 0u64;
+    while offset + 24 <= data.len() {
+        let length = u32::from_le_bytes(data[offset + 4..offset + 8].try_into().unwrap()) as usize;
+        let payload = &data[offset + 24..offset + 24 + length];
+        let crc = u32::from_le_bytes(data[offset..offset + 4].try_into().unwrap());
+        assert_eq!(crc32fast::hash(payload), crc, "record {records}");
+        offset += (24 + length).div_ceil(8) * 8;
+        records += 1;
+    }
+    records
+}
+
 /// A plain append-only file: buffered writes, one fdatasync per commit.
 pub struct PlainFile {
     file: io::BufWriter<File>,
