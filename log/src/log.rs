@@ -15,13 +15,14 @@ use std::thread::JoinHandle;
 use parking_lot::{Condvar, Mutex, RwLock};
 
 use crate::format::{
-    encode_record_header, record_size_bytes, CleanMarker, HeaderDamage, LSN_FIRST,
+    encode_record_header, record_size_bytes, CleanMarker, HeaderDamage, RecordDamage, LSN_FIRST,
     RECORD_FLAG_BATCH_CONTINUES, RECORD_HEADER_SIZE_BYTES, SEGMENT_HEADER_SIZE_BYTES,
 };
 use crate::preparer::{Preparer, PREPARED_SUFFIX};
 use crate::reader::{LogReader, Tailer};
 use crate::recovery::{
-    scan_segment, segment_files, trust_clean_marker, OpenReport, SegmentEnd, CLEAN_MARKER_FILE_NAME,
+    max_durable_lsn, scan_segment, segment_files, trust_clean_marker, OpenReport, SegmentEnd,
+    TornReason, TornTail, CLEAN_MARKER_FILE_NAME,
 };
 use crate::segment::{Segment, SegmentOpen};
 use crate::storage::Storage;
@@ -110,6 +111,11 @@ struct WriterState {
     next_lsn: Lsn,
     /// A spare segment was requested for the roll after `active`.
     spare_requested: bool,
+    /// Under `Periodic` and `OsOnly`, the segment before `active` until its
+    /// tail is flushed in the background: (segment, from, to). At most one
+    /// segment is ever in this state, which is what lets recovery check
+    /// only the last two.
+    sealed: Option<(Arc<Segment>, u64, u64)>,
     failed: Option<FailStop>,
     closed: bool,
 }
@@ -202,13 +208,18 @@ impl Log {
                 torn: None,
             }
         } else {
-            find_end(
+            let end = find_end(
                 &*storage,
                 &dir,
                 segments.last().expect("not empty"),
                 writable,
                 &mut report,
-            )?
+            )?;
+            if report.clean_close || segments.len() < 2 {
+                end
+            } else {
+                check_previous_segment(&*storage, &dir, &mut segments, end, writable, &mut report)?
+            }
         };
         if writable
             && end.offset == SEGMENT_HEADER_SIZE_BYTES
@@ -223,7 +234,15 @@ impl Log {
         if writable {
             // What the scan found may exist only in the page cache (a
             // writer killed before its flush): make it durable before
-            // anything is built on it.
+            // anything is built on it. The segment before may still have
+            // been waiting for its background flush.
+            if let Some(previous) = segments.len().checked_sub(2).map(|i| &segments[i]) {
+                let size = previous.size_bytes() - SEGMENT_HEADER_SIZE_BYTES;
+                previous
+                    .file
+                    .flush(SEGMENT_HEADER_SIZE_BYTES, size)
+                    .map_err(|e| LogError::io("flush recovered segment", &previous.path, e))?;
+            }
             active
                 .file
                 .flush(
@@ -259,6 +278,7 @@ impl Log {
                 flush_offset: end.offset,
                 next_lsn: end.next_lsn,
                 spare_requested: false,
+                sealed: None,
                 failed: None,
                 closed: !writable,
             }),
@@ -284,7 +304,7 @@ impl Log {
             *shared.preparer.lock() = Some(preparer);
         }
         let flusher = match (writable, shared.options.durability) {
-            (true, Durability::EveryBatch | Durability::Periodic(_)) => {
+            (true, _) => {
                 let flusher_shared = shared.clone();
                 Some(
                     std::thread::Builder::new()
@@ -571,16 +591,30 @@ impl Shared {
     /// segment is complete on disk (recovery scans only the last one).
     fn roll(&self, writer: &mut WriterState) -> Result<(), LogError> {
         let old = writer.active.clone();
-        // Flush from the header, not from `flush_offset`: a concurrent
-        // flusher round may still be writing an earlier range, and msync of
-        // the whole range waits for it.
-        let flushed = self.flush_range(
-            &old,
-            SEGMENT_HEADER_SIZE_BYTES,
-            writer.write_offset - SEGMENT_HEADER_SIZE_BYTES,
-        );
-        if let Err(error) = flushed {
-            return Err(self.fail(writer, FailStop::new("flush", &old.path, error)));
+        if self.options.durability == Durability::EveryBatch {
+            // Flush from the header, not from `flush_offset`: a concurrent
+            // flusher round may still be writing an earlier range, and msync
+            // of the whole range waits for it.
+            let flushed = self.flush_range(
+                &old,
+                SEGMENT_HEADER_SIZE_BYTES,
+                writer.write_offset - SEGMENT_HEADER_SIZE_BYTES,
+            );
+            if let Err(error) = flushed {
+                return Err(self.fail(writer, FailStop::new("flush", &old.path, error)));
+            }
+        } else {
+            // Without per-batch syncs, a synchronous flush of the whole
+            // segment here would stall the appender for its full writeback.
+            // The flusher does it in the background instead; only a segment
+            // still unflushed from the roll before is flushed here, so at
+            // most one segment is ever behind (recovery checks two).
+            if let Some((previous, from, to)) = writer.sealed.take() {
+                if let Err(error) = self.flush_range(&previous, from, to - from) {
+                    return Err(self.fail(writer, FailStop::new("flush", &previous.path, error)));
+                }
+            }
+            writer.sealed = Some((old.clone(), writer.flush_offset, writer.write_offset));
         }
         // Open replaced an empty last segment smaller than the configured
         // size, and a batch never exceeds the configured capacity: so the
@@ -619,6 +653,9 @@ impl Shared {
         writer.write_offset = SEGMENT_HEADER_SIZE_BYTES;
         writer.flush_offset = SEGMENT_HEADER_SIZE_BYTES;
         writer.spare_requested = false;
+        if writer.sealed.is_some() {
+            self.request_flush();
+        }
         Ok(())
     }
 
@@ -716,15 +753,42 @@ impl Shared {
         &self,
         writer: &mut parking_lot::MutexGuard<'_, WriterState>,
     ) -> Result<Lsn, LogError> {
+        let sealed = writer.sealed.clone();
         let segment = writer.active.clone();
         let (from, to, target) = (writer.flush_offset, writer.write_offset, writer.next_lsn);
-        writer.flush_offset = to;
+        // Under OsOnly the flusher only finishes sealed segments: the active
+        // one is left to the OS, as the mode promises.
+        let active_too = self.options.durability != Durability::OsOnly || writer.closed;
+        if active_too {
+            writer.flush_offset = to;
+        }
         let result = parking_lot::MutexGuard::unlocked(writer, || {
-            self.flush_range(&segment, from, to - from)
+            if let Some((sealed, sealed_from, sealed_to)) = &sealed {
+                self.flush_range(sealed, *sealed_from, sealed_to - sealed_from)
+                    .map_err(|error| (sealed.path.clone(), error))?;
+            }
+            if active_too {
+                self.flush_range(&segment, from, to - from)
+                    .map_err(|error| (segment.path.clone(), error))?;
+            }
+            Ok(())
         });
         match result {
-            Ok(()) => Ok(target),
-            Err(error) => Err(self.fail(writer, FailStop::new("flush", &segment.path, error))),
+            Ok(()) => {
+                // Done with the sealed segment, unless a roll replaced it
+                // (flushing it itself) meanwhile.
+                if let (Some((flushed, ..)), Some((current, ..))) = (&sealed, &writer.sealed) {
+                    if Arc::ptr_eq(flushed, current) {
+                        writer.sealed = None;
+                    }
+                }
+                Ok(if active_too {
+                    target
+                } else {
+                    self.durable_lsn.load(Ordering::Acquire)
+                })
+            }
+            Err((path, error)) => Err(self.fail(writer, FailStop::new("flush", &path, error))),
         }
     }
 
@@ -916,6 +980,69 @@ fn find_end(
             scan_segment(last)
         }
     }
+}
+
+/// Under `Periodic` and `OsOnly` the segment before the last is flushed in
+/// the background after a roll, so a power cut can leave it torn while the
+/// last segment holds records. Checks it after an unclean close and returns
+/// the log's end: the last segment's own, or the previous segment's cut, in
+/// which case the last segment (which follows the gap) is removed. Damage
+/// the last segment's watermarks prove was durable is an error instead.
+fn check_previous_segment(
+    storage: &dyn Storage,
+    dir: &Path,
+    segments: &mut Vec<Arc<Segment>>,
+    last_end: SegmentEnd,
+    writable: bool,
+    report: &mut OpenReport,
+) -> Result<SegmentEnd, LogError> {
+    let last = segments[segments.len() - 1].clone();
+    let previous = segments[segments.len() - 2].clone();
+    let previous_end = scan_segment(&previous)?;
+    if previous_end.next_lsn == last.base_lsn() {
+        if let Some(torn) = &previous_end.torn {
+            // Complete, with stray bytes after its last record.
+            if writable {
+                zero_torn_tail(&previous, torn.offset, torn.offset + torn.bytes_discarded)?;
+            }
+        }
+        return Ok(last_end);
+    }
+    let stop = previous_end.next_lsn;
+    if max_durable_lsn(&last, last_end.offset) > stop {
+        return Err(LogError::CorruptRecord {
+            path: previous.path.clone(),
+            offset: previous_end.offset,
+            lsn: stop,
+            damage: match previous_end.torn.as_ref().map(|t| t.reason) {
+                Some(TornReason::Damaged(damage)) => damage,
+                _ => RecordDamage::Missing,
+            },
+        });
+    }
+    tracing::warn!(
+        path = %previous.path.display(), offset = previous_end.offset, lsn = stop,
+        removed = %last.path.display(),
+        "the segment before the last was cut short by a crash; removing the last segment"
+    );
+    if writable {
+        storage
+            .remove_file(&last.path)
+            .and_then(|()| storage.sync_dir(dir))
+            .map_err(|e| LogError::io("remove segment after a gap", &last.path, e))?;
+    }
+    segments.pop();
+    report.removed_segment = Some(last.path.clone());
+    Ok(SegmentEnd {
+        torn: Some(previous_end.torn.unwrap_or(TornTail {
+            path: previous.path.clone(),
+            offset: previous_end.offset,
+            lsn: stop,
+            reason: TornReason::UnfinishedSegment,
+            bytes_discarded: 0,
+        })),
+        ..previous_end
+    })
 }
 
 /// Zeroes the cut-off bytes of a torn tail, durably, so that stale records

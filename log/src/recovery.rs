@@ -38,9 +38,10 @@ pub struct OpenReport {
     pub clean_close: bool,
     /// A torn tail that was cut off, if any.
     pub torn_tail: Option<TornTail>,
-    /// A last segment whose creation was torn (header unreadable, nothing
-    /// written after it): removed by a writable open, only reported by a
-    /// read-only one.
+    /// A last segment set aside at open: one torn while being created
+    /// (header unreadable, nothing written after it), or one that follows a
+    /// segment a crash cut short (see [`TornReason::UnfinishedSegment`]).
+    /// Removed by a writable open, only reported by a read-only one.
     pub removed_segment: Option<PathBuf>,
 }
 
@@ -69,6 +70,10 @@ pub enum TornReason {
     /// Stray bytes after the last record (a later page of an unflushed
     /// write survived while an earlier one did not).
     StrayBytes,
+    /// The segment before the last ends before the last one's first LSN (its
+    /// tail was still being flushed in the background when the power went);
+    /// the last segment, which followed the gap, was removed.
+    UnfinishedSegment,
 }
 
 impl std::fmt::Display for TornReason {
@@ -77,6 +82,12 @@ impl std::fmt::Display for TornReason {
             TornReason::Damaged(damage) => write!(f, "partially written record ({damage})"),
             TornReason::IncompleteBatch => write!(f, "incomplete atomic batch"),
             TornReason::StrayBytes => write!(f, "stray bytes after the last record"),
+            TornReason::UnfinishedSegment => {
+                write!(
+                    f,
+                    "segment ends before the next one begins; the next one was removed"
+                )
+            }
         }
     }
 }
@@ -155,6 +166,19 @@ pub(crate) fn scan_segment(segment: &Segment) -> Result<SegmentEnd, LogError> {
         next_lsn: cut_lsn,
         torn,
     })
+}
+
+/// The highest durability watermark among the records of `segment` before
+/// `end_offset` (all of them sound: a scan found them).
+pub(crate) fn max_durable_lsn(segment: &Segment, end_offset: u64) -> Lsn {
+    let bytes = segment.bytes(0, end_offset);
+    let mut offset = SEGMENT_HEADER_SIZE_BYTES;
+    let mut max = 0;
+    while let RecordCheck::Valid { header, size_bytes } = check_record(&bytes[offset as usize..]) {
+        max = max.max(header.durable_lsn);
+        offset += size_bytes;
+    }
+    max
 }
 
 /// Looks for a sound record after `stop` whose durability watermark is above
