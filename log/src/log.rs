@@ -586,9 +586,11 @@ impl Shared {
         Ok(last)
     }
 
-    /// Starts a new segment at the writer's next LSN. The old segment is
-    /// flushed first, so a record in a segment implies that every earlier
-    /// segment is complete on disk (recovery scans only the last one).
+    /// Starts a new segment at the writer's next LSN. Under `EveryBatch`
+    /// the old segment is flushed first, so a record in a segment implies
+    /// that every earlier segment is complete on disk; under the other modes
+    /// at most the segment before the last may be unfinished. Recovery
+    /// therefore checks only the last two segments.
     fn roll(&self, writer: &mut WriterState) -> Result<(), LogError> {
         let old = writer.active.clone();
         if self.options.durability == Durability::EveryBatch {
