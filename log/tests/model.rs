@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use proptest::prelude::*;
-use skald_log::{Log, LogError, LogOptions, SimStorage};
+use skald_log::{Durability, Log, LogError, LogOptions, SimStorage};
 
 /// Small segments so that rolls, oversized records and truncation all
 /// happen within a few operations.
@@ -41,10 +41,11 @@ fn payload(lsn_hint: u64, size: usize) -> Vec<u8> {
         .collect()
 }
 
-fn open(storage: &SimStorage, prepare: bool) -> Log {
+fn open(storage: &SimStorage, prepare: bool, durability: Durability) -> Log {
     let options = LogOptions::default()
         .segment_size_bytes(SEGMENT_SIZE_BYTES)
         .prepare_segments(prepare)
+        .durability(durability)
         .storage(Arc::new(storage.clone()));
     Log::open(Path::new("/model"), options).expect("open")
 }
@@ -71,9 +72,17 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
 
     #[test]
-    fn log_agrees_with_model(ops in prop::collection::vec(op(), 1..60), prepare in any::<bool>()) {
+    fn log_agrees_with_model(
+        ops in prop::collection::vec(op(), 1..60),
+        prepare in any::<bool>(),
+        durability in prop_oneof![
+            Just(Durability::EveryBatch),
+            Just(Durability::Periodic(std::time::Duration::from_millis(1))),
+            Just(Durability::OsOnly),
+        ],
+    ) {
         let storage = SimStorage::new();
-        let mut log = Some(open(&storage, prepare));
+        let mut log = Some(open(&storage, prepare, durability));
         // (lsn, payload) for every retained record.
         let mut model: Vec<(u64, Vec<u8>)> = Vec::new();
         let mut next_lsn = 1u64;
@@ -118,7 +127,7 @@ proptest! {
                     } else {
                         drop(old);
                     }
-                    let reopened = open(&storage, prepare);
+                    let reopened = open(&storage, prepare, durability);
                     prop_assert_eq!(reopened.open_report().clean_close, clean);
                     prop_assert_eq!(reopened.open_report().torn_tail.clone(), None);
                     prop_assert_eq!(reopened.next_lsn(), next_lsn);
