@@ -605,6 +605,10 @@ impl Shared {
             if let Err(error) = flushed {
                 return Err(self.fail(writer, FailStop::new("flush", &old.path, error)));
             }
+            // Everything written so far is durable now: publish it, so the
+            // new segment's first records already vouch for the old one's
+            // tail (recovery's watermark proof).
+            self.publish_durable(writer.next_lsn);
         } else {
             // Without per-batch syncs, a synchronous flush of the whole
             // segment here would stall the appender for its full writeback.
@@ -616,7 +620,10 @@ impl Shared {
                     return Err(self.fail(writer, FailStop::new("flush", &previous.path, error)));
                 }
             }
-            writer.sealed = Some((old.clone(), writer.flush_offset, writer.write_offset));
+            // From the header, not from `flush_offset`: that marks where a
+            // flush was started, and a flusher round may still be on its way
+            // to the range before it. msync of clean pages is cheap.
+            writer.sealed = Some((old.clone(), SEGMENT_HEADER_SIZE_BYTES, writer.write_offset));
         }
         // Open replaced an empty last segment smaller than the configured
         // size, and a batch never exceeds the configured capacity: so the
@@ -816,8 +823,9 @@ impl Shared {
         // Under the sync lock, so a waiter cannot check and then sleep
         // between the store and the notification.
         let _sync = self.sync.lock();
-        let previous = self.durable_lsn.fetch_max(target, Ordering::AcqRel);
-        debug_assert!(previous <= target, "durable LSN went backwards");
+        // A max, not a store: a roll may have published past the target of
+        // a flusher round that was already under way.
+        self.durable_lsn.fetch_max(target, Ordering::AcqRel);
         self.sync_waiters.notify_all();
     }
 
@@ -1001,6 +1009,16 @@ fn check_previous_segment(
     let last = segments[segments.len() - 1].clone();
     let previous = segments[segments.len() - 2].clone();
     let previous_end = scan_segment(&previous)?;
+    if previous_end.next_lsn > last.base_lsn() {
+        return Err(LogError::SegmentMismatch {
+            path: last.path.clone(),
+            detail: format!(
+                "the segment before it holds LSNs up to {}, past this segment's base LSN {}",
+                previous_end.next_lsn - 1,
+                last.base_lsn()
+            ),
+        });
+    }
     if previous_end.next_lsn == last.base_lsn() {
         if let Some(torn) = &previous_end.torn {
             // Complete, with stray bytes after its last record.
