@@ -26,6 +26,31 @@ struct Row {
 }
 
 impl Row {
+    /// A row from a finished run: elapsed time since `started`, device bytes
+    /// since `device_before`, latencies sorted for percentiles.
+    fn measured(
+        name: String,
+        records: u64,
+        record_bytes: u64,
+        started: Instant,
+        counter: &DeviceCounter,
+        device_before: Option<u64>,
+        mut latencies_ns: Vec<u64>,
+    ) -> Row {
+        let seconds = started.elapsed().as_secs_f64();
+        let device = device_before
+            .zip(counter.bytes_written())
+            .map(|(a, b)| b - a);
+        latencies_ns.sort_unstable();
+        Row {
+            name,
+            records,
+            seconds,
+            latencies_ns,
+            write_amplification: device.map(|d| d as f64 / (records * record_bytes) as f64),
+        }
+    }
+
     fn per_second(&self) -> f64 {
         self.records as f64 / self.seconds
     }
@@ -71,23 +96,20 @@ fn run_threads(
     let device_before = counter.bytes_written();
     barrier.wait();
     let started = Instant::now();
-    let mut latencies: Vec<u64> = handles
+    let latencies: Vec<u64> = handles
         .into_iter()
         .flat_map(|h| h.join().unwrap())
         .collect();
-    let seconds = started.elapsed().as_secs_f64();
     let records = threads as u64 * per_thread * batch;
-    let device = device_before
-        .zip(counter.bytes_written())
-        .map(|(a, b)| b - a);
-    latencies.sort_unstable();
-    Row {
+    Row::measured(
         name,
         records,
-        seconds,
-        latencies_ns: latencies,
-        write_amplification: device.map(|d| d as f64 / (records * record_bytes) as f64),
-    }
+        record_bytes,
+        started,
+        &counter,
+        device_before,
+        latencies,
+    )
 }
 
 /// Durable scenarios use one segment large enough for the whole run, made
@@ -166,7 +188,7 @@ fn skald_async(
     let counter = DeviceCounter::for_dir(dir.path());
     let device_before = counter.bytes_written();
     let started = Instant::now();
-    let mut latencies: Vec<u64> = runtime.block_on(async {
+    let latencies: Vec<u64> = runtime.block_on(async {
         let handles: Vec<_> = (0..tasks)
             .map(|_| {
                 let log = log.clone();
@@ -188,25 +210,23 @@ fn skald_async(
         }
         all
     });
-    let seconds = started.elapsed().as_secs_f64();
     let records = tasks as u64 * per_task;
-    let device = device_before
-        .zip(counter.bytes_written())
-        .map(|(a, b)| b - a);
-    latencies.sort_unstable();
-    Row {
-        name: format!(
-            "skald, {tasks} async tasks, {payload} B{}",
-            match preparation {
-                SegmentPreparation::ZeroFill => "",
-                SegmentPreparation::Fallocate => ", fallocated segments",
-            }
-        ),
+    let name = format!(
+        "skald, {tasks} async tasks, {payload} B{}",
+        match preparation {
+            SegmentPreparation::ZeroFill => "",
+            SegmentPreparation::Fallocate => ", fallocated segments",
+        }
+    );
+    Row::measured(
+        name,
         records,
-        seconds,
-        latencies_ns: latencies,
-        write_amplification: device.map(|d| d as f64 / (records * record_bytes(payload)) as f64),
-    }
+        record_bytes(payload),
+        started,
+        &counter,
+        device_before,
+        latencies,
+    )
 }
 
 fn okaywal_concurrent(threads: usize, per_thread: u64, payload: usize) -> Row {
