@@ -220,9 +220,9 @@ pub fn check_record(bytes: &[u8]) -> RecordCheck {
         return RecordCheck::Empty;
     }
     let header = &bytes[..RECORD_HEADER_SIZE_BYTES as usize];
-    if header.iter().all(|&b| b == 0) {
-        return RecordCheck::Empty;
-    }
+    // An all-zero header never has a matching CRC (its LSN field would be
+    // 0), so "empty" is only looked for once a check has failed.
+    let empty = || header.iter().all(|&b| b == 0);
     let length = read_u32(header, 4) as u64;
     if RECORD_HEADER_SIZE_BYTES + length > available {
         return RecordCheck::Damaged(RecordDamage::LengthPastEnd);
@@ -233,7 +233,11 @@ pub fn check_record(bytes: &[u8]) -> RecordCheck {
     hasher.update(&header[4..24]);
     hasher.update(payload);
     if hasher.finalize() != read_u32(header, 0) {
-        return RecordCheck::Damaged(RecordDamage::Checksum);
+        return if empty() {
+            RecordCheck::Empty
+        } else {
+            RecordCheck::Damaged(RecordDamage::Checksum)
+        };
     }
     let flags = u16::from_le_bytes([header[20], header[21]]);
     if flags & !RECORD_FLAGS_KNOWN != 0 || header[22] != 0 || header[23] != 0 {

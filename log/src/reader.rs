@@ -117,9 +117,18 @@ impl LogReader {
         if self.offset + RECORD_HEADER_SIZE_BYTES > size {
             return Err(damaged(RecordDamage::Missing));
         }
-        let length = peek_record_length(self.segment.bytes(self.offset, RECORD_HEADER_SIZE_BYTES));
-        let record_length = (RECORD_HEADER_SIZE_BYTES + length).min(size - self.offset);
-        let bytes = self.segment.bytes(self.offset, record_length);
+        let bytes = if self.segment_end_lsn.is_some() {
+            // A sealed segment is never written again: one slice to its end
+            // serves the whole check (the replay hot path).
+            self.segment.bytes(self.offset, size - self.offset)
+        } else {
+            // The active segment: only this record's bytes are complete, so
+            // read its length first and no further than the record.
+            let header = self.segment.bytes(self.offset, RECORD_HEADER_SIZE_BYTES);
+            let length = peek_record_length(header);
+            let record_length = (RECORD_HEADER_SIZE_BYTES + length).min(size - self.offset);
+            self.segment.bytes(self.offset, record_length)
+        };
         match check_record(bytes) {
             RecordCheck::Valid { header, size_bytes } if header.lsn == self.next_lsn => {
                 self.offset += size_bytes;
