@@ -43,6 +43,7 @@
 mod error;
 pub mod format;
 mod log;
+mod open;
 mod options;
 mod preparer;
 mod reader;
