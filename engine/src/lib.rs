@@ -13,12 +13,17 @@
 //!   in `[0, 1)` the caller draws and records), never drawn inside.
 //! - [`CircuitBreaker`]: closed, open, half-open, per downstream service.
 //!   Time is an input (milliseconds), never read from a clock inside.
+//! - [`SagaSpec`]: a saga definition's metadata (ordered steps: compensatable,
+//!   pivot, retriable; timeouts; retry policies; services) and the rules
+//!   `validate` enforces, each error naming the step.
 
 mod breaker;
 pub mod codec;
+mod definition;
 mod error;
 mod retry;
 
 pub use crate::breaker::{BreakerSettings, BreakerState, CircuitBreaker};
+pub use crate::definition::{SagaSpec, StepKind, StepSpec, STEPS_MAX};
 pub use crate::error::EngineError;
 pub use crate::retry::{Backoff, RetryPolicy};
