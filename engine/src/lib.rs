@@ -16,14 +16,24 @@
 //! - [`SagaSpec`]: a saga definition's metadata (ordered steps: compensatable,
 //!   pivot, retriable; timeouts; retry policies; services) and the rules
 //!   `validate` enforces, each error naming the step.
+//! - [`Event`] and [`apply`]: every saga transition is an event; `apply`
+//!   folds one into a [`SagaState`] with no clock, randomness or I/O, and
+//!   refuses (with an [`ApplyError`] naming saga and step) any event that
+//!   does not follow from the state.
 
 mod breaker;
 pub mod codec;
 mod definition;
 mod error;
+mod event;
 mod retry;
+mod state;
 
 pub use crate::breaker::{BreakerSettings, BreakerState, CircuitBreaker};
 pub use crate::definition::{SagaSpec, StepKind, StepSpec, STEPS_MAX};
 pub use crate::error::EngineError;
+pub use crate::event::{Event, EventKind, Millis, OperatorAction, SagaId, StepIndex, Timer};
 pub use crate::retry::{Backoff, RetryPolicy};
+pub use crate::state::{
+    apply, fold, kind_name, ApplyError, SagaState, SagaStatus, StepPhase, StepState,
+};

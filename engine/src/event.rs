@@ -1,0 +1,197 @@
+//! Saga events: every transition of every saga is one of these, appended to
+//! the log before anything acts on it.
+//!
+//! Events carry their own time (`at`, milliseconds on the engine's clock)
+//! and every input a later decision depends on (jitter draws, deadlines), so
+//! folding them needs no clock and no randomness. They are encoded through
+//! [`crate::codec`] behind its version byte.
+
+use serde::{Deserialize, Serialize};
+
+use crate::codec::{self, CodecError};
+
+/// Milliseconds since the Unix epoch, as recorded by the engine.
+pub type Millis = u64;
+
+/// Index of a step within its saga definition.
+pub type StepIndex = u16;
+
+/// A saga instance's id, unique within an engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct SagaId(pub u64);
+
+impl std::fmt::Display for SagaId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "saga-{:016x}", self.0)
+    }
+}
+
+/// One transition of one saga.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// The saga it belongs to.
+    pub saga: SagaId,
+    /// When the engine recorded it.
+    pub at: Millis,
+    /// What happened.
+    pub kind: EventKind,
+}
+
+/// What happened.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EventKind {
+    /// The saga was started (durable before `start` returns).
+    Started {
+        /// The definition's id.
+        definition: String,
+        /// Steps in the definition, so the fold needs no definition.
+        steps: StepIndex,
+        /// The caller's input, serialised.
+        input: Vec<u8>,
+        /// The saga's deadline.
+        deadline: Millis,
+        /// The caller's deduplication key, if any.
+        key: Option<String>,
+    },
+    /// An attempt of a step began.
+    StepStarted {
+        /// The step.
+        step: StepIndex,
+        /// Attempt number, from 1.
+        attempt: u32,
+        /// When this attempt times out.
+        deadline: Millis,
+    },
+    /// An attempt of a step succeeded.
+    StepSucceeded {
+        /// The step.
+        step: StepIndex,
+        /// The attempt.
+        attempt: u32,
+        /// The step's output, serialised.
+        output: Vec<u8>,
+    },
+    /// An attempt of a step failed (a timeout and a panic are failures too).
+    StepFailed {
+        /// The step.
+        step: StepIndex,
+        /// The attempt.
+        attempt: u32,
+        /// What went wrong.
+        error: String,
+        /// The error said retrying is pointless.
+        permanent: bool,
+    },
+    /// Another attempt (of the step or of its compensation) will run at
+    /// `fire_at`.
+    RetryScheduled {
+        /// The step.
+        step: StepIndex,
+        /// The attempt that will run.
+        attempt: u32,
+        /// When it runs.
+        fire_at: Millis,
+        /// It is the compensation that will be retried.
+        compensation: bool,
+    },
+    /// An attempt of a step's compensation began.
+    CompensationStarted {
+        /// The step.
+        step: StepIndex,
+        /// Attempt number of the compensation, from 1.
+        attempt: u32,
+        /// When this attempt times out.
+        deadline: Millis,
+    },
+    /// A step's compensation succeeded.
+    StepCompensated {
+        /// The step.
+        step: StepIndex,
+        /// The attempt.
+        attempt: u32,
+    },
+    /// An attempt of a step's compensation failed.
+    CompensationFailed {
+        /// The step.
+        step: StepIndex,
+        /// The attempt.
+        attempt: u32,
+        /// What went wrong.
+        error: String,
+        /// The error said retrying is pointless.
+        permanent: bool,
+    },
+    /// Every step succeeded.
+    Completed,
+    /// The saga was undone: every completed compensatable step compensated.
+    Aborted,
+    /// The saga cannot finish by itself and needs an operator.
+    Failed {
+        /// Why.
+        reason: String,
+    },
+    /// A caller asked for the saga to be cancelled.
+    CancelRequested {
+        /// Why.
+        reason: String,
+    },
+    /// A durable timer fired.
+    TimerFired {
+        /// Which one.
+        timer: Timer,
+    },
+    /// An operator acted on the saga.
+    OperatorAction {
+        /// What they did.
+        action: OperatorAction,
+        /// Who.
+        who: String,
+        /// Why.
+        why: String,
+    },
+}
+
+/// A durable timer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Timer {
+    /// A scheduled retry is due.
+    Retry {
+        /// The step.
+        step: StepIndex,
+    },
+    /// A step (or compensation) attempt ran past its deadline.
+    StepDeadline {
+        /// The step.
+        step: StepIndex,
+        /// The attempt.
+        attempt: u32,
+    },
+    /// The saga ran past its deadline.
+    SagaDeadline,
+}
+
+/// What an operator can do to a saga.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OperatorAction {
+    /// Retry the compensation of a Failed saga.
+    RetryCompensation,
+    /// Resume a Failed saga at a failed step.
+    ResumeStep {
+        /// The step.
+        step: StepIndex,
+    },
+    /// Declare a Failed saga resolved by hand.
+    MarkResolved,
+}
+
+impl Event {
+    /// The event as a log payload.
+    pub fn encode(&self) -> Vec<u8> {
+        codec::encode(self)
+    }
+
+    /// An event from a log payload.
+    pub fn decode(bytes: &[u8]) -> Result<Event, CodecError> {
+        codec::decode(bytes)
+    }
+}

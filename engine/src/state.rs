@@ -1,0 +1,545 @@
+//! A saga's state as the fold of its events.
+//!
+//! [`apply`] is pure and deterministic: no clock, no randomness, no I/O.
+//! Folding the same events always yields the same state, and an event that
+//! does not fit the state (a step that never started cannot succeed; nothing
+//! happens to a finished saga) is refused with an error naming the saga,
+//! the step and the event, never silently absorbed: an event log that
+//! disagrees with the state machine is a bug or damage to be reported.
+//!
+//! Deciding what happens next (run a step, retry, compensate, finish) is a
+//! separate function of this state and the saga's definition.
+
+use serde::{Deserialize, Serialize};
+
+use crate::event::{Event, EventKind, Millis, OperatorAction, SagaId, StepIndex, Timer};
+
+/// Where a saga stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SagaStatus {
+    /// Steps are running forward.
+    Running,
+    /// Completed steps are being compensated, latest first.
+    Compensating,
+    /// Every step succeeded. Terminal.
+    Completed,
+    /// Every completed compensatable step was compensated. Terminal.
+    Aborted,
+    /// Cannot finish by itself; waits for an operator. Only operator
+    /// actions apply to it.
+    Failed,
+    /// An operator declared a Failed saga resolved. Terminal.
+    Resolved,
+}
+
+impl SagaStatus {
+    /// No event but an operator's (for `Failed`) applies any more.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            SagaStatus::Completed | SagaStatus::Aborted | SagaStatus::Failed | SagaStatus::Resolved
+        )
+    }
+}
+
+/// Where a step stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StepPhase {
+    /// Not started.
+    Pending,
+    /// An attempt is running.
+    Running {
+        /// The attempt.
+        attempt: u32,
+    },
+    /// The last attempt failed; what follows is not decided yet.
+    Failed {
+        /// The attempt that failed.
+        attempt: u32,
+        /// Its error was permanent.
+        permanent: bool,
+    },
+    /// Another attempt is scheduled.
+    WaitingRetry {
+        /// The attempt that will run.
+        attempt: u32,
+        /// When.
+        fire_at: Millis,
+    },
+    /// Done.
+    Succeeded,
+    /// A compensation attempt is running.
+    Compensating {
+        /// The attempt.
+        attempt: u32,
+    },
+    /// The last compensation attempt failed.
+    CompensationFailed {
+        /// The attempt that failed.
+        attempt: u32,
+        /// Its error was permanent.
+        permanent: bool,
+    },
+    /// Another compensation attempt is scheduled.
+    WaitingCompensationRetry {
+        /// The attempt that will run.
+        attempt: u32,
+        /// When.
+        fire_at: Millis,
+    },
+    /// Undone.
+    Compensated,
+}
+
+/// One step's history, as far as decisions and views need it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepState {
+    /// Where it stands.
+    pub phase: StepPhase,
+    /// Attempts started.
+    pub attempts: u32,
+    /// Compensation attempts started.
+    pub compensation_attempts: u32,
+    /// Deadline of the running attempt (step or compensation).
+    pub deadline: Option<Millis>,
+    /// Its output, once it succeeded.
+    pub output: Option<Vec<u8>>,
+    /// The latest error.
+    pub last_error: Option<String>,
+    /// When its first attempt started.
+    pub started_at: Option<Millis>,
+    /// When it last changed phase.
+    pub updated_at: Option<Millis>,
+}
+
+impl StepState {
+    fn new() -> StepState {
+        StepState {
+            phase: StepPhase::Pending,
+            attempts: 0,
+            compensation_attempts: 0,
+            deadline: None,
+            output: None,
+            last_error: None,
+            started_at: None,
+            updated_at: None,
+        }
+    }
+}
+
+/// A saga instance's state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SagaState {
+    /// Its id.
+    pub id: SagaId,
+    /// Its definition's id.
+    pub definition: String,
+    /// The caller's input, serialised.
+    pub input: Vec<u8>,
+    /// The caller's deduplication key.
+    pub key: Option<String>,
+    /// Where it stands.
+    pub status: SagaStatus,
+    /// One entry per step of the definition.
+    pub steps: Vec<StepState>,
+    /// When it started.
+    pub started_at: Millis,
+    /// Its deadline.
+    pub deadline: Millis,
+    /// The saga deadline's timer fired.
+    pub deadline_passed: bool,
+    /// Why cancellation was requested (the first request).
+    pub cancel_reason: Option<String>,
+    /// Why it failed, for an operator.
+    pub failure: Option<String>,
+    /// Operator actions so far: (who, why).
+    pub operator_actions: Vec<(String, String)>,
+    /// When the latest event happened.
+    pub updated_at: Millis,
+}
+
+/// An event that does not fit the saga's state.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApplyError {
+    /// `Started` for a saga that already exists.
+    #[error("{saga}: started twice")]
+    AlreadyStarted {
+        /// The saga.
+        saga: SagaId,
+    },
+    /// An event for a saga that was never started.
+    #[error("{saga}: {event} before the saga started")]
+    NotStarted {
+        /// The saga.
+        saga: SagaId,
+        /// The event's kind.
+        event: &'static str,
+    },
+    /// An event folded into another saga's state.
+    #[error("event of {event_saga} folded into {saga}")]
+    WrongSaga {
+        /// The state's saga.
+        saga: SagaId,
+        /// The event's saga.
+        event_saga: SagaId,
+    },
+    /// An event for a saga that is already final.
+    #[error("{saga}: {event} after the saga became {status:?}")]
+    AfterFinal {
+        /// The saga.
+        saga: SagaId,
+        /// The event's kind.
+        event: &'static str,
+        /// Its status.
+        status: SagaStatus,
+    },
+    /// A step index past the definition's steps.
+    #[error("{saga}: step {step} does not exist")]
+    NoSuchStep {
+        /// The saga.
+        saga: SagaId,
+        /// The step index.
+        step: StepIndex,
+    },
+    /// A step event that does not follow from the step's phase.
+    #[error("{saga}: {event} for step {step} (attempt {attempt}) while it is {phase:?}")]
+    StepTransition {
+        /// The saga.
+        saga: SagaId,
+        /// The step.
+        step: StepIndex,
+        /// The event's kind.
+        event: &'static str,
+        /// The event's attempt.
+        attempt: u32,
+        /// The step's phase.
+        phase: StepPhase,
+    },
+    /// A saga-level event that does not follow from the saga's state.
+    #[error("{saga}: {event} while the saga is {status:?}: {detail}")]
+    SagaTransition {
+        /// The saga.
+        saga: SagaId,
+        /// The event's kind.
+        event: &'static str,
+        /// Its status.
+        status: SagaStatus,
+        /// What is missing.
+        detail: &'static str,
+    },
+}
+
+/// Folds one event into a saga's state (`None` before `Started`).
+pub fn apply(state: Option<&SagaState>, event: &Event) -> Result<SagaState, ApplyError> {
+    let name = kind_name(&event.kind);
+    let Some(state) = state else {
+        return match &event.kind {
+            EventKind::Started {
+                definition,
+                steps,
+                input,
+                deadline,
+                key,
+            } => Ok(SagaState {
+                id: event.saga,
+                definition: definition.clone(),
+                input: input.clone(),
+                key: key.clone(),
+                status: SagaStatus::Running,
+                steps: (0..*steps).map(|_| StepState::new()).collect(),
+                started_at: event.at,
+                deadline: *deadline,
+                deadline_passed: false,
+                cancel_reason: None,
+                failure: None,
+                operator_actions: Vec::new(),
+                updated_at: event.at,
+            }),
+            _ => Err(ApplyError::NotStarted {
+                saga: event.saga,
+                event: name,
+            }),
+        };
+    };
+    if state.id != event.saga {
+        return Err(ApplyError::WrongSaga {
+            saga: state.id,
+            event_saga: event.saga,
+        });
+    }
+    let operator = matches!(event.kind, EventKind::OperatorAction { .. });
+    if state.status.is_final() && !(operator && state.status == SagaStatus::Failed) {
+        return Err(ApplyError::AfterFinal {
+            saga: state.id,
+            event: name,
+            status: state.status,
+        });
+    }
+    let mut next = state.clone();
+    next.updated_at = event.at;
+    match &event.kind {
+        EventKind::Started { .. } => return Err(ApplyError::AlreadyStarted { saga: state.id }),
+        EventKind::CancelRequested { reason } => {
+            next.cancel_reason.get_or_insert_with(|| reason.clone());
+        }
+        EventKind::TimerFired { timer } => {
+            if *timer == Timer::SagaDeadline {
+                next.deadline_passed = true;
+            }
+        }
+        EventKind::Completed => {
+            require(
+                state,
+                name,
+                state.status == SagaStatus::Running,
+                "it is not running",
+            )?;
+            let all_done = state.steps.iter().all(|s| s.phase == StepPhase::Succeeded);
+            require(state, name, all_done, "not every step succeeded")?;
+            next.status = SagaStatus::Completed;
+        }
+        EventKind::Aborted => {
+            let busy = state.steps.iter().any(|s| {
+                matches!(
+                    s.phase,
+                    StepPhase::Running { .. }
+                        | StepPhase::Compensating { .. }
+                        | StepPhase::WaitingRetry { .. }
+                        | StepPhase::WaitingCompensationRetry { .. }
+                )
+            });
+            require(
+                state,
+                name,
+                !busy,
+                "a step or compensation is still under way",
+            )?;
+            next.status = SagaStatus::Aborted;
+        }
+        EventKind::Failed { reason } => {
+            next.status = SagaStatus::Failed;
+            next.failure = Some(reason.clone());
+        }
+        EventKind::OperatorAction { action, who, why } => {
+            require(
+                state,
+                name,
+                state.status == SagaStatus::Failed,
+                "only a Failed saga takes operator actions",
+            )?;
+            next.operator_actions.push((who.clone(), why.clone()));
+            next.status = match action {
+                OperatorAction::RetryCompensation => SagaStatus::Compensating,
+                OperatorAction::ResumeStep { step } => {
+                    let phase = step_state(state, *step)?.phase;
+                    let resumable = matches!(phase, StepPhase::Failed { .. });
+                    require(state, name, resumable, "only a failed step can be resumed")?;
+                    SagaStatus::Running
+                }
+                OperatorAction::MarkResolved => SagaStatus::Resolved,
+            };
+        }
+        step_event => apply_step(state, &mut next, event.at, step_event)?,
+    }
+    Ok(next)
+}
+
+/// The step-level events.
+fn apply_step(
+    state: &SagaState,
+    next: &mut SagaState,
+    at: Millis,
+    kind: &EventKind,
+) -> Result<(), ApplyError> {
+    let name = kind_name(kind);
+    let (step, attempt) = step_and_attempt(kind).expect("only step events get here");
+    let current = step_state(state, step)?.clone();
+    let refuse = || ApplyError::StepTransition {
+        saga: state.id,
+        step,
+        event: name,
+        attempt,
+        phase: current.phase,
+    };
+    let target = &mut next.steps[step as usize];
+    target.updated_at = Some(at);
+    match kind {
+        EventKind::StepStarted { deadline, .. } => {
+            let fits = match current.phase {
+                StepPhase::Pending | StepPhase::Failed { .. } => true,
+                StepPhase::WaitingRetry {
+                    attempt: planned, ..
+                } => planned == attempt,
+                _ => false,
+            };
+            if !fits || attempt != current.attempts + 1 || state.status != SagaStatus::Running {
+                return Err(refuse());
+            }
+            target.phase = StepPhase::Running { attempt };
+            target.attempts = attempt;
+            target.deadline = Some(*deadline);
+            target.started_at.get_or_insert(at);
+        }
+        EventKind::StepSucceeded { output, .. } => {
+            if current.phase != (StepPhase::Running { attempt }) {
+                return Err(refuse());
+            }
+            target.phase = StepPhase::Succeeded;
+            target.output = Some(output.clone());
+            target.deadline = None;
+        }
+        EventKind::StepFailed {
+            error, permanent, ..
+        } => {
+            if current.phase != (StepPhase::Running { attempt }) {
+                return Err(refuse());
+            }
+            target.phase = StepPhase::Failed {
+                attempt,
+                permanent: *permanent,
+            };
+            target.last_error = Some(error.clone());
+            target.deadline = None;
+        }
+        EventKind::RetryScheduled {
+            fire_at,
+            compensation: false,
+            ..
+        } => {
+            let fits = matches!(current.phase, StepPhase::Failed { attempt: failed, permanent: false } if failed + 1 == attempt);
+            if !fits {
+                return Err(refuse());
+            }
+            target.phase = StepPhase::WaitingRetry {
+                attempt,
+                fire_at: *fire_at,
+            };
+        }
+        EventKind::RetryScheduled {
+            fire_at,
+            compensation: true,
+            ..
+        } => {
+            let fits = matches!(current.phase, StepPhase::CompensationFailed { attempt: failed, permanent: false } if failed + 1 == attempt);
+            if !fits {
+                return Err(refuse());
+            }
+            target.phase = StepPhase::WaitingCompensationRetry {
+                attempt,
+                fire_at: *fire_at,
+            };
+        }
+        EventKind::CompensationStarted { deadline, .. } => {
+            let fits = match current.phase {
+                StepPhase::Succeeded | StepPhase::CompensationFailed { .. } => true,
+                StepPhase::WaitingCompensationRetry {
+                    attempt: planned, ..
+                } => planned == attempt,
+                _ => false,
+            };
+            let status_fits =
+                matches!(state.status, SagaStatus::Running | SagaStatus::Compensating);
+            if !fits || !status_fits || attempt != current.compensation_attempts + 1 {
+                return Err(refuse());
+            }
+            target.phase = StepPhase::Compensating { attempt };
+            target.compensation_attempts = attempt;
+            target.deadline = Some(*deadline);
+            next.status = SagaStatus::Compensating;
+        }
+        EventKind::StepCompensated { .. } => {
+            if current.phase != (StepPhase::Compensating { attempt }) {
+                return Err(refuse());
+            }
+            target.phase = StepPhase::Compensated;
+            target.deadline = None;
+        }
+        EventKind::CompensationFailed {
+            error, permanent, ..
+        } => {
+            if current.phase != (StepPhase::Compensating { attempt }) {
+                return Err(refuse());
+            }
+            target.phase = StepPhase::CompensationFailed {
+                attempt,
+                permanent: *permanent,
+            };
+            target.last_error = Some(error.clone());
+            target.deadline = None;
+        }
+        _ => unreachable!("step_and_attempt matched a step event"),
+    }
+    Ok(())
+}
+
+fn require(
+    state: &SagaState,
+    event: &'static str,
+    holds: bool,
+    detail: &'static str,
+) -> Result<(), ApplyError> {
+    if holds {
+        Ok(())
+    } else {
+        Err(ApplyError::SagaTransition {
+            saga: state.id,
+            event,
+            status: state.status,
+            detail,
+        })
+    }
+}
+
+fn step_state(state: &SagaState, step: StepIndex) -> Result<&StepState, ApplyError> {
+    state
+        .steps
+        .get(step as usize)
+        .ok_or(ApplyError::NoSuchStep {
+            saga: state.id,
+            step,
+        })
+}
+
+fn step_and_attempt(kind: &EventKind) -> Option<(StepIndex, u32)> {
+    match *kind {
+        EventKind::StepStarted { step, attempt, .. }
+        | EventKind::StepSucceeded { step, attempt, .. }
+        | EventKind::StepFailed { step, attempt, .. }
+        | EventKind::RetryScheduled { step, attempt, .. }
+        | EventKind::CompensationStarted { step, attempt, .. }
+        | EventKind::StepCompensated { step, attempt }
+        | EventKind::CompensationFailed { step, attempt, .. } => Some((step, attempt)),
+        _ => None,
+    }
+}
+
+/// The event's kind, for errors and logs.
+pub fn kind_name(kind: &EventKind) -> &'static str {
+    match kind {
+        EventKind::Started { .. } => "Started",
+        EventKind::StepStarted { .. } => "StepStarted",
+        EventKind::StepSucceeded { .. } => "StepSucceeded",
+        EventKind::StepFailed { .. } => "StepFailed",
+        EventKind::RetryScheduled { .. } => "RetryScheduled",
+        EventKind::CompensationStarted { .. } => "CompensationStarted",
+        EventKind::StepCompensated { .. } => "StepCompensated",
+        EventKind::CompensationFailed { .. } => "CompensationFailed",
+        EventKind::Completed => "Completed",
+        EventKind::Aborted => "Aborted",
+        EventKind::Failed { .. } => "Failed",
+        EventKind::CancelRequested { .. } => "CancelRequested",
+        EventKind::TimerFired { .. } => "TimerFired",
+        EventKind::OperatorAction { .. } => "OperatorAction",
+    }
+}
+
+/// Folds a whole history; the first event that does not fit is an error.
+pub fn fold<'a>(
+    events: impl IntoIterator<Item = &'a Event>,
+) -> Result<Option<SagaState>, ApplyError> {
+    let mut state = None;
+    for event in events {
+        state = Some(apply(state.as_ref(), event)?);
+    }
+    Ok(state)
+}
