@@ -13,6 +13,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::event::{Event, EventKind, Millis, OperatorAction, SagaId, StepIndex, Timer};
+use crate::STEPS_MAX;
 
 /// Where a saga stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -193,6 +194,14 @@ pub enum ApplyError {
         /// Its status.
         status: SagaStatus,
     },
+    /// A `Started` event with no steps or more than `STEPS_MAX`.
+    #[error("{saga}: started with {steps} steps (1 to 256 allowed)")]
+    BadStepCount {
+        /// The saga.
+        saga: SagaId,
+        /// The count.
+        steps: StepIndex,
+    },
     /// A step index past the definition's steps.
     #[error("{saga}: step {step} does not exist")]
     NoSuchStep {
@@ -233,6 +242,14 @@ pub enum ApplyError {
 pub fn apply(state: Option<&SagaState>, event: &Event) -> Result<SagaState, ApplyError> {
     let name = kind_name(&event.kind);
     let Some(state) = state else {
+        if let EventKind::Started { steps, .. } = &event.kind {
+            if *steps as usize > STEPS_MAX || *steps == 0 {
+                return Err(ApplyError::BadStepCount {
+                    saga: event.saga,
+                    steps: *steps,
+                });
+            }
+        }
         return match &event.kind {
             EventKind::Started {
                 definition,
@@ -282,11 +299,14 @@ pub fn apply(state: Option<&SagaState>, event: &Event) -> Result<SagaState, Appl
         EventKind::CancelRequested { reason } => {
             next.cancel_reason.get_or_insert_with(|| reason.clone());
         }
-        EventKind::TimerFired { timer } => {
-            if *timer == Timer::SagaDeadline {
-                next.deadline_passed = true;
+        EventKind::TimerFired { timer } => match *timer {
+            Timer::SagaDeadline => next.deadline_passed = true,
+            // What a step timer means is for `decide` to read from the
+            // step's phase and deadline; the fold only checks the step.
+            Timer::Retry { step } | Timer::StepDeadline { step, .. } => {
+                step_state(state, step)?;
             }
-        }
+        },
         EventKind::Completed => {
             require(
                 state,
@@ -299,6 +319,9 @@ pub fn apply(state: Option<&SagaState>, event: &Event) -> Result<SagaState, Appl
             next.status = SagaStatus::Completed;
         }
         EventKind::Aborted => {
+            // Which succeeded steps needed compensating depends on their
+            // kinds (decide's job); a failed compensation never counts as
+            // done.
             let busy = state.steps.iter().any(|s| {
                 matches!(
                     s.phase,
@@ -306,6 +329,7 @@ pub fn apply(state: Option<&SagaState>, event: &Event) -> Result<SagaState, Appl
                         | StepPhase::Compensating { .. }
                         | StepPhase::WaitingRetry { .. }
                         | StepPhase::WaitingCompensationRetry { .. }
+                        | StepPhase::CompensationFailed { .. }
                 )
             });
             require(
@@ -329,11 +353,46 @@ pub fn apply(state: Option<&SagaState>, event: &Event) -> Result<SagaState, Appl
             )?;
             next.operator_actions.push((who.clone(), why.clone()));
             next.status = match action {
-                OperatorAction::RetryCompensation => SagaStatus::Compensating,
+                OperatorAction::RetryCompensation => {
+                    // Every failed compensation gets a next attempt, due now.
+                    for step in next.steps.iter_mut() {
+                        if let StepPhase::CompensationFailed { attempt, .. } = step.phase {
+                            step.phase = StepPhase::WaitingCompensationRetry {
+                                attempt: next_attempt(state, name, attempt)?,
+                                fire_at: event.at,
+                            };
+                        }
+                    }
+                    SagaStatus::Compensating
+                }
                 OperatorAction::ResumeStep { step } => {
                     let phase = step_state(state, *step)?.phase;
-                    let resumable = matches!(phase, StepPhase::Failed { .. });
-                    require(state, name, resumable, "only a failed step can be resumed")?;
+                    let StepPhase::Failed { attempt, .. } = phase else {
+                        return Err(ApplyError::SagaTransition {
+                            saga: state.id,
+                            event: name,
+                            status: state.status,
+                            detail: "only a failed step can be resumed",
+                        });
+                    };
+                    let before_done = state.steps[..*step as usize]
+                        .iter()
+                        .all(|s| s.phase == StepPhase::Succeeded);
+                    let undoing = state.steps.iter().any(|s| is_compensation_phase(s.phase));
+                    require(
+                        state,
+                        name,
+                        before_done && !undoing,
+                        "resuming needs every earlier step succeeded and nothing compensated",
+                    )?;
+                    next.steps[*step as usize].phase = StepPhase::WaitingRetry {
+                        attempt: next_attempt(state, name, attempt)?,
+                        fire_at: event.at,
+                    };
+                    // The operator chose to go forward: an earlier cancel
+                    // request or deadline no longer stands.
+                    next.cancel_reason = None;
+                    next.deadline_passed = false;
                     SagaStatus::Running
                 }
                 OperatorAction::MarkResolved => SagaStatus::Resolved,
@@ -366,13 +425,23 @@ fn apply_step(
     match kind {
         EventKind::StepStarted { deadline, .. } => {
             let fits = match current.phase {
-                StepPhase::Pending | StepPhase::Failed { .. } => true,
+                StepPhase::Pending => true,
                 StepPhase::WaitingRetry {
                     attempt: planned, ..
                 } => planned == attempt,
                 _ => false,
             };
-            if !fits || attempt != current.attempts + 1 || state.status != SagaStatus::Running {
+            // Steps run one at a time, in order.
+            let in_order = state.steps[..step as usize]
+                .iter()
+                .all(|s| s.phase == StepPhase::Succeeded);
+            let alone = state
+                .steps
+                .iter()
+                .enumerate()
+                .all(|(index, s)| index == step as usize || !is_active(s.phase));
+            let counted = current.attempts.checked_add(1) == Some(attempt);
+            if !fits || !in_order || !alone || !counted || state.status != SagaStatus::Running {
                 return Err(refuse());
             }
             target.phase = StepPhase::Running { attempt };
@@ -406,8 +475,8 @@ fn apply_step(
             compensation: false,
             ..
         } => {
-            let fits = matches!(current.phase, StepPhase::Failed { attempt: failed, permanent: false } if failed + 1 == attempt);
-            if !fits {
+            let fits = matches!(current.phase, StepPhase::Failed { attempt: failed, permanent: false } if failed.checked_add(1) == Some(attempt));
+            if !fits || state.status != SagaStatus::Running {
                 return Err(refuse());
             }
             target.phase = StepPhase::WaitingRetry {
@@ -420,7 +489,7 @@ fn apply_step(
             compensation: true,
             ..
         } => {
-            let fits = matches!(current.phase, StepPhase::CompensationFailed { attempt: failed, permanent: false } if failed + 1 == attempt);
+            let fits = matches!(current.phase, StepPhase::CompensationFailed { attempt: failed, permanent: false } if failed.checked_add(1) == Some(attempt));
             if !fits {
                 return Err(refuse());
             }
@@ -431,7 +500,7 @@ fn apply_step(
         }
         EventKind::CompensationStarted { deadline, .. } => {
             let fits = match current.phase {
-                StepPhase::Succeeded | StepPhase::CompensationFailed { .. } => true,
+                StepPhase::Succeeded => true,
                 StepPhase::WaitingCompensationRetry {
                     attempt: planned, ..
                 } => planned == attempt,
@@ -439,7 +508,17 @@ fn apply_step(
             };
             let status_fits =
                 matches!(state.status, SagaStatus::Running | SagaStatus::Compensating);
-            if !fits || !status_fits || attempt != current.compensation_attempts + 1 {
+            // Compensation starts once nothing runs forward. Its order
+            // (reverse, compensatable steps only) depends on step kinds:
+            // that is decide's to keep.
+            let forward_idle = !state.steps.iter().any(|s| {
+                matches!(
+                    s.phase,
+                    StepPhase::Running { .. } | StepPhase::WaitingRetry { .. }
+                )
+            });
+            let counted = current.compensation_attempts.checked_add(1) == Some(attempt);
+            if !fits || !status_fits || !forward_idle || !counted {
                 return Err(refuse());
             }
             target.phase = StepPhase::Compensating { attempt };
@@ -470,6 +549,37 @@ fn apply_step(
         _ => unreachable!("step_and_attempt matched a step event"),
     }
     Ok(())
+}
+
+/// A step attempt or compensation attempt is running or scheduled.
+fn is_active(phase: StepPhase) -> bool {
+    matches!(
+        phase,
+        StepPhase::Running { .. }
+            | StepPhase::WaitingRetry { .. }
+            | StepPhase::Compensating { .. }
+            | StepPhase::WaitingCompensationRetry { .. }
+    )
+}
+
+fn is_compensation_phase(phase: StepPhase) -> bool {
+    matches!(
+        phase,
+        StepPhase::Compensating { .. }
+            | StepPhase::CompensationFailed { .. }
+            | StepPhase::WaitingCompensationRetry { .. }
+            | StepPhase::Compensated
+    )
+}
+
+/// The attempt after `attempt`, refused at the (unreachable) u32 limit.
+fn next_attempt(state: &SagaState, event: &'static str, attempt: u32) -> Result<u32, ApplyError> {
+    attempt.checked_add(1).ok_or(ApplyError::SagaTransition {
+        saga: state.id,
+        event,
+        status: state.status,
+        detail: "attempt counter exhausted",
+    })
 }
 
 fn require(
