@@ -128,6 +128,11 @@ fn skald_options(durability: Durability, preparation: SegmentPreparation) -> Log
     }
 }
 
+/// A durable (EveryBatch) log for one scenario.
+fn open_durable(dir: &std::path::Path, preparation: SegmentPreparation) -> Arc<Log> {
+    Arc::new(Log::open(dir, skald_options(Durability::EveryBatch, preparation)).unwrap())
+}
+
 /// Framed size of a Skald record with this payload.
 fn record_bytes(payload: usize) -> u64 {
     skald_log::format::record_size_bytes(payload as u64)
@@ -141,13 +146,7 @@ fn skald_concurrent(
     preparation: SegmentPreparation,
 ) -> Row {
     let dir = scratch_dir();
-    let log = Arc::new(
-        Log::open(
-            dir.path(),
-            skald_options(Durability::EveryBatch, preparation),
-        )
-        .unwrap(),
-    );
+    let log = open_durable(dir.path(), preparation);
     let bytes = vec![0xA5u8; payload];
     let worker_log = log.clone();
     let row = run_threads(
@@ -174,13 +173,7 @@ fn skald_async(
     preparation: SegmentPreparation,
 ) -> Row {
     let dir = scratch_dir();
-    let log = Arc::new(
-        Log::open(
-            dir.path(),
-            skald_options(Durability::EveryBatch, preparation),
-        )
-        .unwrap(),
-    );
+    let log = open_durable(dir.path(), preparation);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .build()
