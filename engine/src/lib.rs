@@ -23,6 +23,7 @@
 
 mod breaker;
 pub mod codec;
+mod decide;
 mod definition;
 mod error;
 mod event;
@@ -30,6 +31,7 @@ mod retry;
 mod state;
 
 pub use crate::breaker::{BreakerSettings, BreakerState, CircuitBreaker};
+pub use crate::decide::{decide, Decision, Run};
 pub use crate::definition::{SagaSpec, StepKind, StepSpec, STEPS_MAX};
 pub use crate::error::EngineError;
 pub use crate::event::{Event, EventKind, Millis, OperatorAction, SagaId, StepIndex, Timer};

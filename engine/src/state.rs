@@ -327,10 +327,9 @@ pub fn apply(state: Option<&SagaState>, event: &Event) -> Result<SagaState, Appl
                     s.phase,
                     StepPhase::Running { .. }
                         | StepPhase::Compensating { .. }
-                        | StepPhase::WaitingRetry { .. }
                         | StepPhase::WaitingCompensationRetry { .. }
                         | StepPhase::CompensationFailed { .. }
-                )
+                ) || (matches!(s.phase, StepPhase::WaitingRetry { .. }) && !abort_requested(state))
             });
             require(
                 state,
@@ -338,6 +337,7 @@ pub fn apply(state: Option<&SagaState>, event: &Event) -> Result<SagaState, Appl
                 !busy,
                 "a step or compensation is still under way",
             )?;
+            abandon_planned_retries(state, &mut next);
             next.status = SagaStatus::Aborted;
         }
         EventKind::Failed { reason } => {
@@ -354,6 +354,16 @@ pub fn apply(state: Option<&SagaState>, event: &Event) -> Result<SagaState, Appl
             next.operator_actions.push((who.clone(), why.clone()));
             next.status = match action {
                 OperatorAction::RetryCompensation => {
+                    let failed_compensation = state
+                        .steps
+                        .iter()
+                        .any(|s| matches!(s.phase, StepPhase::CompensationFailed { .. }));
+                    require(
+                        state,
+                        name,
+                        failed_compensation,
+                        "no compensation failed, so there is none to retry",
+                    )?;
                     // Every failed compensation gets a next attempt, due now.
                     for step in next.steps.iter_mut() {
                         if let StepPhase::CompensationFailed { attempt, .. } = step.phase {
@@ -391,8 +401,11 @@ pub fn apply(state: Option<&SagaState>, event: &Event) -> Result<SagaState, Appl
                     };
                     // The operator chose to go forward: an earlier cancel
                     // request or deadline no longer stands.
+                    // The operator takes responsibility for its timing
+                    // too: the saga deadline no longer applies.
                     next.cancel_reason = None;
                     next.deadline_passed = false;
+                    next.deadline = Millis::MAX;
                     SagaStatus::Running
                 }
                 OperatorAction::MarkResolved => SagaStatus::Resolved,
@@ -511,11 +524,12 @@ fn apply_step(
             // Compensation starts once nothing runs forward. Its order
             // (reverse, compensatable steps only) depends on step kinds:
             // that is decide's to keep.
+            // A planned retry gives way to a cancel request or a passed
+            // saga deadline: it is abandoned (see `abandon_planned_retries`).
             let forward_idle = !state.steps.iter().any(|s| {
-                matches!(
-                    s.phase,
-                    StepPhase::Running { .. } | StepPhase::WaitingRetry { .. }
-                )
+                matches!(s.phase, StepPhase::Running { .. })
+                    || (matches!(s.phase, StepPhase::WaitingRetry { .. })
+                        && !abort_requested(state))
             });
             let counted = current.compensation_attempts.checked_add(1) == Some(attempt);
             if !fits || !status_fits || !forward_idle || !counted {
@@ -525,6 +539,7 @@ fn apply_step(
             target.compensation_attempts = attempt;
             target.deadline = Some(*deadline);
             next.status = SagaStatus::Compensating;
+            abandon_planned_retries(state, next);
         }
         EventKind::StepCompensated { .. } => {
             if current.phase != (StepPhase::Compensating { attempt }) {
@@ -549,6 +564,27 @@ fn apply_step(
         _ => unreachable!("step_and_attempt matched a step event"),
     }
     Ok(())
+}
+
+/// A cancel request or a passed saga deadline asks the saga to turn back.
+fn abort_requested(state: &SagaState) -> bool {
+    state.cancel_reason.is_some() || state.deadline_passed
+}
+
+/// Turning back abandons a planned forward retry: the step is left failed
+/// at its last attempt (its error kept), never started again.
+fn abandon_planned_retries(state: &SagaState, next: &mut SagaState) {
+    if !abort_requested(state) {
+        return;
+    }
+    for (index, step) in state.steps.iter().enumerate() {
+        if matches!(step.phase, StepPhase::WaitingRetry { .. }) {
+            next.steps[index].phase = StepPhase::Failed {
+                attempt: step.attempts,
+                permanent: false,
+            };
+        }
+    }
 }
 
 /// A step attempt or compensation attempt is running or scheduled.

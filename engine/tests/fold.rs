@@ -347,7 +347,13 @@ fn legal_next(state: &SagaState, permanent: bool) -> Vec<EventKind> {
         )
     };
     if state.status == SagaStatus::Failed {
-        next.push(operator(OperatorAction::RetryCompensation));
+        if state
+            .steps
+            .iter()
+            .any(|s| matches!(s.phase, StepPhase::CompensationFailed { .. }))
+        {
+            next.push(operator(OperatorAction::RetryCompensation));
+        }
         next.push(operator(OperatorAction::MarkResolved));
         for (index, step) in state.steps.iter().enumerate() {
             let earlier_done = state.steps[..index]
@@ -372,11 +378,12 @@ fn legal_next(state: &SagaState, permanent: bool) -> Vec<EventKind> {
         return next;
     }
     let running = state.status == SagaStatus::Running;
+    // A cancel request or a passed deadline lets turning back abandon a
+    // planned retry.
+    let turning_back = state.cancel_reason.is_some() || state.deadline_passed;
     let forward_idle = !state.steps.iter().any(|s| {
-        matches!(
-            s.phase,
-            StepPhase::Running { .. } | StepPhase::WaitingRetry { .. }
-        )
+        matches!(s.phase, StepPhase::Running { .. })
+            || (matches!(s.phase, StepPhase::WaitingRetry { .. }) && !turning_back)
     });
     for (index, step) in state.steps.iter().enumerate() {
         let s = index as u16;
@@ -442,10 +449,10 @@ fn legal_next(state: &SagaState, permanent: bool) -> Vec<EventKind> {
     if running && state.steps.iter().all(|s| s.phase == StepPhase::Succeeded) {
         next.push(EventKind::Completed);
     }
-    let busy = state
-        .steps
-        .iter()
-        .any(|s| active(s.phase) || matches!(s.phase, StepPhase::CompensationFailed { .. }));
+    let busy = state.steps.iter().any(|s| {
+        let abandonable = turning_back && matches!(s.phase, StepPhase::WaitingRetry { .. });
+        (active(s.phase) && !abandonable) || matches!(s.phase, StepPhase::CompensationFailed { .. })
+    });
     if !busy {
         next.push(EventKind::Aborted);
     }

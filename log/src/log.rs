@@ -397,6 +397,32 @@ impl Log {
         Ok(last + 1 - payloads.len() as u64)
     }
 
+    /// Writes a batch like [`Log::append_batch`] but returns as soon as it
+    /// is in the log, before it is durable: the LSN one past its last record
+    /// is what [`Log::wait_durable_async`] takes. A writer that keeps working
+    /// while earlier batches flush (the engine's partitions) acts on a batch
+    /// only after that wait; until then a crash may lose it.
+    pub fn append_batch_deferred(&self, payloads: &[&[u8]]) -> Result<Lsn, LogError> {
+        let last = self.shared.write_batch(payloads)?;
+        if self.shared.options.durability == Durability::EveryBatch {
+            self.shared.request_flush();
+        }
+        Ok(last + 1)
+    }
+
+    /// Waits until every record below `end` is durable under the log's
+    /// [`Durability`] (under `Periodic` and `OsOnly` it returns at once, as
+    /// appends do), or the log fails.
+    pub async fn wait_durable_async(&self, end: Lsn) -> Result<(), LogError> {
+        if self.shared.options.durability == Durability::EveryBatch {
+            let mut waiter = Tailer::waiting_for(self.shared.clone(), end);
+            if waiter.wait_visible().await.is_err() {
+                return Err(self.shared.failure().unwrap_or(LogError::Closed));
+            }
+        }
+        Ok(())
+    }
+
     /// A reader positioned at `lsn`, which must lie between the first
     /// retained LSN and the visible end (inclusive).
     pub fn read_from(&self, lsn: Lsn) -> Result<LogReader, LogError> {

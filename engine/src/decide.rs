@@ -1,0 +1,301 @@
+//! What happens next: a pure function of a saga's state, its definition and
+//! the current time.
+//!
+//! [`decide`] reads no clock and draws no random number: `now` and the
+//! jitter draw are inputs, and whatever it decides is recorded as an event
+//! (deadlines and retry times included) before anything acts on it. After a
+//! crash the engine folds the recorded events back into the same state and
+//! asks `decide` again, so a saga resumes exactly where it stood.
+//!
+//! The rules, in the order they apply:
+//! - A final saga decides nothing.
+//! - Before the pivot has succeeded, a passed saga deadline is recorded
+//!   (`TimerFired(SagaDeadline)`); a cancel request or a passed deadline then
+//!   turns the saga back: no new forward attempt starts, a planned retry is
+//!   abandoned, and an attempt already running is allowed to finish or time
+//!   out (its effect may be real, so its outcome decides whether it is
+//!   compensated).
+//! - Forward, steps run one at a time in order. A failed attempt is retried
+//!   by the step's policy unless its error was permanent; a compensatable
+//!   step or the pivot that runs out of attempts turns the saga back.
+//!   Retriable steps (after the pivot) are retried past `attempts_max`,
+//!   until they succeed; a permanent error there fails the saga, since it
+//!   can go neither forward nor back.
+//! - Backward, the compensatable steps that succeeded are compensated, the
+//!   latest first, each retried by its policy; a compensation that still
+//!   fails fails the saga for an operator. Once none is left the saga is
+//!   aborted.
+
+use std::time::Duration;
+
+use crate::definition::{SagaSpec, StepKind};
+use crate::event::{EventKind, Millis, StepIndex, Timer};
+use crate::state::{SagaState, SagaStatus, StepPhase};
+
+/// What the engine does next for one saga.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    /// Record this event (then fold it and decide again).
+    Record(EventKind),
+    /// Nothing to record now.
+    Wait {
+        /// An attempt whose handler should be running.
+        run: Option<Run>,
+        /// When to decide again if nothing else happens first (the earliest
+        /// retry, step deadline or saga deadline).
+        wake_at: Option<Millis>,
+    },
+    /// The saga is final; nothing will happen unless an operator acts.
+    Done,
+}
+
+/// An attempt of a step or of its compensation that is under way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Run {
+    /// The step.
+    pub step: StepIndex,
+    /// The attempt (of the step, or of its compensation).
+    pub attempt: u32,
+    /// It is the compensation that runs.
+    pub compensation: bool,
+    /// When the attempt times out.
+    pub deadline: Millis,
+}
+
+/// Decides the next move of `state`, a saga of definition `spec`, at time
+/// `now`; `jitter` is a draw in `[0, 1)` used if a retry is scheduled.
+///
+/// `state` must have been started from `spec` (same step count); a
+/// mismatch decides nothing (`Done`) rather than index out of bounds.
+pub fn decide(state: &SagaState, spec: &SagaSpec, now: Millis, jitter: f64) -> Decision {
+    if state.status.is_final() || state.steps.len() != spec.steps.len() {
+        return Decision::Done;
+    }
+    if state.status == SagaStatus::Compensating {
+        return backward(state, spec, now, jitter);
+    }
+    let pivot_done = spec
+        .steps
+        .iter()
+        .zip(&state.steps)
+        .any(|(step, st)| step.kind == StepKind::Pivot && st.phase == StepPhase::Succeeded);
+    let deadline_counts = !pivot_done && !state.deadline_passed;
+    if deadline_counts && now >= state.deadline {
+        return Decision::Record(EventKind::TimerFired {
+            timer: Timer::SagaDeadline,
+        });
+    }
+    let saga_wake = deadline_counts.then_some(state.deadline);
+    let turn_back = !pivot_done && (state.cancel_reason.is_some() || state.deadline_passed);
+
+    let Some(index) = state
+        .steps
+        .iter()
+        .position(|st| st.phase != StepPhase::Succeeded)
+    else {
+        return Decision::Record(EventKind::Completed);
+    };
+    let step = index as StepIndex;
+    let current = &state.steps[index];
+    let spec_step = &spec.steps[index];
+    let policy = spec.retry_of(spec_step);
+    match current.phase {
+        StepPhase::Running { attempt } => {
+            let deadline = current.deadline.unwrap_or(now);
+            if now >= deadline {
+                return Decision::Record(EventKind::StepFailed {
+                    step,
+                    attempt,
+                    error: format!("attempt {attempt} timed out after {:?}", spec_step.timeout),
+                    permanent: false,
+                });
+            }
+            Decision::Wait {
+                run: Some(Run {
+                    step,
+                    attempt,
+                    compensation: false,
+                    deadline,
+                }),
+                wake_at: earliest(Some(deadline), saga_wake),
+            }
+        }
+        _ if turn_back => backward(state, spec, now, jitter),
+        StepPhase::Pending => Decision::Record(EventKind::StepStarted {
+            step,
+            attempt: current.attempts + 1,
+            deadline: now.saturating_add(millis(spec_step.timeout)),
+        }),
+        StepPhase::WaitingRetry { attempt, fire_at } => {
+            if now >= fire_at {
+                Decision::Record(EventKind::StepStarted {
+                    step,
+                    attempt,
+                    deadline: now.saturating_add(millis(spec_step.timeout)),
+                })
+            } else {
+                Decision::Wait {
+                    run: None,
+                    wake_at: earliest(Some(fire_at), saga_wake),
+                }
+            }
+        }
+        StepPhase::Failed { attempt, permanent } => {
+            let error = current.last_error.as_deref().unwrap_or("unknown error");
+            if spec_step.kind == StepKind::Retriable {
+                if permanent || attempt == u32::MAX {
+                    return Decision::Record(EventKind::Failed {
+                        reason: format!(
+                            "step {:?} failed after the pivot, so the saga can go neither \
+                             forward nor back (attempt {attempt}): {error}",
+                            spec_step.id
+                        ),
+                    });
+                }
+                // Retried until it succeeds: the policy shapes the delays,
+                // its attempt limit does not apply.
+                return retry(
+                    step,
+                    attempt,
+                    now,
+                    policy.delay_after(attempt, jitter),
+                    false,
+                );
+            }
+            if !permanent && policy.retries_after(attempt) {
+                return retry(
+                    step,
+                    attempt,
+                    now,
+                    policy.delay_after(attempt, jitter),
+                    false,
+                );
+            }
+            backward(state, spec, now, jitter)
+        }
+        // Compensation phases while Running cannot be folded; nothing to do.
+        _ => Decision::Done,
+    }
+}
+
+/// Turning back: compensate the succeeded compensatable steps, latest first.
+fn backward(state: &SagaState, spec: &SagaSpec, now: Millis, jitter: f64) -> Decision {
+    for index in (0..state.steps.len()).rev() {
+        let spec_step = &spec.steps[index];
+        if spec_step.kind != StepKind::Compensatable {
+            continue;
+        }
+        let step = index as StepIndex;
+        let current = &state.steps[index];
+        let policy = spec.retry_of(spec_step);
+        let deadline_of_new = now.saturating_add(millis(spec_step.timeout));
+        match current.phase {
+            StepPhase::Succeeded => {
+                return Decision::Record(EventKind::CompensationStarted {
+                    step,
+                    attempt: current.compensation_attempts + 1,
+                    deadline: deadline_of_new,
+                })
+            }
+            StepPhase::Compensating { attempt } => {
+                let deadline = current.deadline.unwrap_or(now);
+                if now >= deadline {
+                    return Decision::Record(EventKind::CompensationFailed {
+                        step,
+                        attempt,
+                        error: format!(
+                            "compensation attempt {attempt} timed out after {:?}",
+                            spec_step.timeout
+                        ),
+                        permanent: false,
+                    });
+                }
+                return Decision::Wait {
+                    run: Some(Run {
+                        step,
+                        attempt,
+                        compensation: true,
+                        deadline,
+                    }),
+                    wake_at: Some(deadline),
+                };
+            }
+            StepPhase::CompensationFailed { attempt, permanent } => {
+                if !permanent && policy.retries_after(attempt) {
+                    return retry(
+                        step,
+                        attempt,
+                        now,
+                        policy.delay_after(attempt, jitter),
+                        true,
+                    );
+                }
+                let error = current.last_error.as_deref().unwrap_or("unknown error");
+                return Decision::Record(EventKind::Failed {
+                    reason: format!(
+                        "compensation of step {:?} failed (attempt {attempt}{}): {error}",
+                        spec_step.id,
+                        if permanent {
+                            ", permanent"
+                        } else {
+                            ", retries exhausted"
+                        }
+                    ),
+                });
+            }
+            StepPhase::WaitingCompensationRetry { attempt, fire_at } => {
+                if now >= fire_at {
+                    return Decision::Record(EventKind::CompensationStarted {
+                        step,
+                        attempt,
+                        deadline: deadline_of_new,
+                    });
+                }
+                return Decision::Wait {
+                    run: None,
+                    wake_at: Some(fire_at),
+                };
+            }
+            StepPhase::Pending
+            | StepPhase::Running { .. }
+            | StepPhase::Failed { .. }
+            | StepPhase::WaitingRetry { .. }
+            | StepPhase::Compensated => {}
+        }
+    }
+    Decision::Record(EventKind::Aborted)
+}
+
+fn retry(
+    step: StepIndex,
+    failed: u32,
+    now: Millis,
+    delay: Duration,
+    compensation: bool,
+) -> Decision {
+    Decision::Record(EventKind::RetryScheduled {
+        step,
+        attempt: failed + 1,
+        fire_at: now.saturating_add(millis(delay)),
+        compensation,
+    })
+}
+
+fn earliest(a: Option<Millis>, b: Option<Millis>) -> Option<Millis> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// A duration in whole milliseconds, rounded up so a nonzero timeout never
+/// becomes zero.
+pub(crate) fn millis(duration: Duration) -> Millis {
+    let ms = duration.as_millis();
+    let ms = if Duration::from_millis(ms as u64) < duration {
+        ms + 1
+    } else {
+        ms
+    };
+    u64::try_from(ms).unwrap_or(u64::MAX)
+}
