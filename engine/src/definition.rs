@@ -189,7 +189,7 @@ mod tests {
             step("charge-payment", StepKind::Pivot),
             step("confirm-order", StepKind::Retriable),
         ]);
-        assert_eq!(spec.validate(), Ok(()));
+        assert!(spec.validate().is_ok());
         assert_eq!(spec.retry_of(&spec.steps[0]), RetryPolicy::default());
     }
 
@@ -203,13 +203,10 @@ mod tests {
             step("a", StepKind::Compensatable),
             step("a", StepKind::Pivot),
         ]);
-        assert_eq!(
+        assert!(matches!(
             duplicate.validate(),
-            Err(EngineError::DuplicateStep {
-                saga: "order".into(),
-                step: "a".into()
-            })
-        );
+            Err(EngineError::DuplicateStep { saga, step }) if saga == "order" && step == "a"
+        ));
         let mut zero = saga(vec![step("a", StepKind::Compensatable)]);
         zero.steps[0].timeout = Duration::ZERO;
         assert_eq!(reason_for(&zero).0, "a");

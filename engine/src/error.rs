@@ -1,7 +1,13 @@
 //! The engine's error type.
 
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::event::SagaId;
+use crate::state::{ApplyError, SagaStatus};
+
 /// What can go wrong in the engine, with what a user needs to act.
-#[derive(Debug, thiserror::Error, PartialEq)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum EngineError {
     /// A retry policy that cannot work.
     #[error("invalid retry policy: {0}")]
@@ -53,4 +59,104 @@ pub enum EngineError {
         /// Which rule, in words.
         reason: String,
     },
+
+    /// The log failed (the partition stops: fail-stop), or could not open.
+    #[error("log: {0}")]
+    Log(#[source] Arc<skald_log::LogError>),
+
+    /// The engine directory could not be used.
+    #[error("{path}: {error}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// What the OS said.
+        #[source]
+        error: Arc<std::io::Error>,
+    },
+
+    /// The directory holds a different number of partitions than asked for.
+    #[error(
+        "{dir} holds {found} partitions but the options ask for {asked}; \
+         open it with {found} (the count is fixed when an engine is created)"
+    )]
+    PartitionCount {
+        /// The engine directory.
+        dir: PathBuf,
+        /// Partitions on disk.
+        found: usize,
+        /// Partitions asked for.
+        asked: usize,
+    },
+
+    /// Options that cannot work.
+    #[error("invalid engine options: {0}")]
+    InvalidOptions(String),
+
+    /// Two definitions with the same id were registered.
+    #[error("saga definition {0:?} is registered twice")]
+    DuplicateDefinition(String),
+
+    /// A start named a definition that is not registered.
+    #[error("no saga definition {0:?} is registered")]
+    UnknownDefinition(String),
+
+    /// A start's input does not fit its definition's input type.
+    #[error("the input does not fit saga definition {definition:?}: {reason}")]
+    InvalidInput {
+        /// The definition id.
+        definition: String,
+        /// What serde said.
+        reason: String,
+    },
+
+    /// A start reused a key that belongs to a saga of another definition.
+    #[error("key {key:?} already started {saga} of definition {definition:?}")]
+    KeyConflict {
+        /// The key.
+        key: String,
+        /// The saga it started.
+        saga: SagaId,
+        /// That saga's definition.
+        definition: String,
+    },
+
+    /// No saga has this id.
+    #[error("no saga {0}")]
+    NoSuchSaga(SagaId),
+
+    /// The saga already ended.
+    #[error("{saga} is already {status:?}")]
+    SagaFinished {
+        /// The saga.
+        saga: SagaId,
+        /// Its status.
+        status: SagaStatus,
+    },
+
+    /// The state machine refused the event (an operator action that does
+    /// not apply, say).
+    #[error("refused: {0}")]
+    Refused(#[source] ApplyError),
+
+    /// A recorded event does not decode or does not fold: the log is
+    /// damaged or was written by an incompatible build.
+    #[error("{path}: record at LSN {lsn}: {reason}")]
+    Corrupt {
+        /// The partition's log directory.
+        path: PathBuf,
+        /// The record.
+        lsn: u64,
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// The engine is shut down (or shutting down).
+    #[error("the engine is shut down")]
+    ShutDown,
+}
+
+impl From<skald_log::LogError> for EngineError {
+    fn from(error: skald_log::LogError) -> EngineError {
+        EngineError::Log(Arc::new(error))
+    }
 }

@@ -1,9 +1,17 @@
 //! `skald-engine`: sagas as events on the log.
 //!
-//! This crate is being built in steps (see the project's issues). What is
-//! here so far are the pieces the runtime's decisions are made of, each a
-//! pure function of its inputs so that replaying the same events decides
-//! the same things again:
+//! A host service embeds an [`Engine`]: it registers [`Saga`] definitions
+//! (ordered [`Step`]s with async handlers and compensations), starts sagas,
+//! and the engine runs them to one end: every step succeeded
+//! ([`SagaStatus::Completed`]), or the completed compensatable steps undone
+//! in reverse order ([`SagaStatus::Aborted`]), or stopped for an operator
+//! ([`SagaStatus::Failed`]). Every transition is first an [`Event`] in a
+//! partition's log (skald-log), durable before anything acts on it, so a
+//! crash loses nothing acknowledged: the next open replays the logs and
+//! resumes every unfinished saga where it stood.
+//!
+//! The pieces, each a pure function of its inputs so that replaying the
+//! same events decides the same things again:
 //!
 //! - [`codec`]: how engine values become log payloads: a version byte, then
 //!   bincode. Every use of bincode lives in that one module, so a move to
@@ -20,22 +28,40 @@
 //!   folds one into a [`SagaState`] with no clock, randomness or I/O, and
 //!   refuses (with an [`ApplyError`] naming saga and step) any event that
 //!   does not follow from the state.
+//! - [`decide`]: what happens next, from the state, the definition, the time
+//!   and a jitter draw; what it decides is recorded as events.
+//!
+//! The runtime (`runtime.rs`) spreads sagas over partitions by id; each
+//! partition owns one log and one task that owns its sagas' state, so the
+//! hot path takes no lock. Step attempts run as tokio tasks, with their
+//! timeout, a caught panic counted as a failure, and a circuit breaker per
+//! service.
+
+#![warn(missing_docs)]
 
 mod breaker;
 pub mod codec;
 mod decide;
 mod definition;
+mod engine;
 mod error;
 mod event;
 mod retry;
+mod runtime;
+mod saga;
 mod state;
+mod view;
 
 pub use crate::breaker::{BreakerSettings, BreakerState, CircuitBreaker};
 pub use crate::decide::{decide, Decision, Run};
 pub use crate::definition::{SagaSpec, StepKind, StepSpec, STEPS_MAX};
+pub use crate::engine::{partition_dir, Engine, EngineBuilder, EngineOptions, PARTITIONS_MAX};
 pub use crate::error::EngineError;
 pub use crate::event::{Event, EventKind, Millis, OperatorAction, SagaId, StepIndex, Timer};
-pub use crate::retry::{Backoff, RetryPolicy};
+pub use crate::retry::{Backoff, RetryPolicy, ATTEMPTS_MAX};
+pub use crate::saga::{Saga, Step, StepContext, StepError};
 pub use crate::state::{
     apply, fold, kind_name, ApplyError, SagaState, SagaStatus, StepPhase, StepState,
 };
+pub use crate::view::{EngineEvent, ListFilter, SagaPage, SagaSummary, SagaView, StepView};
+pub use skald_log::Durability;

@@ -1,0 +1,980 @@
+//! A partition: one log, one task that owns the state of every saga in it.
+//!
+//! The task takes commands (starts, step results, cancels, queries) from a
+//! channel, folds each into its sagas, asks [`decide`] what follows, and
+//! writes the resulting events to its log as one batch per turn of its
+//! loop. Nothing acts on an event before it is durable: replies to callers,
+//! step attempts to spawn and outcomes to announce wait, in write order, for
+//! the log's durability wait on their batch. Meanwhile the loop goes on
+//! taking commands, so the next batch builds up while the last one flushes
+//! (group commit across every saga of the partition).
+//!
+//! Step attempts run as tokio tasks; their results come back as commands.
+//! A result that no longer matches the step's state (the attempt timed out
+//! and another began) is dropped.
+
+use std::any::Any;
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use parking_lot::Mutex;
+use rand::rngs::StdRng;
+use rand::Rng;
+use skald_log::{Log, LogError};
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::task::AbortHandle;
+
+use crate::decide::{decide, Decision, Run};
+use crate::event::{Event, EventKind, Millis, OperatorAction, SagaId};
+use crate::saga::{Definition, Outputs, StepError};
+use crate::state::{apply, SagaState, StepPhase};
+use crate::view::{EngineEvent, ListFilter, SagaSummary, SagaView};
+use crate::{CircuitBreaker, EngineError};
+
+/// Records in one log append at most; a turn's events are split into
+/// batches of this size.
+const BATCH_CHUNK: usize = 1024;
+/// Commands taken per turn at most, so that a flood of commands still
+/// flushes in bounded batches.
+const TURN_COMMANDS_MAX: usize = 4096;
+
+pub(crate) type Reply<T> = oneshot::Sender<Result<T, EngineError>>;
+
+/// What a partition is asked to do.
+pub(crate) enum Command {
+    Start {
+        definition: Arc<dyn Definition>,
+        input: Vec<u8>,
+        key: Option<String>,
+        reply: Reply<SagaId>,
+    },
+    Finished {
+        saga: SagaId,
+        run: Run,
+        result: Result<Vec<u8>, StepError>,
+        /// The handler ran (a breaker's fast failure did not).
+        called: bool,
+    },
+    Cancel {
+        saga: SagaId,
+        reason: String,
+        reply: Reply<()>,
+    },
+    Operator {
+        saga: SagaId,
+        action: OperatorAction,
+        who: String,
+        why: String,
+        reply: Reply<()>,
+    },
+    View {
+        saga: SagaId,
+        reply: Reply<Option<SagaView>>,
+    },
+    List {
+        filter: ListFilter,
+        reply: Reply<Vec<SagaSummary>>,
+    },
+    Wait {
+        saga: SagaId,
+        reply: Reply<SagaView>,
+    },
+    Shutdown {
+        reply: Reply<()>,
+    },
+}
+
+/// The engine's clock: wall time at open plus tokio's monotonic time since,
+/// so that tests running on tokio's paused clock get virtual time.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Clock {
+    wall_at_open: Millis,
+    opened: tokio::time::Instant,
+}
+
+impl Clock {
+    pub(crate) fn new() -> Clock {
+        let wall = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as Millis)
+            .unwrap_or(0);
+        Clock {
+            wall_at_open: wall,
+            opened: tokio::time::Instant::now(),
+        }
+    }
+
+    pub(crate) fn now(&self) -> Millis {
+        self.wall_at_open + self.opened.elapsed().as_millis() as Millis
+    }
+
+    fn instant_of(&self, at: Millis) -> tokio::time::Instant {
+        self.opened + std::time::Duration::from_millis(at.saturating_sub(self.wall_at_open))
+    }
+}
+
+/// Shared by the partitions of one engine.
+pub(crate) struct Shared {
+    pub(crate) definitions: HashMap<String, Arc<dyn Definition>>,
+    pub(crate) breakers: Mutex<HashMap<String, CircuitBreaker>>,
+    pub(crate) breaker_settings: crate::BreakerSettings,
+    pub(crate) events: broadcast::Sender<Arc<EngineEvent>>,
+    pub(crate) clock: Clock,
+    pub(crate) partitions: u64,
+}
+
+struct Entry {
+    state: SagaState,
+    definition: Option<Arc<dyn Definition>>,
+    /// The input decoded for handlers, once an attempt needs it.
+    input: Option<Arc<dyn Any + Send + Sync>>,
+    /// The attempt whose handler runs in this process.
+    running: Option<(Run, AbortHandle)>,
+    /// The timer set for this saga.
+    wake: Option<Millis>,
+    waiters: Vec<Reply<SagaView>>,
+}
+
+/// What a written batch releases once durable.
+#[derive(Default)]
+struct Effects {
+    started: Vec<(Reply<SagaId>, SagaId)>,
+    done: Vec<Reply<()>>,
+    spawn: Vec<(SagaId, Run)>,
+    ended: Vec<SagaId>,
+    events: Vec<(u64, Event)>,
+}
+
+impl Effects {
+    fn is_empty(&self) -> bool {
+        self.started.is_empty()
+            && self.done.is_empty()
+            && self.spawn.is_empty()
+            && self.ended.is_empty()
+            && self.events.is_empty()
+    }
+}
+
+type DurableWait = Pin<Box<dyn Future<Output = Result<u64, LogError>> + Send>>;
+
+pub(crate) struct Partition {
+    index: u16,
+    log: Arc<Log>,
+    shared: Arc<Shared>,
+    sagas: BTreeMap<SagaId, Entry>,
+    keys: HashMap<String, SagaId>,
+    timers: BTreeSet<(Millis, SagaId)>,
+    /// The next id's sequence number (ids are `seq * partitions + index`).
+    next_seq: u64,
+    rx: mpsc::UnboundedReceiver<Command>,
+    tx: mpsc::UnboundedSender<Command>,
+    rng: StdRng,
+    /// This turn's encoded events and what they release.
+    payloads: Vec<Vec<u8>>,
+    pending_events: Vec<Event>,
+    effects: Effects,
+    /// Written batches waiting for durability: (end LSN, effects).
+    in_flight: VecDeque<(u64, Effects)>,
+    durable_wait: Option<DurableWait>,
+    failed: Option<EngineError>,
+    shutdown: Option<Reply<()>>,
+}
+
+impl Partition {
+    /// Builds the partition from its log's history (already folded).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        index: u16,
+        log: Arc<Log>,
+        shared: Arc<Shared>,
+        states: BTreeMap<SagaId, SagaState>,
+        rx: mpsc::UnboundedReceiver<Command>,
+        tx: mpsc::UnboundedSender<Command>,
+        rng: StdRng,
+    ) -> Partition {
+        let partitions = shared.partitions;
+        let mut next_seq = 0;
+        let mut keys = HashMap::new();
+        let mut sagas = BTreeMap::new();
+        for (id, state) in states {
+            next_seq = next_seq.max(id.0 / partitions + 1);
+            if let Some(key) = &state.key {
+                keys.insert(key.clone(), id);
+            }
+            let definition = shared.definitions.get(&state.definition).cloned();
+            let definition = match definition {
+                Some(definition) if definition.spec().steps.len() == state.steps.len() => {
+                    Some(definition)
+                }
+                Some(_) => {
+                    if !state.status.is_final() {
+                        tracing::warn!(saga = %id, definition = %state.definition,
+                            "the registered definition has a different number of steps; the saga is parked");
+                    }
+                    None
+                }
+                None => {
+                    if !state.status.is_final() {
+                        tracing::warn!(saga = %id, definition = %state.definition,
+                            "the saga's definition is not registered; the saga is parked");
+                    }
+                    None
+                }
+            };
+            sagas.insert(
+                id,
+                Entry {
+                    state,
+                    definition,
+                    input: None,
+                    running: None,
+                    wake: None,
+                    waiters: Vec::new(),
+                },
+            );
+        }
+        Partition {
+            index,
+            log,
+            shared,
+            sagas,
+            keys,
+            timers: BTreeSet::new(),
+            next_seq: next_seq.max(1),
+            rx,
+            tx,
+            rng,
+            payloads: Vec::new(),
+            pending_events: Vec::new(),
+            effects: Effects::default(),
+            in_flight: VecDeque::new(),
+            durable_wait: None,
+            failed: None,
+            shutdown: None,
+        }
+    }
+
+    /// Sagas that are not final, for the count recovery reports.
+    pub(crate) fn unfinished(&self) -> usize {
+        self.sagas
+            .values()
+            .filter(|e| !e.state.status.is_final())
+            .count()
+    }
+
+    pub(crate) async fn run(mut self) {
+        // Resume every unfinished saga where it stood.
+        let unfinished: Vec<SagaId> = self
+            .sagas
+            .iter()
+            .filter(|(_, e)| !e.state.status.is_final())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in unfinished {
+            self.drive(id);
+        }
+        self.write_turn();
+        loop {
+            if self.shutdown.is_some() && self.in_flight.is_empty() {
+                break;
+            }
+            if self.durable_wait.is_none() {
+                if let Some(&(end, _)) = self.in_flight.back() {
+                    let log = self.log.clone();
+                    self.durable_wait = Some(Box::pin(async move {
+                        log.wait_durable_async(end).await.map(|()| end)
+                    }));
+                }
+            }
+            let next_timer = self.timers.first().map(|&(at, _)| at);
+            let sleep_until = next_timer.map(|at| self.shared.clock.instant_of(at));
+            tokio::select! {
+                biased;
+                result = poll_wait(&mut self.durable_wait), if self.durable_wait.is_some() => {
+                    self.durable_wait = None;
+                    match result {
+                        Ok(end) => self.release(end),
+                        Err(error) => self.fail(error.into()),
+                    }
+                }
+                command = self.rx.recv() => {
+                    let Some(command) = command else { break };
+                    self.handle(command);
+                    let mut taken = 1;
+                    while taken < TURN_COMMANDS_MAX {
+                        let Ok(command) = self.rx.try_recv() else { break };
+                        self.handle(command);
+                        taken += 1;
+                    }
+                }
+                () = sleep(sleep_until), if sleep_until.is_some() => {}
+            }
+            self.fire_timers();
+            self.write_turn();
+        }
+        self.finish_shutdown();
+    }
+
+    /// Drives every saga whose timer is due.
+    fn fire_timers(&mut self) {
+        let now = self.shared.clock.now();
+        while let Some(&(at, id)) = self.timers.first() {
+            if at > now {
+                break;
+            }
+            self.timers.pop_first();
+            if let Some(entry) = self.sagas.get_mut(&id) {
+                if entry.wake == Some(at) {
+                    entry.wake = None;
+                }
+            }
+            self.drive(id);
+        }
+    }
+
+    fn handle(&mut self, command: Command) {
+        if let Command::Shutdown { reply } = command {
+            self.shutdown = Some(reply);
+            return;
+        }
+        if let Some(error) = &self.failed {
+            reply_error(command, error);
+            return;
+        }
+        match command {
+            Command::Start {
+                definition,
+                input,
+                key,
+                reply,
+            } => self.start(definition, input, key, reply),
+            Command::Finished {
+                saga,
+                run,
+                result,
+                called,
+            } => self.finished(saga, run, result, called),
+            Command::Cancel {
+                saga,
+                reason,
+                reply,
+            } => {
+                let Some(entry) = self.sagas.get(&saga) else {
+                    let _ = reply.send(Err(EngineError::NoSuchSaga(saga)));
+                    return;
+                };
+                if entry.state.status.is_final() {
+                    let status = entry.state.status;
+                    let _ = reply.send(Err(EngineError::SagaFinished { saga, status }));
+                    return;
+                }
+                match self.record(saga, EventKind::CancelRequested { reason }) {
+                    Ok(()) => {
+                        self.effects.done.push(reply);
+                        self.drive(saga);
+                    }
+                    Err(error) => {
+                        let _ = reply.send(Err(error));
+                    }
+                }
+            }
+            Command::Operator {
+                saga,
+                action,
+                who,
+                why,
+                reply,
+            } => {
+                if !self.sagas.contains_key(&saga) {
+                    let _ = reply.send(Err(EngineError::NoSuchSaga(saga)));
+                    return;
+                }
+                match self.record(saga, EventKind::OperatorAction { action, who, why }) {
+                    Ok(()) => {
+                        self.effects.done.push(reply);
+                        self.drive(saga);
+                    }
+                    Err(error) => {
+                        let _ = reply.send(Err(error));
+                    }
+                }
+            }
+            Command::View { saga, reply } => {
+                let view = self.sagas.get(&saga).map(view_of);
+                let _ = reply.send(Ok(view));
+            }
+            Command::List { filter, reply } => {
+                let limit = filter.limit.max(1);
+                let range = match filter.after {
+                    Some(after) => self.sagas.range(after..),
+                    None => self.sagas.range(..),
+                };
+                let page = range
+                    .filter(|(_, e)| filter.matches(&e.state))
+                    .take(limit + 1)
+                    .map(|(_, e)| SagaSummary::new(&e.state))
+                    .collect();
+                let _ = reply.send(Ok(page));
+            }
+            Command::Wait { saga, reply } => {
+                let pending = self.is_pending(saga);
+                match self.sagas.get_mut(&saga) {
+                    None => {
+                        let _ = reply.send(Err(EngineError::NoSuchSaga(saga)));
+                    }
+                    Some(entry) if entry.state.status.is_final() && !pending => {
+                        let _ = reply.send(Ok(view_of(entry)));
+                    }
+                    Some(entry) => entry.waiters.push(reply),
+                }
+            }
+            Command::Shutdown { reply } => {
+                self.shutdown = Some(reply);
+            }
+        }
+    }
+
+    /// Whether an event of `saga` is written but not yet durable.
+    fn is_pending(&self, saga: SagaId) -> bool {
+        self.pending_events.iter().any(|e| e.saga == saga)
+            || self
+                .in_flight
+                .iter()
+                .any(|(_, effects)| effects.ended.contains(&saga))
+    }
+
+    fn start(
+        &mut self,
+        definition: Arc<dyn Definition>,
+        input: Vec<u8>,
+        key: Option<String>,
+        reply: Reply<SagaId>,
+    ) {
+        if self.shutdown.is_some() {
+            let _ = reply.send(Err(EngineError::ShutDown));
+            return;
+        }
+        if let Some(key) = &key {
+            if let Some(&existing) = self.keys.get(key) {
+                let entry = &self.sagas[&existing];
+                if entry.state.definition != definition.spec().id {
+                    let _ = reply.send(Err(EngineError::KeyConflict {
+                        key: key.clone(),
+                        saga: existing,
+                        definition: entry.state.definition.clone(),
+                    }));
+                } else {
+                    // Released with (or after) the first start's batch.
+                    self.effects.started.push((reply, existing));
+                }
+                return;
+            }
+        }
+        let id = SagaId(self.next_seq * self.shared.partitions + u64::from(self.index));
+        self.next_seq += 1;
+        let now = self.shared.clock.now();
+        let spec = definition.spec();
+        let event = Event {
+            saga: id,
+            at: now,
+            kind: EventKind::Started {
+                definition: spec.id.clone(),
+                steps: spec.steps.len() as u16,
+                input,
+                deadline: now.saturating_add(crate::decide::millis(spec.timeout)),
+                key: key.clone(),
+            },
+        };
+        let state = match apply(None, &event) {
+            Ok(state) => state,
+            Err(error) => {
+                let _ = reply.send(Err(EngineError::Refused(error)));
+                return;
+            }
+        };
+        self.push_event(event);
+        if let Some(key) = key {
+            self.keys.insert(key, id);
+        }
+        self.sagas.insert(
+            id,
+            Entry {
+                state,
+                definition: Some(definition),
+                input: None,
+                running: None,
+                wake: None,
+                waiters: Vec::new(),
+            },
+        );
+        self.effects.started.push((reply, id));
+        self.drive(id);
+    }
+
+    fn finished(
+        &mut self,
+        saga: SagaId,
+        run: Run,
+        result: Result<Vec<u8>, StepError>,
+        called: bool,
+    ) {
+        let Some(entry) = self.sagas.get_mut(&saga) else {
+            return;
+        };
+        if entry.running.as_ref().is_some_and(|(r, _)| *r == run) {
+            entry.running = None;
+        }
+        let expected = if run.compensation {
+            StepPhase::Compensating {
+                attempt: run.attempt,
+            }
+        } else {
+            StepPhase::Running {
+                attempt: run.attempt,
+            }
+        };
+        if entry.state.steps.get(run.step as usize).map(|s| s.phase) != Some(expected) {
+            // Stale: the attempt timed out (and maybe another began).
+            return;
+        }
+        if called {
+            if let Some(definition) = &entry.definition {
+                let service = &definition.spec().steps[run.step as usize].service;
+                let now = self.shared.clock.now();
+                let mut breakers = self.shared.breakers.lock();
+                let breaker = breakers
+                    .entry(service.clone())
+                    .or_insert_with(|| CircuitBreaker::new(self.shared.breaker_settings));
+                match &result {
+                    Ok(_) => breaker.record_success(),
+                    Err(_) => breaker.record_failure(now),
+                }
+            }
+        }
+        let (step, attempt) = (run.step, run.attempt);
+        let kind = match (result, run.compensation) {
+            (Ok(output), false) => EventKind::StepSucceeded {
+                step,
+                attempt,
+                output,
+            },
+            (Ok(_), true) => EventKind::StepCompensated { step, attempt },
+            (Err(error), false) => EventKind::StepFailed {
+                step,
+                attempt,
+                permanent: error.is_permanent(),
+                error: error.message().to_owned(),
+            },
+            (Err(error), true) => EventKind::CompensationFailed {
+                step,
+                attempt,
+                permanent: error.is_permanent(),
+                error: error.message().to_owned(),
+            },
+        };
+        if let Err(error) = self.record(saga, kind) {
+            tracing::error!(%saga, %error, "a step result did not fold");
+            return;
+        }
+        self.drive(saga);
+    }
+
+    /// Folds an event into its saga and queues it for this turn's batch.
+    fn record(&mut self, saga: SagaId, kind: EventKind) -> Result<(), EngineError> {
+        let entry = self
+            .sagas
+            .get_mut(&saga)
+            .ok_or(EngineError::NoSuchSaga(saga))?;
+        let event = Event {
+            saga,
+            at: self.shared.clock.now(),
+            kind,
+        };
+        entry.state = apply(Some(&entry.state), &event).map_err(EngineError::Refused)?;
+        self.push_event(event);
+        Ok(())
+    }
+
+    fn push_event(&mut self, event: Event) {
+        self.payloads.push(event.encode());
+        self.pending_events.push(event);
+    }
+
+    /// Records what `decide` asks for until the saga waits, then sets its
+    /// timer and queues the attempt to run once the batch is durable.
+    fn drive(&mut self, saga: SagaId) {
+        for _ in 0..10_000 {
+            let Some(entry) = self.sagas.get(&saga) else {
+                return;
+            };
+            let Some(definition) = entry.definition.clone() else {
+                return;
+            };
+            let now = self.shared.clock.now();
+            let jitter: f64 = self.rng.random();
+            match decide(&entry.state, definition.spec(), now, jitter) {
+                Decision::Record(kind) => {
+                    if let Err(error) = self.record(saga, kind) {
+                        // decide and apply disagree: a bug. Park the saga
+                        // rather than loop or take the partition down.
+                        tracing::error!(%saga, %error, "decide asked for an event the fold refuses; the saga is parked");
+                        return;
+                    }
+                }
+                Decision::Wait { run, wake_at } => {
+                    self.set_timer(saga, wake_at);
+                    if let Some(run) = run {
+                        let entry = &self.sagas[&saga];
+                        if entry.running.as_ref().map(|(r, _)| *r) != Some(run) {
+                            self.effects.spawn.push((saga, run));
+                        }
+                    }
+                    return;
+                }
+                Decision::Done => {
+                    self.set_timer(saga, None);
+                    self.effects.ended.push(saga);
+                    return;
+                }
+            }
+        }
+        tracing::error!(%saga, "decide did not settle; the saga is parked");
+    }
+
+    fn set_timer(&mut self, saga: SagaId, wake: Option<Millis>) {
+        let Some(entry) = self.sagas.get_mut(&saga) else {
+            return;
+        };
+        if entry.wake == wake {
+            return;
+        }
+        if let Some(old) = entry.wake.take() {
+            self.timers.remove(&(old, saga));
+        }
+        if let Some(at) = wake {
+            self.timers.insert((at, saga));
+            entry.wake = Some(at);
+        }
+    }
+
+    /// Writes this turn's events as batches; their effects wait for them.
+    fn write_turn(&mut self) {
+        if self.payloads.is_empty() {
+            if !self.effects.is_empty() {
+                // Nothing new to write (a repeated start, say): release
+                // after everything written before it.
+                let effects = std::mem::take(&mut self.effects);
+                match self.in_flight.back_mut() {
+                    Some((_, last)) => merge(last, effects),
+                    None => self.apply_effects(effects),
+                }
+            }
+            return;
+        }
+        let payloads = std::mem::take(&mut self.payloads);
+        let events = std::mem::take(&mut self.pending_events);
+        let mut effects = std::mem::take(&mut self.effects);
+        let mut end = 0;
+        for chunk in payloads.chunks(BATCH_CHUNK) {
+            let slices: Vec<&[u8]> = chunk.iter().map(Vec::as_slice).collect();
+            match self.log.append_batch_deferred(&slices) {
+                Ok(next) => end = next,
+                Err(error) => {
+                    self.fail_with(error.into(), effects);
+                    return;
+                }
+            }
+        }
+        if self.shared.events.receiver_count() > 0 {
+            let first = end - events.len() as u64;
+            effects.events = events
+                .into_iter()
+                .enumerate()
+                .map(|(i, e)| (first + i as u64, e))
+                .collect();
+        }
+        self.in_flight.push_back((end, effects));
+    }
+
+    /// Releases the effects of every batch below `durable_end`.
+    fn release(&mut self, durable_end: u64) {
+        while let Some(&(end, _)) = self.in_flight.front() {
+            if end > durable_end {
+                break;
+            }
+            let (_, effects) = self.in_flight.pop_front().expect("checked");
+            self.apply_effects(effects);
+        }
+    }
+
+    fn apply_effects(&mut self, effects: Effects) {
+        for (lsn, event) in effects.events {
+            let _ = self.shared.events.send(Arc::new(EngineEvent {
+                partition: self.index,
+                lsn,
+                event,
+            }));
+        }
+        for (reply, id) in effects.started {
+            let _ = reply.send(Ok(id));
+        }
+        for reply in effects.done {
+            let _ = reply.send(Ok(()));
+        }
+        for (saga, run) in effects.spawn {
+            self.spawn(saga, run);
+        }
+        for saga in effects.ended {
+            if self.is_pending(saga) {
+                continue;
+            }
+            if let Some(entry) = self.sagas.get_mut(&saga) {
+                if entry.state.status.is_final() && !entry.waiters.is_empty() {
+                    let view = view_of(entry);
+                    for waiter in entry.waiters.drain(..) {
+                        let _ = waiter.send(Ok(view.clone()));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Starts an attempt's handler, unless the state moved on meanwhile or
+    /// the service's breaker is open (then the attempt fails at once).
+    fn spawn(&mut self, saga: SagaId, run: Run) {
+        let Some(entry) = self.sagas.get_mut(&saga) else {
+            return;
+        };
+        let expected = if run.compensation {
+            StepPhase::Compensating {
+                attempt: run.attempt,
+            }
+        } else {
+            StepPhase::Running {
+                attempt: run.attempt,
+            }
+        };
+        let Some(definition) = entry.definition.clone() else {
+            return;
+        };
+        if entry.state.steps[run.step as usize].phase != expected
+            || entry.running.as_ref().is_some_and(|(r, _)| *r == run)
+            || self.shutdown.is_some()
+        {
+            return;
+        }
+        let input = match &entry.input {
+            Some(input) => input.clone(),
+            None => match definition.decode_input(&entry.state.input) {
+                Ok(input) => {
+                    entry.input = Some(input.clone());
+                    input
+                }
+                Err(error) => {
+                    let _ = self.tx.send(Command::Finished {
+                        saga,
+                        run,
+                        result: Err(StepError::permanent(format!(
+                            "the saga's input does not decode: {error}"
+                        ))),
+                        called: false,
+                    });
+                    return;
+                }
+            },
+        };
+        let now = self.shared.clock.now();
+        let service = &definition.spec().steps[run.step as usize].service;
+        let admitted = {
+            let mut breakers = self.shared.breakers.lock();
+            breakers
+                .entry(service.clone())
+                .or_insert_with(|| CircuitBreaker::new(self.shared.breaker_settings))
+                .try_acquire(now)
+        };
+        if !admitted {
+            let _ = self.tx.send(Command::Finished {
+                saga,
+                run,
+                result: Err(StepError::retryable(format!(
+                    "circuit breaker open for service {service:?}"
+                ))),
+                called: false,
+            });
+            return;
+        }
+        let outputs = Arc::new(Outputs {
+            ids: definition.step_ids().clone(),
+            values: entry.state.steps.iter().map(|s| s.output.clone()).collect(),
+        });
+        let future = definition.attempt(saga, &run, input, outputs);
+        let timeout = std::time::Duration::from_millis(run.deadline.saturating_sub(now));
+        let tx = self.tx.clone();
+        let what = if run.compensation {
+            "compensation"
+        } else {
+            "step"
+        };
+        let task = tokio::spawn(async move {
+            let result = match tokio::time::timeout(timeout, CatchUnwind(future)).await {
+                Ok(Ok(result)) => result,
+                Ok(Err(panic)) => Err(StepError::retryable(format!(
+                    "the {what} panicked: {}",
+                    panic_message(&panic)
+                ))),
+                Err(_) => Err(StepError::retryable(format!(
+                    "attempt {} timed out after {timeout:?}",
+                    run.attempt
+                ))),
+            };
+            let _ = tx.send(Command::Finished {
+                saga,
+                run,
+                result,
+                called: true,
+            });
+        });
+        entry.running = Some((run, task.abort_handle()));
+    }
+
+    /// Fail-stop: the log failed, so the state in memory may be ahead of
+    /// what is durable. Every waiting caller gets the error, and so does
+    /// every later command; running attempts are abandoned.
+    fn fail(&mut self, error: EngineError) {
+        let effects = std::mem::take(&mut self.effects);
+        self.fail_with(error, effects);
+    }
+
+    fn fail_with(&mut self, error: EngineError, effects: Effects) {
+        tracing::error!(partition = self.index, %error, "partition failed; it stops");
+        let mut all: Vec<Effects> = self.in_flight.drain(..).map(|(_, e)| e).collect();
+        all.push(effects);
+        all.push(std::mem::take(&mut self.effects));
+        for effects in all {
+            for (reply, _) in effects.started {
+                let _ = reply.send(Err(error.clone()));
+            }
+            for reply in effects.done {
+                let _ = reply.send(Err(error.clone()));
+            }
+        }
+        for entry in self.sagas.values_mut() {
+            if let Some((_, task)) = entry.running.take() {
+                task.abort();
+            }
+            for waiter in entry.waiters.drain(..) {
+                let _ = waiter.send(Err(error.clone()));
+            }
+        }
+        self.timers.clear();
+        self.payloads.clear();
+        self.pending_events.clear();
+        self.failed = Some(error);
+    }
+
+    fn finish_shutdown(mut self) {
+        for entry in self.sagas.values_mut() {
+            if let Some((_, task)) = entry.running.take() {
+                task.abort();
+            }
+            for waiter in entry.waiters.drain(..) {
+                let _ = waiter.send(Err(EngineError::ShutDown));
+            }
+        }
+        let reply = self.shutdown.take();
+        let failed = self.failed.take();
+        let log = self.log;
+        drop(self.durable_wait);
+        let result = match Arc::try_unwrap(log) {
+            Ok(log) => log.close().map_err(EngineError::from),
+            // Someone still holds the log (cannot happen: waits are done).
+            Err(_) => Ok(()),
+        };
+        let result = match failed {
+            Some(error) => Err(error),
+            None => result,
+        };
+        if let Some(reply) = reply {
+            let _ = reply.send(result);
+        }
+    }
+}
+
+fn merge(into: &mut Effects, from: Effects) {
+    into.started.extend(from.started);
+    into.done.extend(from.done);
+    into.spawn.extend(from.spawn);
+    into.ended.extend(from.ended);
+    into.events.extend(from.events);
+}
+
+fn view_of(entry: &Entry) -> SagaView {
+    match &entry.definition {
+        Some(definition) => SagaView::new(
+            &entry.state,
+            Some(definition.step_ids()),
+            Some(definition.spec().steps.iter().map(|s| s.kind).collect()),
+        ),
+        None => SagaView::new(&entry.state, None, None),
+    }
+}
+
+fn reply_error(command: Command, error: &EngineError) {
+    let error = error.clone();
+    match command {
+        Command::Start { reply, .. } => drop(reply.send(Err(error))),
+        Command::Cancel { reply, .. } | Command::Operator { reply, .. } => {
+            drop(reply.send(Err(error)))
+        }
+        Command::View { reply, .. } => drop(reply.send(Err(error))),
+        Command::List { reply, .. } => drop(reply.send(Err(error))),
+        Command::Wait { reply, .. } => drop(reply.send(Err(error))),
+        Command::Shutdown { reply } => drop(reply.send(Err(error))),
+        Command::Finished { .. } => {}
+    }
+}
+
+async fn poll_wait(wait: &mut Option<DurableWait>) -> Result<u64, LogError> {
+    match wait {
+        Some(wait) => wait.await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep(until: Option<tokio::time::Instant>) {
+    match until {
+        Some(until) => tokio::time::sleep_until(until).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Catches a panic inside a handler's future, so that it becomes a failed
+/// attempt instead of a lost task.
+struct CatchUnwind<F>(F);
+
+impl<F: Future + Unpin> Future for CatchUnwind<F> {
+    type Output = Result<F::Output, Box<dyn Any + Send>>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let inner = &mut self.0;
+        match std::panic::catch_unwind(AssertUnwindSafe(|| Pin::new(inner).poll(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(value)) => Poll::Ready(Ok(value)),
+            Err(panic) => Poll::Ready(Err(panic)),
+        }
+    }
+}
+
+fn panic_message(panic: &Box<dyn Any + Send>) -> String {
+    if let Some(message) = panic.downcast_ref::<&str>() {
+        (*message).to_owned()
+    } else if let Some(message) = panic.downcast_ref::<String>() {
+        message.clone()
+    } else {
+        "a non-string panic payload".to_owned()
+    }
+}

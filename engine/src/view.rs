@@ -1,0 +1,215 @@
+//! What the engine shows of a saga: views, list pages, and the event stream.
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::definition::StepKind;
+use crate::event::{Event, Millis, SagaId};
+use crate::state::{SagaState, SagaStatus, StepPhase};
+
+/// A saga instance as it stands.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SagaView {
+    /// Its id.
+    pub id: SagaId,
+    /// Its definition's id.
+    pub definition: String,
+    /// Where it stands.
+    pub status: SagaStatus,
+    /// The step under way (running, failed or waiting to retry, forward or
+    /// backward), if any.
+    pub current_step: Option<String>,
+    /// Each step, in definition order.
+    pub steps: Vec<StepView>,
+    /// The caller's deduplication key.
+    pub key: Option<String>,
+    /// The input, as JSON bytes.
+    pub input: Vec<u8>,
+    /// When it started.
+    pub started_at: Millis,
+    /// When it last changed.
+    pub updated_at: Millis,
+    /// Its deadline.
+    pub deadline: Millis,
+    /// Why cancellation was requested.
+    pub cancel_reason: Option<String>,
+    /// Why it failed (for an operator).
+    pub failure: Option<String>,
+    /// Operator actions so far: (who, why).
+    pub operator_actions: Vec<(String, String)>,
+}
+
+/// One step of a [`SagaView`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StepView {
+    /// The step's id (`#N` if the definition is not registered).
+    pub id: String,
+    /// Compensatable, pivot or retriable (unknown without the definition).
+    pub kind: Option<StepKind>,
+    /// Where it stands.
+    pub phase: StepPhase,
+    /// Attempts started.
+    pub attempts: u32,
+    /// Compensation attempts started.
+    pub compensation_attempts: u32,
+    /// The latest error.
+    pub last_error: Option<String>,
+    /// When its first attempt started.
+    pub started_at: Option<Millis>,
+    /// When it last changed.
+    pub updated_at: Option<Millis>,
+    /// Its output (JSON bytes), once it succeeded.
+    pub output: Option<Vec<u8>>,
+}
+
+impl SagaView {
+    pub(crate) fn new(
+        state: &SagaState,
+        ids: Option<&[String]>,
+        kinds: Option<Vec<StepKind>>,
+    ) -> SagaView {
+        let id_of = |index: usize| match ids {
+            Some(ids) => ids[index].clone(),
+            None => format!("#{index}"),
+        };
+        let current = state.steps.iter().position(|s| {
+            !matches!(
+                s.phase,
+                StepPhase::Pending | StepPhase::Succeeded | StepPhase::Compensated
+            )
+        });
+        SagaView {
+            id: state.id,
+            definition: state.definition.clone(),
+            status: state.status,
+            current_step: current.map(id_of),
+            steps: state
+                .steps
+                .iter()
+                .enumerate()
+                .map(|(index, step)| StepView {
+                    id: id_of(index),
+                    kind: kinds.as_ref().map(|kinds| kinds[index]),
+                    phase: step.phase,
+                    attempts: step.attempts,
+                    compensation_attempts: step.compensation_attempts,
+                    last_error: step.last_error.clone(),
+                    started_at: step.started_at,
+                    updated_at: step.updated_at,
+                    output: step.output.clone(),
+                })
+                .collect(),
+            key: state.key.clone(),
+            input: state.input.clone(),
+            started_at: state.started_at,
+            updated_at: state.updated_at,
+            deadline: state.deadline,
+            cancel_reason: state.cancel_reason.clone(),
+            failure: state.failure.clone(),
+            operator_actions: state.operator_actions.clone(),
+        }
+    }
+
+    /// The output of step `step_id`, decoded as `T`: `None` if the step has
+    /// none (or does not exist), `Some(Err)` if it is not a `T`.
+    pub fn output<T: DeserializeOwned>(
+        &self,
+        step_id: &str,
+    ) -> Option<Result<T, serde_json::Error>> {
+        let step = self.steps.iter().find(|s| s.id == step_id)?;
+        Some(serde_json::from_slice(step.output.as_deref()?))
+    }
+
+    /// The saga's input, decoded as `T`.
+    pub fn input<T: DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+        serde_json::from_slice(&self.input)
+    }
+
+    /// Whether the saga has reached a status it does not leave by itself.
+    pub fn is_final(&self) -> bool {
+        self.status.is_final()
+    }
+}
+
+/// Which sagas [`crate::Engine::list`] returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListFilter {
+    /// Only this definition.
+    pub definition: Option<String>,
+    /// Only this status.
+    pub status: Option<SagaStatus>,
+    /// Only ids after this one (the previous page's `next_after`).
+    pub after: Option<SagaId>,
+    /// At most this many (at least 1).
+    pub limit: usize,
+}
+
+impl Default for ListFilter {
+    /// Every saga, 100 per page.
+    fn default() -> ListFilter {
+        ListFilter {
+            definition: None,
+            status: None,
+            after: None,
+            limit: 100,
+        }
+    }
+}
+
+impl ListFilter {
+    pub(crate) fn matches(&self, state: &SagaState) -> bool {
+        self.after.is_none_or(|after| state.id > after)
+            && self.status.is_none_or(|status| state.status == status)
+            && self
+                .definition
+                .as_deref()
+                .is_none_or(|definition| state.definition == definition)
+    }
+}
+
+/// One line of a list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SagaSummary {
+    /// Its id.
+    pub id: SagaId,
+    /// Its definition's id.
+    pub definition: String,
+    /// Where it stands.
+    pub status: SagaStatus,
+    /// When it started.
+    pub started_at: Millis,
+    /// When it last changed.
+    pub updated_at: Millis,
+}
+
+impl SagaSummary {
+    pub(crate) fn new(state: &SagaState) -> SagaSummary {
+        SagaSummary {
+            id: state.id,
+            definition: state.definition.clone(),
+            status: state.status,
+            started_at: state.started_at,
+            updated_at: state.updated_at,
+        }
+    }
+}
+
+/// A page of [`crate::Engine::list`], in id order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SagaPage {
+    /// The sagas on this page.
+    pub sagas: Vec<SagaSummary>,
+    /// Pass as `ListFilter::after` for the next page; `None` on the last.
+    pub next_after: Option<SagaId>,
+}
+
+/// An event as the engine wrote it, for subscribers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineEvent {
+    /// The partition whose log holds it.
+    pub partition: u16,
+    /// Its position in that log.
+    pub lsn: u64,
+    /// The event.
+    pub event: Event,
+}
