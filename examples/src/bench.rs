@@ -1,0 +1,303 @@
+//! The engine benchmark: sagas of K no-op steps at a given concurrency,
+//! and the memory a parked saga costs. Shared by the `engine` bench under
+//! benches/ and by `skald bench`.
+//!
+//! Figures it reports:
+//! - completed sagas (and events) per second;
+//! - end-to-end latency per saga: from `start` to `wait` returning;
+//! - the engine's time per step: from one step's handler returning to the
+//!   next step's handler being called, which covers the result's trip to
+//!   the partition, the fold, `decide`, the log write and its durability
+//!   wait, and spawning the next attempt;
+//! - resident memory: of the whole process at the end of the run, and per
+//!   parked saga (anonymous memory, so the log's mapped pages are left out).
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use skald_engine::{
+    Backoff, Durability, Engine, EngineError, EngineOptions, RetryPolicy, Saga, Step, StepError,
+};
+
+/// The definition id of the benchmark saga.
+pub const BENCH_SAGA: &str = "bench";
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// Sagas to complete.
+    pub sagas: u64,
+    /// Steps per saga.
+    pub steps: usize,
+    /// Sagas in flight at once.
+    pub concurrency: usize,
+    /// Log durability.
+    pub durability: Durability,
+    /// Partitions (default: the engine's).
+    pub partitions: Option<usize>,
+}
+
+/// What a run measured.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BenchReport {
+    /// Sagas completed.
+    pub sagas: u64,
+    /// Steps per saga.
+    pub steps: usize,
+    /// Sagas in flight at once.
+    pub concurrency: usize,
+    /// The durability mode, in words.
+    pub durability: String,
+    /// Partitions.
+    pub partitions: usize,
+    /// Wall time of the run, seconds.
+    pub elapsed_secs: f64,
+    /// Completed sagas per second.
+    pub sagas_per_sec: f64,
+    /// Events written per second.
+    pub events_per_sec: f64,
+    /// End-to-end latency, median, milliseconds.
+    pub p50_ms: f64,
+    /// End-to-end latency, 99th percentile, milliseconds.
+    pub p99_ms: f64,
+    /// Engine time per step, median, microseconds.
+    pub step_p50_us: f64,
+    /// Engine time per step, 99th percentile, microseconds.
+    pub step_p99_us: f64,
+    /// Resident memory of the process at the end, bytes.
+    pub rss_bytes: u64,
+}
+
+/// Nanoseconds since the first call: step handlers stamp their outputs
+/// with it.
+fn now_ns() -> u64 {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_nanos() as u64
+}
+
+/// Samples of the gap between steps, in nanoseconds.
+#[derive(Default)]
+struct Gaps {
+    samples: Mutex<Vec<u64>>,
+}
+
+/// The benchmark saga: `steps` no-op compensatable steps. Each step's
+/// output is the time it returned; the next step records the gap.
+fn bench_saga(steps: usize, gaps: Arc<Gaps>) -> Saga<u64> {
+    let mut saga = Saga::<u64>::new(BENCH_SAGA).name("no-op benchmark saga");
+    for index in 0..steps {
+        let gaps = gaps.clone();
+        let previous = (index > 0).then(|| format!("s{}", index - 1));
+        saga = saga.step(
+            Step::new(format!("s{index}"), move |ctx| {
+                if let Some(previous) = &previous {
+                    if let Ok(ended) = ctx.output::<u64>(previous) {
+                        gaps.samples.lock().push(now_ns().saturating_sub(ended));
+                    }
+                }
+                async move { Ok::<_, StepError>(now_ns()) }
+            })
+            .compensate(|_ctx| async { Ok(()) })
+            .service("noop"),
+        );
+    }
+    saga
+}
+
+/// Runs `options.sagas` sagas through a fresh engine in `dir`.
+pub async fn run(dir: &Path, options: &BenchOptions) -> Result<BenchReport, EngineError> {
+    let gaps = Arc::new(Gaps::default());
+    let mut engine_options = EngineOptions::default().durability(options.durability);
+    if let Some(partitions) = options.partitions {
+        engine_options = engine_options.partitions(partitions);
+    }
+    let engine = Engine::builder(dir)
+        .options(engine_options)
+        .register(bench_saga(options.steps.max(1), gaps.clone()))?
+        .open()
+        .await?;
+    let next = Arc::new(AtomicU64::new(0));
+    let latencies = Arc::new(Mutex::new(Vec::with_capacity(options.sagas as usize)));
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..options.concurrency.max(1) {
+        let engine = engine.clone();
+        let next = next.clone();
+        let latencies = latencies.clone();
+        let total = options.sagas;
+        workers.push(tokio::spawn(async move {
+            let mut local = Vec::new();
+            while next.fetch_add(1, Ordering::Relaxed) < total {
+                let begun = Instant::now();
+                let id = engine.start(BENCH_SAGA, &0u64).await?;
+                let view = engine.wait(id).await?;
+                debug_assert!(view.is_final());
+                local.push(begun.elapsed().as_nanos() as u64);
+            }
+            latencies.lock().extend(local);
+            Ok::<(), EngineError>(())
+        }));
+    }
+    for worker in workers {
+        worker.await.expect("a benchmark worker panicked")?;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let rss_bytes = memory().map_or(0, |m| m.resident);
+    let partitions = engine.partitions();
+    engine.shutdown().await?;
+
+    let mut latencies = std::mem::take(&mut *latencies.lock());
+    latencies.sort_unstable();
+    let mut gaps = std::mem::take(&mut *gaps.samples.lock());
+    gaps.sort_unstable();
+    let sagas = latencies.len() as u64;
+    let events_per_saga = 2 + 2 * options.steps.max(1) as u64;
+    Ok(BenchReport {
+        sagas,
+        steps: options.steps.max(1),
+        concurrency: options.concurrency.max(1),
+        durability: durability_name(options.durability),
+        partitions,
+        elapsed_secs: elapsed,
+        sagas_per_sec: sagas as f64 / elapsed,
+        events_per_sec: (sagas * events_per_saga) as f64 / elapsed,
+        p50_ms: percentile(&latencies, 0.50) as f64 / 1e6,
+        p99_ms: percentile(&latencies, 0.99) as f64 / 1e6,
+        step_p50_us: percentile(&gaps, 0.50) as f64 / 1e3,
+        step_p99_us: percentile(&gaps, 0.99) as f64 / 1e3,
+        rss_bytes,
+    })
+}
+
+/// What parking sagas cost.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ParkedReport {
+    /// Sagas parked.
+    pub sagas: u64,
+    /// Anonymous resident memory before, bytes.
+    pub before_bytes: u64,
+    /// After, bytes.
+    pub after_bytes: u64,
+    /// (after - before) / sagas.
+    pub per_saga_bytes: f64,
+}
+
+/// Starts `sagas` sagas whose first step fails and retries in an hour, so
+/// each parks on a durable timer; reports the memory they hold.
+pub async fn parked_memory(dir: &Path, sagas: u64) -> Result<ParkedReport, EngineError> {
+    let failed = Arc::new(AtomicU64::new(0));
+    let counter = failed.clone();
+    let saga = Saga::<u64>::new("parked")
+        .step(
+            Step::new("wait", move |_ctx| {
+                counter.fetch_add(1, Ordering::Relaxed);
+                async { Err::<(), _>(StepError::retryable("come back in an hour")) }
+            })
+            .compensate(|_ctx| async { Ok(()) })
+            .retry(RetryPolicy {
+                backoff: Backoff::Fixed {
+                    delay: Duration::from_secs(3600),
+                },
+                attempts_max: 2,
+                delay_max: Duration::from_secs(3600),
+                jitter: 0.0,
+            }),
+        )
+        .step(Step::new("never", |_ctx| async { Ok::<_, StepError>(()) }).pivot());
+    let engine = Engine::builder(dir)
+        .options(
+            EngineOptions::default().breaker(skald_engine::BreakerSettings {
+                failures_to_open: u32::MAX,
+                ..skald_engine::BreakerSettings::default()
+            }),
+        )
+        .register(saga)?
+        .open()
+        .await?;
+    // Warm up the allocator and the runtime with one saga.
+    engine.start("parked", &0u64).await?;
+    while failed.load(Ordering::Relaxed) < 1 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let before = memory().map_or(0, |m| m.anonymous());
+    let mut starters = Vec::new();
+    let per_task = sagas.div_ceil(64);
+    for task in 0..64 {
+        let engine = engine.clone();
+        let count = per_task.min(sagas.saturating_sub(task * per_task));
+        starters.push(tokio::spawn(async move {
+            for _ in 0..count {
+                engine.start("parked", &0u64).await?;
+            }
+            Ok::<(), EngineError>(())
+        }));
+    }
+    for starter in starters {
+        starter.await.expect("a starter panicked")?;
+    }
+    while failed.load(Ordering::Relaxed) < sagas + 1 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Let the last results be written.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let after = memory().map_or(0, |m| m.anonymous());
+    engine.shutdown().await?;
+    Ok(ParkedReport {
+        sagas,
+        before_bytes: before,
+        after_bytes: after,
+        per_saga_bytes: after.saturating_sub(before) as f64 / sagas as f64,
+    })
+}
+
+/// The process's memory, from /proc/self/statm.
+#[derive(Debug, Clone, Copy)]
+pub struct Memory {
+    /// Resident bytes.
+    pub resident: u64,
+    /// Resident bytes backed by files (the log's mapped segments, code).
+    pub shared: u64,
+}
+
+impl Memory {
+    /// Resident bytes not backed by files: the heap and stacks.
+    pub fn anonymous(&self) -> u64 {
+        self.resident.saturating_sub(self.shared)
+    }
+}
+
+/// Reads /proc/self/statm (Linux); `None` elsewhere.
+pub fn memory() -> Option<Memory> {
+    let text = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let mut fields = text.split_whitespace().skip(1);
+    let resident: u64 = fields.next()?.parse().ok()?;
+    let shared: u64 = fields.next()?.parse().ok()?;
+    // statm counts pages; 4 KiB on the x86-64 machines this runs on.
+    let page = 4096u64;
+    Some(Memory {
+        resident: resident * page,
+        shared: shared * page,
+    })
+}
+
+/// The durability mode's name, as `skald bench --durability` takes it.
+pub fn durability_name(durability: Durability) -> String {
+    match durability {
+        Durability::EveryBatch => "every-batch".into(),
+        Durability::Periodic(every) => format!("periodic-{}ms", every.as_millis()),
+        Durability::OsOnly => "os-only".into(),
+    }
+}
+
+/// Percentile of sorted samples.
+pub fn percentile(sorted: &[u64], fraction: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    sorted[((sorted.len() - 1) as f64 * fraction).round() as usize]
+}
