@@ -19,8 +19,9 @@
 //!   by the step's policy unless its error was permanent; a compensatable
 //!   step or the pivot that runs out of attempts turns the saga back.
 //!   Retriable steps (after the pivot) are retried past `attempts_max`,
-//!   until they succeed; a permanent error there fails the saga, since it
-//!   can go neither forward nor back.
+//!   until they succeed (past it, at most one retry per
+//!   `max(delay_max, 1 s)`); a permanent error there fails the saga, since
+//!   it can go neither forward nor back.
 //! - Backward, the compensatable steps that succeeded are compensated, the
 //!   latest first, each retried by its policy; a compensation that still
 //!   fails fails the saga for an operator. Once none is left the saga is
@@ -31,6 +32,10 @@ use std::time::Duration;
 use crate::definition::{SagaSpec, StepKind};
 use crate::event::{EventKind, Millis, StepIndex, Timer};
 use crate::state::{SagaState, SagaStatus, StepPhase};
+
+/// The least delay between retries of a retriable step once its policy's
+/// attempts are used up.
+pub const RETRIABLE_DELAY_MIN: Duration = Duration::from_secs(1);
 
 /// What the engine does next for one saga.
 #[derive(Debug, Clone, PartialEq)]
@@ -153,14 +158,14 @@ pub fn decide(state: &SagaState, spec: &SagaSpec, now: Millis, jitter: f64) -> D
                     });
                 }
                 // Retried until it succeeds: the policy shapes the delays,
-                // its attempt limit does not apply.
-                return retry(
-                    step,
-                    attempt,
-                    now,
-                    policy.delay_after(attempt, jitter),
-                    false,
-                );
+                // its attempt limit does not apply. Past that limit every
+                // retry waits at least the policy's cap and at least a
+                // second, so a step that fails at once cannot spin.
+                let mut delay = policy.delay_after(attempt, jitter);
+                if attempt >= policy.attempts_max {
+                    delay = delay.max(policy.delay_max).max(RETRIABLE_DELAY_MIN);
+                }
+                return retry(step, attempt, now, delay, false);
             }
             if !permanent && policy.retries_after(attempt) {
                 return retry(

@@ -174,6 +174,8 @@ impl EngineBuilder {
         };
         let partitions = prepare_dir(&dir, storage.as_ref(), options.partitions)?;
         let (events, _) = broadcast::channel(options.event_buffer.max(1));
+        let log_options = LogOptions::default().segment_size_bytes(options.segment_size_bytes);
+        let record_bytes_max = log_options.record_size_bytes_max();
         let shared = Arc::new(Shared {
             definitions,
             breakers: Mutex::new(HashMap::new()),
@@ -181,6 +183,10 @@ impl EngineBuilder {
             events,
             clock: Clock::new(),
             partitions: partitions as u64,
+            record_bytes_max,
+            // Half a segment, so a batch fits whatever the active segment
+            // holds already, or else an empty one.
+            batch_bytes_max: (options.segment_size_bytes / 2).max(record_bytes_max),
         });
         let mut senders = Vec::with_capacity(partitions);
         let mut tasks = Vec::with_capacity(partitions);
@@ -207,7 +213,7 @@ impl EngineBuilder {
                 shared.clone(),
                 states,
                 rx,
-                tx.clone(),
+                tx.downgrade(),
                 rng,
             );
             recovered += partition.unfinished();

@@ -150,6 +150,29 @@ pub enum EngineError {
         reason: String,
     },
 
+    /// A value too large for one log record.
+    #[error("{what} is {size_bytes} bytes; at most {max_bytes} fit in a log record (raise the segment size)")]
+    TooLarge {
+        /// What.
+        what: &'static str,
+        /// Its size.
+        size_bytes: u64,
+        /// The limit.
+        max_bytes: u64,
+    },
+
+    /// The saga's definition is not registered (or has another number of
+    /// steps than the saga recorded), so it cannot progress in this engine.
+    #[error(
+        "{saga} is parked: its definition {definition:?} is not registered with the same steps"
+    )]
+    SagaParked {
+        /// The saga.
+        saga: SagaId,
+        /// Its definition's id.
+        definition: String,
+    },
+
     /// The engine is shut down (or shutting down).
     #[error("the engine is shut down")]
     ShutDown,

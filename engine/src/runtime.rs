@@ -56,8 +56,6 @@ pub(crate) enum Command {
         saga: SagaId,
         run: Run,
         result: Result<Vec<u8>, StepError>,
-        /// The handler ran (a breaker's fast failure did not).
-        called: bool,
     },
     Cancel {
         saga: SagaId,
@@ -125,7 +123,18 @@ pub(crate) struct Shared {
     pub(crate) events: broadcast::Sender<Arc<EngineEvent>>,
     pub(crate) clock: Clock,
     pub(crate) partitions: u64,
+    /// The largest event one log record holds.
+    pub(crate) record_bytes_max: u64,
+    /// Bytes of events in one log batch at most (a batch fits a segment).
+    pub(crate) batch_bytes_max: u64,
 }
+
+/// Error messages longer than this are cut (with a note) before they are
+/// recorded: an event must fit a log record.
+const ERROR_BYTES_MAX: usize = 4096;
+/// What a log record costs beyond its payload, at most: its header and
+/// padding to 8 bytes.
+const RECORD_OVERHEAD: u64 = 32;
 
 struct Entry {
     state: SagaState,
@@ -139,11 +148,16 @@ struct Entry {
     waiters: Vec<Reply<SagaView>>,
 }
 
-/// What a written batch releases once durable.
+/// A reply waiting for its batch: called with the batch's failure, if any.
+type QueuedReply = Box<dyn FnOnce(Option<&EngineError>) + Send>;
+
+/// What a written batch releases once durable. Replies of every kind wait
+/// here, so that no caller learns of an event, or of a state that includes
+/// one, before it is durable.
 #[derive(Default)]
 struct Effects {
     started: Vec<(Reply<SagaId>, SagaId)>,
-    done: Vec<Reply<()>>,
+    replies: Vec<QueuedReply>,
     spawn: Vec<(SagaId, Run)>,
     ended: Vec<SagaId>,
     events: Vec<(u64, Event)>,
@@ -152,10 +166,21 @@ struct Effects {
 impl Effects {
     fn is_empty(&self) -> bool {
         self.started.is_empty()
-            && self.done.is_empty()
+            && self.replies.is_empty()
             && self.spawn.is_empty()
             && self.ended.is_empty()
             && self.events.is_empty()
+    }
+
+    /// Queues `value` for `reply`; if the batch fails instead, the caller
+    /// gets the failure.
+    fn reply<T: Send + 'static>(&mut self, reply: Reply<T>, value: Result<T, EngineError>) {
+        self.replies.push(Box::new(move |failure| {
+            let _ = reply.send(match failure {
+                Some(error) => Err(error.clone()),
+                None => value,
+            });
+        }));
     }
 }
 
@@ -171,7 +196,9 @@ pub(crate) struct Partition {
     /// The next id's sequence number (ids are `seq * partitions + index`).
     next_seq: u64,
     rx: mpsc::UnboundedReceiver<Command>,
-    tx: mpsc::UnboundedSender<Command>,
+    /// For attempts to send their results: weak, so that dropping every
+    /// `Engine` closes the channel and ends the task.
+    tx: mpsc::WeakUnboundedSender<Command>,
     rng: StdRng,
     /// This turn's encoded events and what they release.
     payloads: Vec<Vec<u8>>,
@@ -181,19 +208,18 @@ pub(crate) struct Partition {
     in_flight: VecDeque<(u64, Effects)>,
     durable_wait: Option<DurableWait>,
     failed: Option<EngineError>,
-    shutdown: Option<Reply<()>>,
+    shutdown: Vec<Reply<()>>,
 }
 
 impl Partition {
     /// Builds the partition from its log's history (already folded).
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         index: u16,
         log: Arc<Log>,
         shared: Arc<Shared>,
         states: BTreeMap<SagaId, SagaState>,
         rx: mpsc::UnboundedReceiver<Command>,
-        tx: mpsc::UnboundedSender<Command>,
+        tx: mpsc::WeakUnboundedSender<Command>,
         rng: StdRng,
     ) -> Partition {
         let partitions = shared.partitions;
@@ -205,22 +231,19 @@ impl Partition {
             if let Some(key) = &state.key {
                 keys.insert(key.clone(), id);
             }
-            let definition = shared.definitions.get(&state.definition).cloned();
-            let definition = match definition {
+            let definition = match shared.definitions.get(&state.definition) {
                 Some(definition) if definition.spec().steps.len() == state.steps.len() => {
-                    Some(definition)
+                    Some(definition.clone())
                 }
-                Some(_) => {
+                found => {
                     if !state.status.is_final() {
+                        let why = if found.is_some() {
+                            "the registered definition has a different number of steps"
+                        } else {
+                            "its definition is not registered"
+                        };
                         tracing::warn!(saga = %id, definition = %state.definition,
-                            "the registered definition has a different number of steps; the saga is parked");
-                    }
-                    None
-                }
-                None => {
-                    if !state.status.is_final() {
-                        tracing::warn!(saga = %id, definition = %state.definition,
-                            "the saga's definition is not registered; the saga is parked");
+                            "{why}; the saga is parked until it is");
                     }
                     None
                 }
@@ -254,7 +277,7 @@ impl Partition {
             in_flight: VecDeque::new(),
             durable_wait: None,
             failed: None,
-            shutdown: None,
+            shutdown: Vec::new(),
         }
     }
 
@@ -279,7 +302,7 @@ impl Partition {
         }
         self.write_turn();
         loop {
-            if self.shutdown.is_some() && self.in_flight.is_empty() {
+            if !self.shutdown.is_empty() && self.in_flight.is_empty() {
                 break;
             }
             if self.durable_wait.is_none() {
@@ -290,7 +313,11 @@ impl Partition {
                     }));
                 }
             }
-            let next_timer = self.timers.first().map(|&(at, _)| at);
+            // Shutting down: timers no longer fire.
+            let next_timer = match self.shutdown.is_empty() {
+                true => self.timers.first().map(|&(at, _)| at),
+                false => None,
+            };
             let sleep_until = next_timer.map(|at| self.shared.clock.instant_of(at));
             tokio::select! {
                 biased;
@@ -302,6 +329,7 @@ impl Partition {
                     }
                 }
                 command = self.rx.recv() => {
+                    // Every `Engine` is gone and no attempt is running.
                     let Some(command) = command else { break };
                     self.handle(command);
                     let mut taken = 1;
@@ -311,9 +339,8 @@ impl Partition {
                         taken += 1;
                     }
                 }
-                () = sleep(sleep_until), if sleep_until.is_some() => {}
+                () = sleep(sleep_until), if sleep_until.is_some() => self.fire_timers(),
             }
-            self.fire_timers();
             self.write_turn();
         }
         self.finish_shutdown();
@@ -338,11 +365,17 @@ impl Partition {
 
     fn handle(&mut self, command: Command) {
         if let Command::Shutdown { reply } = command {
-            self.shutdown = Some(reply);
+            self.shutdown.push(reply);
             return;
         }
         if let Some(error) = &self.failed {
             reply_error(command, error);
+            return;
+        }
+        if !self.shutdown.is_empty() && !matches!(command, Command::Finished { .. }) {
+            // Shutting down: results of attempts already running are still
+            // recorded; nothing else starts.
+            reply_error(command, &EngineError::ShutDown);
             return;
         }
         match command {
@@ -352,35 +385,28 @@ impl Partition {
                 key,
                 reply,
             } => self.start(definition, input, key, reply),
-            Command::Finished {
-                saga,
-                run,
-                result,
-                called,
-            } => self.finished(saga, run, result, called),
+            Command::Finished { saga, run, result } => self.finished(saga, run, result),
             Command::Cancel {
                 saga,
                 reason,
                 reply,
             } => {
                 let Some(entry) = self.sagas.get(&saga) else {
-                    let _ = reply.send(Err(EngineError::NoSuchSaga(saga)));
+                    self.effects
+                        .reply(reply, Err(EngineError::NoSuchSaga(saga)));
                     return;
                 };
                 if entry.state.status.is_final() {
                     let status = entry.state.status;
-                    let _ = reply.send(Err(EngineError::SagaFinished { saga, status }));
+                    let finished = EngineError::SagaFinished { saga, status };
+                    self.effects.reply(reply, Err(finished));
                     return;
                 }
-                match self.record(saga, EventKind::CancelRequested { reason }) {
-                    Ok(()) => {
-                        self.effects.done.push(reply);
-                        self.drive(saga);
-                    }
-                    Err(error) => {
-                        let _ = reply.send(Err(error));
-                    }
+                let result = self.record(saga, EventKind::CancelRequested { reason });
+                if result.is_ok() {
+                    self.drive(saga);
                 }
+                self.effects.reply(reply, result);
             }
             Command::Operator {
                 saga,
@@ -390,25 +416,22 @@ impl Partition {
                 reply,
             } => {
                 if !self.sagas.contains_key(&saga) {
-                    let _ = reply.send(Err(EngineError::NoSuchSaga(saga)));
+                    self.effects
+                        .reply(reply, Err(EngineError::NoSuchSaga(saga)));
                     return;
                 }
-                match self.record(saga, EventKind::OperatorAction { action, who, why }) {
-                    Ok(()) => {
-                        self.effects.done.push(reply);
-                        self.drive(saga);
-                    }
-                    Err(error) => {
-                        let _ = reply.send(Err(error));
-                    }
+                let result = self.record(saga, EventKind::OperatorAction { action, who, why });
+                if result.is_ok() {
+                    self.drive(saga);
                 }
+                self.effects.reply(reply, result);
             }
             Command::View { saga, reply } => {
                 let view = self.sagas.get(&saga).map(view_of);
-                let _ = reply.send(Ok(view));
+                self.effects.reply(reply, Ok(view));
             }
             Command::List { filter, reply } => {
-                let limit = filter.limit.max(1);
+                let limit = filter.limit.clamp(1, usize::MAX - 1);
                 let range = match filter.after {
                     Some(after) => self.sagas.range(after..),
                     None => self.sagas.range(..),
@@ -418,33 +441,30 @@ impl Partition {
                     .take(limit + 1)
                     .map(|(_, e)| SagaSummary::new(&e.state))
                     .collect();
-                let _ = reply.send(Ok(page));
+                self.effects.reply(reply, Ok(page));
             }
-            Command::Wait { saga, reply } => {
-                let pending = self.is_pending(saga);
-                match self.sagas.get_mut(&saga) {
-                    None => {
-                        let _ = reply.send(Err(EngineError::NoSuchSaga(saga)));
-                    }
-                    Some(entry) if entry.state.status.is_final() && !pending => {
-                        let _ = reply.send(Ok(view_of(entry)));
-                    }
-                    Some(entry) => entry.waiters.push(reply),
+            Command::Wait { saga, reply } => match self.sagas.get_mut(&saga) {
+                None => self
+                    .effects
+                    .reply(reply, Err(EngineError::NoSuchSaga(saga))),
+                Some(entry) if entry.state.status.is_final() => {
+                    // Released once everything written so far is durable,
+                    // this saga's final event included.
+                    let view = view_of(entry);
+                    self.effects.reply(reply, Ok(view));
                 }
-            }
-            Command::Shutdown { reply } => {
-                self.shutdown = Some(reply);
-            }
+                Some(entry) if entry.definition.is_none() => {
+                    let definition = entry.state.definition.clone();
+                    let parked = EngineError::SagaParked { saga, definition };
+                    self.effects.reply(reply, Err(parked));
+                }
+                Some(entry) => {
+                    entry.waiters.retain(|waiter| !waiter.is_closed());
+                    entry.waiters.push(reply);
+                }
+            },
+            Command::Shutdown { .. } => unreachable!("handled above"),
         }
-    }
-
-    /// Whether an event of `saga` is written but not yet durable.
-    fn is_pending(&self, saga: SagaId) -> bool {
-        self.pending_events.iter().any(|e| e.saga == saga)
-            || self
-                .in_flight
-                .iter()
-                .any(|(_, effects)| effects.ended.contains(&saga))
     }
 
     fn start(
@@ -454,19 +474,16 @@ impl Partition {
         key: Option<String>,
         reply: Reply<SagaId>,
     ) {
-        if self.shutdown.is_some() {
-            let _ = reply.send(Err(EngineError::ShutDown));
-            return;
-        }
         if let Some(key) = &key {
             if let Some(&existing) = self.keys.get(key) {
                 let entry = &self.sagas[&existing];
                 if entry.state.definition != definition.spec().id {
-                    let _ = reply.send(Err(EngineError::KeyConflict {
+                    let conflict = EngineError::KeyConflict {
                         key: key.clone(),
                         saga: existing,
                         definition: entry.state.definition.clone(),
-                    }));
+                    };
+                    self.effects.reply(reply, Err(conflict));
                 } else {
                     // Released with (or after) the first start's batch.
                     self.effects.started.push((reply, existing));
@@ -475,7 +492,6 @@ impl Partition {
             }
         }
         let id = SagaId(self.next_seq * self.shared.partitions + u64::from(self.index));
-        self.next_seq += 1;
         let now = self.shared.clock.now();
         let spec = definition.spec();
         let event = Event {
@@ -492,11 +508,23 @@ impl Partition {
         let state = match apply(None, &event) {
             Ok(state) => state,
             Err(error) => {
-                let _ = reply.send(Err(EngineError::Refused(error)));
+                self.effects.reply(reply, Err(EngineError::Refused(error)));
                 return;
             }
         };
-        self.push_event(event);
+        let payload = event.encode();
+        if payload.len() as u64 > self.shared.record_bytes_max {
+            let too_large = EngineError::TooLarge {
+                what: "the start event, with its input",
+                size_bytes: payload.len() as u64,
+                max_bytes: self.shared.record_bytes_max,
+            };
+            self.effects.reply(reply, Err(too_large));
+            return;
+        }
+        self.next_seq += 1;
+        self.payloads.push(payload);
+        self.pending_events.push(event);
         if let Some(key) = key {
             self.keys.insert(key, id);
         }
@@ -515,13 +543,7 @@ impl Partition {
         self.drive(id);
     }
 
-    fn finished(
-        &mut self,
-        saga: SagaId,
-        run: Run,
-        result: Result<Vec<u8>, StepError>,
-        called: bool,
-    ) {
+    fn finished(&mut self, saga: SagaId, run: Run, result: Result<Vec<u8>, StepError>) {
         let Some(entry) = self.sagas.get_mut(&saga) else {
             return;
         };
@@ -541,22 +563,8 @@ impl Partition {
             // Stale: the attempt timed out (and maybe another began).
             return;
         }
-        if called {
-            if let Some(definition) = &entry.definition {
-                let service = &definition.spec().steps[run.step as usize].service;
-                let now = self.shared.clock.now();
-                let mut breakers = self.shared.breakers.lock();
-                let breaker = breakers
-                    .entry(service.clone())
-                    .or_insert_with(|| CircuitBreaker::new(self.shared.breaker_settings));
-                match &result {
-                    Ok(_) => breaker.record_success(),
-                    Err(_) => breaker.record_failure(now),
-                }
-            }
-        }
         let (step, attempt) = (run.step, run.attempt);
-        let kind = match (result, run.compensation) {
+        let kind = match (self.bounded(result), run.compensation) {
             (Ok(output), false) => EventKind::StepSucceeded {
                 step,
                 attempt,
@@ -583,6 +591,34 @@ impl Partition {
         self.drive(saga);
     }
 
+    /// Keeps a result within what one log record holds: an output too
+    /// large fails the step for good (the log would refuse the event and
+    /// stop the partition), and a long error message is cut.
+    fn bounded(&self, result: Result<Vec<u8>, StepError>) -> Result<Vec<u8>, StepError> {
+        let output_max = self.shared.record_bytes_max.saturating_sub(256);
+        match result {
+            Ok(output) if output.len() as u64 > output_max => Err(StepError::permanent(format!(
+                "the output is {} bytes; at most {output_max} fit in a log record",
+                output.len()
+            ))),
+            Err(error) if error.message().len() > ERROR_BYTES_MAX => {
+                let message = error.message();
+                let mut cut = ERROR_BYTES_MAX;
+                while !message.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                let shortened =
+                    format!("{}... (cut from {} bytes)", &message[..cut], message.len());
+                Err(if error.is_permanent() {
+                    StepError::permanent(shortened)
+                } else {
+                    StepError::retryable(shortened)
+                })
+            }
+            other => other,
+        }
+    }
+
     /// Folds an event into its saga and queues it for this turn's batch.
     fn record(&mut self, saga: SagaId, kind: EventKind) -> Result<(), EngineError> {
         let entry = self
@@ -595,13 +631,13 @@ impl Partition {
             kind,
         };
         entry.state = apply(Some(&entry.state), &event).map_err(EngineError::Refused)?;
-        self.push_event(event);
-        Ok(())
-    }
-
-    fn push_event(&mut self, event: Event) {
+        if entry.state.status.is_final() {
+            // Waiters hear of it with this batch.
+            self.effects.ended.push(saga);
+        }
         self.payloads.push(event.encode());
         self.pending_events.push(event);
+        Ok(())
     }
 
     /// Records what `decide` asks for until the saga waits, then sets its
@@ -621,7 +657,8 @@ impl Partition {
                     if let Err(error) = self.record(saga, kind) {
                         // decide and apply disagree: a bug. Park the saga
                         // rather than loop or take the partition down.
-                        tracing::error!(%saga, %error, "decide asked for an event the fold refuses; the saga is parked");
+                        tracing::error!(%saga, %error,
+                            "decide asked for an event the fold refuses; the saga is parked");
                         return;
                     }
                 }
@@ -637,7 +674,6 @@ impl Partition {
                 }
                 Decision::Done => {
                     self.set_timer(saga, None);
-                    self.effects.ended.push(saga);
                     return;
                 }
             }
@@ -665,8 +701,8 @@ impl Partition {
     fn write_turn(&mut self) {
         if self.payloads.is_empty() {
             if !self.effects.is_empty() {
-                // Nothing new to write (a repeated start, say): release
-                // after everything written before it.
+                // Nothing new to write: release after everything written
+                // before.
                 let effects = std::mem::take(&mut self.effects);
                 match self.in_flight.back_mut() {
                     Some((_, last)) => merge(last, effects),
@@ -679,15 +715,36 @@ impl Partition {
         let events = std::mem::take(&mut self.pending_events);
         let mut effects = std::mem::take(&mut self.effects);
         let mut end = 0;
-        for chunk in payloads.chunks(BATCH_CHUNK) {
-            let slices: Vec<&[u8]> = chunk.iter().map(Vec::as_slice).collect();
-            match self.log.append_batch_deferred(&slices) {
+        let mut chunk: Vec<&[u8]> = Vec::with_capacity(payloads.len().min(BATCH_CHUNK));
+        let mut chunk_bytes = 0u64;
+        for (index, payload) in payloads.iter().enumerate() {
+            // A record costs its header and padding too.
+            chunk_bytes += RECORD_OVERHEAD + payload.len() as u64;
+            chunk.push(payload);
+            let next_bytes = payloads
+                .get(index + 1)
+                .map(|p| RECORD_OVERHEAD + p.len() as u64);
+            let full = match next_bytes {
+                None => true,
+                Some(next) => {
+                    chunk.len() == BATCH_CHUNK || chunk_bytes + next > self.shared.batch_bytes_max
+                }
+            };
+            if !full {
+                continue;
+            }
+            match self.log.append_batch_deferred(&chunk) {
                 Ok(next) => end = next,
                 Err(error) => {
+                    // Earlier chunks may still become durable: a start
+                    // reported failed here may exist after a restart (a
+                    // deduplication key makes retrying it safe).
                     self.fail_with(error.into(), effects);
                     return;
                 }
             }
+            chunk.clear();
+            chunk_bytes = 0;
         }
         if self.shared.events.receiver_count() > 0 {
             let first = end - events.len() as u64;
@@ -722,16 +779,13 @@ impl Partition {
         for (reply, id) in effects.started {
             let _ = reply.send(Ok(id));
         }
-        for reply in effects.done {
-            let _ = reply.send(Ok(()));
+        for reply in effects.replies {
+            reply(None);
         }
         for (saga, run) in effects.spawn {
             self.spawn(saga, run);
         }
         for saga in effects.ended {
-            if self.is_pending(saga) {
-                continue;
-            }
             if let Some(entry) = self.sagas.get_mut(&saga) {
                 if entry.state.status.is_final() && !entry.waiters.is_empty() {
                     let view = view_of(entry);
@@ -763,10 +817,14 @@ impl Partition {
         };
         if entry.state.steps[run.step as usize].phase != expected
             || entry.running.as_ref().is_some_and(|(r, _)| *r == run)
-            || self.shutdown.is_some()
+            || !self.shutdown.is_empty()
         {
             return;
         }
+        // Every `Engine` is gone: nobody will see results any more.
+        let Some(tx) = self.tx.upgrade() else {
+            return;
+        };
         let input = match &entry.input {
             Some(input) => input.clone(),
             None => match definition.decode_input(&entry.state.input) {
@@ -775,20 +833,19 @@ impl Partition {
                     input
                 }
                 Err(error) => {
-                    let _ = self.tx.send(Command::Finished {
+                    let _ = tx.send(Command::Finished {
                         saga,
                         run,
                         result: Err(StepError::permanent(format!(
                             "the saga's input does not decode: {error}"
                         ))),
-                        called: false,
                     });
                     return;
                 }
             },
         };
         let now = self.shared.clock.now();
-        let service = &definition.spec().steps[run.step as usize].service;
+        let service = definition.spec().steps[run.step as usize].service.clone();
         let admitted = {
             let mut breakers = self.shared.breakers.lock();
             breakers
@@ -797,13 +854,12 @@ impl Partition {
                 .try_acquire(now)
         };
         if !admitted {
-            let _ = self.tx.send(Command::Finished {
+            let _ = tx.send(Command::Finished {
                 saga,
                 run,
                 result: Err(StepError::retryable(format!(
                     "circuit breaker open for service {service:?}"
                 ))),
-                called: false,
             });
             return;
         }
@@ -811,32 +867,43 @@ impl Partition {
             ids: definition.step_ids().clone(),
             values: entry.state.steps.iter().map(|s| s.output.clone()).collect(),
         });
-        let future = definition.attempt(saga, &run, input, outputs);
         let timeout = std::time::Duration::from_millis(run.deadline.saturating_sub(now));
-        let tx = self.tx.clone();
         let what = if run.compensation {
             "compensation"
         } else {
             "step"
         };
+        // Whatever ends the attempt (a result, a timeout, a panic, or the
+        // task aborted) settles the breaker call it was admitted as.
+        let mut call = BreakerCall {
+            shared: self.shared.clone(),
+            service: Some(service),
+        };
         let task = tokio::spawn(async move {
-            let result = match tokio::time::timeout(timeout, CatchUnwind(future)).await {
+            // The handler is called inside the panic catcher too: a panic
+            // before its first await is a failed attempt like any other.
+            let attempt = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                definition.attempt(saga, &run, input, outputs)
+            }));
+            let outcome = match attempt {
+                Ok(future) => tokio::time::timeout(timeout, CatchUnwind(future))
+                    .await
+                    .map_err(|_| ()),
+                Err(panic) => Ok(Err(panic)),
+            };
+            let result = match outcome {
                 Ok(Ok(result)) => result,
                 Ok(Err(panic)) => Err(StepError::retryable(format!(
                     "the {what} panicked: {}",
                     panic_message(&panic)
                 ))),
-                Err(_) => Err(StepError::retryable(format!(
+                Err(()) => Err(StepError::retryable(format!(
                     "attempt {} timed out after {timeout:?}",
                     run.attempt
                 ))),
             };
-            let _ = tx.send(Command::Finished {
-                saga,
-                run,
-                result,
-                called: true,
-            });
+            call.settle(result.is_ok());
+            let _ = tx.send(Command::Finished { saga, run, result });
         });
         entry.running = Some((run, task.abort_handle()));
     }
@@ -858,8 +925,8 @@ impl Partition {
             for (reply, _) in effects.started {
                 let _ = reply.send(Err(error.clone()));
             }
-            for reply in effects.done {
-                let _ = reply.send(Err(error.clone()));
+            for reply in effects.replies {
+                reply(Some(&error));
             }
         }
         for entry in self.sagas.values_mut() {
@@ -873,6 +940,7 @@ impl Partition {
         self.timers.clear();
         self.payloads.clear();
         self.pending_events.clear();
+        self.durable_wait = None;
         self.failed = Some(error);
     }
 
@@ -885,28 +953,59 @@ impl Partition {
                 let _ = waiter.send(Err(EngineError::ShutDown));
             }
         }
-        let reply = self.shutdown.take();
+        let replies = std::mem::take(&mut self.shutdown);
         let failed = self.failed.take();
-        let log = self.log;
         drop(self.durable_wait);
-        let result = match Arc::try_unwrap(log) {
+        let result = match Arc::try_unwrap(self.log) {
             Ok(log) => log.close().map_err(EngineError::from),
-            // Someone still holds the log (cannot happen: waits are done).
+            // Nothing else holds the log once the waits are done.
             Err(_) => Ok(()),
         };
         let result = match failed {
             Some(error) => Err(error),
             None => result,
         };
-        if let Some(reply) = reply {
-            let _ = reply.send(result);
+        for reply in replies {
+            let _ = reply.send(result.clone());
         }
+    }
+}
+
+/// A call the breaker admitted, settled exactly once: by its outcome, or
+/// as a failure if the attempt is dropped first, so that a half-open
+/// breaker's trial is never left outstanding.
+struct BreakerCall {
+    shared: Arc<Shared>,
+    service: Option<String>,
+}
+
+impl BreakerCall {
+    fn settle(&mut self, success: bool) {
+        let Some(service) = self.service.take() else {
+            return;
+        };
+        let now = self.shared.clock.now();
+        let mut breakers = self.shared.breakers.lock();
+        let breaker = breakers
+            .entry(service)
+            .or_insert_with(|| CircuitBreaker::new(self.shared.breaker_settings));
+        if success {
+            breaker.record_success();
+        } else {
+            breaker.record_failure(now);
+        }
+    }
+}
+
+impl Drop for BreakerCall {
+    fn drop(&mut self) {
+        self.settle(false);
     }
 }
 
 fn merge(into: &mut Effects, from: Effects) {
     into.started.extend(from.started);
-    into.done.extend(from.done);
+    into.replies.extend(from.replies);
     into.spawn.extend(from.spawn);
     into.ended.extend(from.ended);
     into.events.extend(from.events);

@@ -387,3 +387,30 @@ fn a_saga_deadline_turns_back_after_the_running_attempt_ends() {
         .collect();
     assert_eq!(compensated, vec![1, 0]);
 }
+
+#[test]
+fn a_retriable_step_past_its_attempts_waits_at_least_a_second_between_retries() {
+    let mut spec = spec_of(&[StepKind::Pivot, StepKind::Retriable], 2);
+    spec.steps[1].retry = Some(RetryPolicy::no_retry());
+    let script = [
+        Outcome::Success,
+        Outcome::Retryable,
+        Outcome::Retryable,
+        Outcome::Retryable,
+    ];
+    let (history, state) = simulate(&spec, &script, &[0]);
+    assert_eq!(state.status, SagaStatus::Completed);
+    let mut failed_at = 0;
+    let mut gaps = Vec::new();
+    for event in &history {
+        match event.kind {
+            EventKind::StepFailed { step: 1, .. } => failed_at = event.at,
+            EventKind::RetryScheduled {
+                step: 1, fire_at, ..
+            } => gaps.push(fire_at - failed_at),
+            _ => {}
+        }
+    }
+    assert_eq!(gaps.len(), 3);
+    assert!(gaps.iter().all(|&gap| gap >= 1_000), "{gaps:?}");
+}

@@ -579,3 +579,143 @@ async fn a_saga_deadline_turns_the_saga_back_on_virtual_time() {
     assert!(view.updated_at - view.started_at >= 1000);
     engine.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_panic_before_the_first_await_is_a_failed_attempt() {
+    let dir = tempfile::tempdir().unwrap();
+    let calls = Arc::new(AtomicU32::new(0));
+    let counted = calls.clone();
+    let saga = Saga::<Job>::new("sync-panic")
+        .step(
+            Step::new("boom", move |ctx: skald_engine::StepContext<Job>| {
+                // Panics in the closure itself, not in its future.
+                if counted.fetch_add(1, Ordering::SeqCst) == 0 {
+                    panic!("no future for {}", ctx.input().name);
+                }
+                async { Ok::<_, StepError>(()) }
+            })
+            .compensate(|_ctx| async { Ok(()) }),
+        )
+        .retry(fast_retry(3));
+    let engine = open_with(&dir, saga, EngineOptions::default().partitions(1)).await;
+    let id = engine.start("sync-panic", &job("x")).await.unwrap();
+    let view = engine.wait(id).await.unwrap();
+    assert_eq!(view.status, SagaStatus::Completed);
+    assert_eq!(view.steps[0].attempts, 2);
+    assert!(view.steps[0]
+        .last_error
+        .as_deref()
+        .unwrap()
+        .contains("no future for x"));
+    engine.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_half_open_trial_that_hangs_counts_as_a_failure_and_frees_the_breaker() {
+    let dir = tempfile::tempdir().unwrap();
+    let calls = Arc::new(AtomicU32::new(0));
+    let counted = calls.clone();
+    // Call 1 fails (the breaker opens), call 2 (the half-open trial) hangs
+    // past its timeout, call 3 succeeds. Attempts in between fail fast.
+    let saga = Saga::<Job>::new("trial")
+        .step(
+            Step::new("call", move |_ctx| {
+                let call = counted.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    match call {
+                        0 => Err(StepError::retryable("503")),
+                        1 => std::future::pending().await,
+                        _ => Ok(()),
+                    }
+                }
+            })
+            .compensate(|_ctx| async { Ok(()) })
+            .timeout(Duration::from_millis(100))
+            .service("shaky"),
+        )
+        .retry(RetryPolicy {
+            attempts_max: 1000,
+            ..fast_retry(1)
+        });
+    let options = EngineOptions::default()
+        .partitions(1)
+        .breaker(BreakerSettings {
+            failures_to_open: 1,
+            open_ms: 50,
+            successes_to_close: 1,
+        });
+    let engine = open_with(&dir, saga, options).await;
+    let id = engine.start("trial", &job("x")).await.unwrap();
+    let view = engine.wait(id).await.unwrap();
+    assert_eq!(view.status, SagaStatus::Completed, "{view:#?}");
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    engine.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn inputs_too_large_for_a_record_are_refused_and_big_bursts_do_not_stop_the_engine() {
+    let dir = tempfile::tempdir().unwrap();
+    let saga = Saga::<Job>::new("big").step(
+        Step::new("echo", |ctx: skald_engine::StepContext<Job>| {
+            let size = ctx.input().name.len();
+            async move { Ok::<_, StepError>(size) }
+        })
+        .compensate(|_ctx| async { Ok(()) }),
+    );
+    // 64 KiB segments: a few 20 KB inputs fill one.
+    let options = EngineOptions::default()
+        .partitions(1)
+        .segment_size_bytes(64 * 1024);
+    let engine = open_with(&dir, saga, options).await;
+    let huge = engine.start("big", &job(&"x".repeat(100_000))).await;
+    let message = huge.unwrap_err().to_string();
+    assert!(
+        message.contains("at most") && message.contains("log record"),
+        "{message}"
+    );
+    let mut starts = Vec::new();
+    for i in 0..20 {
+        let engine = engine.clone();
+        starts.push(tokio::spawn(async move {
+            let id = engine
+                .start("big", &job(&format!("{i}{}", "y".repeat(20_000))))
+                .await?;
+            engine.wait(id).await
+        }));
+    }
+    for start in starts {
+        let view = start.await.unwrap().unwrap();
+        assert_eq!(view.status, SagaStatus::Completed);
+    }
+    engine.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_saga_whose_definition_is_gone_is_parked_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(&dir, saga(Arc::default(), "h")).await;
+    let id = engine.start("three", &job("x")).await.unwrap();
+    engine.shutdown().await.unwrap();
+    let other = Saga::<Job>::new("other").step(
+        Step::new("only", |_ctx| async { Ok::<_, StepError>(()) })
+            .compensate(|_ctx| async { Ok(()) }),
+    );
+    let engine = open(&dir, other).await;
+    let waited = engine.wait(id).await;
+    assert!(
+        matches!(waited, Err(EngineError::SagaParked { ref definition, .. }) if definition == "three"),
+        "{waited:?}"
+    );
+    let view = engine.view(id).await.unwrap().unwrap();
+    assert_eq!(view.status, SagaStatus::Running);
+    assert_eq!(view.steps[0].id, "#0");
+    let all = engine
+        .list(ListFilter {
+            limit: usize::MAX,
+            ..ListFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(all.sagas.len(), 1);
+    engine.shutdown().await.unwrap();
+}
