@@ -423,6 +423,27 @@ impl Log {
         Ok(())
     }
 
+    /// Makes every record written so far durable now, whatever the log's
+    /// [`Durability`], and returns the LSN below which all records are
+    /// durable. Blocks for the msync: async callers run it on a blocking
+    /// thread. Under `EveryBatch` appends are durable already; under
+    /// `Periodic` and `OsOnly` this is how a caller (the engine, before a
+    /// snapshot) gets a durable position on demand.
+    pub fn flush(&self) -> Result<Lsn, LogError> {
+        if self.shared.options.read_only {
+            return Err(LogError::InvalidOptions("the log was opened read-only"));
+        }
+        let mut writer = self.shared.writer.lock();
+        if let Some(failure) = &writer.failed {
+            return Err(failure.to_error());
+        }
+        let target = self.shared.flush_written_as(&mut writer, true)?;
+        if writer.failed.is_none() {
+            self.shared.publish_durable(target);
+        }
+        Ok(self.durable_lsn())
+    }
+
     /// A reader positioned at `lsn`, which must lie between the first
     /// retained LSN and the visible end (inclusive).
     pub fn read_from(&self, lsn: Lsn) -> Result<LogReader, LogError> {

@@ -414,3 +414,26 @@ fn a_crafted_segment_header_is_an_error_not_a_panic() {
         storage.remove_file(&path).unwrap();
     }
 }
+
+#[test]
+fn an_explicit_flush_makes_os_only_records_survive_a_power_cut() {
+    let storage = SimStorage::new();
+    let os_only = sim_options(&storage).durability(Durability::OsOnly);
+    let log = Log::open("/flushed", os_only).unwrap();
+    for index in 0..5u8 {
+        log.append(&[index; 100]).unwrap();
+    }
+    assert_eq!(log.durable_lsn(), 1, "OsOnly flushes nothing by itself");
+    assert_eq!(log.flush().unwrap(), 6);
+    assert_eq!(log.durable_lsn(), 6);
+    log.append(b"not flushed").unwrap();
+    let (rebooted, _) = storage.power_cut(skald_log::PowerCut::DropUnflushed);
+    drop(log);
+    let log = Log::open("/flushed", sim_options(&rebooted)).unwrap();
+    let mut reader = log.read_from(1).unwrap();
+    let mut lsns = Vec::new();
+    while let Some(record) = reader.read_next().unwrap() {
+        lsns.push(record.lsn);
+    }
+    assert_eq!(lsns, (1..=5).collect::<Vec<_>>());
+}

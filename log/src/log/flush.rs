@@ -91,12 +91,22 @@ impl Shared {
         &self,
         writer: &mut parking_lot::MutexGuard<'_, WriterState>,
     ) -> Result<Lsn, LogError> {
+        self.flush_written_as(writer, false)
+    }
+
+    /// [`Shared::flush_written`]; `force` flushes the active segment even
+    /// under `OsOnly` (an explicit [`crate::Log::flush`]).
+    pub(super) fn flush_written_as(
+        &self,
+        writer: &mut parking_lot::MutexGuard<'_, WriterState>,
+        force: bool,
+    ) -> Result<Lsn, LogError> {
         let sealed = writer.sealed.clone();
         let segment = writer.active.clone();
         let (from, to, target) = (writer.flush_offset, writer.write_offset, writer.next_lsn);
         // Under OsOnly the flusher only finishes sealed segments: the active
         // one is left to the OS, as the mode promises.
-        let active_too = self.options.durability != Durability::OsOnly || writer.closed;
+        let active_too = force || self.options.durability != Durability::OsOnly || writer.closed;
         if active_too {
             writer.flush_offset = to;
         }
