@@ -1,7 +1,7 @@
 //! The engine a host embeds: open, register, start, view, cancel, list,
 //! wait, subscribe, operate, shut down.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -15,12 +15,14 @@ use skald_log::{Durability, FsStorage, Log, LogOptions, Storage};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::event::{Event, OperatorAction, SagaId};
+use crate::event::{OperatorAction, SagaId};
+use crate::recovery::{recover, snapshot_dir};
 use crate::runtime::{Clock, Command, Partition, Shared};
 use crate::saga::{Definition, Saga};
-use crate::state::{apply, SagaState};
-use crate::view::{EngineEvent, ListFilter, SagaPage, SagaView};
+use crate::snapshotter::SnapshotSettings;
+use crate::view::{ConsistencyReport, EngineEvent, ListFilter, SagaPage, SagaView};
 use crate::{BreakerSettings, EngineError};
+use skald_snapshot::SnapshotStore;
 
 /// The file naming an engine directory's layout (see FORMAT.md).
 const ENGINE_FILE: &str = "ENGINE";
@@ -39,6 +41,7 @@ pub struct EngineOptions {
     seed: Option<u64>,
     storage: Option<Arc<dyn Storage>>,
     event_buffer: usize,
+    snapshots: SnapshotSettings,
 }
 
 impl Default for EngineOptions {
@@ -54,6 +57,7 @@ impl Default for EngineOptions {
             seed: None,
             storage: None,
             event_buffer: 4096,
+            snapshots: SnapshotSettings::default(),
         }
     }
 }
@@ -67,6 +71,7 @@ impl std::fmt::Debug for EngineOptions {
             .field("breaker", &self.breaker)
             .field("seed", &self.seed)
             .field("event_buffer", &self.event_buffer)
+            .field("snapshots", &self.snapshots)
             .finish_non_exhaustive()
     }
 }
@@ -109,6 +114,12 @@ impl EngineOptions {
     /// disk.
     pub fn storage(mut self, storage: Arc<dyn Storage>) -> EngineOptions {
         self.storage = Some(storage);
+        self
+    }
+
+    /// When snapshots are written (see [`SnapshotSettings`]).
+    pub fn snapshots(mut self, settings: SnapshotSettings) -> EngineOptions {
+        self.snapshots = settings;
         self
     }
 
@@ -204,7 +215,18 @@ impl EngineBuilder {
                 log_options = log_options.storage(storage.clone());
             }
             let log = Log::open(&path, log_options)?;
-            let states = replay(&log, &path)?;
+            let store = SnapshotStore::open_with(
+                snapshot_dir(&path),
+                options.snapshots.keep,
+                storage.clone(),
+            )
+            .map_err(|error| EngineError::Snapshot(Arc::new(error)))?;
+            let rebuilt = recover(index as u16, &log, &store, None)?;
+            if let Some((lsn, file)) = &rebuilt.snapshot {
+                tracing::info!(partition = index, snapshot = %file.display(), lsn,
+                    replayed = rebuilt.replayed, "recovered from a snapshot");
+            }
+            let states = rebuilt.sagas;
             let (tx, rx) = mpsc::unbounded_channel();
             let rng = StdRng::seed_from_u64(rand::Rng::random(&mut seeds));
             let partition = Partition::new(
@@ -217,6 +239,7 @@ impl EngineBuilder {
                 rng,
             );
             recovered += partition.unfinished();
+            let partition = partition.with_snapshots(options.snapshots, store);
             tasks.push(tokio::spawn(partition.run()));
             senders.push(tx);
         }
@@ -292,25 +315,6 @@ fn parse_engine_file(bytes: &[u8]) -> Option<usize> {
 /// The log directory of partition `index`.
 pub fn partition_dir(dir: &Path, index: usize) -> PathBuf {
     dir.join(format!("partition-{index:03}"))
-}
-
-/// Folds a partition's whole log into saga states.
-fn replay(log: &Log, path: &Path) -> Result<BTreeMap<SagaId, SagaState>, EngineError> {
-    let mut states: BTreeMap<SagaId, SagaState> = BTreeMap::new();
-    let mut reader = log.read_from(log.first_lsn())?;
-    while let Some(record) = reader.read_next()? {
-        let corrupt = |reason: String| EngineError::Corrupt {
-            path: path.to_path_buf(),
-            lsn: record.lsn,
-            reason,
-        };
-        let event = Event::decode(record.payload)
-            .map_err(|error| corrupt(format!("does not decode as an event: {error}")))?;
-        let state = apply(states.get(&event.saga), &event)
-            .map_err(|error| corrupt(format!("does not fold: {error}")))?;
-        states.insert(event.saga, state);
-    }
-    Ok(states)
 }
 
 struct Inner {
@@ -523,6 +527,20 @@ impl Engine {
             reply,
         })
         .await
+    }
+
+    /// Re-folds every partition's log from its newest snapshot up to what
+    /// is written at the call, and compares the result with the live state:
+    /// the engine's own check that its state is what its log says.
+    pub async fn check_consistency(&self) -> Result<ConsistencyReport, EngineError> {
+        let mut partitions = Vec::with_capacity(self.inner.senders.len());
+        for partition in 0..self.inner.senders.len() {
+            partitions.push(
+                self.ask(partition, |reply| Command::Check { reply })
+                    .await?,
+            );
+        }
+        Ok(ConsistencyReport { partitions })
     }
 
     /// Every event from now on, once durable, in each partition's log order.

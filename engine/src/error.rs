@@ -173,6 +173,44 @@ pub enum EngineError {
         definition: String,
     },
 
+    /// The snapshot store failed.
+    #[error("snapshot: {0}")]
+    Snapshot(#[source] Arc<skald_snapshot::SnapshotError>),
+
+    /// A snapshot covers records the log does not have: the log went
+    /// backwards (restored from an older copy, or lost its tail).
+    #[error(
+        "{snapshot} covers the log up to LSN {snapshot_lsn}, but the log in {log} ends at \
+         LSN {log_end}: the log went backwards; refusing to start"
+    )]
+    SnapshotAhead {
+        /// The snapshot file.
+        snapshot: PathBuf,
+        /// What it covers up to.
+        snapshot_lsn: u64,
+        /// The log directory.
+        log: PathBuf,
+        /// The log's next LSN.
+        log_end: u64,
+    },
+
+    /// The log starts after what the newest sound snapshot covers: records
+    /// were deleted that no snapshot holds.
+    #[error(
+        "the log in {log} starts at LSN {first_lsn}, but the newest sound snapshot covers only \
+         the records below LSN {covered_to}{detail}: records are missing; refusing to start"
+    )]
+    LogGap {
+        /// The log directory.
+        log: PathBuf,
+        /// Its first LSN.
+        first_lsn: u64,
+        /// What the snapshot covers up to (1: no snapshot).
+        covered_to: u64,
+        /// More about why (a damaged newest snapshot, say).
+        detail: String,
+    },
+
     /// The engine is shut down (or shutting down).
     #[error("the engine is shut down")]
     ShutDown,

@@ -46,9 +46,11 @@ mod definition;
 mod engine;
 mod error;
 mod event;
+pub mod recovery;
 mod retry;
 mod runtime;
 mod saga;
+mod snapshotter;
 mod state;
 mod view;
 
@@ -60,8 +62,12 @@ pub use crate::error::EngineError;
 pub use crate::event::{Event, EventKind, Millis, OperatorAction, SagaId, StepIndex, Timer};
 pub use crate::retry::{Backoff, RetryPolicy, ATTEMPTS_MAX};
 pub use crate::saga::{Saga, Step, StepContext, StepError};
+pub use crate::snapshotter::SnapshotSettings;
 pub use crate::state::{
     apply, fold, kind_name, ApplyError, SagaState, SagaStatus, StepPhase, StepState,
 };
-pub use crate::view::{EngineEvent, ListFilter, SagaPage, SagaSummary, SagaView, StepView};
+pub use crate::view::{
+    ConsistencyReport, EngineEvent, ListFilter, PartitionCheck, SagaPage, SagaSummary, SagaView,
+    StepView,
+};
 pub use skald_log::Durability;

@@ -25,14 +25,16 @@ use parking_lot::Mutex;
 use rand::rngs::StdRng;
 use rand::Rng;
 use skald_log::{Log, LogError};
+use skald_snapshot::SnapshotStore;
 use tokio::sync::{broadcast, mpsc, oneshot};
-use tokio::task::AbortHandle;
+use tokio::task::{AbortHandle, JoinHandle};
 
 use crate::decide::{decide, Decision, Run};
 use crate::event::{Event, EventKind, Millis, OperatorAction, SagaId};
 use crate::saga::{Definition, Outputs, StepError};
+use crate::snapshotter::{self, Delta, SnapshotSettings};
 use crate::state::{apply, SagaState, StepPhase};
-use crate::view::{EngineEvent, ListFilter, SagaSummary, SagaView};
+use crate::view::{EngineEvent, ListFilter, PartitionCheck, SagaSummary, SagaView};
 use crate::{CircuitBreaker, EngineError};
 
 /// Records in one log append at most; a turn's events are split into
@@ -80,6 +82,9 @@ pub(crate) enum Command {
     Wait {
         saga: SagaId,
         reply: Reply<SagaView>,
+    },
+    Check {
+        reply: Reply<PartitionCheck>,
     },
     Shutdown {
         reply: Reply<()>,
@@ -143,6 +148,8 @@ struct Entry {
     input: Option<Arc<dyn Any + Send + Sync>>,
     /// The attempt whose handler runs in this process.
     running: Option<(Run, AbortHandle)>,
+    /// Changed since the last snapshot delta.
+    dirty: bool,
     /// The timer set for this saga.
     wake: Option<Millis>,
     waiters: Vec<Reply<SagaView>>,
@@ -209,6 +216,21 @@ pub(crate) struct Partition {
     durable_wait: Option<DurableWait>,
     failed: Option<EngineError>,
     shutdown: Vec<Reply<()>>,
+    snapshots: Snapshots,
+}
+
+/// The partition's side of background snapshots.
+struct Snapshots {
+    settings: SnapshotSettings,
+    /// To the snapshotter task; `None` when snapshots are off.
+    deltas: Option<mpsc::UnboundedSender<Delta>>,
+    /// Where the snapshots are (read by consistency checks).
+    store: Option<SnapshotStore>,
+    task: Option<JoinHandle<()>>,
+    /// Sagas changed since the last delta.
+    dirty: Vec<SagaId>,
+    events_since: u64,
+    last: tokio::time::Instant,
 }
 
 impl Partition {
@@ -255,6 +277,7 @@ impl Partition {
                     definition,
                     input: None,
                     running: None,
+                    dirty: false,
                     wake: None,
                     waiters: Vec::new(),
                 },
@@ -278,6 +301,90 @@ impl Partition {
             durable_wait: None,
             failed: None,
             shutdown: Vec::new(),
+            snapshots: Snapshots {
+                settings: SnapshotSettings::disabled(),
+                deltas: None,
+                store: None,
+                task: None,
+                dirty: Vec::new(),
+                events_since: 0,
+                last: tokio::time::Instant::now(),
+            },
+        }
+    }
+
+    /// Starts the partition's snapshotter: `store` receives snapshots per
+    /// `settings`; the snapshotter's shadow starts as the recovered state.
+    pub(crate) fn with_snapshots(
+        mut self,
+        settings: SnapshotSettings,
+        store: SnapshotStore,
+    ) -> Partition {
+        self.snapshots.store = Some(store.clone());
+        if !settings.enabled() {
+            return self;
+        }
+        let shadow = self
+            .sagas
+            .iter()
+            .map(|(id, entry)| (*id, entry.state.clone()))
+            .collect();
+        let (deltas, receiver) = mpsc::unbounded_channel();
+        let task = tokio::spawn(snapshotter::run(
+            self.index,
+            self.log.clone(),
+            store,
+            shadow,
+            receiver,
+        ));
+        self.snapshots.settings = settings;
+        self.snapshots.deltas = Some(deltas);
+        self.snapshots.task = Some(task);
+        self
+    }
+
+    /// When the time-based snapshot is due, if one is.
+    fn snapshot_due_at(&self) -> Option<tokio::time::Instant> {
+        let snapshots = &self.snapshots;
+        match (snapshots.settings.every, &snapshots.deltas) {
+            (Some(every), Some(_)) if snapshots.events_since > 0 => Some(snapshots.last + every),
+            _ => None,
+        }
+    }
+
+    /// Sends the sagas changed since the last delta to the snapshotter if
+    /// a snapshot is due (or `force`d), as of the end of what was written.
+    fn maybe_snapshot(&mut self, force: bool) {
+        let snapshots = &mut self.snapshots;
+        if snapshots.deltas.is_none() || snapshots.events_since == 0 || self.failed.is_some() {
+            return;
+        }
+        let by_count = snapshots
+            .settings
+            .every_events
+            .is_some_and(|n| snapshots.events_since >= n);
+        let by_time = snapshots
+            .settings
+            .every
+            .is_some_and(|every| snapshots.last.elapsed() >= every);
+        if !(force || by_count || by_time) {
+            return;
+        }
+        let mut sagas = Vec::with_capacity(snapshots.dirty.len());
+        for id in snapshots.dirty.drain(..) {
+            if let Some(entry) = self.sagas.get_mut(&id) {
+                entry.dirty = false;
+                sagas.push(entry.state.clone());
+            }
+        }
+        snapshots.events_since = 0;
+        snapshots.last = tokio::time::Instant::now();
+        let delta = Delta {
+            lsn: self.log.next_lsn(),
+            sagas,
+        };
+        if let Some(deltas) = &snapshots.deltas {
+            let _ = deltas.send(delta);
         }
     }
 
@@ -318,7 +425,11 @@ impl Partition {
                 true => self.timers.first().map(|&(at, _)| at),
                 false => None,
             };
-            let sleep_until = next_timer.map(|at| self.shared.clock.instant_of(at));
+            let timer_at = next_timer.map(|at| self.shared.clock.instant_of(at));
+            let sleep_until = match (timer_at, self.snapshot_due_at()) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             tokio::select! {
                 biased;
                 result = poll_wait(&mut self.durable_wait), if self.durable_wait.is_some() => {
@@ -342,8 +453,9 @@ impl Partition {
                 () = sleep(sleep_until), if sleep_until.is_some() => self.fire_timers(),
             }
             self.write_turn();
+            self.maybe_snapshot(false);
         }
-        self.finish_shutdown();
+        self.finish_shutdown().await;
     }
 
     /// Drives every saga whose timer is due.
@@ -463,8 +575,56 @@ impl Partition {
                     entry.waiters.push(reply);
                 }
             },
+            Command::Check { reply } => self.check(reply),
             Command::Shutdown { .. } => unreachable!("handled above"),
         }
+    }
+
+    /// Re-folds the log from the newest snapshot up to what is written now
+    /// and compares the result with the live state, in the background.
+    fn check(&mut self, reply: Reply<PartitionCheck>) {
+        // Write what this turn folded so far: the live state must be
+        // exactly what the log holds up to `target`.
+        self.write_turn();
+        let live: BTreeMap<SagaId, SagaState> = self
+            .sagas
+            .iter()
+            .map(|(id, entry)| (*id, entry.state.clone()))
+            .collect();
+        let target = self.log.next_lsn();
+        let log = self.log.clone();
+        let store = self.snapshots.store.clone();
+        let partition = self.index;
+        tokio::spawn(async move {
+            let result = async {
+                if log.durability() == skald_log::Durability::EveryBatch {
+                    log.wait_durable_async(target).await?;
+                }
+                let store = store.ok_or(EngineError::ShutDown)?;
+                tokio::task::spawn_blocking(move || {
+                    let rebuilt = crate::recovery::recover(partition, &log, &store, Some(target))?;
+                    let mut mismatched: Vec<SagaId> = live
+                        .iter()
+                        .filter(|(id, state)| rebuilt.sagas.get(id) != Some(state))
+                        .map(|(id, _)| *id)
+                        .collect();
+                    mismatched.extend(rebuilt.sagas.keys().filter(|id| !live.contains_key(id)));
+                    mismatched.sort();
+                    Ok(PartitionCheck {
+                        partition,
+                        snapshot_lsn: rebuilt.snapshot.map(|(lsn, _)| lsn),
+                        replayed: rebuilt.replayed,
+                        end_lsn: rebuilt.end_lsn,
+                        sagas: live.len() as u64,
+                        mismatched,
+                    })
+                })
+                .await
+                .expect("the check task panicked")
+            }
+            .await;
+            let _ = reply.send(result);
+        });
     }
 
     fn start(
@@ -535,10 +695,13 @@ impl Partition {
                 definition: Some(definition),
                 input: None,
                 running: None,
+                dirty: true,
                 wake: None,
                 waiters: Vec::new(),
             },
         );
+        self.snapshots.dirty.push(id);
+        self.snapshots.events_since += 1;
         self.effects.started.push((reply, id));
         self.drive(id);
     }
@@ -631,6 +794,11 @@ impl Partition {
             kind,
         };
         entry.state = apply(Some(&entry.state), &event).map_err(EngineError::Refused)?;
+        if !entry.dirty {
+            entry.dirty = true;
+            self.snapshots.dirty.push(saga);
+        }
+        self.snapshots.events_since += 1;
         if entry.state.status.is_final() {
             // Waiters hear of it with this batch.
             self.effects.ended.push(saga);
@@ -944,7 +1112,7 @@ impl Partition {
         self.failed = Some(error);
     }
 
-    fn finish_shutdown(mut self) {
+    async fn finish_shutdown(mut self) {
         for entry in self.sagas.values_mut() {
             if let Some((_, task)) = entry.running.take() {
                 task.abort();
@@ -952,6 +1120,15 @@ impl Partition {
             for waiter in entry.waiters.drain(..) {
                 let _ = waiter.send(Err(EngineError::ShutDown));
             }
+        }
+        // A last snapshot, so the next open replays little; then the
+        // snapshotter finishes its work and lets go of the log.
+        if self.snapshots.settings.on_shutdown {
+            self.maybe_snapshot(true);
+        }
+        drop(self.snapshots.deltas.take());
+        if let Some(task) = self.snapshots.task.take() {
+            let _ = task.await;
         }
         let replies = std::mem::take(&mut self.shutdown);
         let failed = self.failed.take();
@@ -1033,6 +1210,7 @@ fn reply_error(command: Command, error: &EngineError) {
         Command::List { reply, .. } => drop(reply.send(Err(error))),
         Command::Wait { reply, .. } => drop(reply.send(Err(error))),
         Command::Shutdown { reply } => drop(reply.send(Err(error))),
+        Command::Check { reply } => drop(reply.send(Err(error))),
         Command::Finished { .. } => {}
     }
 }

@@ -213,3 +213,36 @@ pub struct EngineEvent {
     /// The event.
     pub event: Event,
 }
+
+/// One partition's consistency check: its log re-folded from the newest
+/// snapshot, compared with the live state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PartitionCheck {
+    /// The partition.
+    pub partition: u16,
+    /// The snapshot the re-fold started from, if any.
+    pub snapshot_lsn: Option<u64>,
+    /// Records folded after it.
+    pub replayed: u64,
+    /// The LSN the re-fold stopped at (what was written at the check).
+    pub end_lsn: u64,
+    /// Sagas in the live state.
+    pub sagas: u64,
+    /// Sagas whose re-folded state differs from the live one (or exists on
+    /// one side only). Empty when consistent.
+    pub mismatched: Vec<SagaId>,
+}
+
+/// What [`crate::Engine::check_consistency`] found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ConsistencyReport {
+    /// One entry per partition.
+    pub partitions: Vec<PartitionCheck>,
+}
+
+impl ConsistencyReport {
+    /// Whether every partition's re-fold matched its live state.
+    pub fn is_consistent(&self) -> bool {
+        self.partitions.iter().all(|p| p.mismatched.is_empty())
+    }
+}

@@ -355,6 +355,11 @@ impl Log {
         self.shared.durable_lsn.load(Ordering::Acquire)
     }
 
+    /// The log's durability mode.
+    pub fn durability(&self) -> Durability {
+        self.shared.options.durability
+    }
+
     /// Number of segment files.
     pub fn segment_count(&self) -> usize {
         self.shared.segments.read().len()

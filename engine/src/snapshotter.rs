@@ -1,0 +1,148 @@
+//! Snapshots written in the background.
+//!
+//! The partition task never encodes or writes a snapshot. It marks the
+//! sagas an event touched (dirty); when a snapshot is due it clones just
+//! those sagas' states, at a turn boundary, and sends them with the log
+//! position they reflect to this task. The task keeps a shadow copy of the
+//! partition's sagas, applies the delta, waits until the position is
+//! durable, then encodes and writes the snapshot and deletes what it made
+//! unnecessary, all off the partition's path. The partition's pause is the
+//! clone of what changed since the last snapshot, nothing more.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use skald_log::{Durability, Log};
+use skald_snapshot::SnapshotStore;
+use tokio::sync::mpsc;
+
+use crate::event::SagaId;
+use crate::recovery::encode_snapshot;
+use crate::state::SagaState;
+
+/// When snapshots are written. Build with [`SnapshotSettings::default`] and
+/// the fields, or [`SnapshotSettings::disabled`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotSettings {
+    /// A snapshot once this many events were written since the last one.
+    pub every_events: Option<u64>,
+    /// A snapshot once this much time passed since the last one (if any
+    /// event was written meanwhile).
+    pub every: Option<Duration>,
+    /// Snapshots kept per partition (at least 1). Log segments are deleted
+    /// once the oldest kept snapshot covers them, so with 2 (the default) a
+    /// damaged newest snapshot still has a sound predecessor and the log
+    /// after it.
+    pub keep: usize,
+    /// Also write a snapshot at shutdown, so the next open replays little.
+    pub on_shutdown: bool,
+}
+
+impl Default for SnapshotSettings {
+    /// Every 100,000 events or 60 s, keep 2, and one at shutdown.
+    fn default() -> SnapshotSettings {
+        SnapshotSettings {
+            every_events: Some(100_000),
+            every: Some(Duration::from_secs(60)),
+            keep: skald_snapshot::KEEP_DEFAULT,
+            on_shutdown: true,
+        }
+    }
+}
+
+impl SnapshotSettings {
+    /// No snapshots: every open replays the whole log, and no segment is
+    /// ever deleted.
+    pub fn disabled() -> SnapshotSettings {
+        SnapshotSettings {
+            every_events: None,
+            every: None,
+            keep: skald_snapshot::KEEP_DEFAULT,
+            on_shutdown: false,
+        }
+    }
+
+    pub(crate) fn enabled(&self) -> bool {
+        self.every_events.is_some() || self.every.is_some() || self.on_shutdown
+    }
+}
+
+/// Sagas changed since the last delta, as of log position `lsn`.
+pub(crate) struct Delta {
+    pub(crate) lsn: u64,
+    pub(crate) sagas: Vec<SagaState>,
+}
+
+/// The background task of one partition.
+pub(crate) async fn run(
+    partition: u16,
+    log: Arc<Log>,
+    store: SnapshotStore,
+    mut shadow: BTreeMap<SagaId, SagaState>,
+    mut deltas: mpsc::UnboundedReceiver<Delta>,
+) {
+    let every_batch = log_durability_is_every_batch(&log);
+    while let Some(delta) = deltas.recv().await {
+        let mut lsn = delta.lsn;
+        absorb(&mut shadow, delta);
+        // Coalesce what queued up meanwhile: one snapshot at the latest.
+        while let Ok(delta) = deltas.try_recv() {
+            lsn = delta.lsn;
+            absorb(&mut shadow, delta);
+        }
+        // The snapshot may only cover durable records.
+        let durable = if every_batch {
+            log.wait_durable_async(lsn).await
+        } else {
+            let log = log.clone();
+            tokio::task::spawn_blocking(move || log.flush().map(|_| ()))
+                .await
+                .expect("the flush task panicked")
+        };
+        if let Err(error) = durable {
+            tracing::error!(partition, %error, "no snapshot: the log failed");
+            return;
+        }
+        let log_for_write = log.clone();
+        let store_for_write = store.clone();
+        let (returned, result) = tokio::task::spawn_blocking(move || {
+            let payload = encode_snapshot(partition, lsn, &shadow);
+            let result = match store_for_write.write(lsn, &payload) {
+                Ok(kept) => {
+                    // Delete the segments every kept snapshot covers.
+                    let oldest = kept.last().copied().unwrap_or(lsn);
+                    log_for_write
+                        .truncate_prefix(oldest)
+                        .map(|_| (kept.len(), payload.len()))
+                        .map_err(|e| e.to_string())
+                }
+                Err(error) => Err(error.to_string()),
+            };
+            (shadow, result)
+        })
+        .await
+        .expect("the snapshot task panicked");
+        shadow = returned;
+        match result {
+            Ok((kept, bytes)) => {
+                tracing::debug!(partition, lsn, bytes, kept, "snapshot written");
+            }
+            Err(error) => {
+                // The log still holds everything: a failed snapshot costs
+                // replay time at the next open, never data.
+                tracing::error!(partition, lsn, %error, "snapshot failed");
+            }
+        }
+    }
+}
+
+fn absorb(shadow: &mut BTreeMap<SagaId, SagaState>, delta: Delta) {
+    for state in delta.sagas {
+        shadow.insert(state.id, state);
+    }
+}
+
+fn log_durability_is_every_batch(log: &Log) -> bool {
+    log.durability() == Durability::EveryBatch
+}
