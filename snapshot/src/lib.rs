@@ -308,7 +308,7 @@ impl SnapshotStore {
                 })
             })
             .collect();
-        files.sort_by(|a, b| b.lsn.cmp(&a.lsn));
+        files.sort_by_key(|f| std::cmp::Reverse(f.lsn));
         Ok(files)
     }
 
