@@ -58,7 +58,7 @@ fn saga_events(id: u64, spec: &SagaSpec, draws: &[u8]) -> Vec<Event> {
             steps: spec.steps.len() as u16,
             input: format!("{{\"n\":{id}}}").into_bytes(),
             deadline: now + 60_000,
-            key: (id % 3 == 0).then(|| format!("key-{id}")),
+            key: id.is_multiple_of(3).then(|| format!("key-{id}")),
         },
     }];
     let mut state = apply(None, &events[0]).unwrap();
@@ -274,7 +274,7 @@ fn noop_saga() -> Saga<u64> {
             Step::new("b", |ctx: skald_engine::StepContext<u64>| {
                 let n = *ctx.input();
                 async move {
-                    if n % 4 == 0 {
+                    if n.is_multiple_of(4) {
                         Err(StepError::permanent("multiples of four are declined"))
                     } else {
                         Ok(n * 2)
