@@ -138,6 +138,22 @@ impl CircuitBreaker {
         };
     }
 
+    /// Records a call that ended without a verdict on the service (it was
+    /// abandoned at shutdown): a half-open breaker's trial slot is freed,
+    /// nothing is counted.
+    pub fn release(&mut self) {
+        if let BreakerState::HalfOpen {
+            successes,
+            trial_in_flight: true,
+        } = self.state
+        {
+            self.state = BreakerState::HalfOpen {
+                successes,
+                trial_in_flight: false,
+            };
+        }
+    }
+
     /// Records a call that failed (retryably) at `now_ms`.
     pub fn record_failure(&mut self, now_ms: u64) {
         let open = BreakerState::Open {
@@ -181,6 +197,29 @@ mod tests {
             breaker.record_failure(now);
         }
         assert_eq!(breaker.state(), BreakerState::Open { until_ms: 1_012 });
+    }
+
+    #[test]
+    fn a_released_trial_frees_the_slot_without_counting() {
+        let mut breaker = breaker();
+        for now in 0..3 {
+            breaker.record_failure(now);
+        }
+        assert!(breaker.try_acquire(1_002));
+        assert!(!breaker.try_acquire(1_003));
+        breaker.release();
+        assert_eq!(
+            breaker.state(),
+            BreakerState::HalfOpen {
+                successes: 0,
+                trial_in_flight: false
+            }
+        );
+        assert!(breaker.try_acquire(1_004), "the slot is free again");
+        let mut closed = CircuitBreaker::new(breaker.settings);
+        closed.record_failure(0);
+        closed.release();
+        assert_eq!(closed.state(), BreakerState::Closed { failures: 1 });
     }
 
     #[test]

@@ -1070,7 +1070,7 @@ impl Partition {
                     run.attempt
                 ))),
             };
-            call.settle(result.is_ok());
+            call.settle(Verdict::of(&result));
             let _ = tx.send(Command::Finished { saga, run, result });
         });
         entry.running = Some((run, task.abort_handle()));
@@ -1148,8 +1148,30 @@ impl Partition {
     }
 }
 
-/// A call the breaker admitted, settled exactly once: by its outcome, or
-/// as a failure if the attempt is dropped first, so that a half-open
+/// What an attempt says about its service's health.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    /// The service answered: a result, or a permanent error (a declined
+    /// card is an answer, not an outage).
+    Answered,
+    /// A retryable failure, a timeout or a panic.
+    Failed,
+    /// No verdict: the attempt was abandoned (shutdown, fail-stop).
+    Abandoned,
+}
+
+impl Verdict {
+    fn of(result: &Result<Vec<u8>, StepError>) -> Verdict {
+        match result {
+            Ok(_) => Verdict::Answered,
+            Err(error) if error.is_permanent() => Verdict::Answered,
+            Err(_) => Verdict::Failed,
+        }
+    }
+}
+
+/// A call the breaker admitted, settled exactly once: by its verdict, or
+/// as abandoned if the attempt is dropped first, so that a half-open
 /// breaker's trial is never left outstanding.
 struct BreakerCall {
     shared: Arc<Shared>,
@@ -1157,7 +1179,7 @@ struct BreakerCall {
 }
 
 impl BreakerCall {
-    fn settle(&mut self, success: bool) {
+    fn settle(&mut self, verdict: Verdict) {
         let Some(service) = self.service.take() else {
             return;
         };
@@ -1166,17 +1188,17 @@ impl BreakerCall {
         let breaker = breakers
             .entry(service)
             .or_insert_with(|| CircuitBreaker::new(self.shared.breaker_settings));
-        if success {
-            breaker.record_success();
-        } else {
-            breaker.record_failure(now);
+        match verdict {
+            Verdict::Answered => breaker.record_success(),
+            Verdict::Failed => breaker.record_failure(now),
+            Verdict::Abandoned => breaker.release(),
         }
     }
 }
 
 impl Drop for BreakerCall {
     fn drop(&mut self) {
-        self.settle(false);
+        self.settle(Verdict::Abandoned);
     }
 }
 

@@ -55,6 +55,10 @@ struct Faults {
     /// Writes and flushes hold it shared; a power cut holds it exclusively,
     /// so a cut happens between two writes, never in the middle of one.
     power: RwLock<()>,
+    /// Microseconds every flush takes before it starts, like a real disk's
+    /// latency: it widens the window in which a missing durability wait
+    /// would acknowledge what a power cut then loses.
+    flush_delay_micros: std::sync::atomic::AtomicU64,
 }
 
 impl Faults {
@@ -85,6 +89,14 @@ impl SimStorage {
     /// An empty simulated disk.
     pub fn new() -> SimStorage {
         SimStorage::default()
+    }
+
+    /// Makes every flush of this disk (and of the disks its power cuts
+    /// boot) wait `delay` first, like a real device's latency.
+    pub fn set_flush_delay(&self, delay: std::time::Duration) {
+        self.faults
+            .flush_delay_micros
+            .store(delay.as_micros() as u64, Ordering::Relaxed);
     }
 
     /// Starts injecting `fault`.
@@ -122,6 +134,10 @@ impl SimStorage {
             PowerCut::TearUnflushed { seed } => Some(StdRng::seed_from_u64(seed)),
         };
         let faults = Arc::new(Faults::default());
+        faults.flush_delay_micros.store(
+            self.faults.flush_delay_micros.load(Ordering::Relaxed),
+            Ordering::Relaxed,
+        );
         let mut pages_lost = 0;
         let mut survivors = BTreeMap::new();
         for (path, file) in &state.durable_files {
@@ -420,6 +436,10 @@ impl SegmentFile for SimHandle {
     }
 
     fn flush(&self, offset: u64, length: u64) -> io::Result<()> {
+        let delay = self.file.faults.flush_delay_micros.load(Ordering::Relaxed);
+        if delay > 0 {
+            std::thread::sleep(std::time::Duration::from_micros(delay));
+        }
         let _power = self.file.faults.power.read();
         self.file
             .faults
