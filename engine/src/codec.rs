@@ -14,7 +14,7 @@ use serde::Serialize;
 pub const CODEC_VERSION_BINCODE2: u8 = 1;
 
 /// Why a payload could not be decoded.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum CodecError {
     /// The payload has no version byte.
     #[error("empty payload: no codec version byte")]

@@ -16,7 +16,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::event::{OperatorAction, SagaId};
-use crate::recovery::{recover, snapshot_dir};
+use crate::recovery::{recover_sorted, snapshot_dir};
 use crate::runtime::{Clock, Command, Partition, Shared};
 use crate::saga::{Definition, Saga};
 use crate::snapshotter::SnapshotSettings;
@@ -221,12 +221,11 @@ impl EngineBuilder {
                 storage.clone(),
             )
             .map_err(|error| EngineError::Snapshot(Arc::new(error)))?;
-            let rebuilt = recover(index as u16, &log, &store, None)?;
+            let (states, rebuilt) = recover_sorted(index as u16, &log, &store, None)?;
             if let Some((lsn, file)) = &rebuilt.snapshot {
                 tracing::info!(partition = index, snapshot = %file.display(), lsn,
                     replayed = rebuilt.replayed, "recovered from a snapshot");
             }
-            let states = rebuilt.sagas;
             let (tx, rx) = mpsc::unbounded_channel();
             let rng = StdRng::seed_from_u64(rand::Rng::random(&mut seeds));
             let partition = Partition::new(

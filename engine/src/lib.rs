@@ -64,7 +64,7 @@ pub use crate::retry::{Backoff, RetryPolicy, ATTEMPTS_MAX};
 pub use crate::saga::{Saga, Step, StepContext, StepError};
 pub use crate::snapshotter::SnapshotSettings;
 pub use crate::state::{
-    apply, fold, kind_name, ApplyError, SagaState, SagaStatus, StepPhase, StepState,
+    apply, apply_mut, fold, kind_name, ApplyError, SagaState, SagaStatus, StepPhase, StepState,
 };
 pub use crate::view::{
     ConsistencyReport, EngineEvent, ListFilter, PartitionCheck, SagaPage, SagaSummary, SagaView,

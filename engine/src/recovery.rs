@@ -7,13 +7,12 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize, Serializer};
 use skald_log::Log;
 use skald_snapshot::{Damage, SnapshotStore};
 
 use crate::codec;
 use crate::event::{Event, SagaId};
-use crate::state::{apply, SagaState};
+use crate::state::{apply, apply_mut, SagaState};
 use crate::EngineError;
 
 /// The snapshot directory inside a partition's log directory.
@@ -25,7 +24,7 @@ pub fn snapshot_dir(partition_dir: &Path) -> PathBuf {
 }
 
 /// A partition's state as a snapshot holds it.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PartitionSnapshot {
     /// The partition.
     pub partition: u16,
@@ -35,34 +34,133 @@ pub struct PartitionSnapshot {
     pub sagas: Vec<SagaState>,
 }
 
-#[derive(Serialize)]
-struct PartitionSnapshotRef<'a> {
-    partition: u16,
-    lsn: u64,
-    #[serde(serialize_with = "serialize_states")]
-    sagas: &'a BTreeMap<SagaId, SagaState>,
+/// The layout version of snapshot payloads (see FORMAT.md).
+pub const SNAPSHOT_PAYLOAD_VERSION: u8 = 1;
+/// Sagas per chunk: chunks decode in parallel at open.
+const CHUNK_SAGAS: usize = 32_768;
+const PREAMBLE: usize = 1 + 2 + 8 + 4;
+
+/// Why a snapshot payload does not decode.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PayloadError {
+    /// Shorter than its framing says.
+    #[error("truncated at byte {0}")]
+    Truncated(usize),
+    /// A payload layout this build does not know.
+    #[error("unknown snapshot payload version {0}")]
+    Version(u8),
+    /// A chunk's sagas do not decode.
+    #[error("chunk {chunk}: {error}")]
+    Chunk {
+        /// Which chunk, from 0.
+        chunk: usize,
+        /// What the codec said.
+        error: codec::CodecError,
+    },
+    /// Bytes after the last chunk.
+    #[error("{0} bytes after the last chunk")]
+    Trailing(usize),
+    /// Sagas out of id order.
+    #[error("sagas out of id order at {0}")]
+    Order(SagaId),
 }
 
-fn serialize_states<S: Serializer>(
-    sagas: &&BTreeMap<SagaId, SagaState>,
-    serializer: S,
-) -> Result<S::Ok, S::Error> {
-    serializer.collect_seq(sagas.values())
-}
-
-/// Encodes a partition's sagas as a snapshot payload (through the codec,
-/// so behind its version byte).
+/// Encodes a partition's sagas as a snapshot payload: a small preamble,
+/// then chunks of sagas, each encoded through the codec (behind its
+/// version byte) so that they decode in parallel.
 pub fn encode_snapshot(partition: u16, lsn: u64, sagas: &BTreeMap<SagaId, SagaState>) -> Vec<u8> {
-    codec::encode(&PartitionSnapshotRef {
+    let states: Vec<&SagaState> = sagas.values().collect();
+    let chunks: Vec<Vec<u8>> = states
+        .chunks(CHUNK_SAGAS)
+        .map(|chunk| codec::encode(&chunk))
+        .collect();
+    let mut payload =
+        Vec::with_capacity(PREAMBLE + chunks.iter().map(|c| 8 + c.len()).sum::<usize>());
+    payload.push(SNAPSHOT_PAYLOAD_VERSION);
+    payload.extend_from_slice(&partition.to_le_bytes());
+    payload.extend_from_slice(&lsn.to_le_bytes());
+    payload.extend_from_slice(&(chunks.len() as u32).to_le_bytes());
+    for chunk in &chunks {
+        payload.extend_from_slice(&(chunk.len() as u64).to_le_bytes());
+        payload.extend_from_slice(chunk);
+    }
+    payload
+}
+
+/// Decodes a snapshot payload written by [`encode_snapshot`], its chunks
+/// on as many threads as there are CPUs.
+pub fn decode_snapshot(payload: &[u8]) -> Result<PartitionSnapshot, PayloadError> {
+    if payload.len() < PREAMBLE {
+        return Err(PayloadError::Truncated(payload.len()));
+    }
+    if payload[0] != SNAPSHOT_PAYLOAD_VERSION {
+        return Err(PayloadError::Version(payload[0]));
+    }
+    let partition = u16::from_le_bytes([payload[1], payload[2]]);
+    let lsn = u64::from_le_bytes(payload[3..11].try_into().expect("8 bytes"));
+    let count = u32::from_le_bytes(payload[11..15].try_into().expect("4 bytes")) as usize;
+    let mut chunks = Vec::with_capacity(count.min(1 << 16));
+    let mut at = PREAMBLE;
+    for _ in 0..count {
+        let length = payload
+            .get(at..at + 8)
+            .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+            .ok_or(PayloadError::Truncated(at))?;
+        let body_end = usize::try_from(length)
+            .ok()
+            .and_then(|length| (at + 8).checked_add(length))
+            .filter(|&end| end <= payload.len())
+            .ok_or(PayloadError::Truncated(at))?;
+        chunks.push(&payload[at + 8..body_end]);
+        at = body_end;
+    }
+    if at != payload.len() {
+        return Err(PayloadError::Trailing(payload.len() - at));
+    }
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, chunks.len().max(1));
+    let per_thread = chunks.len().div_ceil(threads).max(1);
+    let decoded: Vec<Result<Vec<Vec<SagaState>>, PayloadError>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = chunks
+            .chunks(per_thread)
+            .enumerate()
+            .map(|(group, chunks)| {
+                scope.spawn(move || {
+                    chunks
+                        .iter()
+                        .enumerate()
+                        .map(|(i, chunk)| {
+                            codec::decode::<Vec<SagaState>>(chunk).map_err(|error| {
+                                PayloadError::Chunk {
+                                    chunk: group * per_thread + i,
+                                    error,
+                                }
+                            })
+                        })
+                        .collect()
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|worker| worker.join().expect("a snapshot decoding thread panicked"))
+            .collect()
+    });
+    let mut sagas = Vec::new();
+    for group in decoded {
+        for chunk in group? {
+            sagas.extend(chunk);
+        }
+    }
+    if let Some(pair) = sagas.windows(2).find(|pair| pair[0].id >= pair[1].id) {
+        return Err(PayloadError::Order(pair[1].id));
+    }
+    Ok(PartitionSnapshot {
         partition,
         lsn,
         sagas,
     })
-}
-
-/// Decodes a snapshot payload written by [`encode_snapshot`].
-pub fn decode_snapshot(payload: &[u8]) -> Result<PartitionSnapshot, codec::CodecError> {
-    codec::decode(payload)
 }
 
 /// What [`recover`] rebuilt.
@@ -93,6 +191,20 @@ pub fn recover(
     snapshots: &SnapshotStore,
     until: Option<u64>,
 ) -> Result<Recovered, EngineError> {
+    let (states, mut recovered) = recover_sorted(partition, log, snapshots, until)?;
+    // From sorted input, a bulk build.
+    recovered.sagas = states.into_iter().map(|s| (s.id, s)).collect();
+    Ok(recovered)
+}
+
+/// [`recover`], with the sagas as a vector in id order (what the engine
+/// builds its partition from) and `Recovered::sagas` left empty.
+pub(crate) fn recover_sorted(
+    partition: u16,
+    log: &Log,
+    snapshots: &SnapshotStore,
+    until: Option<u64>,
+) -> Result<(Vec<SagaState>, Recovered), EngineError> {
     let loaded = snapshots
         .load_newest()
         .map_err(|error| EngineError::Snapshot(std::sync::Arc::new(error)))?;
@@ -101,6 +213,7 @@ pub fn recover(
         ..Recovered::default()
     };
     let mut from = log.first_lsn();
+    let mut snapshot_sagas = Vec::new();
     if let Some(snapshot) = loaded.snapshot {
         let decoded = decode_snapshot(&snapshot.payload).map_err(|error| EngineError::Corrupt {
             path: snapshot.path.clone(),
@@ -133,7 +246,7 @@ pub fn recover(
                 detail: damaged_note(&recovered.skipped),
             });
         }
-        recovered.sagas = decoded.sagas.into_iter().map(|s| (s.id, s)).collect();
+        snapshot_sagas = decoded.sagas;
         recovered.snapshot = Some((snapshot.lsn, snapshot.path));
         from = snapshot.lsn;
     } else if log.first_lsn() > 1 {
@@ -146,6 +259,13 @@ pub fn recover(
     }
     let mut reader = log.read_from(from)?;
     let until = until.unwrap_or(u64::MAX);
+    // Folding looks a saga up per event: a hash map of positions into a
+    // vector is cheaper than a search tree of large values, and the vector
+    // becomes the ordered map once at the end.
+    let mut states = snapshot_sagas;
+    let mut index: std::collections::HashMap<SagaId, usize> =
+        states.iter().enumerate().map(|(i, s)| (s.id, i)).collect();
+    let mut sorted = true;
     while reader.next_lsn() < until {
         let Some(record) = reader.read_next()? else {
             break;
@@ -157,13 +277,23 @@ pub fn recover(
         };
         let event = Event::decode(record.payload)
             .map_err(|error| corrupt(format!("does not decode as an event: {error}")))?;
-        let state = apply(recovered.sagas.get(&event.saga), &event)
-            .map_err(|error| corrupt(format!("does not fold: {error}")))?;
-        recovered.sagas.insert(event.saga, state);
+        match index.get(&event.saga) {
+            Some(&at) => apply_mut(&mut states[at], &event),
+            None => apply(None, &event).map(|state| {
+                sorted &= states.last().is_none_or(|last| last.id < state.id);
+                index.insert(event.saga, states.len());
+                states.push(state);
+            }),
+        }
+        .map_err(|error| corrupt(format!("does not fold: {error}")))?;
         recovered.replayed += 1;
     }
     recovered.end_lsn = reader.next_lsn();
-    Ok(recovered)
+    drop(index);
+    if !sorted {
+        states.sort_unstable_by_key(|s| s.id);
+    }
+    Ok((states, recovered))
 }
 
 fn damaged_note(skipped: &[(PathBuf, Damage)]) -> String {

@@ -197,7 +197,8 @@ pub(crate) struct Partition {
     index: u16,
     log: Arc<Log>,
     shared: Arc<Shared>,
-    sagas: BTreeMap<SagaId, Entry>,
+    /// Boxed: the tree moves pointers, not whole sagas, as it grows.
+    sagas: BTreeMap<SagaId, Box<Entry>>,
     keys: HashMap<String, SagaId>,
     timers: BTreeSet<(Millis, SagaId)>,
     /// The next id's sequence number (ids are `seq * partitions + index`).
@@ -239,7 +240,7 @@ impl Partition {
         index: u16,
         log: Arc<Log>,
         shared: Arc<Shared>,
-        states: BTreeMap<SagaId, SagaState>,
+        states: Vec<SagaState>,
         rx: mpsc::UnboundedReceiver<Command>,
         tx: mpsc::WeakUnboundedSender<Command>,
         rng: StdRng,
@@ -247,19 +248,31 @@ impl Partition {
         let partitions = shared.partitions;
         let mut next_seq = 0;
         let mut keys = HashMap::new();
-        let mut sagas = BTreeMap::new();
-        for (id, state) in states {
+        let mut entries = Vec::with_capacity(states.len());
+        // Most sagas share a few definitions: look each name up once.
+        let mut last: Option<(String, Option<Arc<dyn Definition>>)> = None;
+        for state in states {
+            let id = state.id;
             next_seq = next_seq.max(id.0 / partitions + 1);
             if let Some(key) = &state.key {
                 keys.insert(key.clone(), id);
             }
-            let definition = match shared.definitions.get(&state.definition) {
+            let found = match &last {
+                Some((name, found)) if *name == state.definition => found.clone(),
+                _ => {
+                    let found = shared.definitions.get(&state.definition).cloned();
+                    last = Some((state.definition.clone(), found.clone()));
+                    found
+                }
+            };
+            let definition = match found.as_ref() {
                 Some(definition) if definition.spec().steps.len() == state.steps.len() => {
                     Some(definition.clone())
                 }
                 found => {
+                    let found = found.is_some();
                     if !state.status.is_final() {
-                        let why = if found.is_some() {
+                        let why = if found {
                             "the registered definition has a different number of steps"
                         } else {
                             "its definition is not registered"
@@ -270,9 +283,9 @@ impl Partition {
                     None
                 }
             };
-            sagas.insert(
+            entries.push((
                 id,
-                Entry {
+                Box::new(Entry {
                     state,
                     definition,
                     input: None,
@@ -280,9 +293,11 @@ impl Partition {
                     dirty: false,
                     wake: None,
                     waiters: Vec::new(),
-                },
-            );
+                }),
+            ));
         }
+        // In id order already: a bulk build.
+        let sagas: BTreeMap<SagaId, Box<Entry>> = entries.into_iter().collect();
         Partition {
             index,
             log,
@@ -324,17 +339,12 @@ impl Partition {
         if !settings.enabled() {
             return self;
         }
-        let shadow = self
-            .sagas
-            .iter()
-            .map(|(id, entry)| (*id, entry.state.clone()))
-            .collect();
         let (deltas, receiver) = mpsc::unbounded_channel();
         let task = tokio::spawn(snapshotter::run(
             self.index,
             self.log.clone(),
             store,
-            shadow,
+            self.log.next_lsn(),
             receiver,
         ));
         self.snapshots.settings = settings;
@@ -539,7 +549,7 @@ impl Partition {
                 self.effects.reply(reply, result);
             }
             Command::View { saga, reply } => {
-                let view = self.sagas.get(&saga).map(view_of);
+                let view = self.sagas.get(&saga).map(|entry| view_of(entry));
                 self.effects.reply(reply, Ok(view));
             }
             Command::List { filter, reply } => {
@@ -690,7 +700,7 @@ impl Partition {
         }
         self.sagas.insert(
             id,
-            Entry {
+            Box::new(Entry {
                 state,
                 definition: Some(definition),
                 input: None,
@@ -698,7 +708,7 @@ impl Partition {
                 dirty: true,
                 wake: None,
                 waiters: Vec::new(),
-            },
+            }),
         );
         self.snapshots.dirty.push(id);
         self.snapshots.events_since += 1;

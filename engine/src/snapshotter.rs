@@ -18,7 +18,7 @@ use skald_snapshot::SnapshotStore;
 use tokio::sync::mpsc;
 
 use crate::event::SagaId;
-use crate::recovery::encode_snapshot;
+use crate::recovery::{encode_snapshot, recover};
 use crate::state::SagaState;
 
 /// When snapshots are written. Build with [`SnapshotSettings::default`] and
@@ -74,15 +74,40 @@ pub(crate) struct Delta {
     pub(crate) sagas: Vec<SagaState>,
 }
 
-/// The background task of one partition.
+/// The background task of one partition. Its shadow starts as the state
+/// the open recovered (up to `open_end`), rebuilt here from the same
+/// snapshot and log rather than copied, so that the open does not pay for
+/// a second copy of every saga.
 pub(crate) async fn run(
     partition: u16,
     log: Arc<Log>,
     store: SnapshotStore,
-    mut shadow: BTreeMap<SagaId, SagaState>,
+    open_end: u64,
     mut deltas: mpsc::UnboundedReceiver<Delta>,
 ) {
     let every_batch = log_durability_is_every_batch(&log);
+    let rebuilt = {
+        let (log, store) = (log.clone(), store.clone());
+        tokio::task::spawn_blocking(move || recover(partition, &log, &store, Some(open_end)))
+            .await
+            .expect("the rebuild task panicked")
+    };
+    let mut shadow: BTreeMap<SagaId, SagaState> = match rebuilt {
+        Ok(rebuilt) if rebuilt.end_lsn == open_end => rebuilt.sagas,
+        Ok(rebuilt) => {
+            tracing::error!(
+                partition,
+                open_end,
+                rebuilt_to = rebuilt.end_lsn,
+                "no snapshots: the snapshotter's rebuild did not reach the open's end"
+            );
+            return;
+        }
+        Err(error) => {
+            tracing::error!(partition, %error, "no snapshots: the snapshotter could not rebuild the state");
+            return;
+        }
+    };
     while let Some(delta) = deltas.recv().await {
         let mut lsn = delta.lsn;
         absorb(&mut shadow, delta);

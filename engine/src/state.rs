@@ -238,46 +238,24 @@ pub enum ApplyError {
     },
 }
 
-/// Folds one event into a saga's state (`None` before `Started`).
+/// Folds one event into a saga's state (`None` before `Started`). The
+/// input state is left as it was, also when the event is refused.
 pub fn apply(state: Option<&SagaState>, event: &Event) -> Result<SagaState, ApplyError> {
-    let name = kind_name(&event.kind);
-    let Some(state) = state else {
-        if let EventKind::Started { steps, .. } = &event.kind {
-            if *steps as usize > STEPS_MAX || *steps == 0 {
-                return Err(ApplyError::BadStepCount {
-                    saga: event.saga,
-                    steps: *steps,
-                });
-            }
+    match state {
+        None => start(event),
+        Some(state) => {
+            let mut next = state.clone();
+            apply_mut(&mut next, event)?;
+            Ok(next)
         }
-        return match &event.kind {
-            EventKind::Started {
-                definition,
-                steps,
-                input,
-                deadline,
-                key,
-            } => Ok(SagaState {
-                id: event.saga,
-                definition: definition.clone(),
-                input: input.clone(),
-                key: key.clone(),
-                status: SagaStatus::Running,
-                steps: (0..*steps).map(|_| StepState::new()).collect(),
-                started_at: event.at,
-                deadline: *deadline,
-                deadline_passed: false,
-                cancel_reason: None,
-                failure: None,
-                operator_actions: Vec::new(),
-                updated_at: event.at,
-            }),
-            _ => Err(ApplyError::NotStarted {
-                saga: event.saga,
-                event: name,
-            }),
-        };
-    };
+    }
+}
+
+/// [`apply`] in place, for replays that fold millions of events: no copy
+/// of the state per event. On an error the state may be partly changed,
+/// so callers that go on after a refused event use [`apply`].
+pub fn apply_mut(state: &mut SagaState, event: &Event) -> Result<(), ApplyError> {
+    let name = kind_name(&event.kind);
     if state.id != event.saga {
         return Err(ApplyError::WrongSaga {
             saga: state.id,
@@ -292,15 +270,15 @@ pub fn apply(state: Option<&SagaState>, event: &Event) -> Result<SagaState, Appl
             status: state.status,
         });
     }
-    let mut next = state.clone();
-    next.updated_at = event.at;
     match &event.kind {
         EventKind::Started { .. } => return Err(ApplyError::AlreadyStarted { saga: state.id }),
         EventKind::CancelRequested { reason } => {
-            next.cancel_reason.get_or_insert_with(|| reason.clone());
+            if state.cancel_reason.is_none() {
+                state.cancel_reason = Some(reason.clone());
+            }
         }
         EventKind::TimerFired { timer } => match *timer {
-            Timer::SagaDeadline => next.deadline_passed = true,
+            Timer::SagaDeadline => state.deadline_passed = true,
             // What a step timer means is for `decide` to read from the
             // step's phase and deadline; the fold only checks the step.
             Timer::Retry { step } | Timer::StepDeadline { step, .. } => {
@@ -316,12 +294,13 @@ pub fn apply(state: Option<&SagaState>, event: &Event) -> Result<SagaState, Appl
             )?;
             let all_done = state.steps.iter().all(|s| s.phase == StepPhase::Succeeded);
             require(state, name, all_done, "not every step succeeded")?;
-            next.status = SagaStatus::Completed;
+            state.status = SagaStatus::Completed;
         }
         EventKind::Aborted => {
             // Which succeeded steps needed compensating depends on their
             // kinds (decide's job); a failed compensation never counts as
             // done.
+            let abandonable = abort_requested(state);
             let busy = state.steps.iter().any(|s| {
                 matches!(
                     s.phase,
@@ -329,7 +308,7 @@ pub fn apply(state: Option<&SagaState>, event: &Event) -> Result<SagaState, Appl
                         | StepPhase::Compensating { .. }
                         | StepPhase::WaitingCompensationRetry { .. }
                         | StepPhase::CompensationFailed { .. }
-                ) || (matches!(s.phase, StepPhase::WaitingRetry { .. }) && !abort_requested(state))
+                ) || (matches!(s.phase, StepPhase::WaitingRetry { .. }) && !abandonable)
             });
             require(
                 state,
@@ -337,12 +316,12 @@ pub fn apply(state: Option<&SagaState>, event: &Event) -> Result<SagaState, Appl
                 !busy,
                 "a step or compensation is still under way",
             )?;
-            abandon_planned_retries(state, &mut next);
-            next.status = SagaStatus::Aborted;
+            abandon_planned_retries(state);
+            state.status = SagaStatus::Aborted;
         }
         EventKind::Failed { reason } => {
-            next.status = SagaStatus::Failed;
-            next.failure = Some(reason.clone());
+            state.status = SagaStatus::Failed;
+            state.failure = Some(reason.clone());
         }
         EventKind::OperatorAction { action, who, why } => {
             require(
@@ -351,8 +330,7 @@ pub fn apply(state: Option<&SagaState>, event: &Event) -> Result<SagaState, Appl
                 state.status == SagaStatus::Failed,
                 "only a Failed saga takes operator actions",
             )?;
-            next.operator_actions.push((who.clone(), why.clone()));
-            next.status = match action {
+            match action {
                 OperatorAction::RetryCompensation => {
                     let failed_compensation = state
                         .steps
@@ -365,15 +343,18 @@ pub fn apply(state: Option<&SagaState>, event: &Event) -> Result<SagaState, Appl
                         "no compensation failed, so there is none to retry",
                     )?;
                     // Every failed compensation gets a next attempt, due now.
-                    for step in next.steps.iter_mut() {
-                        if let StepPhase::CompensationFailed { attempt, .. } = step.phase {
-                            step.phase = StepPhase::WaitingCompensationRetry {
-                                attempt: next_attempt(state, name, attempt)?,
+                    for index in 0..state.steps.len() {
+                        if let StepPhase::CompensationFailed { attempt, .. } =
+                            state.steps[index].phase
+                        {
+                            let attempt = next_attempt(state, name, attempt)?;
+                            state.steps[index].phase = StepPhase::WaitingCompensationRetry {
+                                attempt,
                                 fire_at: event.at,
                             };
                         }
                     }
-                    SagaStatus::Compensating
+                    state.status = SagaStatus::Compensating;
                 }
                 OperatorAction::ResumeStep { step } => {
                     let phase = step_state(state, *step)?.phase;
@@ -395,49 +376,90 @@ pub fn apply(state: Option<&SagaState>, event: &Event) -> Result<SagaState, Appl
                         before_done && !undoing,
                         "resuming needs every earlier step succeeded and nothing compensated",
                     )?;
-                    next.steps[*step as usize].phase = StepPhase::WaitingRetry {
-                        attempt: next_attempt(state, name, attempt)?,
+                    let attempt = next_attempt(state, name, attempt)?;
+                    state.steps[*step as usize].phase = StepPhase::WaitingRetry {
+                        attempt,
                         fire_at: event.at,
                     };
                     // The operator chose to go forward: an earlier cancel
-                    // request or deadline no longer stands.
-                    // The operator takes responsibility for its timing
-                    // too: the saga deadline no longer applies.
-                    next.cancel_reason = None;
-                    next.deadline_passed = false;
-                    next.deadline = Millis::MAX;
-                    SagaStatus::Running
+                    // request or deadline no longer stands, and the operator
+                    // takes responsibility for its timing too: the saga
+                    // deadline no longer applies.
+                    state.cancel_reason = None;
+                    state.deadline_passed = false;
+                    state.deadline = Millis::MAX;
+                    state.status = SagaStatus::Running;
                 }
-                OperatorAction::MarkResolved => SagaStatus::Resolved,
-            };
+                OperatorAction::MarkResolved => state.status = SagaStatus::Resolved,
+            }
+            state.operator_actions.push((who.clone(), why.clone()));
         }
-        step_event => apply_step(state, &mut next, event.at, step_event)?,
+        step_event => apply_step(state, event.at, step_event)?,
     }
-    Ok(next)
+    state.updated_at = event.at;
+    Ok(())
 }
 
-/// The step-level events.
-fn apply_step(
-    state: &SagaState,
-    next: &mut SagaState,
-    at: Millis,
-    kind: &EventKind,
-) -> Result<(), ApplyError> {
+/// The first event of a saga.
+fn start(event: &Event) -> Result<SagaState, ApplyError> {
+    let name = kind_name(&event.kind);
+    let EventKind::Started {
+        definition,
+        steps,
+        input,
+        deadline,
+        key,
+    } = &event.kind
+    else {
+        return Err(ApplyError::NotStarted {
+            saga: event.saga,
+            event: name,
+        });
+    };
+    if *steps as usize > STEPS_MAX || *steps == 0 {
+        return Err(ApplyError::BadStepCount {
+            saga: event.saga,
+            steps: *steps,
+        });
+    }
+    Ok(SagaState {
+        id: event.saga,
+        definition: definition.clone(),
+        input: input.clone(),
+        key: key.clone(),
+        status: SagaStatus::Running,
+        steps: (0..*steps).map(|_| StepState::new()).collect(),
+        started_at: event.at,
+        deadline: *deadline,
+        deadline_passed: false,
+        cancel_reason: None,
+        failure: None,
+        operator_actions: Vec::new(),
+        updated_at: event.at,
+    })
+}
+
+/// The step-level events: every check first, then the change.
+fn apply_step(state: &mut SagaState, at: Millis, kind: &EventKind) -> Result<(), ApplyError> {
     let name = kind_name(kind);
     let (step, attempt) = step_and_attempt(kind).expect("only step events get here");
-    let current = step_state(state, step)?.clone();
+    let current = step_state(state, step)?;
+    let (phase, attempts, compensation_attempts) = (
+        current.phase,
+        current.attempts,
+        current.compensation_attempts,
+    );
     let refuse = || ApplyError::StepTransition {
         saga: state.id,
         step,
         event: name,
         attempt,
-        phase: current.phase,
+        phase,
     };
-    let target = &mut next.steps[step as usize];
-    target.updated_at = Some(at);
+    let index = step as usize;
     match kind {
         EventKind::StepStarted { deadline, .. } => {
-            let fits = match current.phase {
+            let fits = match phase {
                 StepPhase::Pending => true,
                 StepPhase::WaitingRetry {
                     attempt: planned, ..
@@ -445,27 +467,29 @@ fn apply_step(
                 _ => false,
             };
             // Steps run one at a time, in order.
-            let in_order = state.steps[..step as usize]
+            let in_order = state.steps[..index]
                 .iter()
                 .all(|s| s.phase == StepPhase::Succeeded);
             let alone = state
                 .steps
                 .iter()
                 .enumerate()
-                .all(|(index, s)| index == step as usize || !is_active(s.phase));
-            let counted = current.attempts.checked_add(1) == Some(attempt);
+                .all(|(other, s)| other == index || !is_active(s.phase));
+            let counted = attempts.checked_add(1) == Some(attempt);
             if !fits || !in_order || !alone || !counted || state.status != SagaStatus::Running {
                 return Err(refuse());
             }
+            let target = &mut state.steps[index];
             target.phase = StepPhase::Running { attempt };
             target.attempts = attempt;
             target.deadline = Some(*deadline);
             target.started_at.get_or_insert(at);
         }
         EventKind::StepSucceeded { output, .. } => {
-            if current.phase != (StepPhase::Running { attempt }) {
+            if phase != (StepPhase::Running { attempt }) {
                 return Err(refuse());
             }
+            let target = &mut state.steps[index];
             target.phase = StepPhase::Succeeded;
             target.output = Some(output.clone());
             target.deadline = None;
@@ -473,9 +497,10 @@ fn apply_step(
         EventKind::StepFailed {
             error, permanent, ..
         } => {
-            if current.phase != (StepPhase::Running { attempt }) {
+            if phase != (StepPhase::Running { attempt }) {
                 return Err(refuse());
             }
+            let target = &mut state.steps[index];
             target.phase = StepPhase::Failed {
                 attempt,
                 permanent: *permanent,
@@ -488,11 +513,11 @@ fn apply_step(
             compensation: false,
             ..
         } => {
-            let fits = matches!(current.phase, StepPhase::Failed { attempt: failed, permanent: false } if failed.checked_add(1) == Some(attempt));
+            let fits = matches!(phase, StepPhase::Failed { attempt: failed, permanent: false } if failed.checked_add(1) == Some(attempt));
             if !fits || state.status != SagaStatus::Running {
                 return Err(refuse());
             }
-            target.phase = StepPhase::WaitingRetry {
+            state.steps[index].phase = StepPhase::WaitingRetry {
                 attempt,
                 fire_at: *fire_at,
             };
@@ -502,17 +527,17 @@ fn apply_step(
             compensation: true,
             ..
         } => {
-            let fits = matches!(current.phase, StepPhase::CompensationFailed { attempt: failed, permanent: false } if failed.checked_add(1) == Some(attempt));
+            let fits = matches!(phase, StepPhase::CompensationFailed { attempt: failed, permanent: false } if failed.checked_add(1) == Some(attempt));
             if !fits {
                 return Err(refuse());
             }
-            target.phase = StepPhase::WaitingCompensationRetry {
+            state.steps[index].phase = StepPhase::WaitingCompensationRetry {
                 attempt,
                 fire_at: *fire_at,
             };
         }
         EventKind::CompensationStarted { deadline, .. } => {
-            let fits = match current.phase {
+            let fits = match phase {
                 StepPhase::Succeeded => true,
                 StepPhase::WaitingCompensationRetry {
                     attempt: planned, ..
@@ -521,39 +546,41 @@ fn apply_step(
             };
             let status_fits =
                 matches!(state.status, SagaStatus::Running | SagaStatus::Compensating);
-            // Compensation starts once nothing runs forward. Its order
-            // (reverse, compensatable steps only) depends on step kinds:
-            // that is decide's to keep.
-            // A planned retry gives way to a cancel request or a passed
-            // saga deadline: it is abandoned (see `abandon_planned_retries`).
+            // Compensation starts once nothing runs forward; a planned
+            // retry gives way to a cancel request or a passed saga
+            // deadline (it is abandoned). The order (reverse, compensatable
+            // steps only) depends on step kinds: that is decide's to keep.
+            let abandonable = abort_requested(state);
             let forward_idle = !state.steps.iter().any(|s| {
                 matches!(s.phase, StepPhase::Running { .. })
-                    || (matches!(s.phase, StepPhase::WaitingRetry { .. })
-                        && !abort_requested(state))
+                    || (matches!(s.phase, StepPhase::WaitingRetry { .. }) && !abandonable)
             });
-            let counted = current.compensation_attempts.checked_add(1) == Some(attempt);
+            let counted = compensation_attempts.checked_add(1) == Some(attempt);
             if !fits || !status_fits || !forward_idle || !counted {
                 return Err(refuse());
             }
+            abandon_planned_retries(state);
+            let target = &mut state.steps[index];
             target.phase = StepPhase::Compensating { attempt };
             target.compensation_attempts = attempt;
             target.deadline = Some(*deadline);
-            next.status = SagaStatus::Compensating;
-            abandon_planned_retries(state, next);
+            state.status = SagaStatus::Compensating;
         }
         EventKind::StepCompensated { .. } => {
-            if current.phase != (StepPhase::Compensating { attempt }) {
+            if phase != (StepPhase::Compensating { attempt }) {
                 return Err(refuse());
             }
+            let target = &mut state.steps[index];
             target.phase = StepPhase::Compensated;
             target.deadline = None;
         }
         EventKind::CompensationFailed {
             error, permanent, ..
         } => {
-            if current.phase != (StepPhase::Compensating { attempt }) {
+            if phase != (StepPhase::Compensating { attempt }) {
                 return Err(refuse());
             }
+            let target = &mut state.steps[index];
             target.phase = StepPhase::CompensationFailed {
                 attempt,
                 permanent: *permanent,
@@ -563,6 +590,7 @@ fn apply_step(
         }
         _ => unreachable!("step_and_attempt matched a step event"),
     }
+    state.steps[index].updated_at = Some(at);
     Ok(())
 }
 
@@ -573,13 +601,13 @@ fn abort_requested(state: &SagaState) -> bool {
 
 /// Turning back abandons a planned forward retry: the step is left failed
 /// at its last attempt (its error kept), never started again.
-fn abandon_planned_retries(state: &SagaState, next: &mut SagaState) {
+fn abandon_planned_retries(state: &mut SagaState) {
     if !abort_requested(state) {
         return;
     }
-    for (index, step) in state.steps.iter().enumerate() {
+    for step in state.steps.iter_mut() {
         if matches!(step.phase, StepPhase::WaitingRetry { .. }) {
-            next.steps[index].phase = StepPhase::Failed {
+            step.phase = StepPhase::Failed {
                 attempt: step.attempts,
                 permanent: false,
             };
@@ -683,9 +711,12 @@ pub fn kind_name(kind: &EventKind) -> &'static str {
 pub fn fold<'a>(
     events: impl IntoIterator<Item = &'a Event>,
 ) -> Result<Option<SagaState>, ApplyError> {
-    let mut state = None;
+    let mut state: Option<SagaState> = None;
     for event in events {
-        state = Some(apply(state.as_ref(), event)?);
+        match &mut state {
+            Some(state) => apply_mut(state, event)?,
+            None => state = Some(apply(None, event)?),
+        }
     }
     Ok(state)
 }

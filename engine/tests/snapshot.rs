@@ -382,3 +382,34 @@ async fn the_engine_snapshots_in_the_background_deletes_covered_segments_and_reo
     engine.shutdown().await.unwrap();
     let _ = Arc::new(());
 }
+
+#[test]
+fn big_snapshots_decode_in_chunks_and_damage_is_an_error() {
+    let mut states = BTreeMap::new();
+    let template = fold_all(&saga_events(1, &spec(&[StepKind::Compensatable]), &[2]))
+        .remove(&SagaId(1))
+        .unwrap();
+    for id in 1..=70_000u64 {
+        let mut state = template.clone();
+        state.id = SagaId(id);
+        states.insert(state.id, state);
+    }
+    let payload = encode_snapshot(3, 99, &states);
+    let decoded = skald_engine::recovery::decode_snapshot(&payload).unwrap();
+    assert_eq!((decoded.partition, decoded.lsn), (3, 99));
+    assert_eq!(decoded.sagas.len(), 70_000);
+    assert!(decoded
+        .sagas
+        .iter()
+        .zip(states.values())
+        .all(|(a, b)| a == b));
+    for cut in [0, 5, 14, 15, 30, payload.len() / 2, payload.len() - 1] {
+        assert!(
+            skald_engine::recovery::decode_snapshot(&payload[..cut]).is_err(),
+            "cut at {cut}"
+        );
+    }
+    let mut longer = payload.clone();
+    longer.push(0);
+    assert!(skald_engine::recovery::decode_snapshot(&longer).is_err());
+}

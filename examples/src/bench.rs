@@ -108,6 +108,11 @@ fn bench_saga(steps: usize, gaps: Arc<Gaps>) -> Saga<u64> {
     saga
 }
 
+/// The benchmark saga with `steps` no-op steps, for other benchmarks.
+pub fn noop_saga(steps: usize) -> Saga<u64> {
+    bench_saga(steps, Arc::new(Gaps::default()))
+}
+
 /// Runs `options.sagas` sagas through a fresh engine in `dir`.
 pub async fn run(dir: &Path, options: &BenchOptions) -> Result<BenchReport, EngineError> {
     let gaps = Arc::new(Gaps::default());
