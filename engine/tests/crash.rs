@@ -350,7 +350,18 @@ fn spawn_child(dir: &Path, mode: &str, first: u64) -> std::process::Child {
 
 #[test]
 fn kill9_loses_no_saga() {
-    let rounds = rounds("SKALD_CRASH_ROUNDS", 10);
+    kill9_rounds(rounds("SKALD_CRASH_ROUNDS", 10));
+}
+
+/// The long soak: `cargo test --release -p skald-engine --test crash -- --ignored soak`.
+#[test]
+#[ignore = "a long soak (300 kills, 1,000 power cuts); run it by hand"]
+fn soak_kill9_and_power_cuts() {
+    kill9_rounds(rounds("SKALD_CRASH_ROUNDS", 300));
+    power_cut_rounds(rounds("SKALD_POWER_CUT_ROUNDS", 1_000));
+}
+
+fn kill9_rounds(rounds: u64) {
     let seed = seed();
     println!("kill -9 engine test: SKALD_SEED={seed}, {rounds} rounds");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
@@ -441,7 +452,10 @@ fn kill9_loses_no_saga() {
 
 #[test]
 fn power_cuts_lose_no_saga() {
-    let rounds = rounds("SKALD_POWER_CUT_ROUNDS", 30);
+    power_cut_rounds(rounds("SKALD_POWER_CUT_ROUNDS", 30));
+}
+
+fn power_cut_rounds(rounds: u64) {
     let seed = seed();
     println!("power-cut engine test: SKALD_SEED={seed}, {rounds} rounds");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
