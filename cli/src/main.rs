@@ -1,22 +1,34 @@
 //! `skald`: the command-line face of Skald.
 //!
-//! Until the saga engine lands, `skald demo` exercises the log it stands on:
-//! concurrent durable appends with group commit, a reopen, and a full
-//! verification read.
+//! - `demo` runs the order-processing saga embedded, on a data directory a
+//!   second run resumes.
+//! - `dump`, `verify` and `stats` read an engine directory without
+//!   changing it (also while an engine runs on it).
+//! - `bench` runs the engine benchmark.
+//!
+//! Errors go to stderr as one line, with a non-zero exit: 1 for a failure
+//! (or damage found by `verify`), 2 for a usage error.
 
+mod bench;
+mod demo;
+mod dump;
+mod inspect;
+mod stats;
+mod verify;
+
+use std::io::Write;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::process::ExitCode;
 
-use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use skald_log::{Durability, Log, LogOptions};
+use skald_engine::SagaId;
 
 #[derive(Parser)]
 #[command(
     name = "skald",
     version,
-    about = "Skald: a durable saga engine on its own append-only log"
+    about = "Skald: a durable saga engine on its own append-only log",
+    after_help = "Examples:\n  skald demo\n  skald dump skald-data --saga 42\n  skald verify skald-data\n  skald stats skald-data --json\n  skald bench --concurrency 1024"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -25,149 +37,262 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Append records from concurrent writers to a log, reopen it and verify every record.
+    /// Run the order-processing saga embedded, then print a summary.
     ///
-    /// Example: skald demo --data ./skald-data --records 100000 --writers 64
+    /// Each order creates the order, reserves inventory, charges the card
+    /// (the point of no return) and confirms the order. A declined card
+    /// releases the inventory and cancels the order. Running it again on the
+    /// same directory first finishes what an earlier run left.
+    #[command(
+        after_help = "Examples:\n  skald demo\n  skald demo --sagas 100000 --fail-rate 0.2\n  skald demo --data /var/tmp/skald --sagas 0    # only finish what an earlier run left"
+    )]
     Demo {
-        /// Data directory (created if missing; an existing log is continued).
+        /// Engine directory (created if missing; an existing one is resumed).
         #[arg(long, default_value = "skald-data")]
         data: PathBuf,
-        /// Records to append.
-        #[arg(long, default_value_t = 200_000)]
-        records: u64,
-        /// Concurrent appenders (async tasks), each awaiting its own durable append.
-        #[arg(long, default_value_t = 64)]
-        writers: u64,
-        /// Payload size in bytes.
+        /// New orders to run.
+        #[arg(long, default_value_t = 20_000)]
+        sagas: u64,
+        /// Fraction of orders whose card is declined (0 to 1).
+        #[arg(long, default_value_t = 0.1)]
+        fail_rate: f64,
+        /// Orders in flight at once.
         #[arg(long, default_value_t = 256)]
-        payload_bytes: usize,
+        concurrency: usize,
+    },
+    /// Print the log's records, one line each (or a saga's state at a position).
+    ///
+    /// Each line: partition:LSN, time, saga, definition, event type, fields.
+    /// Inputs and outputs are shown as JSON when they are JSON, as text when
+    /// UTF-8, else as hex, shortened unless --full.
+    #[command(
+        after_help = "Examples:\n  skald dump skald-data\n  skald dump skald-data --saga 42 --full\n  skald dump skald-data --type StepFailed --json\n  skald dump skald-data --from 1000 --to 2000\n  skald dump skald-data --follow\n  skald dump skald-data --saga 42 --at 1200    # its state after LSN 1200 of its partition\n  skald dump skald-data --saga 42 --state      # its state now"
+    )]
+    Dump {
+        /// Engine directory.
+        dir: PathBuf,
+        /// Only records from this LSN on (per partition).
+        #[arg(long)]
+        from: Option<u64>,
+        /// Only records up to this LSN (per partition).
+        #[arg(long)]
+        to: Option<u64>,
+        /// Only this saga (saga-42 or 42).
+        #[arg(long)]
+        saga: Option<SagaId>,
+        /// Only this event type (Started, StepFailed, Completed, ...).
+        #[arg(long = "type", value_name = "KIND")]
+        kind: Option<String>,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+        /// Do not shorten long values.
+        #[arg(long)]
+        full: bool,
+        /// Keep printing records as they are written (Ctrl-C to stop).
+        #[arg(long, conflicts_with_all = ["at", "state"])]
+        follow: bool,
+        /// With --saga: the saga's state after this LSN of its partition.
+        #[arg(long, requires = "saga")]
+        at: Option<u64>,
+        /// With --saga: the saga's current state.
+        #[arg(long, requires = "saga", conflicts_with = "at")]
+        state: bool,
+    },
+    /// Check every segment, record, event and snapshot.
+    ///
+    /// Exit 0 when sound; exit 1 naming the first bad file and byte offset
+    /// (or LSN). A torn tail (an append cut short by a crash, which the next
+    /// open would cut) is reported as such and fails unless
+    /// --allow-torn-tail.
+    #[command(
+        after_help = "Examples:\n  skald verify skald-data\n  skald verify skald-data --allow-torn-tail"
+    )]
+    Verify {
+        /// Engine directory.
+        dir: PathBuf,
+        /// Report a torn tail without failing.
+        #[arg(long)]
+        allow_torn_tail: bool,
+    },
+    /// Segments, records, bytes, LSN ranges, snapshots and sagas by state.
+    #[command(
+        after_help = "Examples:\n  skald stats skald-data\n  skald stats skald-data --json | jq .sagas"
+    )]
+    Stats {
+        /// Engine directory.
+        dir: PathBuf,
+        /// One JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Benchmark the engine with sagas of no-op steps.
+    ///
+    /// Runs in a fresh directory on the disk of the current directory
+    /// (removed afterwards) unless --data names one.
+    #[command(
+        after_help = "Examples:\n  skald bench\n  skald bench --sagas 100000 --concurrency 1024\n  skald bench --concurrency 1 --durability os-only --json"
+    )]
+    Bench {
+        /// Sagas to complete.
+        #[arg(long, default_value_t = 50_000)]
+        sagas: u64,
+        /// Steps per saga.
+        #[arg(long, default_value_t = 4)]
+        steps: usize,
+        /// Sagas in flight at once.
+        #[arg(long, default_value_t = 1024)]
+        concurrency: usize,
+        /// every-batch (default), os-only, periodic or periodic-<N>ms.
+        #[arg(long, default_value = "every-batch")]
+        durability: String,
+        /// Partitions (default: one per CPU, at most 8).
+        #[arg(long)]
+        partitions: Option<usize>,
+        /// A directory to create for the run (kept afterwards).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// One JSON object.
+        #[arg(long)]
+        json: bool,
     },
 }
 
-fn main() -> std::process::ExitCode {
-    let result = match Cli::parse().command {
-        Command::Demo {
-            data,
-            records,
-            writers,
-            payload_bytes,
-        } => demo(data, records, writers, payload_bytes),
-    };
-    match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(error) => {
-            // One line: what failed and why, each cause after a colon.
-            eprintln!("error: {error:#}");
-            std::process::ExitCode::FAILURE
+/// Standard output that ends the program quietly when its reader goes
+/// away (`skald dump | head`).
+pub struct Out {
+    stdout: std::io::StdoutLock<'static>,
+}
+
+/// The reader of standard output went away.
+#[derive(Debug)]
+pub struct BrokenPipe;
+
+impl std::fmt::Display for BrokenPipe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "broken pipe")
+    }
+}
+
+impl std::error::Error for BrokenPipe {}
+
+impl Out {
+    pub fn line(&mut self, text: &str) -> anyhow::Result<()> {
+        match writeln!(self.stdout, "{text}") {
+            Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => Err(BrokenPipe.into()),
+            other => Ok(other?),
         }
     }
 }
 
-fn demo(data: PathBuf, records: u64, writers: u64, payload_bytes: usize) -> Result<()> {
-    if writers == 0 {
-        bail!("--writers must be at least 1");
-    }
-    let dir = data.join("log");
-    let options = LogOptions::default().durability(Durability::EveryBatch);
-    let log =
-        Log::open(&dir, options.clone()).with_context(|| format!("opening {}", dir.display()))?;
-    let report = log.open_report().clone();
-    println!(
-        "opened {}: {} segment(s), LSNs {}..{}, {}",
-        dir.display(),
-        report.segments,
-        report.first_lsn,
-        report.next_lsn,
-        if report.next_lsn == report.first_lsn {
-            "empty log".to_string()
-        } else if report.clean_close {
-            "closed cleanly last time".to_string()
-        } else if let Some(torn) = &report.torn_tail {
-            format!(
-                "cut a torn tail at {} offset {}",
-                torn.path.display(),
-                torn.offset
-            )
-        } else {
-            "not closed cleanly: tail scanned, nothing torn".to_string()
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            use clap::error::ErrorKind;
+            if matches!(
+                error.kind(),
+                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
+            ) {
+                let _ = error.print();
+                return ExitCode::SUCCESS;
+            }
+            // One line: clap's first paragraph, then where to look.
+            let text = error.render().to_string();
+            let first: Vec<&str> = text
+                .lines()
+                .take_while(|line| !line.trim().is_empty() && !line.starts_with("Usage:"))
+                .map(str::trim)
+                .collect();
+            eprintln!("{} (see skald --help)", first.join(" "));
+            return ExitCode::from(2);
         }
-    );
-    let start_lsn = log.next_lsn();
-    let log = Arc::new(log);
-    // Appenders are async tasks on a two-thread runtime, the way the engine's
-    // partitions will append: each awaits its own durable append, and the
-    // log group-commits them.
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .build()
-        .context("starting the async runtime")?;
-    let started = Instant::now();
-    // Spread the records so that exactly `records` are appended.
-    let share = move |writer: u64| records / writers + u64::from(writer < records % writers);
-    let mut latencies: Vec<Duration> = runtime.block_on(async {
-        let tasks: Vec<_> = (0..writers)
-            .map(|writer| {
-                let log = log.clone();
-                tokio::spawn(async move {
-                    let per_writer = share(writer);
-                    let mut latencies = Vec::with_capacity(per_writer as usize);
-                    let mut payload = vec![0u8; payload_bytes];
-                    for index in 0..per_writer {
-                        let stamp = format!("writer {writer} record {index}");
-                        let length = stamp.len().min(payload.len());
-                        payload[..length].copy_from_slice(&stamp.as_bytes()[..length]);
-                        let begin = Instant::now();
-                        log.append_async(&payload).await?;
-                        latencies.push(begin.elapsed());
-                    }
-                    Ok::<_, skald_log::LogError>(latencies)
-                })
-            })
-            .collect();
-        let mut all = Vec::new();
-        for task in tasks {
-            all.extend(task.await.context("appender task")??);
-        }
-        Ok::<_, anyhow::Error>(all)
-    })?;
-    let elapsed = started.elapsed();
-    latencies.sort();
-    let appended = latencies.len() as u64;
-    let log = Arc::try_unwrap(log).map_err(|_| anyhow::anyhow!("log still shared"))?;
-    log.close()?;
-
-    let log = Log::open(&dir, options)?;
-    let verify_started = Instant::now();
-    let mut reader = log.read_from(log.first_lsn())?;
-    let mut verified = 0u64;
-    while let Some(record) = reader.read_next()? {
-        verified += 1;
-        if record.payload.len() != payload_bytes && record.lsn >= start_lsn {
-            bail!(
-                "record {} has {} bytes, expected {payload_bytes}",
-                record.lsn,
-                record.payload.len()
-            );
+    };
+    let mut out = Out {
+        stdout: std::io::stdout().lock(),
+    };
+    let result = match cli.command {
+        Command::Demo {
+            data,
+            sagas,
+            fail_rate,
+            concurrency,
+        } => demo::run(
+            demo::DemoArgs {
+                data,
+                sagas,
+                fail_rate,
+                concurrency,
+            },
+            &mut out,
+        ),
+        Command::Dump {
+            dir,
+            from,
+            to,
+            saga,
+            kind,
+            json,
+            full,
+            follow,
+            at,
+            state,
+        } => dump::run(
+            dump::DumpArgs {
+                dir,
+                from,
+                to,
+                saga,
+                kind,
+                json,
+                full,
+                follow,
+                at,
+                state,
+            },
+            &mut out,
+        ),
+        Command::Verify {
+            dir,
+            allow_torn_tail,
+        } => match verify::run(&dir, allow_torn_tail, &mut out) {
+            Ok(verify::Verdict::Sound) => Ok(()),
+            Ok(verify::Verdict::Damaged) => {
+                let _ = out.stdout.flush();
+                return ExitCode::from(1);
+            }
+            Err(error) => Err(error),
+        },
+        Command::Stats { dir, json } => stats::run(&dir, json, &mut out),
+        Command::Bench {
+            sagas,
+            steps,
+            concurrency,
+            durability,
+            partitions,
+            data,
+            json,
+        } => bench::run_bench(
+            bench::BenchArgs {
+                sagas,
+                steps,
+                concurrency,
+                durability,
+                partitions,
+                data,
+                json,
+            },
+            &mut out,
+        ),
+    };
+    let _ = out.stdout.flush();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) if error.is::<BrokenPipe>() => ExitCode::SUCCESS,
+        Err(error) => {
+            // One line: what failed and why, each cause after a colon.
+            eprintln!("error: {error:#}");
+            ExitCode::from(1)
         }
     }
-    let verify_elapsed = verify_started.elapsed();
-    log.close()?;
-
-    let percentile = |p: f64| latencies[((latencies.len() - 1) as f64 * p) as usize];
-    println!("appended   {appended} records of {payload_bytes} B from {writers} writers in {elapsed:.2?}");
-    println!(
-        "throughput {:.0} durable appends/s",
-        appended as f64 / elapsed.as_secs_f64()
-    );
-    if !latencies.is_empty() {
-        println!(
-            "latency    p50 {:.2?}  p99 {:.2?}",
-            percentile(0.50),
-            percentile(0.99)
-        );
-    }
-    println!(
-        "verified   {verified} records (every checksum and LSN) in {verify_elapsed:.2?} after a clean reopen"
-    );
-    Ok(())
 }

@@ -201,7 +201,7 @@ impl EngineBuilder {
         });
         let mut senders = Vec::with_capacity(partitions);
         let mut tasks = Vec::with_capacity(partitions);
-        let mut recovered = 0;
+        let mut recovered = Vec::new();
         let mut seeds = match options.seed {
             Some(seed) => StdRng::seed_from_u64(seed),
             None => StdRng::from_os_rng(),
@@ -237,13 +237,13 @@ impl EngineBuilder {
                 tx.downgrade(),
                 rng,
             );
-            recovered += partition.unfinished();
+            recovered.extend(partition.unfinished());
             let partition = partition.with_snapshots(options.snapshots, store);
             tasks.push(tokio::spawn(partition.run()));
             senders.push(tx);
         }
-        if recovered > 0 {
-            tracing::info!(recovered, "resuming unfinished sagas");
+        if !recovered.is_empty() {
+            tracing::info!(recovered = recovered.len(), "resuming unfinished sagas");
         }
         Ok(Engine {
             inner: Arc::new(Inner {
@@ -268,9 +268,8 @@ fn prepare_dir(dir: &Path, storage: &dyn Storage, asked: usize) -> Result<usize,
     let file = dir.join(ENGINE_FILE);
     match storage.read_small_file(&file).map_err(|e| io(&file, e))? {
         Some(bytes) => {
-            let found = parse_engine_file(&bytes).ok_or_else(|| EngineError::Corrupt {
+            let found = parse_engine_file(&bytes).ok_or_else(|| EngineError::NotEngine {
                 path: file.clone(),
-                lsn: 0,
                 reason: format!(
                     "not an engine file (expected \"{ENGINE_MAGIC}\" and a partition count)"
                 ),
@@ -311,6 +310,41 @@ fn parse_engine_file(bytes: &[u8]) -> Option<usize> {
     (1..=PARTITIONS_MAX).contains(&count).then_some(count)
 }
 
+/// The partition count of the engine directory `dir`, read from its
+/// `ENGINE` file without creating or changing anything (for tools that
+/// inspect a directory, possibly while an engine runs on it).
+pub fn partition_count(dir: &Path) -> Result<usize, EngineError> {
+    let file = dir.join(ENGINE_FILE);
+    let bytes = match std::fs::read(&file) {
+        Ok(bytes) => bytes,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound && !dir.is_dir() => {
+            return Err(EngineError::Io {
+                path: dir.to_path_buf(),
+                error: Arc::new(std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "no such directory",
+                )),
+            })
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            return Err(EngineError::NotEngine {
+                path: dir.to_path_buf(),
+                reason: format!("not a Skald engine directory (no {ENGINE_FILE} file)"),
+            })
+        }
+        Err(error) => {
+            return Err(EngineError::Io {
+                path: file,
+                error: Arc::new(error),
+            })
+        }
+    };
+    parse_engine_file(&bytes).ok_or_else(|| EngineError::NotEngine {
+        path: file,
+        reason: format!("not an engine file (expected \"{ENGINE_MAGIC}\" and a partition count)"),
+    })
+}
+
 /// The log directory of partition `index`.
 pub fn partition_dir(dir: &Path, index: usize) -> PathBuf {
     dir.join(format!("partition-{index:03}"))
@@ -322,7 +356,7 @@ struct Inner {
     senders: Vec<mpsc::UnboundedSender<Command>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     round_robin: AtomicUsize,
-    recovered: usize,
+    recovered: Vec<SagaId>,
 }
 
 /// A running saga engine. Cheap to clone; every clone drives the same
@@ -393,7 +427,13 @@ impl Engine {
 
     /// How many unfinished sagas the open found and resumed.
     pub fn recovered(&self) -> usize {
-        self.inner.recovered
+        self.inner.recovered.len()
+    }
+
+    /// The unfinished sagas the open found and resumed (some may have
+    /// ended since).
+    pub fn recovered_sagas(&self) -> &[SagaId] {
+        &self.inner.recovered
     }
 
     /// Starts a saga of `definition` with `input`; returns its id once its

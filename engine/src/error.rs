@@ -88,6 +88,15 @@ pub enum EngineError {
         asked: usize,
     },
 
+    /// A directory or file that is not what the engine keeps.
+    #[error("{path}: {reason}")]
+    NotEngine {
+        /// The directory or file.
+        path: PathBuf,
+        /// What it is not.
+        reason: String,
+    },
+
     /// Options that cannot work.
     #[error("invalid engine options: {0}")]
     InvalidOptions(String),

@@ -21,8 +21,22 @@ pub type StepIndex = u16;
 pub struct SagaId(pub u64);
 
 impl std::fmt::Display for SagaId {
+    /// `saga-<id>`, the id in decimal.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "saga-{:016x}", self.0)
+        write!(f, "saga-{}", self.0)
+    }
+}
+
+impl std::str::FromStr for SagaId {
+    type Err = String;
+
+    /// `saga-42` or `42`.
+    fn from_str(text: &str) -> Result<SagaId, String> {
+        let digits = text.strip_prefix("saga-").unwrap_or(text);
+        digits
+            .parse()
+            .map(SagaId)
+            .map_err(|_| format!("{text:?} is not a saga id (saga-<number> or <number>)"))
     }
 }
 

@@ -57,7 +57,9 @@ mod view;
 pub use crate::breaker::{BreakerSettings, BreakerState, CircuitBreaker};
 pub use crate::decide::{decide, Decision, Run};
 pub use crate::definition::{SagaSpec, StepKind, StepSpec, STEPS_MAX};
-pub use crate::engine::{partition_dir, Engine, EngineBuilder, EngineOptions, PARTITIONS_MAX};
+pub use crate::engine::{
+    partition_count, partition_dir, Engine, EngineBuilder, EngineOptions, PARTITIONS_MAX,
+};
 pub use crate::error::EngineError;
 pub use crate::event::{Event, EventKind, Millis, OperatorAction, SagaId, StepIndex, Timer};
 pub use crate::retry::{Backoff, RetryPolicy, ATTEMPTS_MAX};

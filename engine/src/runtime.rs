@@ -398,12 +398,13 @@ impl Partition {
         }
     }
 
-    /// Sagas that are not final, for the count recovery reports.
-    pub(crate) fn unfinished(&self) -> usize {
+    /// Sagas that are not final, which the open resumes.
+    pub(crate) fn unfinished(&self) -> Vec<SagaId> {
         self.sagas
-            .values()
-            .filter(|e| !e.state.status.is_final())
-            .count()
+            .iter()
+            .filter(|(_, e)| !e.state.status.is_final())
+            .map(|(id, _)| *id)
+            .collect()
     }
 
     pub(crate) async fn run(mut self) {

@@ -1,0 +1,255 @@
+//! `skald demo`: the order-processing saga, embedded, on a data directory
+//! that a second run resumes.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use parking_lot::Mutex;
+use skald_engine::{Engine, EngineOptions, SagaStatus};
+use skald_examples::order::{
+    order_saga, Faults, Item, OrderRequest, Shop, DECLINED_CARD, ORDER_SAGA,
+};
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+
+use crate::Out;
+
+pub struct DemoArgs {
+    pub data: PathBuf,
+    pub sagas: u64,
+    pub fail_rate: f64,
+    pub concurrency: usize,
+}
+
+#[derive(Default)]
+struct Tally {
+    completed: u64,
+    compensated: u64,
+    cancelled: u64,
+    failed: u64,
+    latencies: Vec<u64>,
+}
+
+impl Tally {
+    fn count(&mut self, status: SagaStatus, cancelled: bool) {
+        match status {
+            SagaStatus::Completed => self.completed += 1,
+            SagaStatus::Aborted if cancelled => self.cancelled += 1,
+            SagaStatus::Aborted => self.compensated += 1,
+            _ => self.failed += 1,
+        }
+    }
+}
+
+/// A stable draw in [0, 1) per order: whether its card is declined.
+fn declined(order_id: u64, fail_rate: f64) -> bool {
+    let mut x = order_id.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^= x >> 31;
+    (x as f64 / u64::MAX as f64) < fail_rate
+}
+
+fn order(order_id: u64, fail_rate: f64) -> OrderRequest {
+    OrderRequest {
+        order_id,
+        customer: format!("customer-{}", order_id % 997),
+        items: vec![
+            Item {
+                sku: "kettle".into(),
+                quantity: 1,
+            },
+            Item {
+                sku: "mug".into(),
+                quantity: 2,
+            },
+        ],
+        card: if declined(order_id, fail_rate) {
+            DECLINED_CARD.into()
+        } else {
+            "4242-4242-4242-4242".into()
+        },
+        amount_cents: 4_990,
+    }
+}
+
+pub fn run(args: DemoArgs, out: &mut Out) -> Result<()> {
+    if !(0.0..=1.0).contains(&args.fail_rate) {
+        bail!("--fail-rate {} is not within 0..=1", args.fail_rate);
+    }
+    if args.concurrency == 0 {
+        bail!("--concurrency must be at least 1");
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(demo(args, out))
+}
+
+async fn demo(args: DemoArgs, out: &mut Out) -> Result<()> {
+    // Stock for any run; a few payment timeouts, retried, for realism.
+    let shop = Shop::new(
+        &[("kettle", i64::MAX / 4), ("mug", i64::MAX / 4)],
+        Faults {
+            payment_flakiness: 0.02,
+            ..Faults::default()
+        },
+    );
+    let engine = Engine::builder(&args.data)
+        .options(EngineOptions::default())
+        .register(order_saga(shop))?
+        .open()
+        .await
+        .with_context(|| format!("opening the engine in {}", args.data.display()))?;
+    let recovered = engine.recovered_sagas().to_vec();
+    out.line(&format!(
+        "engine in {} ({} partitions): {}",
+        args.data.display(),
+        engine.partitions(),
+        match recovered.len() {
+            0 => "no unfinished sagas from an earlier run".to_string(),
+            n => format!("recovered {n} unfinished saga(s) from an earlier run; finishing them"),
+        }
+    ))?;
+    let (stop_counting, stop) = tokio::sync::oneshot::channel::<()>();
+    let counter = {
+        let mut subscription = engine.subscribe();
+        tokio::spawn(async move {
+            let mut events = 0u64;
+            let mut stop = stop;
+            loop {
+                tokio::select! {
+                    received = subscription.recv() => match received {
+                        Ok(_) => events += 1,
+                        Err(RecvError::Lagged(missed)) => events += missed,
+                        Err(RecvError::Closed) => return events,
+                    },
+                    _ = &mut stop => break,
+                }
+            }
+            // Everything was announced before the engine stopped: drain it.
+            loop {
+                match subscription.try_recv() {
+                    Ok(_) => events += 1,
+                    Err(TryRecvError::Lagged(missed)) => events += missed,
+                    Err(_) => return events,
+                }
+            }
+        })
+    };
+    let total = args.sagas + recovered.len() as u64;
+    let progress = if total >= 2_000 {
+        let bar = ProgressBar::new(total);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} sagas ({per_sec}, {eta} left)",
+            )
+            .expect("a valid template"),
+        );
+        bar.enable_steady_tick(Duration::from_millis(100));
+        bar
+    } else {
+        ProgressBar::hidden()
+    };
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    // What an earlier run left.
+    for id in recovered.iter().copied() {
+        let (engine, tally, progress) = (engine.clone(), tally.clone(), progress.clone());
+        tasks.push(tokio::spawn(async move {
+            let view = engine.wait(id).await?;
+            tally
+                .lock()
+                .count(view.status, view.cancel_reason.is_some());
+            progress.inc(1);
+            Ok::<(), anyhow::Error>(())
+        }));
+    }
+    // New orders, numbered from the clock so runs never collide.
+    let base = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as u64
+        * 1_000;
+    let next = Arc::new(AtomicU64::new(0));
+    for _ in 0..args.concurrency.min(args.sagas.max(1) as usize) {
+        let (engine, tally, progress, next) = (
+            engine.clone(),
+            tally.clone(),
+            progress.clone(),
+            next.clone(),
+        );
+        let (sagas, fail_rate) = (args.sagas, args.fail_rate);
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let index = next.fetch_add(1, Ordering::Relaxed);
+                if index >= sagas {
+                    return Ok(());
+                }
+                let begun = Instant::now();
+                let id = engine
+                    .start(ORDER_SAGA, &order(base + index, fail_rate))
+                    .await?;
+                let view = engine.wait(id).await?;
+                let mut tally = tally.lock();
+                tally.count(view.status, view.cancel_reason.is_some());
+                tally.latencies.push(begun.elapsed().as_nanos() as u64);
+                drop(tally);
+                progress.inc(1);
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.context("a demo task panicked")??;
+    }
+    let elapsed = started.elapsed();
+    progress.finish_and_clear();
+    engine.shutdown().await?;
+    let _ = stop_counting.send(());
+    let events = counter.await.context("the event counter panicked")?;
+    let mut tally = std::mem::take(&mut *tally.lock());
+    tally.latencies.sort_unstable();
+    let percentile = |p: f64| {
+        let sorted = &tally.latencies;
+        if sorted.is_empty() {
+            return 0.0;
+        }
+        sorted[((sorted.len() - 1) as f64 * p).round() as usize] as f64 / 1e6
+    };
+    let ended = tally.completed + tally.compensated + tally.cancelled + tally.failed;
+    out.line(&format!(
+        "sagas        {} started, {} recovered, {ended} ended",
+        args.sagas,
+        recovered.len()
+    ))?;
+    out.line(&format!("completed    {}", tally.completed))?;
+    out.line(&format!(
+        "compensated  {} (payment declined: inventory released, order cancelled)",
+        tally.compensated
+    ))?;
+    if tally.cancelled > 0 {
+        out.line(&format!("cancelled    {}", tally.cancelled))?;
+    }
+    out.line(&format!("failed       {} (need an operator)", tally.failed))?;
+    out.line(&format!(
+        "events       {} written, every one durable before it was acted on",
+        events
+    ))?;
+    out.line(&format!(
+        "throughput   {:.0} sagas/s over {:.2?}",
+        ended as f64 / elapsed.as_secs_f64(),
+        elapsed
+    ))?;
+    if !tally.latencies.is_empty() {
+        out.line(&format!(
+            "latency      p50 {:.2} ms, p99 {:.2} ms (start to end of each new saga)",
+            percentile(0.50),
+            percentile(0.99)
+        ))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,480 @@
+//! The built `skald` binary, driven as a user would: each subcommand's
+//! output on a log the demo wrote, verify on damaged copies, JSON that
+//! parses, a running engine inspected read-only, and bad input.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn skald(args: &[&str], cwd: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_skald"))
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .expect("run skald")
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8(output.stdout.clone()).unwrap()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8(output.stderr.clone()).unwrap()
+}
+
+/// A demo run's directory: 300 orders, a fifth of them declined.
+fn demo_dir() -> (tempfile::TempDir, PathBuf) {
+    let work = tempfile::tempdir().unwrap();
+    let output = skald(
+        &[
+            "demo",
+            "--sagas",
+            "300",
+            "--fail-rate",
+            "0.2",
+            "--concurrency",
+            "32",
+        ],
+        work.path(),
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    let text = stdout(&output);
+    assert!(text.contains("no unfinished sagas"), "{text}");
+    assert!(
+        text.contains("300 started, 0 recovered, 300 ended"),
+        "{text}"
+    );
+    let dir = work.path().join("skald-data");
+    (work, dir)
+}
+
+fn json_lines(text: &str) -> Vec<serde_json::Value> {
+    text.lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .collect()
+}
+
+/// Every file under `dir` with its bytes, to show nothing was modified.
+fn snapshot_of_files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(next) = stack.pop() {
+        for entry in std::fs::read_dir(&next).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                files.push((path.clone(), std::fs::read(&path).unwrap()));
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+#[test]
+fn stats_dump_and_verify_describe_what_the_demo_wrote() {
+    let (work, dir) = demo_dir();
+    let dir_arg = dir.to_str().unwrap();
+    let before = snapshot_of_files(&dir);
+
+    let stats = skald(&["stats", dir_arg, "--json"], work.path());
+    assert!(stats.status.success(), "{}", stderr(&stats));
+    let stats: serde_json::Value = serde_json::from_str(stdout(&stats).trim()).unwrap();
+    for field in [
+        "records",
+        "segments",
+        "bytes",
+        "first_lsn",
+        "last_lsn",
+        "snapshot_lsn",
+        "sagas",
+    ] {
+        assert!(stats.get(field).is_some(), "stats lacks {field}: {stats}");
+    }
+    let sagas = &stats["sagas"];
+    for field in ["running", "completed", "compensated", "failed", "cancelled"] {
+        assert!(sagas.get(field).is_some(), "sagas lacks {field}");
+    }
+    let completed = sagas["completed"].as_u64().unwrap();
+    let compensated = sagas["compensated"].as_u64().unwrap();
+    assert_eq!(completed + compensated, 300, "{sagas}");
+    assert!(
+        compensated > 20 && compensated < 120,
+        "about a fifth declined: {compensated}"
+    );
+    assert_eq!(sagas["running"], 0);
+    let records = stats["records"].as_u64().unwrap();
+    // The demo's shutdown snapshot covers everything.
+    assert!(stats["snapshot_lsn"].as_u64().is_some());
+
+    let text = skald(&["stats", dir_arg], work.path());
+    assert!(stdout(&text).contains(&format!("{completed} completed")));
+
+    // One line per record, JSON that parses, with every field.
+    let dump = skald(&["dump", dir_arg, "--json"], work.path());
+    assert!(dump.status.success(), "{}", stderr(&dump));
+    let lines = json_lines(&stdout(&dump));
+    assert_eq!(lines.len() as u64, records);
+    for line in &lines {
+        for field in ["partition", "lsn", "time", "saga", "definition", "type"] {
+            assert!(line.get(field).is_some(), "{line}");
+        }
+        assert_eq!(line["definition"], "order");
+    }
+    let started = lines.iter().filter(|l| l["type"] == "Started").count();
+    assert_eq!(started, 300);
+    // Inputs are JSON in the log, so JSON in the dump.
+    let first = lines.iter().find(|l| l["type"] == "Started").unwrap();
+    assert!(first["input"]["order_id"].is_u64(), "{first}");
+
+    // Text lines, and the filters.
+    let text = stdout(&skald(&["dump", dir_arg], work.path()));
+    assert_eq!(text.lines().count() as u64, records);
+    assert!(text.lines().all(|l| l.contains(" order ")));
+    let saga = first["saga"].as_u64().unwrap().to_string();
+    let only = json_lines(&stdout(&skald(
+        &["dump", dir_arg, "--saga", &saga, "--json"],
+        work.path(),
+    )));
+    let saga_number = first["saga"].as_u64().unwrap();
+    assert!(only.len() >= 6 && only.iter().all(|l| l["saga"].as_u64() == Some(saga_number)));
+    let failed = json_lines(&stdout(&skald(
+        &["dump", dir_arg, "--type", "stepfailed", "--json"],
+        work.path(),
+    )));
+    assert!(failed.iter().all(|l| l["type"] == "StepFailed"));
+    assert!(failed
+        .iter()
+        .any(|l| l["error"].as_str().unwrap().contains("declined")));
+    let window = json_lines(&stdout(&skald(
+        &["dump", dir_arg, "--from", "5", "--to", "9", "--json"],
+        work.path(),
+    )));
+    assert!(!window.is_empty());
+    assert!(window
+        .iter()
+        .all(|l| (5..=9).contains(&l["lsn"].as_u64().unwrap())));
+
+    // Time travel: the saga at its first event, then now.
+    let first_lsn = only[0]["lsn"].as_u64().unwrap().to_string();
+    let then = skald(
+        &[
+            "dump", dir_arg, "--saga", &saga, "--at", &first_lsn, "--json",
+        ],
+        work.path(),
+    );
+    assert!(then.status.success(), "{}", stderr(&then));
+    let then: serde_json::Value = serde_json::from_str(stdout(&then).trim()).unwrap();
+    assert_eq!(then["status"], "Running");
+    assert_eq!(then["steps"][0]["phase"], "pending");
+    let now = skald(&["dump", dir_arg, "--saga", &saga, "--state"], work.path());
+    let now = stdout(&now);
+    assert!(
+        now.contains("Completed") || now.contains("Aborted"),
+        "{now}"
+    );
+
+    let verify = skald(&["verify", dir_arg], work.path());
+    assert!(
+        verify.status.success(),
+        "{}{}",
+        stdout(&verify),
+        stderr(&verify)
+    );
+    assert!(
+        stdout(&verify).starts_with("ok: 2 partition(s)"),
+        "{}",
+        stdout(&verify)
+    );
+
+    // None of this changed a byte.
+    assert!(
+        snapshot_of_files(&dir) == before,
+        "a read-only command modified the directory"
+    );
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        let target = to.join(path.file_name().unwrap());
+        if path.is_dir() {
+            copy_dir(&path, &target);
+        } else {
+            std::fs::copy(&path, &target).unwrap();
+        }
+    }
+}
+
+fn flip(path: &Path, offset: u64) {
+    let mut bytes = std::fs::read(path).unwrap();
+    bytes[offset as usize] ^= 0x10;
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn verify_names_the_damaged_file_and_offset_and_reports_a_torn_tail() {
+    let (work, dir) = demo_dir();
+    let segment = |root: &Path| root.join("partition-000").join("00000000000000000001.seg");
+
+    // A flipped byte inside a record.
+    let flipped = work.path().join("flipped");
+    copy_dir(&dir, &flipped);
+    flip(&segment(&flipped), 5_000);
+    let verify = skald(&["verify", flipped.to_str().unwrap()], work.path());
+    assert_eq!(verify.status.code(), Some(1));
+    let text = stdout(&verify);
+    assert!(
+        text.contains("00000000000000000001.seg") && text.contains("byte offset"),
+        "{text}"
+    );
+    assert!(text.contains("partition-000"), "{text}");
+
+    // A flipped byte in the newest snapshot.
+    let snapshot_damage = work.path().join("snapshot");
+    copy_dir(&dir, &snapshot_damage);
+    let snapshots = snapshot_damage.join("partition-001").join("snapshots");
+    let newest = std::fs::read_dir(&snapshots)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .max()
+        .unwrap();
+    flip(&newest, 60);
+    let verify = skald(&["verify", snapshot_damage.to_str().unwrap()], work.path());
+    assert_eq!(verify.status.code(), Some(1));
+    let text = stdout(&verify);
+    assert!(
+        text.contains(newest.file_name().unwrap().to_str().unwrap()),
+        "{text}"
+    );
+    assert!(text.contains("offset"), "{text}");
+
+    // A torn tail: garbage after the last record of a log that did not
+    // close cleanly.
+    let torn = work.path().join("torn");
+    copy_dir(&dir, &torn);
+    std::fs::remove_file(torn.join("partition-000").join("CLEAN")).unwrap();
+    let path = segment(&torn);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let end = bytes.iter().rposition(|&b| b != 0).unwrap() + 1;
+    let end = end.div_ceil(8) * 8;
+    bytes[end..end + 40].fill(0x55);
+    std::fs::write(&path, &bytes).unwrap();
+    let before = snapshot_of_files(&torn);
+    let verify = skald(&["verify", torn.to_str().unwrap()], work.path());
+    assert_eq!(verify.status.code(), Some(1));
+    let text = stdout(&verify);
+    assert!(
+        text.contains("torn tail") && text.contains(&format!("byte offset {end}")),
+        "{text}"
+    );
+    let allowed = skald(
+        &["verify", torn.to_str().unwrap(), "--allow-torn-tail"],
+        work.path(),
+    );
+    assert!(allowed.status.success(), "{}", stdout(&allowed));
+    assert!(stdout(&allowed).contains("warning: torn tail"));
+    assert!(
+        snapshot_of_files(&torn) == before,
+        "verify repaired the tail"
+    );
+}
+
+#[test]
+fn a_second_demo_finishes_what_a_killed_one_left_and_inspection_works_while_it_runs() {
+    let work = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_skald"))
+        .args(["demo", "--sagas", "10000000"])
+        .current_dir(work.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let dir = work.path().join("skald-data");
+    // Inspect the running engine until it has done some work.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(Instant::now() < deadline, "the demo wrote nothing");
+        std::thread::sleep(Duration::from_millis(100));
+        if !dir.join("ENGINE").exists() {
+            continue;
+        }
+        let stats = skald(&["stats", dir.to_str().unwrap(), "--json"], work.path());
+        if !stats.status.success() {
+            continue; // the first segment may not exist yet
+        }
+        let stats: serde_json::Value = serde_json::from_str(stdout(&stats).trim()).unwrap();
+        if stats["records"].as_u64().unwrap() > 20_000 {
+            break;
+        }
+    }
+    let dump = skald(
+        &["dump", dir.to_str().unwrap(), "--type", "Completed"],
+        work.path(),
+    );
+    assert!(
+        dump.status.success(),
+        "dump of a running engine: {}",
+        stderr(&dump)
+    );
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+
+    let resumed = skald(&["demo", "--sagas", "0"], work.path());
+    assert!(resumed.status.success(), "{}", stderr(&resumed));
+    let text = stdout(&resumed);
+    assert!(
+        text.contains("recovered") && text.contains("finishing them"),
+        "{text}"
+    );
+    let stats = skald(&["stats", dir.to_str().unwrap(), "--json"], work.path());
+    let stats: serde_json::Value = serde_json::from_str(stdout(&stats).trim()).unwrap();
+    assert_eq!(stats["sagas"]["running"], 0, "{stats}");
+    let verify = skald(&["verify", dir.to_str().unwrap()], work.path());
+    assert!(verify.status.success(), "{}", stdout(&verify));
+}
+
+#[test]
+fn bench_prints_a_table_or_one_json_object() {
+    let work = tempfile::tempdir().unwrap();
+    let json = skald(
+        &["bench", "--sagas", "300", "--concurrency", "16", "--json"],
+        work.path(),
+    );
+    assert!(json.status.success(), "{}", stderr(&json));
+    let report: serde_json::Value = serde_json::from_str(stdout(&json).trim()).unwrap();
+    for field in [
+        "sagas_per_sec",
+        "events_per_sec",
+        "p50_ms",
+        "p99_ms",
+        "rss_bytes",
+    ] {
+        assert!(
+            report[field].as_f64().is_some_and(|v| v > 0.0),
+            "{field}: {report}"
+        );
+    }
+    assert_eq!(report["sagas"], 300);
+    let table = skald(
+        &[
+            "bench",
+            "--sagas",
+            "100",
+            "--steps",
+            "2",
+            "--concurrency",
+            "1",
+            "--durability",
+            "os-only",
+        ],
+        work.path(),
+    );
+    assert!(table.status.success(), "{}", stderr(&table));
+    assert!(stdout(&table).contains("throughput"));
+    // The scratch directory is gone.
+    assert_eq!(std::fs::read_dir(work.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn bad_input_gets_one_clear_line_and_a_non_zero_exit() {
+    let work = tempfile::tempdir().unwrap();
+    let cases: &[(&[&str], i32, &str)] = &[
+        (&["dump", "missing"], 1, "missing: no such directory"),
+        (&["stats", "."], 1, "not a Skald engine directory"),
+        (&["verify", "--wat", "."], 2, "unexpected argument '--wat'"),
+        (
+            &["demo", "--fail-rate", "2"],
+            1,
+            "--fail-rate 2 is not within 0..=1",
+        ),
+        (
+            &["bench", "--durability", "sometimes"],
+            1,
+            "--durability \"sometimes\"",
+        ),
+        (&["dump", ".", "--at", "5"], 2, "--saga"),
+        (&["frobnicate"], 2, "unrecognized subcommand"),
+    ];
+    for (args, code, needle) in cases {
+        let output = skald(args, work.path());
+        assert_eq!(
+            output.status.code(),
+            Some(*code),
+            "{args:?}: {}",
+            stderr(&output)
+        );
+        let text = stderr(&output);
+        assert_eq!(text.lines().count(), 1, "{args:?}: one line, got {text:?}");
+        assert!(text.contains(needle), "{args:?}: {text:?} lacks {needle:?}");
+    }
+    // A log directory instead of the engine directory says so.
+    let (_keep, dir) = demo_dir();
+    let output = skald(
+        &["stats", dir.join("partition-000").to_str().unwrap()],
+        work.path(),
+    );
+    assert_eq!(output.status.code(), Some(1));
+    assert!(stderr(&output).contains("a log directory, not an engine directory"));
+}
+
+#[test]
+fn every_subcommand_has_help_with_examples() {
+    let work = tempfile::tempdir().unwrap();
+    for command in ["demo", "dump", "verify", "stats", "bench"] {
+        let output = skald(&[command, "--help"], work.path());
+        assert!(output.status.success());
+        assert!(stdout(&output).contains("Examples:"), "{command}");
+    }
+}
+
+#[test]
+fn dump_follow_prints_records_as_another_process_writes_them() {
+    use std::io::{BufRead, BufReader};
+    let (work, dir) = demo_dir();
+    let mut follow = Command::new(env!("CARGO_BIN_EXE_skald"))
+        .args([
+            "dump",
+            dir.to_str().unwrap(),
+            "--follow",
+            "--type",
+            "Started",
+            "--json",
+        ])
+        .current_dir(work.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel();
+    let stdout = follow.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            if lines_tx.send(line.unwrap()).is_err() {
+                break;
+            }
+        }
+    });
+    // The 300 existing starts first.
+    for _ in 0..300 {
+        lines_rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("existing records");
+    }
+    // Then what a second demo run starts.
+    let more = skald(&["demo", "--sagas", "5"], work.path());
+    assert!(more.status.success(), "{}", stderr(&more));
+    let mut new = 0;
+    while new < 5 {
+        let line = lines_rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("--follow printed the new records");
+        let value: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(value["type"], "Started");
+        new += 1;
+    }
+    follow.kill().unwrap();
+    follow.wait().unwrap();
+}
