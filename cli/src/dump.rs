@@ -175,13 +175,14 @@ impl Dumper<'_> {
             out.line(&serde_json::Value::Object(object).to_string())
         } else {
             let details = fields_text(&fields(&event.kind), self.args.full);
-            out.line(&format!(
+            let line = format!(
                 "{partition}:{lsn:<7} {} {:<12} {:<10} {:<19} {details}",
                 time(event.at),
                 event.saga.to_string(),
                 definition,
                 kind
-            ))
+            );
+            out.line(line.trim_end())
         }
     }
 }
