@@ -32,8 +32,21 @@ pub enum CodecError {
     TrailingBytes(usize),
 }
 
+/// The most a decoded value may claim, in bytes. A corrupt length prefix
+/// could otherwise ask for terabytes before the input runs out (found by
+/// fuzzing); no event or snapshot chunk comes near this.
+pub const DECODE_LIMIT_BYTES: usize = 1 << 30;
+
 fn config() -> bincode::config::Configuration {
     bincode::config::standard()
+}
+
+fn decode_config() -> bincode::config::Configuration<
+    bincode::config::LittleEndian,
+    bincode::config::Varint,
+    bincode::config::Limit<DECODE_LIMIT_BYTES>,
+> {
+    bincode::config::standard().with_limit::<DECODE_LIMIT_BYTES>()
 }
 
 /// Encodes `value` with the current codec version.
@@ -52,7 +65,7 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     let (&version, body) = bytes.split_first().ok_or(CodecError::Empty)?;
     match version {
         CODEC_VERSION_BINCODE2 => {
-            let (value, used) = bincode::serde::decode_from_slice(body, config())
+            let (value, used) = bincode::serde::decode_from_slice(body, decode_config())
                 .map_err(|error| CodecError::Malformed(error.to_string()))?;
             if used != body.len() {
                 return Err(CodecError::TrailingBytes(body.len() - used));

@@ -152,6 +152,9 @@ pub enum RecordDamage {
     Checksum,
     /// A sound record, but not the LSN that belongs at this position.
     UnexpectedLsn { expected: Lsn, found: Lsn },
+    /// The durability watermark's distance reaches below LSN 0: no writer
+    /// writes that.
+    Watermark { lsn: Lsn, distance: u64 },
 }
 
 impl std::fmt::Display for RecordDamage {
@@ -164,6 +167,10 @@ impl std::fmt::Display for RecordDamage {
             RecordDamage::UnexpectedLsn { expected, found } => {
                 write!(f, "expected LSN {expected}, found {found}")
             }
+            RecordDamage::Watermark { lsn, distance } => write!(
+                f,
+                "durability watermark distance {distance} is beyond the record's LSN {lsn}"
+            ),
         }
     }
 }
@@ -245,6 +252,14 @@ pub fn check_record(bytes: &[u8]) -> RecordCheck {
     }
     let lsn = read_u64(header, 8);
     let durable_distance = read_u32(header, 16) as u64;
+    if durable_distance > lsn {
+        // Found by fuzzing: a checksum-valid header whose watermark would
+        // sit below LSN 0 was accepted (and misread as LSN 0).
+        return RecordCheck::Damaged(RecordDamage::Watermark {
+            lsn,
+            distance: durable_distance,
+        });
+    }
     RecordCheck::Valid {
         header: RecordHeader {
             length: length as u32,
