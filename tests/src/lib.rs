@@ -114,8 +114,11 @@ pub fn event(data: &[u8]) {
     }
 }
 
+/// A fuzz target's body.
+pub type Target = fn(&[u8]);
+
 /// The targets by name, as in fuzz/fuzz_targets/.
-pub const TARGETS: [(&str, fn(&[u8])); 4] = [
+pub const TARGETS: [(&str, Target); 4] = [
     ("record", record),
     ("open_log", open_log),
     ("snapshot", snapshot),
