@@ -41,6 +41,10 @@ pub enum SimFault {
     FlushEio,
     /// Creating a segment fails with ENOSPC.
     CreateEnospc,
+    /// Writing a small file (a snapshot, the engine file) stores only its
+    /// first half and fails with EIO, as a short write the caller must not
+    /// mistake for a whole file.
+    ShortWrite,
 }
 
 /// Fault switches and the power line of one "boot" of the simulated disk.
@@ -48,6 +52,7 @@ pub enum SimFault {
 struct Faults {
     flush_eio: AtomicBool,
     create_enospc: AtomicBool,
+    short_write: AtomicBool,
     /// Set by a power cut: every later create, remove, rename, directory
     /// sync, small-file write and flush of this boot fails (writes still
     /// land in the detached images, which nothing reads any more).
@@ -113,6 +118,7 @@ impl SimStorage {
         match fault {
             SimFault::FlushEio => &self.faults.flush_eio,
             SimFault::CreateEnospc => &self.faults.create_enospc,
+            SimFault::ShortWrite => &self.faults.short_write,
         }
     }
 
@@ -280,9 +286,18 @@ impl Storage for SimStorage {
 
     fn write_small_file(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
         self.faults.check(&self.faults.flush_eio, libc::EIO)?;
+        let short = self.faults.short_write.load(Ordering::SeqCst);
+        let kept = if short {
+            &bytes[..bytes.len() / 2]
+        } else {
+            bytes
+        };
         let mut state = self.state.lock();
-        let file = Arc::new(SimFile::new(bytes.to_vec(), self.faults.clone()));
+        let file = Arc::new(SimFile::new(kept.to_vec(), self.faults.clone()));
         state.files.insert(path.to_path_buf(), file);
+        if short {
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
         Ok(())
     }
 
