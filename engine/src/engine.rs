@@ -15,7 +15,7 @@ use skald_log::{Durability, FsStorage, Log, LogOptions, Storage};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::event::{OperatorAction, SagaId};
+use crate::event::{Millis, OperatorAction, SagaId};
 use crate::recovery::{recover_sorted, snapshot_dir};
 use crate::runtime::{Clock, Command, Partition, Shared};
 use crate::saga::{Definition, Saga};
@@ -42,6 +42,7 @@ pub struct EngineOptions {
     storage: Option<Arc<dyn Storage>>,
     event_buffer: usize,
     snapshots: SnapshotSettings,
+    deterministic: Option<Millis>,
 }
 
 impl Default for EngineOptions {
@@ -58,6 +59,7 @@ impl Default for EngineOptions {
             storage: None,
             event_buffer: 4096,
             snapshots: SnapshotSettings::default(),
+            deterministic: None,
         }
     }
 }
@@ -72,6 +74,7 @@ impl std::fmt::Debug for EngineOptions {
             .field("seed", &self.seed)
             .field("event_buffer", &self.event_buffer)
             .field("snapshots", &self.snapshots)
+            .field("deterministic", &self.deterministic)
             .finish_non_exhaustive()
     }
 }
@@ -120,6 +123,19 @@ impl EngineOptions {
     /// When snapshots are written (see [`SnapshotSettings`]).
     pub fn snapshots(mut self, settings: SnapshotSettings) -> EngineOptions {
         self.snapshots = settings;
+        self
+    }
+
+    /// Deterministic mode, for simulations: the clock starts at `start`
+    /// (milliseconds since the epoch) and runs on tokio's clock (virtual
+    /// under a paused runtime), the logs flush in the appending task
+    /// ([`skald_log::LogOptions::inline_flush`]; every batch durable), and
+    /// snapshot work runs inline, so that on a single-threaded runtime with
+    /// a [`seed`](EngineOptions::seed) the same inputs give the same events
+    /// in the same order. See [`crate::sim`] (feature `sim`).
+    pub fn deterministic(mut self, start: Millis) -> EngineOptions {
+        self.deterministic = Some(start);
+        self.durability = Durability::EveryBatch;
         self
     }
 
@@ -192,12 +208,13 @@ impl EngineBuilder {
             breakers: Mutex::new(HashMap::new()),
             breaker_settings: options.breaker,
             events,
-            clock: Clock::new(),
+            clock: Clock::new(options.deterministic),
             partitions: partitions as u64,
             record_bytes_max,
             // Half a segment, so a batch fits whatever the active segment
             // holds already, or else an empty one.
             batch_bytes_max: (options.segment_size_bytes / 2).max(record_bytes_max),
+            deterministic: options.deterministic.is_some(),
         });
         let mut senders = Vec::with_capacity(partitions);
         let mut tasks = Vec::with_capacity(partitions);
@@ -213,6 +230,9 @@ impl EngineBuilder {
                 .segment_size_bytes(options.segment_size_bytes);
             if options.storage.is_some() {
                 log_options = log_options.storage(storage.clone());
+            }
+            if options.deterministic.is_some() {
+                log_options = log_options.inline_flush(true).prepare_segments(false);
             }
             let log = Log::open(&path, log_options)?;
             let store = SnapshotStore::open_with(

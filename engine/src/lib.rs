@@ -50,6 +50,8 @@ pub mod recovery;
 mod retry;
 mod runtime;
 mod saga;
+#[cfg(feature = "sim")]
+pub mod sim;
 mod snapshotter;
 mod state;
 mod view;

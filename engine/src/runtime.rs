@@ -100,11 +100,15 @@ pub(crate) struct Clock {
 }
 
 impl Clock {
-    pub(crate) fn new() -> Clock {
-        let wall = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as Millis)
-            .unwrap_or(0);
+    /// Wall time at open (`None`), or a fixed start (simulations, so that
+    /// recorded times repeat).
+    pub(crate) fn new(start: Option<Millis>) -> Clock {
+        let wall = start.unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as Millis)
+                .unwrap_or(0)
+        });
         Clock {
             wall_at_open: wall,
             opened: tokio::time::Instant::now(),
@@ -132,6 +136,23 @@ pub(crate) struct Shared {
     pub(crate) record_bytes_max: u64,
     /// Bytes of events in one log batch at most (a batch fits a segment).
     pub(crate) batch_bytes_max: u64,
+    /// Deterministic mode: blocking work runs inline, not on other threads.
+    pub(crate) deterministic: bool,
+}
+
+/// Runs blocking work on tokio's blocking threads, or inline in
+/// deterministic mode (where no other thread may decide an order).
+pub(crate) async fn off_thread<T: Send + 'static>(
+    inline: bool,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    if inline {
+        work()
+    } else {
+        tokio::task::spawn_blocking(work)
+            .await
+            .expect("a blocking task panicked")
+    }
 }
 
 /// Error messages longer than this are cut (with a note) before they are
@@ -346,6 +367,7 @@ impl Partition {
             store,
             self.log.next_lsn(),
             receiver,
+            self.shared.deterministic,
         ));
         self.snapshots.settings = settings;
         self.snapshots.deltas = Some(deltas);
@@ -606,13 +628,14 @@ impl Partition {
         let log = self.log.clone();
         let store = self.snapshots.store.clone();
         let partition = self.index;
+        let inline = self.shared.deterministic;
         tokio::spawn(async move {
             let result = async {
                 if log.durability() == skald_log::Durability::EveryBatch {
                     log.wait_durable_async(target).await?;
                 }
                 let store = store.ok_or(EngineError::ShutDown)?;
-                tokio::task::spawn_blocking(move || {
+                off_thread(inline, move || {
                     let rebuilt = crate::recovery::recover(partition, &log, &store, Some(target))?;
                     let mut mismatched: Vec<SagaId> = live
                         .iter()
@@ -631,7 +654,6 @@ impl Partition {
                     })
                 })
                 .await
-                .expect("the check task panicked")
             }
             .await;
             let _ = reply.send(result);

@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 
 use crate::event::SagaId;
 use crate::recovery::{encode_snapshot, recover};
+use crate::runtime::off_thread;
 use crate::state::SagaState;
 
 /// When snapshots are written. Build with [`SnapshotSettings::default`] and
@@ -84,13 +85,15 @@ pub(crate) async fn run(
     store: SnapshotStore,
     open_end: u64,
     mut deltas: mpsc::UnboundedReceiver<Delta>,
+    inline: bool,
 ) {
     let every_batch = log_durability_is_every_batch(&log);
     let rebuilt = {
         let (log, store) = (log.clone(), store.clone());
-        tokio::task::spawn_blocking(move || recover(partition, &log, &store, Some(open_end)))
-            .await
-            .expect("the rebuild task panicked")
+        off_thread(inline, move || {
+            recover(partition, &log, &store, Some(open_end))
+        })
+        .await
     };
     let mut shadow: BTreeMap<SagaId, SagaState> = match rebuilt {
         Ok(rebuilt) if rebuilt.end_lsn == open_end => rebuilt.sagas,
@@ -121,9 +124,7 @@ pub(crate) async fn run(
             log.wait_durable_async(lsn).await
         } else {
             let log = log.clone();
-            tokio::task::spawn_blocking(move || log.flush().map(|_| ()))
-                .await
-                .expect("the flush task panicked")
+            off_thread(inline, move || log.flush().map(|_| ())).await
         };
         if let Err(error) = durable {
             tracing::error!(partition, %error, "no snapshot: the log failed");
@@ -131,7 +132,7 @@ pub(crate) async fn run(
         }
         let log_for_write = log.clone();
         let store_for_write = store.clone();
-        let (returned, result) = tokio::task::spawn_blocking(move || {
+        let (returned, result) = off_thread(inline, move || {
             let payload = encode_snapshot(partition, lsn, &shadow);
             let result = match store_for_write.write(lsn, &payload) {
                 Ok(kept) => {
@@ -146,8 +147,7 @@ pub(crate) async fn run(
             };
             (shadow, result)
         })
-        .await
-        .expect("the snapshot task panicked");
+        .await;
         shadow = returned;
         match result {
             Ok((kept, bytes)) => {

@@ -297,7 +297,7 @@ impl Log {
             _lock: lock,
             options,
         });
-        if writable && shared.options.prepare_segments {
+        if writable && shared.options.prepare_segments && !shared.options.inline_flush {
             let preparer = Preparer::start(
                 shared.storage.clone(),
                 shared.dir.clone(),
@@ -306,8 +306,8 @@ impl Log {
             .map_err(|e| LogError::io("start preparer thread", &shared.dir, e))?;
             *shared.preparer.lock() = Some(preparer);
         }
-        let flusher = match (writable, shared.options.durability) {
-            (true, _) => {
+        let flusher = match (writable, shared.options.inline_flush) {
+            (true, false) => {
                 let flusher_shared = shared.clone();
                 Some(
                     std::thread::Builder::new()
@@ -376,6 +376,9 @@ impl Log {
     /// densely. The batch must fit in one segment.
     pub fn append_batch(&self, payloads: &[&[u8]]) -> Result<Lsn, LogError> {
         let last = self.shared.write_batch(payloads)?;
+        if self.shared.options.inline_flush {
+            self.shared.flush_inline()?;
+        }
         if self.shared.options.durability == Durability::EveryBatch {
             self.shared.wait_durable(last)?;
         }
@@ -391,6 +394,9 @@ impl Log {
     /// [`Log::append_batch`] for async callers.
     pub async fn append_batch_async(&self, payloads: &[&[u8]]) -> Result<Lsn, LogError> {
         let last = self.shared.write_batch(payloads)?;
+        if self.shared.options.inline_flush {
+            self.shared.flush_inline()?;
+        }
         if self.shared.options.durability == Durability::EveryBatch {
             self.shared.request_flush();
             let mut waiter = Tailer::waiting_for(self.shared.clone(), last + 1);
@@ -409,7 +415,9 @@ impl Log {
     /// only after that wait; until then a crash may lose it.
     pub fn append_batch_deferred(&self, payloads: &[&[u8]]) -> Result<Lsn, LogError> {
         let last = self.shared.write_batch(payloads)?;
-        if self.shared.options.durability == Durability::EveryBatch {
+        if self.shared.options.inline_flush {
+            self.shared.flush_inline()?;
+        } else if self.shared.options.durability == Durability::EveryBatch {
             self.shared.request_flush();
         }
         Ok(last + 1)

@@ -51,6 +51,12 @@ pub struct LogOptions {
     /// otherwise (no second write of each segment). See
     /// [`crate::SegmentPreparation`].
     pub storage: Option<Arc<dyn Storage>>,
+    /// Flush in the appending thread instead of a flusher thread, and
+    /// prepare no spare segment: no thread of the log's own runs, so a
+    /// single-threaded caller (a deterministic simulation) sees the same
+    /// order of events every run. Requires `Durability::EveryBatch`; each
+    /// append pays its own msync (no group commit across threads).
+    pub inline_flush: bool,
 }
 
 impl Default for LogOptions {
@@ -62,6 +68,7 @@ impl Default for LogOptions {
             read_only: false,
             prepare_segments: true,
             storage: None,
+            inline_flush: false,
         }
     }
 }
@@ -74,6 +81,7 @@ impl std::fmt::Debug for LogOptions {
             .field("epoch", &self.epoch)
             .field("read_only", &self.read_only)
             .field("prepare_segments", &self.prepare_segments)
+            .field("inline_flush", &self.inline_flush)
             .finish_non_exhaustive()
     }
 }
@@ -109,6 +117,12 @@ impl LogOptions {
         self
     }
 
+    /// Flushes in the appending thread (see [`LogOptions::inline_flush`]).
+    pub fn inline_flush(mut self, inline: bool) -> LogOptions {
+        self.inline_flush = inline;
+        self
+    }
+
     /// Sets the storage (real or simulated).
     pub fn storage(mut self, storage: Arc<dyn Storage>) -> LogOptions {
         self.storage = Some(storage);
@@ -141,6 +155,11 @@ impl LogOptions {
         if !self.segment_size_bytes.is_multiple_of(4096) {
             return Err(LogError::InvalidOptions(
                 "segment_size_bytes must be a multiple of 4096",
+            ));
+        }
+        if self.inline_flush && self.durability != Durability::EveryBatch {
+            return Err(LogError::InvalidOptions(
+                "inline_flush needs Durability::EveryBatch",
             ));
         }
         if let Durability::Periodic(interval) = self.durability {

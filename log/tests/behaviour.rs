@@ -437,3 +437,29 @@ fn an_explicit_flush_makes_os_only_records_survive_a_power_cut() {
     }
     assert_eq!(lsns, (1..=5).collect::<Vec<_>>());
 }
+
+#[test]
+fn inline_flush_makes_every_append_durable_without_a_flusher_thread() {
+    let storage = SimStorage::new();
+    let inline = sim_options(&storage)
+        .inline_flush(true)
+        .prepare_segments(true);
+    let log = Log::open("/inline", inline).unwrap();
+    for index in 0..2_000u32 {
+        log.append(&index.to_le_bytes().repeat(20)).unwrap();
+        assert_eq!(log.durable_lsn(), u64::from(index) + 2);
+    }
+    assert!(log.segment_count() > 1, "rolls happen inline too");
+    let (rebooted, _) = storage.power_cut(skald_log::PowerCut::DropUnflushed);
+    drop(log);
+    let log = Log::open("/inline", sim_options(&rebooted)).unwrap();
+    assert_eq!(log.next_lsn(), 2_001);
+    let periodic = sim_options(&rebooted)
+        .inline_flush(true)
+        .durability(Durability::Periodic(std::time::Duration::from_millis(5)));
+    drop(log);
+    assert!(matches!(
+        Log::open("/inline", periodic),
+        Err(LogError::InvalidOptions(_))
+    ));
+}

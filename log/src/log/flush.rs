@@ -21,6 +21,20 @@ impl Shared {
         }
     }
 
+    /// Flushes everything written, in the calling thread (the log's
+    /// `inline_flush` mode, which has no flusher thread).
+    pub(super) fn flush_inline(&self) -> Result<(), LogError> {
+        let mut writer = self.writer.lock();
+        if let Some(failure) = &writer.failed {
+            return Err(failure.to_error());
+        }
+        let target = self.flush_written(&mut writer)?;
+        if writer.failed.is_none() {
+            self.publish_durable(target);
+        }
+        Ok(())
+    }
+
     /// Blocks until `lsn` is durable or the log fails.
     pub(super) fn wait_durable(&self, lsn: Lsn) -> Result<(), LogError> {
         let mut sync = self.sync.lock();
