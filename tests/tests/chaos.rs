@@ -20,10 +20,13 @@ use skald_engine::{
     StepContext, StepError,
 };
 
+/// One effect: saga, what ("execute" or "compensate"), step.
+type Effect = (u64, &'static str, u16);
+
 /// The services' side: effects applied once per idempotency key, in order.
 #[derive(Default)]
 struct Ledger {
-    lines: Mutex<(Vec<(u64, &'static str, u16)>, HashSet<String>)>,
+    lines: Mutex<(Vec<Effect>, HashSet<String>)>,
 }
 
 impl Ledger {
@@ -140,7 +143,7 @@ async fn open(sim: &Simulation, ledger: &Arc<Ledger>) -> Engine {
 
 struct Outcome {
     fingerprint: u32,
-    ledger: Vec<(u64, &'static str, u16)>,
+    ledger: Vec<Effect>,
     finals: BTreeMap<u64, SagaStatus>,
     crashes: u64,
 }
