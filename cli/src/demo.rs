@@ -10,9 +10,7 @@ use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use parking_lot::Mutex;
 use skald_engine::{Engine, EngineOptions, SagaStatus};
-use skald_examples::order::{
-    order_saga, Faults, Item, OrderRequest, Shop, DECLINED_CARD, ORDER_SAGA,
-};
+use skald_examples::order::{order_saga, Faults, OrderRequest, Shop, DECLINED_CARD, ORDER_SAGA};
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
 use crate::Out;
@@ -54,26 +52,12 @@ fn declined(order_id: u64, fail_rate: f64) -> bool {
 }
 
 fn order(order_id: u64, fail_rate: f64) -> OrderRequest {
-    OrderRequest {
-        order_id,
-        customer: format!("customer-{}", order_id % 997),
-        items: vec![
-            Item {
-                sku: "kettle".into(),
-                quantity: 1,
-            },
-            Item {
-                sku: "mug".into(),
-                quantity: 2,
-            },
-        ],
-        card: if declined(order_id, fail_rate) {
-            DECLINED_CARD.into()
-        } else {
-            "4242-4242-4242-4242".into()
-        },
-        amount_cents: 4_990,
-    }
+    let card = if declined(order_id, fail_rate) {
+        DECLINED_CARD
+    } else {
+        "4242-4242-4242-4242"
+    };
+    OrderRequest::sample(order_id, format!("customer-{}", order_id % 997), card)
 }
 
 pub fn run(args: DemoArgs, out: &mut Out) -> Result<()> {

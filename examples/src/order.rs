@@ -56,6 +56,32 @@ pub struct OrderRequest {
     pub amount_cents: u64,
 }
 
+impl OrderRequest {
+    /// A sample order: one kettle and two mugs for 49.90, paid with `card`.
+    pub fn sample(
+        order_id: u64,
+        customer: impl Into<String>,
+        card: impl Into<String>,
+    ) -> OrderRequest {
+        OrderRequest {
+            order_id,
+            customer: customer.into(),
+            items: vec![
+                Item {
+                    sku: "kettle".into(),
+                    quantity: 1,
+                },
+                Item {
+                    sku: "mug".into(),
+                    quantity: 2,
+                },
+            ],
+            card: card.into(),
+            amount_cents: 4_990,
+        }
+    }
+}
+
 /// Where an order stands in the order service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum OrderStatus {

@@ -8,9 +8,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use skald_engine::{Engine, EngineOptions};
-use skald_examples::order::{
-    order_saga, Faults, Item, OrderRequest, Shop, DECLINED_CARD, ORDER_SAGA,
-};
+use skald_examples::order::{order_saga, Faults, OrderRequest, Shop, DECLINED_CARD, ORDER_SAGA};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -37,22 +35,7 @@ async fn main() -> anyhow::Result<()> {
     );
 
     for (order_id, card) in [(1, "4242-4242-4242-4242"), (2, DECLINED_CARD)] {
-        let request = OrderRequest {
-            order_id,
-            customer: "ada".into(),
-            items: vec![
-                Item {
-                    sku: "kettle".into(),
-                    quantity: 1,
-                },
-                Item {
-                    sku: "mug".into(),
-                    quantity: 2,
-                },
-            ],
-            card: card.into(),
-            amount_cents: 4_990,
-        };
+        let request = OrderRequest::sample(order_id, "ada", card);
         let id = engine.start(ORDER_SAGA, &request).await?;
         let view = engine.wait(id).await?;
         println!(
