@@ -122,3 +122,76 @@ fn storage_rename_then_cut(storage: &SimStorage) {
     let lsns: Vec<u64> = store.list().unwrap().iter().map(|f| f.lsn).collect();
     assert_eq!(lsns, [40, 10]);
 }
+
+#[test]
+fn every_damage_names_its_place_in_words() {
+    let bytes = encode(9, b"payload");
+    let mut header_crc = bytes.clone();
+    header_crc[20] ^= 1;
+    assert_eq!(decode(&header_crc, 9), Err(Damage::HeaderChecksum));
+    // A later version or header size, with a valid header CRC.
+    let rewrite = |offset: usize, value: u32| {
+        let mut bytes = encode(9, b"payload");
+        bytes[offset..offset + 4].copy_from_slice(&value.to_le_bytes());
+        let crc = crc32fast::hash(&bytes[..36]);
+        bytes[36..40].copy_from_slice(&crc.to_le_bytes());
+        bytes
+    };
+    assert_eq!(decode(&rewrite(8, 2), 9), Err(Damage::Version(2)));
+    assert_eq!(decode(&rewrite(12, 48), 9), Err(Damage::HeaderSize(48)));
+    let damages = [
+        Damage::Truncated { len: 3 },
+        Damage::Magic,
+        Damage::HeaderChecksum,
+        Damage::Version(2),
+        Damage::HeaderSize(48),
+        Damage::LsnMismatch { header: 1, name: 2 },
+        Damage::Length {
+            expected: 50,
+            found: 49,
+        },
+        Damage::PayloadChecksum,
+        Damage::Reserved,
+    ];
+    for damage in damages {
+        let text = damage.to_string();
+        assert!(
+            !text.is_empty()
+                && (text.contains("offset")
+                    || text.contains("bytes")
+                    || text.contains("LSN")
+                    || text.contains("zero")),
+            "{text}"
+        );
+    }
+}
+
+#[test]
+fn names_parse_strictly_and_stale_temporaries_are_pruned() {
+    assert_eq!(skald_snapshot::parse_file_name(&file_name(42)), Some(42));
+    for name in [
+        "42.snap",
+        "00000000000000000042.snp",
+        "0000000000000000004x.snap",
+        "",
+    ] {
+        assert_eq!(skald_snapshot::parse_file_name(name), None, "{name}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // A read-only store of a missing directory has no snapshots.
+    let missing = SnapshotStore::read_only(dir.path().join("missing"));
+    assert!(missing.list().unwrap().is_empty());
+    assert!(missing.load_newest().unwrap().snapshot.is_none());
+    let store = SnapshotStore::open(dir.path(), 1).unwrap();
+    assert_eq!(store.dir(), dir.path());
+    std::fs::write(dir.path().join(format!("{}.tmp", file_name(5))), b"half").unwrap();
+    std::fs::write(dir.path().join("notes.txt"), b"not a snapshot").unwrap();
+    assert_eq!(store.write(7, b"seven").unwrap(), [7]);
+    let mut names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, [file_name(7), "notes.txt".to_string()]);
+    assert!(format!("{store:?}").contains("keep: 1"));
+}
