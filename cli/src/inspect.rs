@@ -56,10 +56,41 @@ impl EngineDir {
             .with_context(|| format!("partition {partition}"))
     }
 
+    /// The partition's state, recovered like the engine does: the newest
+    /// sound snapshot and the log after it. A running engine may write a
+    /// snapshot, prune older ones and delete segments while this reads:
+    /// such a race is retried with a fresh look before it is reported.
+    pub fn recover(&self, partition: usize) -> Result<(Log, skald_engine::recovery::Recovered)> {
+        let mut attempt = 0;
+        loop {
+            let log = self.log(partition)?;
+            let store = self.snapshots(partition);
+            match skald_engine::recovery::recover(partition as u16, &log, &store, None) {
+                Ok(recovered) => return Ok((log, recovered)),
+                Err(error) if attempt < 4 && transient(&error) => {
+                    attempt += 1;
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(error) => return Err(anyhow::Error::new(error)),
+            }
+        }
+    }
+
     /// The partition's snapshots, read-only.
     pub fn snapshots(&self, partition: usize) -> SnapshotStore {
         SnapshotStore::read_only(snapshot_dir(&self.partition_path(partition)))
     }
+}
+
+/// Errors that a concurrent writer can cause for a moment.
+fn transient(error: &skald_engine::EngineError) -> bool {
+    matches!(
+        error,
+        skald_engine::EngineError::SnapshotAhead { .. }
+            | skald_engine::EngineError::LogGap { .. }
+            | skald_engine::EngineError::Snapshot(_)
+            | skald_engine::EngineError::Log(_)
+    )
 }
 
 fn has_segments(dir: &Path) -> bool {
@@ -72,6 +103,11 @@ fn has_segments(dir: &Path) -> bool {
 
 /// RFC 3339 time with milliseconds, UTC.
 pub fn time(at: Millis) -> String {
+    // RFC 3339 stops at the year 9999; a deadline of "never" is beyond.
+    const YEAR_10000_MS: Millis = 253_402_300_800_000;
+    if at >= YEAR_10000_MS {
+        return format!("{at}ms");
+    }
     humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(at)).to_string()
 }
 
@@ -252,5 +288,26 @@ pub fn fields_json(
             Field::Payload(bytes) => payload_json(&bytes),
         };
         object.insert(name.to_owned(), value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_past_the_year_9999_print_as_milliseconds() {
+        assert_eq!(time(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(time(u64::MAX), format!("{}ms", u64::MAX));
+    }
+
+    #[test]
+    fn payloads_print_as_json_text_or_hex() {
+        assert_eq!(payload_text(br#"{"a":1}"#, false), r#"{"a":1}"#);
+        assert_eq!(payload_text(b"plain", false), r#""plain""#);
+        assert_eq!(payload_text(&[0xff, 0x00], false), "0xff00");
+        let long = "x".repeat(200);
+        assert!(payload_text(long.as_bytes(), false).ends_with("(202 chars)"));
+        assert_eq!(payload_text(long.as_bytes(), true).len(), 202);
     }
 }

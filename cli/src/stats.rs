@@ -5,7 +5,6 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use serde::Serialize;
-use skald_engine::recovery::recover;
 use skald_engine::SagaStatus;
 
 use crate::inspect::EngineDir;
@@ -49,17 +48,17 @@ pub fn run(dir: &Path, json: bool, out: &mut Out) -> Result<()> {
     let engine = EngineDir::open(dir)?;
     let mut partitions = Vec::new();
     for partition in 0..engine.partitions {
-        let log = engine.log(partition)?;
-        let store = engine.snapshots(partition);
+        let (log, recovered) = engine
+            .recover(partition)
+            .with_context(|| format!("partition {partition}"))?;
         let mut bytes = 0;
         for entry in std::fs::read_dir(engine.partition_path(partition))? {
             let entry = entry?;
             if entry.file_name().to_string_lossy().ends_with(".seg") {
-                bytes += entry.metadata()?.len();
+                // A running engine may delete a segment meanwhile.
+                bytes += entry.metadata().map_or(0, |m| m.len());
             }
         }
-        let recovered = recover(partition as u16, &log, &store, None)
-            .with_context(|| format!("partition {partition}"))?;
         let mut sagas = Sagas::default();
         for state in recovered.sagas.values() {
             match state.status {

@@ -1,11 +1,18 @@
 //! `skald verify`: every segment, record, event and snapshot checked; the
 //! first problem named with its file and byte offset (or LSN).
+//!
+//! Snapshots are read before the log is opened: a running engine only
+//! writes snapshots of durable records, so the log opened afterwards holds
+//! everything they cover, and a snapshot pruned meanwhile is skipped.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::Result;
-use skald_engine::recovery::{decode_snapshot, recover};
+use skald_engine::recovery::decode_snapshot;
+use skald_engine::{apply, apply_mut, Event, SagaId, SagaState};
 use skald_log::LogError;
+use skald_snapshot::SnapshotError;
 
 use crate::inspect::EngineDir;
 use crate::Out;
@@ -25,6 +32,46 @@ pub fn run(dir: &Path, allow_torn_tail: bool, out: &mut Out) -> Result<Verdict> 
     let mut torn = Vec::new();
     for partition in 0..engine.partitions {
         let path = engine.partition_path(partition);
+        // Every snapshot file, not just the newest: each must be whole and
+        // belong here.
+        let store = engine.snapshots(partition);
+        let mut sound = Vec::new();
+        for file in store.list()? {
+            let snapshot = match store.read(&file) {
+                Ok(snapshot) => snapshot,
+                Err(SnapshotError::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound =>
+                {
+                    continue; // pruned by a running engine meanwhile
+                }
+                Err(error) => return damaged(out, &error.to_string()),
+            };
+            let decoded = match decode_snapshot(&snapshot.payload) {
+                Ok(decoded) => decoded,
+                Err(error) => {
+                    return damaged(
+                        out,
+                        &format!(
+                            "{}: the payload (from byte offset 40) does not decode: {error}",
+                            file.path.display()
+                        ),
+                    )
+                }
+            };
+            if usize::from(decoded.partition) != partition || decoded.lsn != file.lsn {
+                return damaged(
+                    out,
+                    &format!(
+                        "{}: holds partition {} at LSN {}, not partition {partition} at LSN {}",
+                        file.path.display(),
+                        decoded.partition,
+                        decoded.lsn,
+                        file.lsn
+                    ),
+                );
+            }
+            sound.push((file, decoded));
+        }
         let log = match engine.log(partition) {
             Ok(log) => log,
             Err(error) => return damaged(out, &format!("{error:#}")),
@@ -67,30 +114,75 @@ pub fn run(dir: &Path, allow_torn_tail: bool, out: &mut Out) -> Result<Verdict> 
             }
         }
         segments += log.segment_count();
-        // Every snapshot file, not just the newest.
-        let store = engine.snapshots(partition);
-        for file in store.list()? {
-            match store.read(&file) {
-                Ok(snapshot) => {
-                    if let Err(error) = decode_snapshot(&snapshot.payload) {
-                        return damaged(
-                            out,
-                            &format!(
-                                "{}: the payload (from byte offset 40) does not decode: {error}",
-                                file.path.display()
-                            ),
-                        );
-                    }
-                    snapshots += 1;
-                }
-                Err(error) => return damaged(out, &error.to_string()),
+        // Every kept snapshot must be usable: within the log, so that a
+        // fallback to it would work.
+        sound.retain(|(file, _)| file.path.exists());
+        for (file, _) in &sound {
+            if file.lsn > log.next_lsn() {
+                return damaged(
+                    out,
+                    &format!(
+                        "{}: covers up to LSN {} but the log ends at LSN {}: the log went backwards",
+                        file.path.display(),
+                        file.lsn,
+                        log.next_lsn()
+                    ),
+                );
+            }
+            if file.lsn < log.first_lsn() {
+                return damaged(
+                    out,
+                    &format!(
+                        "{}: the log no longer holds the records after it (it starts at LSN {}): it could not be used",
+                        file.path.display(),
+                        log.first_lsn()
+                    ),
+                );
             }
         }
-        // Every event decodes and folds, from the newest snapshot on.
-        match recover(partition as u16, &log, &store, None) {
-            Ok(recovered) => sagas += recovered.sagas.len(),
-            Err(error) => return damaged(out, &error.to_string()),
+        snapshots += sound.len();
+        // Every event decodes and folds, from the oldest kept snapshot (or
+        // the start of the log) to the end.
+        let (mut states, from): (BTreeMap<SagaId, SagaState>, u64) = match sound.pop() {
+            Some((file, decoded)) => (
+                decoded.sagas.into_iter().map(|s| (s.id, s)).collect(),
+                file.lsn,
+            ),
+            None if log.first_lsn() > 1 => {
+                return damaged(
+                    out,
+                    &format!(
+                        "{}: the log starts at LSN {} and no snapshot covers what came before",
+                        path.display(),
+                        log.first_lsn()
+                    ),
+                )
+            }
+            None => (BTreeMap::new(), log.first_lsn()),
+        };
+        let mut reader = log.read_from(from)?;
+        while let Some(record) = reader.read_next()? {
+            let lsn = record.lsn;
+            let folded = Event::decode(record.payload)
+                .map_err(|error| format!("does not decode as an event: {error}"))
+                .and_then(|event| match states.get_mut(&event.saga) {
+                    Some(state) => {
+                        apply_mut(state, &event).map_err(|e| format!("does not fold: {e}"))
+                    }
+                    None => apply(None, &event)
+                        .map(|state| {
+                            states.insert(event.saga, state);
+                        })
+                        .map_err(|e| format!("does not fold: {e}")),
+                });
+            if let Err(reason) = folded {
+                return damaged(
+                    out,
+                    &format!("{}: record at LSN {lsn} {reason}", path.display()),
+                );
+            }
         }
+        sagas += states.len();
     }
     for text in &torn {
         out.line(&format!("warning: {text} (allowed by --allow-torn-tail)"))?;

@@ -208,6 +208,22 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
+/// CRC-32 (IEEE), as the snapshot header uses.
+fn crc32_of(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &byte in bytes {
+        crc ^= u32::from(byte);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
 fn flip(path: &Path, offset: u64) {
     let mut bytes = std::fs::read(path).unwrap();
     bytes[offset as usize] ^= 0x10;
@@ -250,6 +266,29 @@ fn verify_names_the_damaged_file_and_offset_and_reports_a_torn_tail() {
         "{text}"
     );
     assert!(text.contains("offset"), "{text}");
+
+    // A snapshot of another partition put in place of one of this one's.
+    let misplaced = work.path().join("misplaced");
+    copy_dir(&dir, &misplaced);
+    let newest_in = |partition: &str| {
+        std::fs::read_dir(misplaced.join(partition).join("snapshots"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .max()
+            .unwrap()
+    };
+    let (theirs, ours) = (newest_in("partition-001"), newest_in("partition-000"));
+    // Our file's name and header LSN (so those checks pass), their content.
+    let mut bytes = std::fs::read(&theirs).unwrap();
+    let name_lsn: u64 = ours.file_stem().unwrap().to_str().unwrap().parse().unwrap();
+    bytes[16..24].copy_from_slice(&name_lsn.to_le_bytes());
+    let crc = crc32_of(&bytes[..36]);
+    bytes[36..40].copy_from_slice(&crc.to_le_bytes());
+    std::fs::write(&ours, &bytes).unwrap();
+    let verify = skald(&["verify", misplaced.to_str().unwrap()], work.path());
+    assert_eq!(verify.status.code(), Some(1));
+    let text = stdout(&verify);
+    assert!(text.contains("holds partition 1"), "{text}");
 
     // A torn tail: garbage after the last record of a log that did not
     // close cleanly.

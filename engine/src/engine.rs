@@ -132,7 +132,9 @@ impl EngineOptions {
     /// ([`skald_log::LogOptions::inline_flush`]; every batch durable), and
     /// snapshot work runs inline, so that on a single-threaded runtime with
     /// a [`seed`](EngineOptions::seed) the same inputs give the same events
-    /// in the same order. See [`crate::sim`] (feature `sim`).
+    /// in the same order. See [`crate::sim`] (feature `sim`). Set
+    /// [`partitions`](EngineOptions::partitions) too: its default follows
+    /// the machine's CPU count. Without a seed, jitter uses seed 0.
     pub fn deterministic(mut self, start: Millis) -> EngineOptions {
         self.deterministic = Some(start);
         self.durability = Durability::EveryBatch;
@@ -219,9 +221,11 @@ impl EngineBuilder {
         let mut senders = Vec::with_capacity(partitions);
         let mut tasks = Vec::with_capacity(partitions);
         let mut recovered = Vec::new();
-        let mut seeds = match options.seed {
-            Some(seed) => StdRng::seed_from_u64(seed),
-            None => StdRng::from_os_rng(),
+        let mut seeds = match (options.seed, options.deterministic) {
+            (Some(seed), _) => StdRng::seed_from_u64(seed),
+            // Deterministic mode never draws from the OS.
+            (None, Some(_)) => StdRng::seed_from_u64(0),
+            (None, None) => StdRng::from_os_rng(),
         };
         for index in 0..partitions {
             let path = partition_dir(&dir, index);

@@ -377,6 +377,11 @@ impl Partition {
 
     /// When the time-based snapshot is due, if one is.
     fn snapshot_due_at(&self) -> Option<tokio::time::Instant> {
+        if self.failed.is_some() {
+            // A failed partition writes nothing more: no snapshot is due
+            // (found in review: a due time that never moved spun the loop).
+            return None;
+        }
         let snapshots = &self.snapshots;
         match (snapshots.settings.every, &snapshots.deltas) {
             (Some(every), Some(_)) if snapshots.events_since > 0 => Some(snapshots.last + every),
@@ -636,7 +641,15 @@ impl Partition {
                 }
                 let store = store.ok_or(EngineError::ShutDown)?;
                 off_thread(inline, move || {
-                    let rebuilt = crate::recovery::recover(partition, &log, &store, Some(target))?;
+                    // A snapshot written (and older ones pruned, segments
+                    // deleted) while the check reads: try again.
+                    let mut attempt = 0;
+                    let rebuilt = loop {
+                        match crate::recovery::recover(partition, &log, &store, Some(target)) {
+                            Err(_) if attempt < 3 => attempt += 1,
+                            other => break other?,
+                        }
+                    };
                     let mut mismatched: Vec<SagaId> = live
                         .iter()
                         .filter(|(id, state)| rebuilt.sagas.get(id) != Some(state))
@@ -1166,10 +1179,17 @@ impl Partition {
         let replies = std::mem::take(&mut self.shutdown);
         let failed = self.failed.take();
         drop(self.durable_wait);
-        let result = match Arc::try_unwrap(self.log) {
-            Ok(log) => log.close().map_err(EngineError::from),
-            // Nothing else holds the log once the waits are done.
-            Err(_) => Ok(()),
+        // A consistency check may still be reading the log: let it finish,
+        // so the close (final flush, clean marker) really happens.
+        let mut log = self.log;
+        let result = loop {
+            match Arc::try_unwrap(log) {
+                Ok(log) => break log.close().map_err(EngineError::from),
+                Err(shared) => {
+                    log = shared;
+                    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                }
+            }
         };
         let result = match failed {
             Some(error) => Err(error),

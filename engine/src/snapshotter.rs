@@ -96,7 +96,24 @@ pub(crate) async fn run(
         .await
     };
     let mut shadow: BTreeMap<SagaId, SagaState> = match rebuilt {
-        Ok(rebuilt) if rebuilt.end_lsn == open_end => rebuilt.sagas,
+        Ok(rebuilt) if rebuilt.end_lsn == open_end => {
+            // Snapshots found damaged at open would count towards the K
+            // kept and push a sound one out (found in review): remove them.
+            for (path, damage) in &rebuilt.skipped {
+                tracing::warn!(partition, path = %path.display(), %damage, "removing a damaged snapshot");
+                if let Some(lsn) = path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(skald_snapshot::parse_file_name)
+                {
+                    let store = store.clone();
+                    if let Err(error) = off_thread(inline, move || store.remove(lsn)).await {
+                        tracing::error!(partition, %error, "could not remove a damaged snapshot");
+                    }
+                }
+            }
+            rebuilt.sagas
+        }
         Ok(rebuilt) => {
             tracing::error!(
                 partition,

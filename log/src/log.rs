@@ -109,7 +109,8 @@ pub(crate) struct Shared {
 struct WriterState {
     active: Arc<Segment>,
     write_offset: u64,
-    /// Offset in `active` up to which a flush has been started.
+    /// Offset in `active` below which every byte is synced (it moves only
+    /// after a successful msync).
     flush_offset: u64,
     next_lsn: Lsn,
     /// A spare segment was requested for the roll after `active`.
@@ -687,9 +688,9 @@ impl Shared {
                     return Err(self.fail(writer, FailStop::new("flush", &previous.path, error)));
                 }
             }
-            // From the header, not from `flush_offset`: that marks where a
-            // flush was started, and a flusher round may still be on its way
-            // to the range before it. msync of clean pages is cheap.
+            // From the header, not from `flush_offset`: a flusher round may
+            // still be on its way to the range before it. msync of clean
+            // pages is cheap.
             writer.sealed = Some((old.clone(), SEGMENT_HEADER_SIZE_BYTES, writer.write_offset));
         }
         // Open replaced an empty last segment smaller than the configured

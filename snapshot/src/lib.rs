@@ -375,6 +375,14 @@ impl SnapshotStore {
         self.prune()
     }
 
+    /// Deletes the snapshot covering up to `lsn` (a damaged one, say), with
+    /// a directory fsync.
+    pub fn remove(&self, lsn: u64) -> Result<(), SnapshotError> {
+        let path = self.dir.join(file_name(lsn));
+        self.storage.remove_file(&path).map_err(self.io(&path))?;
+        self.storage.sync_dir(&self.dir).map_err(self.io(&self.dir))
+    }
+
     /// Deletes all but the newest `keep` snapshots and any stale temporary
     /// file. Returns the kept LSNs, newest first.
     pub fn prune(&self) -> Result<Vec<u64>, SnapshotError> {

@@ -348,3 +348,40 @@ fn the_same_seed_writes_the_same_bytes() {
         "another seed, another run"
     );
 }
+
+#[test]
+fn a_failed_partition_lets_virtual_time_pass() {
+    // A partition that failed must go idle: on the paused clock, a loop
+    // that kept waking would stop virtual time and the run would never end
+    // (hence the real-time limit: a failure, not a hung test).
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(run_failed_partition());
+    });
+    let finished = finished
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the simulation stopped advancing: a failed partition kept waking");
+    assert!(finished);
+}
+
+fn run_failed_partition() -> bool {
+    simulate(11, |sim| async move {
+        let ledger = Arc::new(Ledger::default());
+        let engine = Engine::builder(sim.dir())
+            .options(sim.options().snapshots(SnapshotSettings {
+                every: Some(Duration::from_secs(1)),
+                ..SnapshotSettings::default()
+            }))
+            .register(chaos_saga(sim.seed(), ledger))
+            .unwrap()
+            .open()
+            .await
+            .unwrap();
+        engine.start("chaos", &1u64).await.unwrap();
+        sim.storage().inject(skald_log::SimFault::FlushEio);
+        let _ = engine.start("chaos", &2u64).await;
+        tokio::time::sleep(Duration::from_secs(120)).await;
+        let _ = engine.shutdown().await;
+        true
+    })
+}

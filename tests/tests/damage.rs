@@ -205,6 +205,14 @@ async fn a_flipped_bit_in_a_snapshot_is_reported_and_never_used() {
             "round {round}, SKALD_SEED={seed}"
         );
         engine.shutdown().await.unwrap();
+        // The damaged file was removed rather than counted among the kept
+        // ones: every snapshot left is sound.
+        let left = store.list().unwrap();
+        assert!(
+            !left.iter().any(|f| &f.path == newest),
+            "round {round}: the damaged one is gone"
+        );
+        assert!(left.iter().all(|f| store.read(f).is_ok()), "round {round}");
     }
     // Both snapshots damaged, the log they covered deleted: the open
     // refuses, naming the damage, instead of starting half empty.

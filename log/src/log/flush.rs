@@ -121,9 +121,12 @@ impl Shared {
         // Under OsOnly the flusher only finishes sealed segments: the active
         // one is left to the OS, as the mode promises.
         let active_too = force || self.options.durability != Durability::OsOnly || writer.closed;
-        if active_too {
-            writer.flush_offset = to;
-        }
+        // `flush_offset` moves only once the msync below succeeded: a round
+        // that starts meanwhile (another thread's `Log::flush`, an inline
+        // flush) then syncs from the same offset, over any range this one
+        // has not finished, before it publishes anything. Found in review:
+        // advancing it first let a second round publish records whose
+        // pages were still unsynced.
         let result = parking_lot::MutexGuard::unlocked(writer, || {
             if let Some((sealed, sealed_from, sealed_to)) = &sealed {
                 self.flush_range(sealed, *sealed_from, sealed_to - sealed_from)
@@ -137,6 +140,9 @@ impl Shared {
         });
         match result {
             Ok(()) => {
+                if active_too && Arc::ptr_eq(&segment, &writer.active) && writer.flush_offset < to {
+                    writer.flush_offset = to;
+                }
                 // Done with the sealed segment, unless a roll replaced it
                 // (flushing it itself) meanwhile.
                 if let (Some((flushed, ..)), Some((current, ..))) = (&sealed, &writer.sealed) {
