@@ -143,7 +143,7 @@ enum Command {
         /// Sagas in flight at once.
         #[arg(long, default_value_t = 1024)]
         concurrency: usize,
-        /// every-batch (default), os-only, periodic or periodic-<N>ms.
+        /// every-batch (default), os-only, periodic (10 ms) or e.g. periodic-25ms.
         #[arg(long, default_value = "every-batch")]
         durability: String,
         /// Partitions (default: one per CPU, at most 8).

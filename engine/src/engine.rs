@@ -132,7 +132,7 @@ impl EngineOptions {
     /// ([`skald_log::LogOptions::inline_flush`]; every batch durable), and
     /// snapshot work runs inline, so that on a single-threaded runtime with
     /// a [`seed`](EngineOptions::seed) the same inputs give the same events
-    /// in the same order. See [`crate::sim`] (feature `sim`). Set
+    /// in the same order. See the `sim` module (feature `sim`). Set
     /// [`partitions`](EngineOptions::partitions) too: its default follows
     /// the machine's CPU count. Without a seed, jitter uses seed 0.
     pub fn deterministic(mut self, start: Millis) -> EngineOptions {

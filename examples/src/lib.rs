@@ -3,7 +3,7 @@
 //!
 //! - [`order`]: order processing: create the order, reserve inventory,
 //!   charge the payment (the pivot), confirm the order.
-//! - [`bench`]: the engine benchmark (no-op sagas at a concurrency, and the
+//! - [`mod@bench`]: the engine benchmark (no-op sagas at a concurrency, and the
 //!   memory of parked sagas), run by benches/ and `skald bench`.
 
 pub mod bench;
