@@ -10,17 +10,9 @@ mod common;
 
 use std::time::Instant;
 
-use common::{percentile, scratch_dir, PlainFile};
+use common::{percentile, scale, scratch_dir, PlainFile};
 use skald_engine::Durability;
 use skald_examples::bench::{parked_memory, run, BenchOptions, BenchReport};
-
-fn scale(count: u64) -> u64 {
-    let factor: f64 = std::env::var("SKALD_BENCH_SCALE")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1.0);
-    ((count as f64 * factor) as u64).max(1)
-}
 
 fn fdatasync_p50_us(count: u64) -> f64 {
     let dir = scratch_dir();

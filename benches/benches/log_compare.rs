@@ -56,14 +56,6 @@ impl Row {
     }
 }
 
-fn scale(count: u64) -> u64 {
-    let factor: f64 = std::env::var("SKALD_BENCH_SCALE")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1.0);
-    ((count as f64 * factor) as u64).max(1)
-}
-
 /// Runs `work` on `threads` threads, each doing `per_thread` operations of
 /// `batch` records, timing each operation.
 fn run_threads(

@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::scratch_dir;
+use common::{scale, scratch_dir};
 use skald_engine::recovery::{encode_snapshot, snapshot_dir};
 use skald_engine::{
     apply, partition_dir, Durability, Engine, EngineOptions, Event, EventKind, SagaId, SagaState,
@@ -25,14 +25,6 @@ use skald_engine::{
 use skald_examples::bench::BENCH_SAGA;
 use skald_log::{Log, LogOptions};
 use skald_snapshot::SnapshotStore;
-
-fn scale(count: u64) -> u64 {
-    let factor: f64 = std::env::var("SKALD_BENCH_SCALE")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1.0);
-    ((count as f64 * factor) as u64).max(10)
-}
 
 /// The events of one completed 4-step saga.
 fn saga_events(id: u64, at: u64) -> Vec<Event> {
@@ -142,7 +134,7 @@ fn main() {
     let sizes = if smoke {
         vec![1_000]
     } else {
-        vec![scale(100_000), scale(1_000_000)]
+        vec![scale(100_000).max(10), scale(1_000_000).max(10)]
     };
     for sagas in sizes {
         let events = sagas * 10;

@@ -26,8 +26,8 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use rand::{Rng, SeedableRng};
 use skald_engine::{
-    Engine, EngineOptions, ListFilter, Saga, SagaId, SagaStatus, SnapshotSettings, Step,
-    StepContext, StepError,
+    Engine, EngineOptions, ListFilter, Saga, SagaStatus, SnapshotSettings, Step, StepContext,
+    StepError,
 };
 use skald_log::{PowerCut, SimStorage};
 
@@ -543,5 +543,4 @@ fn power_cut_rounds(rounds: u64) {
     let ids: HashSet<u64> = acknowledged.keys().copied().collect();
     assert!(!ids.is_empty());
     check(&ids, &finals, &acknowledged, &lines);
-    let _ = SagaId(0);
 }

@@ -349,7 +349,6 @@ async fn list_filters_and_pages_in_id_order() {
 #[tokio::test]
 async fn a_failed_compensation_fails_the_saga_and_an_operator_retries_it() {
     let dir = tempfile::tempdir().unwrap();
-    let journal = Arc::new(Journal::default());
     let undo_failures = Arc::new(AtomicU32::new(3));
     let failures = undo_failures.clone();
     let saga = Saga::<Job>::new("fragile")
@@ -419,7 +418,6 @@ async fn a_failed_compensation_fails_the_saga_and_an_operator_retries_it() {
     assert_eq!(view.operator_actions.len(), 2);
     assert_eq!(view.operator_actions[0].0, "ops");
     engine.shutdown().await.unwrap();
-    let _ = journal;
 }
 
 #[tokio::test]

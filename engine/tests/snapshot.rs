@@ -5,7 +5,6 @@
 //! deletes covered segments, and reopens to the same sagas.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use proptest::prelude::*;
@@ -380,7 +379,6 @@ async fn the_engine_snapshots_in_the_background_deletes_covered_segments_and_reo
     assert!(after.sagas.iter().all(|s| s.id != id));
     assert!(engine.check_consistency().await.unwrap().is_consistent());
     engine.shutdown().await.unwrap();
-    let _ = Arc::new(());
 }
 
 #[test]

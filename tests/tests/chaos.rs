@@ -356,15 +356,16 @@ fn a_failed_partition_lets_virtual_time_pass() {
     // (hence the real-time limit: a failure, not a hung test).
     let (done, finished) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let _ = done.send(run_failed_partition());
+        run_failed_partition();
+        let _ = done.send(());
     });
-    let finished = finished
+    // The assertion: the run ends (120 s of virtual time pass).
+    finished
         .recv_timeout(Duration::from_secs(60))
         .expect("the simulation stopped advancing: a failed partition kept waking");
-    assert!(finished);
 }
 
-fn run_failed_partition() -> bool {
+fn run_failed_partition() {
     simulate(11, |sim| async move {
         let ledger = Arc::new(Ledger::default());
         let engine = Engine::builder(sim.dir())
@@ -382,6 +383,5 @@ fn run_failed_partition() -> bool {
         let _ = engine.start("chaos", &2u64).await;
         tokio::time::sleep(Duration::from_secs(120)).await;
         let _ = engine.shutdown().await;
-        true
     })
 }

@@ -164,6 +164,15 @@ pub fn okaywal_commit(wal: &okaywal::WriteAheadLog, payloads: &[&[u8]]) {
     entry.commit().expect("commit");
 }
 
+/// `count` scaled by `SKALD_BENCH_SCALE` (default 1), at least 1.
+pub fn scale(count: u64) -> u64 {
+    let factor: f64 = std::env::var("SKALD_BENCH_SCALE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1.0);
+    ((count as f64 * factor) as u64).max(1)
+}
+
 /// Percentile of sorted nanosecond samples.
 pub fn percentile(sorted: &[u64], fraction: f64) -> u64 {
     if sorted.is_empty() {
