@@ -17,13 +17,11 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::{scale, scratch_dir};
-use skald_engine::recovery::{encode_snapshot, snapshot_dir};
-use skald_engine::{
-    apply, partition_dir, Durability, Engine, EngineOptions, Event, EventKind, SagaId, SagaState,
-    SnapshotSettings,
-};
+use skald_engine::inspect::{encode_snapshot, partition_dir, snapshot_dir};
+use skald_engine::{Durability, Engine, EngineOptions, Event, EventKind, SagaId, SnapshotSettings};
 use skald_examples::bench::BENCH_SAGA;
 use skald_log::{Log, LogOptions};
+use skald_model::{apply, SagaState};
 use skald_snapshot::SnapshotStore;
 
 /// The events of one completed 4-step saga.

@@ -7,8 +7,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use skald_engine::recovery::decode_snapshot;
-use skald_engine::{apply_mut, kind_name, Event, SagaId, SagaState, StepPhase};
+use skald_engine::inspect::model::{PartitionFold, SagaState};
+use skald_engine::inspect::{decode_snapshot, fold_log};
+use skald_engine::{Event, SagaId, StepPhase};
 use skald_log::LogReader;
 
 use crate::inspect::{
@@ -153,7 +154,7 @@ impl Dumper<'_> {
         self.args.from.is_none_or(|from| lsn >= from)
             && self.args.to.is_none_or(|to| lsn <= to)
             && self.args.saga.is_none_or(|saga| event.saga == saga)
-            && self.kind.is_none_or(|kind| kind_name(&event.kind) == kind)
+            && self.kind.is_none_or(|kind| event.kind.name() == kind)
     }
 
     fn print(&self, partition: usize, lsn: u64, event: &Event, out: &mut Out) -> Result<()> {
@@ -161,7 +162,7 @@ impl Dumper<'_> {
             .definitions
             .get(&event.saga)
             .map_or("?", String::as_str);
-        let kind = kind_name(&event.kind);
+        let kind = event.kind.name();
         if self.args.json {
             let mut object = serde_json::Map::new();
             object.insert("partition".into(), partition.into());
@@ -216,7 +217,7 @@ fn time_travel(
     let partition = (saga.0 % engine.partitions as u64) as usize;
     let log = engine.log(partition)?;
     let target = at.unwrap_or(u64::MAX);
-    let mut state: Option<SagaState> = None;
+    let mut fold = PartitionFold::new();
     let mut from = log.first_lsn();
     if log.first_lsn() > 1 {
         // The start of the log was compacted into a snapshot: start there.
@@ -236,30 +237,15 @@ fn time_travel(
         }
         let decoded = decode_snapshot(&snapshot.payload)
             .with_context(|| format!("{}", snapshot.path.display()))?;
-        state = decoded.sagas.into_iter().find(|s| s.id == saga);
+        let own = decoded.sagas.into_iter().filter(|s| s.id == saga).collect();
+        fold = PartitionFold::from_sorted(own);
         from = snapshot.lsn;
     }
-    let mut reader = log.read_from(from)?;
-    let mut last = from.saturating_sub(1);
-    while reader.next_lsn() <= target {
-        let Some((lsn, event)) = read_event(&mut reader, partition)? else {
-            break;
-        };
-        last = lsn;
-        if event.saga != saga {
-            continue;
-        }
-        match &mut state {
-            Some(state) => apply_mut(state, &event)
-                .with_context(|| format!("partition {partition}, LSN {lsn}"))?,
-            None => {
-                state = Some(
-                    skald_engine::apply(None, &event)
-                        .with_context(|| format!("partition {partition}, LSN {lsn}"))?,
-                )
-            }
-        }
-    }
+    let until = target.saturating_add(1);
+    let folded = fold_log(&log, from, Some(until), Some(saga), &mut fold)
+        .with_context(|| format!("partition {partition}"))?;
+    let last = folded.end_lsn.saturating_sub(1);
+    let state = fold.get(saga).cloned();
     let Some(state) = state else {
         bail!("{saga} does not exist as of LSN {last} of partition {partition}");
     };

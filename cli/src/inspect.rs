@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
-use skald_engine::recovery::snapshot_dir;
-use skald_engine::{partition_count, partition_dir, EventKind, Millis, Timer};
+use skald_engine::inspect::{partition_count, partition_dir, snapshot_dir};
+use skald_engine::{EventKind, Millis, Timer};
 use skald_log::{Log, LogOptions};
 use skald_snapshot::SnapshotStore;
 
@@ -60,12 +60,12 @@ impl EngineDir {
     /// sound snapshot and the log after it. A running engine may write a
     /// snapshot, prune older ones and delete segments while this reads:
     /// such a race is retried with a fresh look before it is reported.
-    pub fn recover(&self, partition: usize) -> Result<(Log, skald_engine::recovery::Recovered)> {
+    pub fn recover(&self, partition: usize) -> Result<(Log, skald_engine::inspect::Recovered)> {
         let mut attempt = 0;
         loop {
             let log = self.log(partition)?;
             let store = self.snapshots(partition);
-            match skald_engine::recovery::recover(partition as u16, &log, &store, None) {
+            match skald_engine::inspect::recover(partition as u16, &log, &store, None) {
                 Ok(recovered) => return Ok((log, recovered)),
                 Err(error) if attempt < 4 && transient(&error) => {
                     attempt += 1;

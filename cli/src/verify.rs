@@ -5,12 +5,11 @@
 //! writes snapshots of durable records, so the log opened afterwards holds
 //! everything they cover, and a snapshot pruned meanwhile is skipped.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::Result;
-use skald_engine::recovery::decode_snapshot;
-use skald_engine::{apply, apply_mut, Event, SagaId, SagaState};
+use skald_engine::inspect::model::PartitionFold;
+use skald_engine::inspect::{decode_snapshot, fold_log};
 use skald_log::LogError;
 use skald_snapshot::SnapshotError;
 
@@ -142,12 +141,9 @@ pub fn run(dir: &Path, allow_torn_tail: bool, out: &mut Out) -> Result<Verdict> 
         }
         snapshots += sound.len();
         // Every event decodes and folds, from the oldest kept snapshot (or
-        // the start of the log) to the end.
-        let (mut states, from): (BTreeMap<SagaId, SagaState>, u64) = match sound.pop() {
-            Some((file, decoded)) => (
-                decoded.sagas.into_iter().map(|s| (s.id, s)).collect(),
-                file.lsn,
-            ),
+        // the start of the log) to the end: the engine's own fold.
+        let (mut fold, from) = match sound.pop() {
+            Some((file, decoded)) => (PartitionFold::from_sorted(decoded.sagas), file.lsn),
             None if log.first_lsn() > 1 => {
                 return damaged(
                     out,
@@ -158,31 +154,12 @@ pub fn run(dir: &Path, allow_torn_tail: bool, out: &mut Out) -> Result<Verdict> 
                     ),
                 )
             }
-            None => (BTreeMap::new(), log.first_lsn()),
+            None => (PartitionFold::new(), log.first_lsn()),
         };
-        let mut reader = log.read_from(from)?;
-        while let Some(record) = reader.read_next()? {
-            let lsn = record.lsn;
-            let folded = Event::decode(record.payload)
-                .map_err(|error| format!("does not decode as an event: {error}"))
-                .and_then(|event| match states.get_mut(&event.saga) {
-                    Some(state) => {
-                        apply_mut(state, &event).map_err(|e| format!("does not fold: {e}"))
-                    }
-                    None => apply(None, &event)
-                        .map(|state| {
-                            states.insert(event.saga, state);
-                        })
-                        .map_err(|e| format!("does not fold: {e}")),
-                });
-            if let Err(reason) = folded {
-                return damaged(
-                    out,
-                    &format!("{}: record at LSN {lsn} {reason}", path.display()),
-                );
-            }
+        if let Err(error) = fold_log(&log, from, None, None, &mut fold) {
+            return damaged(out, &error.to_string());
         }
-        sagas += states.len();
+        sagas += fold.len();
     }
     for text in &torn {
         out.line(&format!("warning: {text} (allowed by --allow-torn-tail)"))?;

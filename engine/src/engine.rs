@@ -1,5 +1,6 @@
-//! The engine a host embeds: open, register, start, view, cancel, list,
-//! wait, subscribe, operate, shut down.
+//! The engine a host embeds: start, view, cancel, list, wait, subscribe,
+//! operate, check, shut down. Each call is a command to the partition that
+//! owns the saga, answered once what it reports is durable.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -7,380 +8,22 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use rand::rngs::StdRng;
-use rand::SeedableRng;
-use serde::de::DeserializeOwned;
 use serde::Serialize;
-use skald_log::{Durability, FsStorage, Log, LogOptions, Storage};
+use skald_model::{OperatorAction, SagaId};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::event::{Millis, OperatorAction, SagaId};
-use crate::recovery::{recover_sorted, snapshot_dir};
-use crate::runtime::{Clock, Command, Partition, Shared};
-use crate::saga::{Definition, Saga};
-use crate::snapshotter::SnapshotSettings;
+use crate::runtime::{Command, Reply, Shared};
 use crate::view::{ConsistencyReport, EngineEvent, ListFilter, SagaPage, SagaView};
-use crate::{BreakerSettings, EngineError};
-use skald_snapshot::SnapshotStore;
+use crate::{EngineBuilder, EngineError, EngineOptions};
 
-/// The file naming an engine directory's layout (see FORMAT.md).
-const ENGINE_FILE: &str = "ENGINE";
-const ENGINE_MAGIC: &str = "skald-engine 1";
-/// Partitions at most.
-pub const PARTITIONS_MAX: usize = 256;
-
-/// How an engine runs. Build with [`EngineOptions::default`] and the
-/// setters.
-#[derive(Clone)]
-pub struct EngineOptions {
-    partitions: usize,
-    durability: Durability,
-    segment_size_bytes: u64,
-    breaker: BreakerSettings,
-    seed: Option<u64>,
-    storage: Option<Arc<dyn Storage>>,
-    event_buffer: usize,
-    snapshots: SnapshotSettings,
-    deterministic: Option<Millis>,
-}
-
-impl Default for EngineOptions {
-    /// As many partitions as CPUs (at most 8), every batch durable before
-    /// anything acts on it, 64 MiB segments, default breakers.
-    fn default() -> EngineOptions {
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-        EngineOptions {
-            partitions: cpus.clamp(1, 8),
-            durability: Durability::EveryBatch,
-            segment_size_bytes: skald_log::LogOptions::default().segment_size_bytes,
-            breaker: BreakerSettings::default(),
-            seed: None,
-            storage: None,
-            event_buffer: 4096,
-            snapshots: SnapshotSettings::default(),
-            deterministic: None,
-        }
-    }
-}
-
-impl std::fmt::Debug for EngineOptions {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EngineOptions")
-            .field("partitions", &self.partitions)
-            .field("durability", &self.durability)
-            .field("segment_size_bytes", &self.segment_size_bytes)
-            .field("breaker", &self.breaker)
-            .field("seed", &self.seed)
-            .field("event_buffer", &self.event_buffer)
-            .field("snapshots", &self.snapshots)
-            .field("deterministic", &self.deterministic)
-            .finish_non_exhaustive()
-    }
-}
-
-impl EngineOptions {
-    /// Partitions (each one log and one task). Fixed when the directory is
-    /// created; reopening with another count is an error.
-    pub fn partitions(mut self, partitions: usize) -> EngineOptions {
-        self.partitions = partitions;
-        self
-    }
-
-    /// When events are durable: [`Durability::EveryBatch`] (the default)
-    /// makes every event durable before anything acts on it; the others
-    /// trade that for speed (see skald-log).
-    pub fn durability(mut self, durability: Durability) -> EngineOptions {
-        self.durability = durability;
-        self
-    }
-
-    /// Size of each log segment.
-    pub fn segment_size_bytes(mut self, size_bytes: u64) -> EngineOptions {
-        self.segment_size_bytes = size_bytes;
-        self
-    }
-
-    /// Circuit-breaker thresholds, for every service.
-    pub fn breaker(mut self, settings: BreakerSettings) -> EngineOptions {
-        self.breaker = settings;
-        self
-    }
-
-    /// Seeds the retry-jitter draws, for reproducible runs.
-    pub fn seed(mut self, seed: u64) -> EngineOptions {
-        self.seed = Some(seed);
-        self
-    }
-
-    /// Where the logs live: real files by default; tests pass a simulated
-    /// disk.
-    pub fn storage(mut self, storage: Arc<dyn Storage>) -> EngineOptions {
-        self.storage = Some(storage);
-        self
-    }
-
-    /// When snapshots are written (see [`SnapshotSettings`]).
-    pub fn snapshots(mut self, settings: SnapshotSettings) -> EngineOptions {
-        self.snapshots = settings;
-        self
-    }
-
-    /// Deterministic mode, for simulations: the clock starts at `start`
-    /// (milliseconds since the epoch) and runs on tokio's clock (virtual
-    /// under a paused runtime), the logs flush in the appending task
-    /// ([`skald_log::LogOptions::inline_flush`]; every batch durable), and
-    /// snapshot work runs inline, so that on a single-threaded runtime with
-    /// a [`seed`](EngineOptions::seed) the same inputs give the same events
-    /// in the same order. See the `sim` module (feature `sim`). Set
-    /// [`partitions`](EngineOptions::partitions) too: its default follows
-    /// the machine's CPU count. Without a seed, jitter uses seed 0.
-    pub fn deterministic(mut self, start: Millis) -> EngineOptions {
-        self.deterministic = Some(start);
-        self.durability = Durability::EveryBatch;
-        self
-    }
-
-    /// Events a slow subscriber may fall behind before it misses some.
-    pub fn event_buffer(mut self, events: usize) -> EngineOptions {
-        self.event_buffer = events;
-        self
-    }
-}
-
-/// Collects definitions, then opens the engine.
-pub struct EngineBuilder {
-    dir: PathBuf,
-    options: EngineOptions,
-    definitions: HashMap<String, Arc<dyn Definition>>,
-}
-
-impl EngineBuilder {
-    /// Replaces the options.
-    pub fn options(mut self, options: EngineOptions) -> EngineBuilder {
-        self.options = options;
-        self
-    }
-
-    /// Registers a definition, after [`Saga::validate`]. Sagas recovered
-    /// from the log resume only if their definition is registered (with
-    /// the same number of steps); the others are left as they are.
-    pub fn register<I>(mut self, saga: Saga<I>) -> Result<EngineBuilder, EngineError>
-    where
-        I: Serialize + DeserializeOwned + Send + Sync + 'static,
-    {
-        saga.validate()?;
-        let id = saga.spec().id.clone();
-        if self.definitions.contains_key(&id) {
-            return Err(EngineError::DuplicateDefinition(id));
-        }
-        self.definitions.insert(id, saga.into_definition());
-        Ok(self)
-    }
-
-    /// Opens (or creates) the engine: replays every partition's log,
-    /// rebuilds each saga's state, and resumes the unfinished ones where
-    /// they stood. Must be called within a tokio runtime.
-    pub async fn open(self) -> Result<Engine, EngineError> {
-        let EngineBuilder {
-            dir,
-            options,
-            definitions,
-        } = self;
-        if options.partitions == 0 || options.partitions > PARTITIONS_MAX {
-            return Err(EngineError::InvalidOptions(format!(
-                "partitions must be within 1..={PARTITIONS_MAX}, not {}",
-                options.partitions
-            )));
-        }
-        options
-            .breaker
-            .validate()
-            .map_err(|e| EngineError::InvalidOptions(e.to_string()))?;
-        let storage: Arc<dyn Storage> = match &options.storage {
-            Some(storage) => storage.clone(),
-            None => Arc::new(FsStorage::default()),
-        };
-        let partitions = prepare_dir(&dir, storage.as_ref(), options.partitions)?;
-        let (events, _) = broadcast::channel(options.event_buffer.max(1));
-        let log_options = LogOptions::default().segment_size_bytes(options.segment_size_bytes);
-        let record_bytes_max = log_options.record_size_bytes_max();
-        let shared = Arc::new(Shared {
-            definitions,
-            breakers: Mutex::new(HashMap::new()),
-            breaker_settings: options.breaker,
-            events,
-            clock: Clock::new(options.deterministic),
-            partitions: partitions as u64,
-            record_bytes_max,
-            // Half a segment, so a batch fits whatever the active segment
-            // holds already, or else an empty one.
-            batch_bytes_max: (options.segment_size_bytes / 2).max(record_bytes_max),
-            deterministic: options.deterministic.is_some(),
-        });
-        let mut senders = Vec::with_capacity(partitions);
-        let mut tasks = Vec::with_capacity(partitions);
-        let mut recovered = Vec::new();
-        let mut seeds = match (options.seed, options.deterministic) {
-            (Some(seed), _) => StdRng::seed_from_u64(seed),
-            // Deterministic mode never draws from the OS.
-            (None, Some(_)) => StdRng::seed_from_u64(0),
-            (None, None) => StdRng::from_os_rng(),
-        };
-        for index in 0..partitions {
-            let path = partition_dir(&dir, index);
-            let mut log_options = LogOptions::default()
-                .durability(options.durability)
-                .segment_size_bytes(options.segment_size_bytes);
-            if options.storage.is_some() {
-                log_options = log_options.storage(storage.clone());
-            }
-            if options.deterministic.is_some() {
-                log_options = log_options.inline_flush(true).prepare_segments(false);
-            }
-            let log = Log::open(&path, log_options)?;
-            let store = SnapshotStore::open_with(
-                snapshot_dir(&path),
-                options.snapshots.keep,
-                storage.clone(),
-            )
-            .map_err(|error| EngineError::Snapshot(Arc::new(error)))?;
-            let (states, rebuilt) = recover_sorted(index as u16, &log, &store, None)?;
-            if let Some((lsn, file)) = &rebuilt.snapshot {
-                tracing::info!(partition = index, snapshot = %file.display(), lsn,
-                    replayed = rebuilt.replayed, "recovered from a snapshot");
-            }
-            let (tx, rx) = mpsc::unbounded_channel();
-            let rng = StdRng::seed_from_u64(rand::Rng::random(&mut seeds));
-            let partition = Partition::new(
-                index as u16,
-                Arc::new(log),
-                shared.clone(),
-                states,
-                rx,
-                tx.downgrade(),
-                rng,
-            );
-            recovered.extend(partition.unfinished());
-            let partition = partition.with_snapshots(options.snapshots, store);
-            tasks.push(tokio::spawn(partition.run()));
-            senders.push(tx);
-        }
-        if !recovered.is_empty() {
-            tracing::info!(recovered = recovered.len(), "resuming unfinished sagas");
-        }
-        Ok(Engine {
-            inner: Arc::new(Inner {
-                dir,
-                shared,
-                senders,
-                tasks: Mutex::new(tasks),
-                round_robin: AtomicUsize::new(0),
-                recovered,
-            }),
-        })
-    }
-}
-
-/// Reads or creates the engine file; returns the partition count.
-fn prepare_dir(dir: &Path, storage: &dyn Storage, asked: usize) -> Result<usize, EngineError> {
-    let io = |path: &Path, error: std::io::Error| EngineError::Io {
-        path: path.to_path_buf(),
-        error: Arc::new(error),
-    };
-    storage.create_dir_all(dir).map_err(|e| io(dir, e))?;
-    let file = dir.join(ENGINE_FILE);
-    match storage.read_small_file(&file).map_err(|e| io(&file, e))? {
-        Some(bytes) => {
-            let found = parse_engine_file(&bytes).ok_or_else(|| EngineError::NotEngine {
-                path: file.clone(),
-                reason: format!(
-                    "not an engine file (expected \"{ENGINE_MAGIC}\" and a partition count)"
-                ),
-            })?;
-            if found != asked {
-                return Err(EngineError::PartitionCount {
-                    dir: dir.to_path_buf(),
-                    found,
-                    asked,
-                });
-            }
-            Ok(found)
-        }
-        None => {
-            // Written whole under a temporary name, then renamed: a crash
-            // leaves either no engine file or a complete one.
-            let temporary = dir.join(format!("{ENGINE_FILE}.tmp"));
-            let text = format!("{ENGINE_MAGIC}\npartitions = {asked}\n");
-            storage
-                .write_small_file(&temporary, text.as_bytes())
-                .map_err(|e| io(&temporary, e))?;
-            storage
-                .rename(&temporary, &file)
-                .map_err(|e| io(&file, e))?;
-            storage.sync_dir(dir).map_err(|e| io(dir, e))?;
-            Ok(asked)
-        }
-    }
-}
-
-fn parse_engine_file(bytes: &[u8]) -> Option<usize> {
-    let text = std::str::from_utf8(bytes).ok()?;
-    let mut lines = text.lines();
-    if lines.next()? != ENGINE_MAGIC {
-        return None;
-    }
-    let count = lines.next()?.strip_prefix("partitions = ")?.parse().ok()?;
-    (1..=PARTITIONS_MAX).contains(&count).then_some(count)
-}
-
-/// The partition count of the engine directory `dir`, read from its
-/// `ENGINE` file without creating or changing anything (for tools that
-/// inspect a directory, possibly while an engine runs on it).
-pub fn partition_count(dir: &Path) -> Result<usize, EngineError> {
-    let file = dir.join(ENGINE_FILE);
-    let bytes = match std::fs::read(&file) {
-        Ok(bytes) => bytes,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound && !dir.is_dir() => {
-            return Err(EngineError::Io {
-                path: dir.to_path_buf(),
-                error: Arc::new(std::io::Error::new(
-                    std::io::ErrorKind::NotFound,
-                    "no such directory",
-                )),
-            })
-        }
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-            return Err(EngineError::NotEngine {
-                path: dir.to_path_buf(),
-                reason: format!("not a Skald engine directory (no {ENGINE_FILE} file)"),
-            })
-        }
-        Err(error) => {
-            return Err(EngineError::Io {
-                path: file,
-                error: Arc::new(error),
-            })
-        }
-    };
-    parse_engine_file(&bytes).ok_or_else(|| EngineError::NotEngine {
-        path: file,
-        reason: format!("not an engine file (expected \"{ENGINE_MAGIC}\" and a partition count)"),
-    })
-}
-
-/// The log directory of partition `index`.
-pub fn partition_dir(dir: &Path, index: usize) -> PathBuf {
-    dir.join(format!("partition-{index:03}"))
-}
-
-struct Inner {
-    dir: PathBuf,
-    shared: Arc<Shared>,
-    senders: Vec<mpsc::UnboundedSender<Command>>,
-    tasks: Mutex<Vec<JoinHandle<()>>>,
-    round_robin: AtomicUsize,
-    recovered: Vec<SagaId>,
+pub(crate) struct Inner {
+    pub(crate) dir: PathBuf,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) senders: Vec<mpsc::Sender<Command>>,
+    pub(crate) tasks: Mutex<Vec<JoinHandle<()>>>,
+    pub(crate) round_robin: AtomicUsize,
+    pub(crate) recovered: Vec<SagaId>,
 }
 
 /// A running saga engine. Cheap to clone; every clone drives the same
@@ -417,7 +60,7 @@ struct Inner {
 /// ```
 #[derive(Clone)]
 pub struct Engine {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -495,12 +138,14 @@ impl Engine {
             .definitions
             .get(definition)
             .cloned()
-            .ok_or_else(|| EngineError::UnknownDefinition(definition.to_owned()))?;
-        let invalid = |reason: String| EngineError::InvalidInput {
+            .ok_or_else(|| EngineError::UnknownDefinition {
+                definition: definition.to_owned(),
+            })?;
+        let invalid = |error: serde_json::Error| EngineError::InvalidInput {
             definition: definition.to_owned(),
-            reason,
+            error: Arc::new(error),
         };
-        let input = serde_json::to_vec(input).map_err(|e| invalid(e.to_string()))?;
+        let input = serde_json::to_vec(input).map_err(invalid)?;
         found.decode_input(&input).map_err(invalid)?;
         let partitions = self.inner.senders.len();
         let partition = match &key {
@@ -646,11 +291,13 @@ impl Engine {
     async fn ask<T>(
         &self,
         partition: usize,
-        command: impl FnOnce(crate::runtime::Reply<T>) -> Command,
+        command: impl FnOnce(Reply<T>) -> Command,
     ) -> Result<T, EngineError> {
         let (reply, answer) = oneshot::channel();
+        // Waits while the partition's queue is full: back-pressure.
         self.inner.senders[partition]
             .send(command(reply))
+            .await
             .map_err(|_| EngineError::ShutDown)?;
         answer.await.map_err(|_| EngineError::ShutDown)?
     }

@@ -1,64 +1,22 @@
-//! The engine's error type.
+//! The engine's error type: one enum, each variant carrying what a user
+//! acts on (the path, the LSN, the saga, the definition), with the model's
+//! and the log's own errors kept whole as sources.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::event::SagaId;
-use crate::state::{ApplyError, SagaStatus};
+use skald_model::SagaStatus;
+use skald_model::{ApplyError, BreakerSettingsError, CodecError, DefinitionError, SagaId};
+use skald_snapshot::Damage;
+
+use crate::recovery::PayloadError;
 
 /// What can go wrong in the engine, with what a user needs to act.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum EngineError {
-    /// A retry policy that cannot work.
-    #[error("invalid retry policy: {0}")]
-    InvalidRetryPolicy(&'static str),
-
-    /// Circuit-breaker settings that cannot work.
-    #[error("invalid circuit breaker settings: {0}")]
-    InvalidBreakerSettings(&'static str),
-
-    /// A saga definition without steps.
-    #[error("saga definition {saga:?} has no steps")]
-    EmptySaga {
-        /// The definition id.
-        saga: String,
-    },
-
-    /// A saga definition with more than `STEPS_MAX` steps.
-    #[error("saga definition {saga:?} has {steps} steps; at most 256 are allowed")]
-    TooManySteps {
-        /// The definition id.
-        saga: String,
-        /// How many it has.
-        steps: usize,
-    },
-
-    /// A saga definition whose overall timeout is zero.
-    #[error("saga definition {saga:?} has a zero timeout")]
-    ZeroSagaTimeout {
-        /// The definition id.
-        saga: String,
-    },
-
-    /// Two steps share an id.
-    #[error("saga definition {saga:?} has two steps with id {step:?}")]
-    DuplicateStep {
-        /// The definition id.
-        saga: String,
-        /// The repeated step id.
-        step: String,
-    },
-
-    /// A step breaks a rule (empty `step` means the saga's own default).
-    #[error("saga definition {saga:?}, step {step:?}: {reason}")]
-    InvalidStep {
-        /// The definition id.
-        saga: String,
-        /// The step id.
-        step: String,
-        /// Which rule, in words.
-        reason: String,
-    },
+    /// A saga definition that cannot run or cannot be recovered.
+    #[error(transparent)]
+    Definition(#[from] DefinitionError),
 
     /// The log failed (the partition stops: fail-stop), or could not open.
     #[error("log: {0}")]
@@ -94,28 +52,35 @@ pub enum EngineError {
         /// The directory or file.
         path: PathBuf,
         /// What it is not.
-        reason: String,
+        reason: NotEngineReason,
     },
 
     /// Options that cannot work.
     #[error("invalid engine options: {0}")]
-    InvalidOptions(String),
+    InvalidOptions(#[source] OptionsError),
 
     /// Two definitions with the same id were registered.
-    #[error("saga definition {0:?} is registered twice")]
-    DuplicateDefinition(String),
+    #[error("saga definition {definition:?} is registered twice")]
+    DuplicateDefinition {
+        /// The definition id.
+        definition: String,
+    },
 
     /// A start named a definition that is not registered.
-    #[error("no saga definition {0:?} is registered")]
-    UnknownDefinition(String),
+    #[error("no saga definition {definition:?} is registered")]
+    UnknownDefinition {
+        /// The definition id.
+        definition: String,
+    },
 
     /// A start's input does not fit its definition's input type.
-    #[error("the input does not fit saga definition {definition:?}: {reason}")]
+    #[error("the input does not fit saga definition {definition:?}: {error}")]
     InvalidInput {
         /// The definition id.
         definition: String,
         /// What serde said.
-        reason: String,
+        #[source]
+        error: Arc<serde_json::Error>,
     },
 
     /// A start reused a key that belongs to a saga of another definition.
@@ -147,16 +112,17 @@ pub enum EngineError {
     #[error("refused: {0}")]
     Refused(#[source] ApplyError),
 
-    /// A recorded event does not decode or does not fold: the log is
-    /// damaged or was written by an incompatible build.
-    #[error("{path}: record at LSN {lsn}: {reason}")]
+    /// A recorded event or a snapshot does not decode or does not fold:
+    /// the directory is damaged or was written by an incompatible build.
+    #[error("{path}: record at LSN {lsn}: {cause}")]
     Corrupt {
-        /// The partition's log directory.
+        /// The partition's log directory, or the snapshot file.
         path: PathBuf,
-        /// The record.
+        /// The record (for a snapshot: the LSN it covers up to).
         lsn: u64,
         /// What is wrong.
-        reason: String,
+        #[source]
+        cause: Corruption,
     },
 
     /// A value too large for one log record.
@@ -207,7 +173,8 @@ pub enum EngineError {
     /// were deleted that no snapshot holds.
     #[error(
         "the log in {log} starts at LSN {first_lsn}, but the newest sound snapshot covers only \
-         the records below LSN {covered_to}{detail}: records are missing; refusing to start"
+         the records below LSN {covered_to}{}: records are missing; refusing to start",
+        damaged_note(damaged_snapshot)
     )]
     LogGap {
         /// The log directory.
@@ -216,8 +183,8 @@ pub enum EngineError {
         first_lsn: u64,
         /// What the snapshot covers up to (1: no snapshot).
         covered_to: u64,
-        /// More about why (a damaged newest snapshot, say).
-        detail: String,
+        /// The newest snapshot, skipped because it is damaged, if it was.
+        damaged_snapshot: Option<(PathBuf, Damage)>,
     },
 
     /// The engine is shut down (or shutting down).
@@ -225,8 +192,75 @@ pub enum EngineError {
     ShutDown,
 }
 
+/// What is wrong with a record or a snapshot ([`EngineError::Corrupt`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Corruption {
+    /// The record does not decode as an event.
+    #[error("does not decode as an event: {0}")]
+    Event(#[source] CodecError),
+    /// The event does not follow from its saga's state.
+    #[error("does not fold: {0}")]
+    Fold(#[source] ApplyError),
+    /// The snapshot's payload does not decode.
+    #[error("the snapshot's payload does not decode: {0}")]
+    SnapshotPayload(#[source] PayloadError),
+    /// The snapshot's payload belongs elsewhere.
+    #[error("the snapshot says partition {partition} at LSN {lsn}")]
+    SnapshotMismatch {
+        /// The partition the payload names.
+        partition: u16,
+        /// The LSN the payload names.
+        lsn: u64,
+    },
+}
+
+/// Why a path is not an engine directory or file
+/// ([`EngineError::NotEngine`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum NotEngineReason {
+    /// The directory has no `ENGINE` file.
+    #[error("not a Skald engine directory (no ENGINE file)")]
+    NoEngineFile,
+    /// The `ENGINE` file does not say what an engine file says.
+    #[error(
+        "not an engine file (expected \"{}\" and a partition count)",
+        crate::dir::ENGINE_MAGIC
+    )]
+    BadEngineFile,
+}
+
+/// Engine options that cannot work ([`EngineError::InvalidOptions`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum OptionsError {
+    /// A partition count outside `1..=PARTITIONS_MAX`.
+    #[error("partitions must be within 1..={}, not {asked}", crate::PARTITIONS_MAX)]
+    Partitions {
+        /// What was asked for.
+        asked: usize,
+    },
+    /// Breaker settings that cannot work.
+    #[error("{0}")]
+    Breaker(#[source] BreakerSettingsError),
+}
+
 impl From<skald_log::LogError> for EngineError {
     fn from(error: skald_log::LogError) -> EngineError {
         EngineError::Log(Arc::new(error))
+    }
+}
+
+impl From<skald_snapshot::SnapshotError> for EngineError {
+    fn from(error: skald_snapshot::SnapshotError) -> EngineError {
+        EngineError::Snapshot(Arc::new(error))
+    }
+}
+
+fn damaged_note(damaged: &Option<(PathBuf, Damage)>) -> String {
+    match damaged {
+        None => String::new(),
+        Some((path, damage)) => format!(
+            " (the newest snapshot, {}, is damaged: {damage})",
+            path.display()
+        ),
     }
 }

@@ -1,77 +1,109 @@
-//! `skald-engine`: sagas as events on the log.
+//! `skald-engine`: a durable saga engine a host service embeds.
 //!
-//! A host service embeds an [`Engine`]: it registers [`Saga`] definitions
-//! (ordered [`Step`]s with async handlers and compensations), starts sagas,
-//! and the engine runs them to one end: every step succeeded
+//! A host registers [`Saga`] definitions (ordered [`Step`]s with async
+//! handlers and compensations), opens an [`Engine`] on a directory, and
+//! starts sagas. The engine runs each to one end: every step succeeded
 //! ([`SagaStatus::Completed`]), or the completed compensatable steps undone
 //! in reverse order ([`SagaStatus::Aborted`]), or stopped for an operator
 //! ([`SagaStatus::Failed`]). Every transition is first an [`Event`] in a
-//! partition's log (skald-log), durable before anything acts on it, so a
-//! crash loses nothing acknowledged: the next open replays the logs and
-//! resumes every unfinished saga where it stood.
+//! partition's log, durable before anything acts on it, so a crash loses
+//! nothing acknowledged: the next open replays the logs and resumes every
+//! unfinished saga where it stood.
 //!
-//! The pieces, each a pure function of its inputs so that replaying the
-//! same events decides the same things again:
+//! # Start here
 //!
-//! - [`codec`]: how engine values become log payloads: a version byte, then
-//!   bincode. Every use of bincode lives in that one module, so a move to
-//!   another codec is one new version byte.
-//! - [`RetryPolicy`]: fixed, linear and exponential backoff with a delay cap,
-//!   jitter and a maximum number of attempts. Jitter is an input (a number
-//!   in `[0, 1)` the caller draws and records), never drawn inside.
-//! - [`CircuitBreaker`]: closed, open, half-open, per downstream service.
-//!   Time is an input (milliseconds), never read from a clock inside.
-//! - [`SagaSpec`]: a saga definition's metadata (ordered steps: compensatable,
-//!   pivot, retriable; timeouts; retry policies; services) and the rules
-//!   `validate` enforces, each error naming the step.
-//! - [`Event`] and [`apply`]: every saga transition is an event; `apply`
-//!   folds one into a [`SagaState`] with no clock, randomness or I/O, and
-//!   refuses (with an [`ApplyError`] naming saga and step) any event that
-//!   does not follow from the state.
-//! - [`decide`]: what happens next, from the state, the definition, the time
-//!   and a jitter draw; what it decides is recorded as events.
+//! ```
+//! use serde::{Deserialize, Serialize};
+//! use skald_engine::{Engine, EngineOptions, Saga, SagaStatus, Step, StepError};
 //!
-//! The runtime (`runtime.rs`) spreads sagas over partitions by id; each
-//! partition owns one log and one task that owns its sagas' state, so the
-//! hot path takes no lock. Step attempts run as tokio tasks, with their
-//! timeout, a caught panic counted as a failure, and a circuit breaker per
-//! service.
+//! #[derive(Serialize, Deserialize)]
+//! struct Order { id: u64, cents: u64 }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let dir = tempfile::tempdir()?;
+//! let saga = Saga::<Order>::new("order")
+//!     .step(
+//!         Step::<Order>::new("reserve", |ctx| async move {
+//!             // Call the inventory service with ctx.idempotency_key().
+//!             Ok::<_, StepError>(ctx.input().id)
+//!         })
+//!         .compensate(|_ctx| async move { Ok(()) }),
+//!     )
+//!     .step(Step::<Order>::new("charge", |ctx| async move {
+//!         Ok::<_, StepError>(ctx.input().cents)
+//!     }).pivot());
+//! let engine = Engine::builder(dir.path())
+//!     .options(EngineOptions::default().partitions(1))
+//!     .register(saga)?
+//!     .open()
+//!     .await?;
+//! let id = engine.start_with_key("order", &Order { id: 7, cents: 1_250 }, "order-7").await?;
+//! let outcome = engine.wait(id).await?;
+//! assert_eq!(outcome.status, SagaStatus::Completed);
+//! assert_eq!(outcome.output::<u64>("charge").unwrap()?, 1_250);
+//! engine.shutdown().await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # What a host uses
+//!
+//! - Definitions: [`Saga`], [`Step`], [`StepContext`] (idempotency key,
+//!   attempt, deadline, input, earlier outputs), [`StepError`],
+//!   [`RetryPolicy`] and [`Backoff`], [`BreakerSettings`].
+//! - Opening: [`Engine::builder`], [`EngineBuilder`], [`EngineOptions`]
+//!   ([`Durability`], [`SnapshotSettings`]).
+//! - Calls on [`Engine`]: `start`, `start_with_key`, `view`, `cancel`,
+//!   `operate`, `list`, `wait`, `subscribe`, `check_consistency`,
+//!   `shutdown`; what they return: [`SagaView`], [`SagaPage`],
+//!   [`EngineEvent`], [`ConsistencyReport`].
+//! - Errors: [`EngineError`], one enum whose variants carry what a caller
+//!   acts on.
+//!
+//! The model beneath (events, the fold, `decide`) is the crate
+//! `skald-model`, pure and free of tokio; [`inspect`] serves tools that read
+//! an engine directory (the `skald` CLI); `sim` (feature `sim`) runs an
+//! engine on virtual time and a simulated disk.
+//!
+//! # Limits
+//!
+//! Each partition's command queue holds [`COMMANDS_QUEUED_MAX`] commands: a
+//! caller whose call finds it full waits for room (back-pressure), so a
+//! burst of starts costs waiting, not memory. A saga has at most
+//! [`STEPS_MAX`] steps and an engine at most [`PARTITIONS_MAX`] partitions.
 
 #![warn(missing_docs)]
 
-mod breaker;
-pub mod codec;
-mod decide;
-mod definition;
+mod builder;
+mod dir;
 mod engine;
 mod error;
-mod event;
-pub mod recovery;
-mod retry;
+pub mod inspect;
+mod options;
+mod payload;
+mod recovery;
 mod runtime;
 mod saga;
 #[cfg(feature = "sim")]
 pub mod sim;
 mod snapshotter;
-mod state;
 mod view;
 
-pub use crate::breaker::{BreakerSettings, BreakerState, CircuitBreaker};
-pub use crate::decide::{decide, Decision, Run};
-pub use crate::definition::{SagaSpec, StepKind, StepSpec, STEPS_MAX};
-pub use crate::engine::{
-    partition_count, partition_dir, Engine, EngineBuilder, EngineOptions, PARTITIONS_MAX,
-};
-pub use crate::error::EngineError;
-pub use crate::event::{Event, EventKind, Millis, OperatorAction, SagaId, StepIndex, Timer};
-pub use crate::retry::{Backoff, RetryPolicy, ATTEMPTS_MAX};
+pub use crate::builder::EngineBuilder;
+pub use crate::engine::Engine;
+pub use crate::error::{Corruption, EngineError, NotEngineReason, OptionsError};
+pub use crate::options::{EngineOptions, PARTITIONS_MAX};
+pub use crate::runtime::COMMANDS_QUEUED_MAX;
 pub use crate::saga::{Saga, Step, StepContext, StepError};
 pub use crate::snapshotter::SnapshotSettings;
-pub use crate::state::{
-    apply, apply_mut, fold, kind_name, ApplyError, SagaState, SagaStatus, StepPhase, StepState,
-};
 pub use crate::view::{
     ConsistencyReport, EngineEvent, ListFilter, PartitionCheck, SagaPage, SagaSummary, SagaView,
     StepView,
 };
 pub use skald_log::Durability;
+pub use skald_model::{
+    ApplyError, Backoff, BreakerSettings, BreakerSettingsError, DefinitionError, Event, EventKind,
+    Millis, OperatorAction, ParseSagaIdError, RetryPolicy, RetryPolicyError, SagaId, SagaStatus,
+    StepIndex, StepKind, StepPhase, StepRule, Timer, STEPS_MAX,
+};

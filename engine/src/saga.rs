@@ -19,9 +19,9 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::definition::{SagaSpec, StepKind, StepSpec};
-use crate::event::{Millis, SagaId, StepIndex};
-use crate::{EngineError, RetryPolicy};
+use skald_model::{Millis, RetryPolicy, Run, SagaId, SagaSpec, StepIndex, StepKind, StepSpec};
+
+use crate::EngineError;
 
 /// A boxed, sendable future: what handlers are stored as.
 pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
@@ -354,7 +354,7 @@ where
 
     /// Checks the definition (see [`SagaSpec::validate`]).
     pub fn validate(&self) -> Result<(), EngineError> {
-        self.spec.validate()
+        Ok(self.spec.validate()?)
     }
 
     pub(crate) fn into_definition(self) -> Arc<dyn Definition> {
@@ -372,12 +372,12 @@ pub(crate) trait Definition: Send + Sync {
     fn spec(&self) -> &SagaSpec;
     fn step_ids(&self) -> &Arc<[String]>;
     /// Decodes a saga input once, for every attempt of that saga.
-    fn decode_input(&self, bytes: &[u8]) -> Result<Arc<dyn Any + Send + Sync>, String>;
+    fn decode_input(&self, bytes: &[u8]) -> Result<Arc<dyn Any + Send + Sync>, serde_json::Error>;
     /// The future of one attempt (a compensation's output is empty).
     fn attempt(
         &self,
         saga: SagaId,
-        run: &crate::Run,
+        run: &Run,
         input: Arc<dyn Any + Send + Sync>,
         outputs: Arc<Outputs>,
     ) -> BoxFuture<Result<Vec<u8>, StepError>>;
@@ -401,16 +401,15 @@ where
         &self.ids
     }
 
-    fn decode_input(&self, bytes: &[u8]) -> Result<Arc<dyn Any + Send + Sync>, String> {
+    fn decode_input(&self, bytes: &[u8]) -> Result<Arc<dyn Any + Send + Sync>, serde_json::Error> {
         serde_json::from_slice::<I>(bytes)
             .map(|input| Arc::new(input) as Arc<dyn Any + Send + Sync>)
-            .map_err(|error| error.to_string())
     }
 
     fn attempt(
         &self,
         saga: SagaId,
-        run: &crate::Run,
+        run: &Run,
         input: Arc<dyn Any + Send + Sync>,
         outputs: Arc<Outputs>,
     ) -> BoxFuture<Result<Vec<u8>, StepError>> {

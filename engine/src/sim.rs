@@ -50,7 +50,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use skald_log::{PowerCut, SimStorage, Storage};
 
-use crate::{partition_dir, EngineOptions};
+use crate::inspect::partition_dir;
+use crate::EngineOptions;
 
 /// The instant a simulated engine's clock starts: 2026-01-01T00:00:00Z.
 pub const SIM_EPOCH_MS: u64 = 1_767_225_600_000;

@@ -17,10 +17,11 @@ use skald_log::{Durability, Log};
 use skald_snapshot::SnapshotStore;
 use tokio::sync::mpsc;
 
-use crate::event::SagaId;
+use skald_model::{SagaId, SagaState};
+
 use crate::recovery::{encode_snapshot, recover};
 use crate::runtime::off_thread;
-use crate::state::SagaState;
+use crate::EngineError;
 
 /// When snapshots are written. Build with [`SnapshotSettings::default`] and
 /// the fields, or [`SnapshotSettings::disabled`].
@@ -84,49 +85,11 @@ pub(crate) async fn run(
     log: Arc<Log>,
     store: SnapshotStore,
     open_end: u64,
-    mut deltas: mpsc::UnboundedReceiver<Delta>,
+    mut deltas: mpsc::Receiver<Delta>,
     inline: bool,
 ) {
-    let every_batch = log_durability_is_every_batch(&log);
-    let rebuilt = {
-        let (log, store) = (log.clone(), store.clone());
-        off_thread(inline, move || {
-            recover(partition, &log, &store, Some(open_end))
-        })
-        .await
-    };
-    let mut shadow: BTreeMap<SagaId, SagaState> = match rebuilt {
-        Ok(rebuilt) if rebuilt.end_lsn == open_end => {
-            // Snapshots found damaged at open would count towards the K
-            // kept and push a sound one out (found in review): remove them.
-            for (path, damage) in &rebuilt.skipped {
-                tracing::warn!(partition, path = %path.display(), %damage, "removing a damaged snapshot");
-                if let Some(lsn) = path
-                    .file_name()
-                    .and_then(|n| n.to_str())
-                    .and_then(skald_snapshot::parse_file_name)
-                {
-                    let store = store.clone();
-                    if let Err(error) = off_thread(inline, move || store.remove(lsn)).await {
-                        tracing::error!(partition, %error, "could not remove a damaged snapshot");
-                    }
-                }
-            }
-            rebuilt.sagas
-        }
-        Ok(rebuilt) => {
-            tracing::error!(
-                partition,
-                open_end,
-                rebuilt_to = rebuilt.end_lsn,
-                "no snapshots: the snapshotter's rebuild did not reach the open's end"
-            );
-            return;
-        }
-        Err(error) => {
-            tracing::error!(partition, %error, "no snapshots: the snapshotter could not rebuild the state");
-            return;
-        }
+    let Some(mut shadow) = rebuild_shadow(partition, &log, &store, open_end, inline).await else {
+        return;
     };
     while let Some(delta) = deltas.recv().await {
         let mut lsn = delta.lsn;
@@ -137,7 +100,7 @@ pub(crate) async fn run(
             absorb(&mut shadow, delta);
         }
         // The snapshot may only cover durable records.
-        let durable = if every_batch {
+        let durable = if log.durability() == Durability::EveryBatch {
             log.wait_durable_async(lsn).await
         } else {
             let log = log.clone();
@@ -147,44 +110,90 @@ pub(crate) async fn run(
             tracing::error!(partition, %error, "no snapshot: the log failed");
             return;
         }
-        let log_for_write = log.clone();
-        let store_for_write = store.clone();
-        let (returned, result) = off_thread(inline, move || {
-            let payload = encode_snapshot(partition, lsn, &shadow);
-            let result = match store_for_write.write(lsn, &payload) {
-                Ok(kept) => {
-                    // Delete the segments every kept snapshot covers.
-                    let oldest = kept.last().copied().unwrap_or(lsn);
-                    log_for_write
-                        .truncate_prefix(oldest)
-                        .map(|_| (kept.len(), payload.len()))
-                        .map_err(|e| e.to_string())
-                }
-                Err(error) => Err(error.to_string()),
-            };
+        let (log, store) = (log.clone(), store.clone());
+        let written = off_thread(inline, move || {
+            let result = write(partition, &log, &store, lsn, &shadow);
             (shadow, result)
-        })
-        .await;
-        shadow = returned;
+        });
+        let result;
+        (shadow, result) = written.await;
         match result {
-            Ok((kept, bytes)) => {
-                tracing::debug!(partition, lsn, bytes, kept, "snapshot written");
-            }
-            Err(error) => {
-                // The log still holds everything: a failed snapshot costs
-                // replay time at the next open, never data.
-                tracing::error!(partition, lsn, %error, "snapshot failed");
+            Ok((kept, bytes)) => tracing::debug!(partition, lsn, bytes, kept, "snapshot written"),
+            // The log still holds everything: a failed snapshot costs
+            // replay time at the next open, never data.
+            Err(error) => tracing::error!(partition, lsn, %error, "snapshot failed"),
+        }
+    }
+}
+
+/// The shadow the open's state corresponds to, with the snapshots found
+/// damaged at open removed; `None` (snapshots off, reported) if it cannot
+/// be rebuilt.
+async fn rebuild_shadow(
+    partition: u16,
+    log: &Arc<Log>,
+    store: &SnapshotStore,
+    open_end: u64,
+    inline: bool,
+) -> Option<BTreeMap<SagaId, SagaState>> {
+    let rebuilt = {
+        let (log, store) = (log.clone(), store.clone());
+        off_thread(inline, move || {
+            recover(partition, &log, &store, Some(open_end))
+        })
+        .await
+    };
+    let rebuilt = match rebuilt {
+        Ok(rebuilt) if rebuilt.end_lsn == open_end => rebuilt,
+        Ok(rebuilt) => {
+            let rebuilt_to = rebuilt.end_lsn;
+            tracing::error!(
+                partition,
+                open_end,
+                rebuilt_to,
+                "no snapshots: the snapshotter's rebuild did not reach the open's end"
+            );
+            return None;
+        }
+        Err(error) => {
+            tracing::error!(partition, %error, "no snapshots: the snapshotter could not rebuild the state");
+            return None;
+        }
+    };
+    // Snapshots found damaged at open would count towards the K kept and
+    // push a sound one out (found in review): remove them.
+    for (path, damage) in &rebuilt.skipped {
+        tracing::warn!(partition, path = %path.display(), %damage, "removing a damaged snapshot");
+        let name = path.file_name().and_then(|n| n.to_str());
+        if let Some(lsn) = name.and_then(skald_snapshot::parse_file_name) {
+            let store = store.clone();
+            if let Err(error) = off_thread(inline, move || store.remove(lsn)).await {
+                tracing::error!(partition, %error, "could not remove a damaged snapshot");
             }
         }
     }
+    Some(rebuilt.sagas)
+}
+
+/// Writes the shadow as the snapshot at `lsn`, then deletes the log
+/// segments every kept snapshot covers. Returns the snapshots kept and the
+/// payload's size.
+fn write(
+    partition: u16,
+    log: &Log,
+    store: &SnapshotStore,
+    lsn: u64,
+    shadow: &BTreeMap<SagaId, SagaState>,
+) -> Result<(usize, usize), EngineError> {
+    let payload = encode_snapshot(partition, lsn, shadow);
+    let kept = store.write(lsn, &payload)?;
+    let oldest = kept.last().copied().unwrap_or(lsn);
+    log.truncate_prefix(oldest)?;
+    Ok((kept.len(), payload.len()))
 }
 
 fn absorb(shadow: &mut BTreeMap<SagaId, SagaState>, delta: Delta) {
     for state in delta.sagas {
         shadow.insert(state.id, state);
     }
-}
-
-fn log_durability_is_every_batch(log: &Log) -> bool {
-    log.durability() == Durability::EveryBatch
 }

@@ -3,9 +3,7 @@
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::definition::StepKind;
-use crate::event::{Event, Millis, SagaId};
-use crate::state::{SagaState, SagaStatus, StepPhase};
+use skald_model::{Event, Millis, SagaId, SagaState, SagaStatus, StepKind, StepPhase};
 
 /// A saga instance as it stands.
 #[derive(Debug, Clone, PartialEq, Serialize)]

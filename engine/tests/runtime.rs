@@ -289,7 +289,9 @@ async fn bad_starts_are_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     let engine = open(&dir, saga(Arc::default(), "s")).await;
     let unknown = engine.start("nope", &job("x")).await;
-    assert!(matches!(unknown, Err(EngineError::UnknownDefinition(ref d)) if d == "nope"));
+    assert!(
+        matches!(unknown, Err(EngineError::UnknownDefinition { ref definition }) if definition == "nope")
+    );
     let wrong = engine.start("three", &42u32).await;
     let message = wrong.unwrap_err().to_string();
     assert!(message.contains("\"three\""), "{message}");
@@ -531,7 +533,7 @@ async fn subscribers_see_every_event_in_log_order() {
     while let Ok(event) = events.try_recv() {
         assert!(event.lsn > last_lsn);
         last_lsn = event.lsn;
-        kinds.push(skald_engine::kind_name(&event.event.kind));
+        kinds.push(event.event.kind.name());
     }
     assert_eq!(
         kinds,

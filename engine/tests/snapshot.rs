@@ -8,13 +8,13 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use proptest::prelude::*;
-use skald_engine::recovery::{encode_snapshot, recover, snapshot_dir};
+use skald_engine::inspect::{encode_snapshot, partition_dir, recover, snapshot_dir};
 use skald_engine::{
-    apply, decide, Backoff, Decision, Engine, EngineError, EngineOptions, Event, EventKind,
-    ListFilter, RetryPolicy, Saga, SagaId, SagaSpec, SagaState, SagaStatus, SnapshotSettings, Step,
-    StepError, StepKind, StepSpec,
+    Backoff, Engine, EngineError, EngineOptions, Event, EventKind, ListFilter, RetryPolicy, Saga,
+    SagaId, SagaStatus, SnapshotSettings, Step, StepError, StepKind,
 };
 use skald_log::{Log, LogOptions};
+use skald_model::{apply, decide, Decision, SagaSpec, SagaState, StepSpec};
 use skald_snapshot::{file_name, SnapshotStore};
 
 fn spec(kinds: &[StepKind]) -> SagaSpec {
@@ -325,7 +325,7 @@ async fn the_engine_snapshots_in_the_background_deletes_covered_segments_and_reo
     engine.shutdown().await.unwrap();
 
     for partition in 0..2 {
-        let path = skald_engine::partition_dir(dir.path(), partition);
+        let path = partition_dir(dir.path(), partition);
         let snapshots = SnapshotStore::open(snapshot_dir(&path), 2).unwrap();
         let files = snapshots.list().unwrap();
         assert!(!files.is_empty() && files.len() <= 2, "{files:?}");
@@ -393,7 +393,7 @@ fn big_snapshots_decode_in_chunks_and_damage_is_an_error() {
         states.insert(state.id, state);
     }
     let payload = encode_snapshot(3, 99, &states);
-    let decoded = skald_engine::recovery::decode_snapshot(&payload).unwrap();
+    let decoded = skald_engine::inspect::decode_snapshot(&payload).unwrap();
     assert_eq!((decoded.partition, decoded.lsn), (3, 99));
     assert_eq!(decoded.sagas.len(), 70_000);
     assert!(decoded
@@ -403,11 +403,11 @@ fn big_snapshots_decode_in_chunks_and_damage_is_an_error() {
         .all(|(a, b)| a == b));
     for cut in [0, 5, 14, 15, 30, payload.len() / 2, payload.len() - 1] {
         assert!(
-            skald_engine::recovery::decode_snapshot(&payload[..cut]).is_err(),
+            skald_engine::inspect::decode_snapshot(&payload[..cut]).is_err(),
             "cut at {cut}"
         );
     }
     let mut longer = payload.clone();
     longer.push(0);
-    assert!(skald_engine::recovery::decode_snapshot(&longer).is_err());
+    assert!(skald_engine::inspect::decode_snapshot(&longer).is_err());
 }

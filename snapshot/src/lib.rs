@@ -372,6 +372,19 @@ impl SnapshotStore {
         self.storage
             .sync_dir(&self.dir)
             .map_err(self.io(&self.dir))?;
+        drop(bytes);
+        // Paired with the write: the file must read back whole (header,
+        // checksum, LSN) before anything relies on it: pruning older
+        // snapshots here, and the engine deleting the log it covers. A
+        // file that does not is removed, so it never counts as kept.
+        if let Err(error) = self.read(&SnapshotFile {
+            lsn,
+            path: path.clone(),
+        }) {
+            let _ = self.storage.remove_file(&path);
+            let _ = self.storage.sync_dir(&self.dir);
+            return Err(error);
+        }
         self.prune()
     }
 

@@ -100,7 +100,7 @@ pub fn snapshot(data: &[u8]) {
         let again = skald_snapshot::encode(1, payload);
         assert_eq!(again, data, "accepted a snapshot that does not re-encode");
     }
-    if let Ok(decoded) = skald_engine::recovery::decode_snapshot(data) {
+    if let Ok(decoded) = skald_engine::inspect::decode_snapshot(data) {
         assert!(decoded.sagas.windows(2).all(|w| w[0].id < w[1].id));
     }
 }

@@ -228,9 +228,9 @@ fn write_seed_corpus() {
                 key: None,
             },
         };
-        sagas.insert(SagaId(id), skald_engine::apply(None, &started).unwrap());
+        sagas.insert(SagaId(id), skald_model::apply(None, &started).unwrap());
     }
-    let payload = skald_engine::recovery::encode_snapshot(0, 11, &sagas);
+    let payload = skald_engine::inspect::encode_snapshot(0, 11, &sagas);
     write("snapshot", "payload", &payload);
     write("snapshot", "file", &skald_snapshot::encode(1, &payload));
     write("snapshot", "empty-file", &skald_snapshot::encode(1, &[]));

@@ -8,10 +8,9 @@
 use std::path::{Path, PathBuf};
 
 use rand::{Rng, SeedableRng};
-use skald_engine::recovery::{recover, snapshot_dir};
+use skald_engine::inspect::{partition_dir, recover, snapshot_dir};
 use skald_engine::{
-    partition_dir, Engine, EngineOptions, ListFilter, Saga, SagaStatus, SnapshotSettings, Step,
-    StepError,
+    Engine, EngineOptions, ListFilter, Saga, SagaStatus, SnapshotSettings, Step, StepError,
 };
 use skald_log::format::{
     check_record, RecordCheck, RECORD_HEADER_SIZE_BYTES, SEGMENT_HEADER_SIZE_BYTES,

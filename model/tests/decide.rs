@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use proptest::prelude::*;
-use skald_engine::{
+use skald_model::{
     apply, decide, fold, Backoff, Decision, Event, EventKind, RetryPolicy, SagaId, SagaSpec,
     SagaState, SagaStatus, StepKind, StepSpec, Timer,
 };

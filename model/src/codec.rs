@@ -7,30 +7,15 @@
 //! another codec means a new version byte written by `encode` and one more
 //! arm in `decode`, while every payload already in a log stays readable.
 
+use std::sync::Arc;
+
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+pub use crate::error::{CodecError, MalformedPayload};
+
 /// The version byte of payloads encoded with bincode 2 (standard config).
 pub const CODEC_VERSION_BINCODE2: u8 = 1;
-
-/// Why a payload could not be decoded.
-#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
-pub enum CodecError {
-    /// The payload has no version byte.
-    #[error("empty payload: no codec version byte")]
-    Empty,
-    /// A version byte this build does not know (written by a newer build,
-    /// or not an engine payload at all).
-    #[error("unknown codec version {0}")]
-    UnknownVersion(u8),
-    /// The bytes after the version byte do not decode as the expected type.
-    #[error("malformed payload: {0}")]
-    Malformed(String),
-    /// The value decoded but bytes were left over: the payload is not what
-    /// the caller thinks it is.
-    #[error("{0} trailing bytes after the encoded value")]
-    TrailingBytes(usize),
-}
 
 /// The most a decoded value may claim, in bytes. A corrupt length prefix
 /// could otherwise ask for terabytes before the input runs out (found by
@@ -66,7 +51,7 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     match version {
         CODEC_VERSION_BINCODE2 => {
             let (value, used) = bincode::serde::decode_from_slice(body, decode_config())
-                .map_err(|error| CodecError::Malformed(error.to_string()))?;
+                .map_err(|error| CodecError::Malformed(MalformedPayload(Arc::new(error))))?;
             if used != body.len() {
                 return Err(CodecError::TrailingBytes(body.len() - used));
             }

@@ -8,7 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::EngineError;
+use crate::error::BreakerSettingsError;
 
 /// When a breaker opens and how it recovers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -35,16 +35,12 @@ impl Default for BreakerSettings {
 
 impl BreakerSettings {
     /// Rejects settings that cannot work, saying why.
-    pub fn validate(&self) -> Result<(), EngineError> {
+    pub fn validate(&self) -> Result<(), BreakerSettingsError> {
         if self.failures_to_open == 0 {
-            return Err(EngineError::InvalidBreakerSettings(
-                "failures_to_open must be at least 1",
-            ));
+            return Err(BreakerSettingsError::NoFailuresToOpen);
         }
         if self.successes_to_close == 0 {
-            return Err(EngineError::InvalidBreakerSettings(
-                "successes_to_close must be at least 1",
-            ));
+            return Err(BreakerSettingsError::NoSuccessesToClose);
         }
         Ok(())
     }

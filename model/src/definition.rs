@@ -17,7 +17,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{EngineError, RetryPolicy};
+use crate::error::{DefinitionError, StepRule};
+use crate::RetryPolicy;
 
 /// Steps in one saga at most: bounds every per-saga table.
 pub const STEPS_MAX: usize = 256;
@@ -71,72 +72,42 @@ pub struct SagaSpec {
 impl SagaSpec {
     /// Checks that the saga can run and be recovered, naming the first step
     /// that breaks a rule.
-    pub fn validate(&self) -> Result<(), EngineError> {
+    pub fn validate(&self) -> Result<(), DefinitionError> {
         let saga = || self.id.clone();
         if self.steps.is_empty() {
-            return Err(EngineError::EmptySaga { saga: saga() });
+            return Err(DefinitionError::EmptySaga { saga: saga() });
         }
         if self.steps.len() > STEPS_MAX {
-            return Err(EngineError::TooManySteps {
+            return Err(DefinitionError::TooManySteps {
                 saga: saga(),
                 steps: self.steps.len(),
             });
         }
         if self.timeout.is_zero() {
-            return Err(EngineError::ZeroSagaTimeout { saga: saga() });
+            return Err(DefinitionError::ZeroSagaTimeout { saga: saga() });
         }
         self.retry
             .validate()
-            .map_err(|error| EngineError::InvalidStep {
+            .map_err(|error| DefinitionError::SagaRetry {
                 saga: saga(),
-                step: String::new(),
-                reason: error.to_string(),
+                error,
             })?;
         let mut seen = HashSet::new();
         let mut pivot: Option<&str> = None;
         for step in &self.steps {
-            let invalid = |reason: String| EngineError::InvalidStep {
-                saga: saga(),
-                step: step.id.clone(),
-                reason,
-            };
             if !seen.insert(step.id.as_str()) {
-                return Err(EngineError::DuplicateStep {
+                return Err(DefinitionError::DuplicateStep {
                     saga: saga(),
                     step: step.id.clone(),
                 });
             }
-            if step.timeout.is_zero() {
-                return Err(invalid("its timeout is zero".into()));
-            }
-            if let Some(retry) = &step.retry {
-                retry
-                    .validate()
-                    .map_err(|error| invalid(error.to_string()))?;
-            }
-            match (step.kind, pivot) {
-                (StepKind::Pivot, Some(first)) => {
-                    return Err(invalid(format!("a second pivot (the first is {first:?})")));
-                }
-                (StepKind::Pivot, None) => pivot = Some(&step.id),
-                (StepKind::Compensatable, Some(first)) => {
-                    return Err(invalid(format!(
-                        "a compensatable step after the pivot {first:?} can never be compensated"
-                    )));
-                }
-                (StepKind::Compensatable, None) if !step.has_compensation => {
-                    return Err(invalid(
-                        "a compensatable step without a compensation".into(),
-                    ));
-                }
-                (StepKind::Retriable, None) => {
-                    return Err(invalid(
-                        "a retriable step before the pivot (or in a saga without one) \
-                         has no compensation to undo it"
-                            .into(),
-                    ));
-                }
-                _ => {}
+            check_step(step, pivot).map_err(|rule| DefinitionError::InvalidStep {
+                saga: saga(),
+                step: step.id.clone(),
+                rule,
+            })?;
+            if step.kind == StepKind::Pivot {
+                pivot = Some(&step.id);
             }
         }
         Ok(())
@@ -148,9 +119,33 @@ impl SagaSpec {
     }
 }
 
+/// The rules of one step, given the pivot before it (if any).
+fn check_step(step: &StepSpec, pivot: Option<&str>) -> Result<(), StepRule> {
+    if step.timeout.is_zero() {
+        return Err(StepRule::ZeroTimeout);
+    }
+    if let Some(retry) = &step.retry {
+        retry.validate().map_err(StepRule::Retry)?;
+    }
+    match (step.kind, pivot) {
+        (StepKind::Pivot, Some(first)) => Err(StepRule::SecondPivot {
+            first: first.to_owned(),
+        }),
+        (StepKind::Compensatable, Some(pivot)) => Err(StepRule::CompensatableAfterPivot {
+            pivot: pivot.to_owned(),
+        }),
+        (StepKind::Compensatable, None) if !step.has_compensation => {
+            Err(StepRule::MissingCompensation)
+        }
+        (StepKind::Retriable, None) => Err(StepRule::RetriableBeforePivot),
+        _ => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::RetryPolicyError;
 
     fn step(id: &str, kind: StepKind) -> StepSpec {
         StepSpec {
@@ -174,9 +169,9 @@ mod tests {
         }
     }
 
-    fn reason_for(spec: &SagaSpec) -> (String, String) {
+    fn rule_of(spec: &SagaSpec) -> (String, StepRule) {
         match spec.validate() {
-            Err(EngineError::InvalidStep { step, reason, .. }) => (step, reason),
+            Err(DefinitionError::InvalidStep { step, rule, .. }) => (step, rule),
             other => panic!("expected an invalid step, got {other:?}"),
         }
     }
@@ -197,7 +192,7 @@ mod tests {
     fn empty_sagas_duplicates_and_zero_timeouts_are_rejected() {
         assert!(matches!(
             saga(vec![]).validate(),
-            Err(EngineError::EmptySaga { .. })
+            Err(DefinitionError::EmptySaga { .. })
         ));
         let duplicate = saga(vec![
             step("a", StepKind::Compensatable),
@@ -205,16 +200,16 @@ mod tests {
         ]);
         assert!(matches!(
             duplicate.validate(),
-            Err(EngineError::DuplicateStep { saga, step }) if saga == "order" && step == "a"
+            Err(DefinitionError::DuplicateStep { saga, step }) if saga == "order" && step == "a"
         ));
         let mut zero = saga(vec![step("a", StepKind::Compensatable)]);
         zero.steps[0].timeout = Duration::ZERO;
-        assert_eq!(reason_for(&zero).0, "a");
+        assert_eq!(rule_of(&zero), ("a".into(), StepRule::ZeroTimeout));
         zero.steps[0].timeout = Duration::from_secs(1);
         zero.timeout = Duration::ZERO;
         assert!(matches!(
             zero.validate(),
-            Err(EngineError::ZeroSagaTimeout { .. })
+            Err(DefinitionError::ZeroSagaTimeout { .. })
         ));
     }
 
@@ -224,30 +219,48 @@ mod tests {
             step("pay", StepKind::Pivot),
             step("reserve", StepKind::Compensatable),
         ]);
-        let (step_id, reason) = reason_for(&after_pivot);
-        assert_eq!(step_id, "reserve");
-        assert!(reason.contains("after the pivot"), "{reason}");
+        assert_eq!(
+            rule_of(&after_pivot),
+            (
+                "reserve".into(),
+                StepRule::CompensatableAfterPivot {
+                    pivot: "pay".into()
+                }
+            )
+        );
 
         let mut missing = saga(vec![
             step("reserve", StepKind::Compensatable),
             step("pay", StepKind::Pivot),
         ]);
         missing.steps[0].has_compensation = false;
-        assert_eq!(reason_for(&missing).0, "reserve");
+        assert_eq!(
+            rule_of(&missing),
+            ("reserve".into(), StepRule::MissingCompensation)
+        );
 
         let early_retriable = saga(vec![
             step("notify", StepKind::Retriable),
             step("pay", StepKind::Pivot),
         ]);
-        assert_eq!(reason_for(&early_retriable).0, "notify");
+        assert_eq!(
+            rule_of(&early_retriable),
+            ("notify".into(), StepRule::RetriableBeforePivot)
+        );
 
         let two_pivots = saga(vec![
             step("pay", StepKind::Pivot),
             step("ship", StepKind::Pivot),
         ]);
-        let (step_id, reason) = reason_for(&two_pivots);
-        assert_eq!(step_id, "ship");
-        assert!(reason.contains("second pivot"), "{reason}");
+        assert_eq!(
+            rule_of(&two_pivots),
+            (
+                "ship".into(),
+                StepRule::SecondPivot {
+                    first: "pay".into()
+                }
+            )
+        );
     }
 
     #[test]
@@ -257,8 +270,9 @@ mod tests {
             attempts_max: 0,
             ..RetryPolicy::default()
         });
-        let (step_id, reason) = reason_for(&spec);
-        assert_eq!(step_id, "a");
-        assert!(reason.contains("attempts_max"), "{reason}");
+        assert_eq!(
+            rule_of(&spec),
+            ("a".into(), StepRule::Retry(RetryPolicyError::NoAttempts))
+        );
     }
 }

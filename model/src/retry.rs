@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::EngineError;
+use crate::error::RetryPolicyError;
 
 /// Attempts are counted from 1; no policy allows more than this many.
 pub const ATTEMPTS_MAX: u32 = 1_000;
@@ -83,27 +83,21 @@ impl RetryPolicy {
     }
 
     /// Rejects a policy that cannot work, saying why.
-    pub fn validate(&self) -> Result<(), EngineError> {
+    pub fn validate(&self) -> Result<(), RetryPolicyError> {
         if self.attempts_max == 0 {
-            return Err(EngineError::InvalidRetryPolicy(
-                "attempts_max must be at least 1 (the first attempt counts)",
-            ));
+            return Err(RetryPolicyError::NoAttempts);
         }
         if self.attempts_max > ATTEMPTS_MAX {
-            return Err(EngineError::InvalidRetryPolicy(
-                "attempts_max is above ATTEMPTS_MAX (1,000)",
-            ));
+            return Err(RetryPolicyError::TooManyAttempts {
+                attempts_max: self.attempts_max,
+            });
         }
         if !(0.0..=1.0).contains(&self.jitter) {
-            return Err(EngineError::InvalidRetryPolicy(
-                "jitter must be within [0, 1]",
-            ));
+            return Err(RetryPolicyError::JitterOutOfRange);
         }
         if let Backoff::Exponential { multiplier, .. } = self.backoff {
             if !multiplier.is_finite() || multiplier < 1.0 {
-                return Err(EngineError::InvalidRetryPolicy(
-                    "an exponential multiplier must be finite and at least 1",
-                ));
+                return Err(RetryPolicyError::BadMultiplier);
             }
         }
         Ok(())
@@ -243,9 +237,7 @@ mod tests {
             attempts_max: 0,
             ..RetryPolicy::default()
         };
-        assert!(
-            matches!(zero.validate(), Err(EngineError::InvalidRetryPolicy(r)) if r.contains("at least 1"))
-        );
+        assert!(zero.validate() == Err(RetryPolicyError::NoAttempts));
         let jitter = RetryPolicy {
             jitter: 1.5,
             ..RetryPolicy::default()

@@ -9,6 +9,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{self, CodecError};
+use crate::error::ParseSagaIdError;
 
 /// Milliseconds since the Unix epoch, as recorded by the engine.
 pub type Millis = u64;
@@ -28,15 +29,14 @@ impl std::fmt::Display for SagaId {
 }
 
 impl std::str::FromStr for SagaId {
-    type Err = String;
+    type Err = ParseSagaIdError;
 
     /// `saga-42` or `42`.
-    fn from_str(text: &str) -> Result<SagaId, String> {
+    fn from_str(text: &str) -> Result<SagaId, ParseSagaIdError> {
         let digits = text.strip_prefix("saga-").unwrap_or(text);
-        digits
-            .parse()
-            .map(SagaId)
-            .map_err(|_| format!("{text:?} is not a saga id (saga-<number> or <number>)"))
+        digits.parse().map(SagaId).map_err(|_| ParseSagaIdError {
+            text: text.to_owned(),
+        })
     }
 }
 
@@ -207,5 +207,41 @@ impl Event {
     /// An event from a log payload.
     pub fn decode(bytes: &[u8]) -> Result<Event, CodecError> {
         codec::decode(bytes)
+    }
+}
+
+impl EventKind {
+    /// The kind's name, for errors, logs and tools (`StepStarted`, ...).
+    pub fn name(&self) -> &'static str {
+        match self {
+            EventKind::Started { .. } => "Started",
+            EventKind::StepStarted { .. } => "StepStarted",
+            EventKind::StepSucceeded { .. } => "StepSucceeded",
+            EventKind::StepFailed { .. } => "StepFailed",
+            EventKind::RetryScheduled { .. } => "RetryScheduled",
+            EventKind::CompensationStarted { .. } => "CompensationStarted",
+            EventKind::StepCompensated { .. } => "StepCompensated",
+            EventKind::CompensationFailed { .. } => "CompensationFailed",
+            EventKind::Completed => "Completed",
+            EventKind::Aborted => "Aborted",
+            EventKind::Failed { .. } => "Failed",
+            EventKind::CancelRequested { .. } => "CancelRequested",
+            EventKind::TimerFired { .. } => "TimerFired",
+            EventKind::OperatorAction { .. } => "OperatorAction",
+        }
+    }
+
+    /// The step and attempt a step-level event names.
+    pub(crate) fn step_and_attempt(&self) -> Option<(StepIndex, u32)> {
+        match *self {
+            EventKind::StepStarted { step, attempt, .. }
+            | EventKind::StepSucceeded { step, attempt, .. }
+            | EventKind::StepFailed { step, attempt, .. }
+            | EventKind::RetryScheduled { step, attempt, .. }
+            | EventKind::CompensationStarted { step, attempt, .. }
+            | EventKind::StepCompensated { step, attempt }
+            | EventKind::CompensationFailed { step, attempt, .. } => Some((step, attempt)),
+            _ => None,
+        }
     }
 }

@@ -2,8 +2,8 @@
 //! properties over random event streams.
 
 use proptest::prelude::*;
-use skald_engine::codec;
-use skald_engine::{
+use skald_model::codec;
+use skald_model::{
     apply, fold, ApplyError, Event, EventKind, OperatorAction, SagaId, SagaState, SagaStatus,
     StepPhase, Timer,
 };

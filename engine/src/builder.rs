@@ -1,0 +1,195 @@
+//! Opening an engine: definitions collected, the directory checked, each
+//! partition's state recovered from its snapshot and log, and its task
+//! started.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use skald_log::{FsStorage, Log, LogOptions, Storage};
+use skald_model::SagaId;
+use skald_snapshot::SnapshotStore;
+use tokio::sync::{broadcast, mpsc};
+use tokio::task::JoinHandle;
+
+use crate::engine::{Engine, Inner};
+use crate::error::OptionsError;
+use crate::recovery::{recover_sorted, snapshot_dir};
+use crate::runtime::{Clock, Command, Partition, Shared, COMMANDS_QUEUED_MAX};
+use crate::saga::{Definition, Saga};
+use crate::{EngineError, EngineOptions, PARTITIONS_MAX};
+
+/// Collects definitions, then opens the engine.
+pub struct EngineBuilder {
+    pub(crate) dir: PathBuf,
+    pub(crate) options: EngineOptions,
+    pub(crate) definitions: HashMap<String, Arc<dyn Definition>>,
+}
+
+/// What the open builds, partition by partition.
+struct Opened {
+    senders: Vec<mpsc::Sender<Command>>,
+    tasks: Vec<JoinHandle<()>>,
+    recovered: Vec<SagaId>,
+}
+
+impl EngineBuilder {
+    /// Replaces the options.
+    pub fn options(mut self, options: EngineOptions) -> EngineBuilder {
+        self.options = options;
+        self
+    }
+
+    /// Registers a definition, after [`Saga::validate`]. Sagas recovered
+    /// from the log resume only if their definition is registered (with
+    /// the same number of steps); the others are left as they are.
+    pub fn register<I>(mut self, saga: Saga<I>) -> Result<EngineBuilder, EngineError>
+    where
+        I: Serialize + DeserializeOwned + Send + Sync + 'static,
+    {
+        saga.validate()?;
+        let id = saga.spec().id.clone();
+        if self.definitions.contains_key(&id) {
+            return Err(EngineError::DuplicateDefinition { definition: id });
+        }
+        self.definitions.insert(id, saga.into_definition());
+        Ok(self)
+    }
+
+    /// Opens (or creates) the engine: replays every partition's log,
+    /// rebuilds each saga's state, and resumes the unfinished ones where
+    /// they stood. Must be called within a tokio runtime.
+    pub async fn open(self) -> Result<Engine, EngineError> {
+        let EngineBuilder {
+            dir,
+            options,
+            definitions,
+        } = self;
+        check_options(&options)?;
+        let storage: Arc<dyn Storage> = match &options.storage {
+            Some(storage) => storage.clone(),
+            None => Arc::new(FsStorage::default()),
+        };
+        let partitions = crate::dir::prepare(&dir, storage.as_ref(), options.partitions)?;
+        let shared = shared(&options, definitions, partitions);
+        let opened = open_partitions(&dir, &options, &storage, &shared, partitions)?;
+        if !opened.recovered.is_empty() {
+            let recovered = opened.recovered.len();
+            tracing::info!(recovered, "resuming unfinished sagas");
+        }
+        Ok(Engine {
+            inner: Arc::new(Inner {
+                dir,
+                shared,
+                senders: opened.senders,
+                tasks: Mutex::new(opened.tasks),
+                round_robin: AtomicUsize::new(0),
+                recovered: opened.recovered,
+            }),
+        })
+    }
+}
+
+fn check_options(options: &EngineOptions) -> Result<(), EngineError> {
+    if options.partitions == 0 || options.partitions > PARTITIONS_MAX {
+        let asked = options.partitions;
+        return Err(EngineError::InvalidOptions(OptionsError::Partitions {
+            asked,
+        }));
+    }
+    options
+        .breaker
+        .validate()
+        .map_err(|error| EngineError::InvalidOptions(OptionsError::Breaker(error)))
+}
+
+fn shared(
+    options: &EngineOptions,
+    definitions: HashMap<String, Arc<dyn Definition>>,
+    partitions: usize,
+) -> Arc<Shared> {
+    let (events, _) = broadcast::channel(options.event_buffer.max(1));
+    let log_options = LogOptions::default().segment_size_bytes(options.segment_size_bytes);
+    let record_bytes_max = log_options.record_size_bytes_max();
+    Arc::new(Shared {
+        definitions,
+        breakers: Mutex::new(HashMap::new()),
+        breaker_settings: options.breaker,
+        events,
+        clock: Clock::new(options.deterministic),
+        partitions: partitions as u64,
+        record_bytes_max,
+        // Half a segment, so a batch fits whatever the active segment
+        // holds already, or else an empty one.
+        batch_bytes_max: (options.segment_size_bytes / 2).max(record_bytes_max),
+        deterministic: options.deterministic.is_some(),
+    })
+}
+
+/// Recovers every partition and starts its task.
+fn open_partitions(
+    dir: &std::path::Path,
+    options: &EngineOptions,
+    storage: &Arc<dyn Storage>,
+    shared: &Arc<Shared>,
+    partitions: usize,
+) -> Result<Opened, EngineError> {
+    let mut opened = Opened {
+        senders: Vec::with_capacity(partitions),
+        tasks: Vec::with_capacity(partitions),
+        recovered: Vec::new(),
+    };
+    let mut seeds = match (options.seed, options.deterministic) {
+        (Some(seed), _) => StdRng::seed_from_u64(seed),
+        // Deterministic mode never draws from the OS.
+        (None, Some(_)) => StdRng::seed_from_u64(0),
+        (None, None) => StdRng::from_os_rng(),
+    };
+    for index in 0..partitions {
+        let path = crate::dir::partition_dir(dir, index);
+        let log = Log::open(&path, log_options(options, storage))?;
+        let keep = options.snapshots.keep;
+        let store = SnapshotStore::open_with(snapshot_dir(&path), keep, storage.clone())?;
+        let (states, rebuilt) = recover_sorted(index as u16, &log, &store, None)?;
+        if let Some((lsn, file)) = &rebuilt.snapshot {
+            tracing::info!(partition = index, snapshot = %file.display(), lsn,
+                replayed = rebuilt.replayed, "recovered from a snapshot");
+        }
+        let (tx, rx) = mpsc::channel(COMMANDS_QUEUED_MAX);
+        let rng = StdRng::seed_from_u64(rand::Rng::random(&mut seeds));
+        let log = Arc::new(log);
+        let partition = Partition::new(
+            index as u16,
+            log,
+            shared.clone(),
+            states,
+            rx,
+            tx.downgrade(),
+            rng,
+        );
+        opened.recovered.extend(partition.unfinished());
+        let partition = partition.with_snapshots(options.snapshots, store);
+        opened.tasks.push(tokio::spawn(partition.run()));
+        opened.senders.push(tx);
+    }
+    Ok(opened)
+}
+
+fn log_options(options: &EngineOptions, storage: &Arc<dyn Storage>) -> LogOptions {
+    let mut log_options = LogOptions::default()
+        .durability(options.durability)
+        .segment_size_bytes(options.segment_size_bytes);
+    if options.storage.is_some() {
+        log_options = log_options.storage(storage.clone());
+    }
+    if options.deterministic.is_some() {
+        log_options = log_options.inline_flush(true).prepare_segments(false);
+    }
+    log_options
+}

@@ -1,0 +1,113 @@
+//! The engine directory: its `ENGINE` file (layout version and partition
+//! count, see FORMAT.md) and where each partition's log lives.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use skald_log::Storage;
+
+use crate::error::NotEngineReason;
+use crate::{EngineError, PARTITIONS_MAX};
+
+/// The file naming an engine directory's layout.
+pub(crate) const ENGINE_FILE: &str = "ENGINE";
+/// Its first line.
+pub(crate) const ENGINE_MAGIC: &str = "skald-engine 1";
+
+/// The `ENGINE` file's bytes for `partitions` partitions.
+pub(crate) fn engine_file_bytes(partitions: usize) -> Vec<u8> {
+    format!("{ENGINE_MAGIC}\npartitions = {partitions}\n").into_bytes()
+}
+
+/// The partition count an `ENGINE` file names, if it is one.
+pub(crate) fn parse_engine_file(bytes: &[u8]) -> Option<usize> {
+    let text = std::str::from_utf8(bytes).ok()?;
+    let mut lines = text.lines();
+    if lines.next()? != ENGINE_MAGIC {
+        return None;
+    }
+    let count = lines.next()?.strip_prefix("partitions = ")?.parse().ok()?;
+    (1..=PARTITIONS_MAX).contains(&count).then_some(count)
+}
+
+/// Reads or creates the engine file; returns the partition count.
+pub(crate) fn prepare(
+    dir: &Path,
+    storage: &dyn Storage,
+    asked: usize,
+) -> Result<usize, EngineError> {
+    let io = |path: &Path, error: std::io::Error| EngineError::Io {
+        path: path.to_path_buf(),
+        error: Arc::new(error),
+    };
+    storage.create_dir_all(dir).map_err(|e| io(dir, e))?;
+    let file = dir.join(ENGINE_FILE);
+    if let Some(bytes) = storage.read_small_file(&file).map_err(|e| io(&file, e))? {
+        let found = parse_engine_file(&bytes).ok_or_else(|| EngineError::NotEngine {
+            path: file.clone(),
+            reason: NotEngineReason::BadEngineFile,
+        })?;
+        if found != asked {
+            let dir = dir.to_path_buf();
+            return Err(EngineError::PartitionCount { dir, found, asked });
+        }
+        return Ok(found);
+    }
+    // Written whole under a temporary name, then renamed: a crash leaves
+    // either no engine file or a complete one.
+    let temporary = dir.join(format!("{ENGINE_FILE}.tmp"));
+    storage
+        .write_small_file(&temporary, &engine_file_bytes(asked))
+        .map_err(|e| io(&temporary, e))?;
+    storage
+        .rename(&temporary, &file)
+        .map_err(|e| io(&file, e))?;
+    storage.sync_dir(dir).map_err(|e| io(dir, e))?;
+    // Paired with the write: what a later open reads is what was meant.
+    debug_assert_eq!(
+        storage
+            .read_small_file(&file)
+            .ok()
+            .flatten()
+            .as_deref()
+            .and_then(parse_engine_file),
+        Some(asked)
+    );
+    Ok(asked)
+}
+
+/// The partition count of the engine directory `dir`, read from its
+/// `ENGINE` file without creating or changing anything (for tools that
+/// inspect a directory, possibly while an engine runs on it).
+pub fn partition_count(dir: &Path) -> Result<usize, EngineError> {
+    let file = dir.join(ENGINE_FILE);
+    let bytes = match std::fs::read(&file) {
+        Ok(bytes) => bytes,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound && !dir.is_dir() => {
+            let missing = std::io::Error::new(std::io::ErrorKind::NotFound, "no such directory");
+            return Err(EngineError::Io {
+                path: dir.to_path_buf(),
+                error: Arc::new(missing),
+            });
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            return Err(EngineError::NotEngine {
+                path: dir.to_path_buf(),
+                reason: NotEngineReason::NoEngineFile,
+            })
+        }
+        Err(error) => {
+            let error = Arc::new(error);
+            return Err(EngineError::Io { path: file, error });
+        }
+    };
+    parse_engine_file(&bytes).ok_or(EngineError::NotEngine {
+        path: file,
+        reason: NotEngineReason::BadEngineFile,
+    })
+}
+
+/// The log directory of partition `index`.
+pub fn partition_dir(dir: &Path, index: usize) -> PathBuf {
+    dir.join(format!("partition-{index:03}"))
+}

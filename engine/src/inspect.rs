@@ -1,0 +1,15 @@
+//! For tools that read an engine directory without running it (the `skald`
+//! CLI, tests, benchmarks): where things are, how snapshots are encoded,
+//! and the same recovery and fold the engine runs at open, so that a tool
+//! rebuilds state exactly as the engine does.
+//!
+//! A host embedding the engine does not need this module.
+
+pub use crate::dir::{partition_count, partition_dir};
+pub use crate::recovery::{
+    decode_checked, decode_snapshot, encode_snapshot, fold_log, recover, snapshot_dir, Folded,
+    PartitionSnapshot, PayloadError, Recovered, SNAPSHOT_DIR, SNAPSHOT_PAYLOAD_VERSION,
+};
+/// The pure model beneath the engine: states, the fold, `decide`, the
+/// codec.
+pub use skald_model as model;

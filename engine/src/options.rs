@@ -1,0 +1,134 @@
+//! How an engine runs: partitions, durability, segments, breakers,
+//! snapshots, and the deterministic mode for simulations.
+
+use std::sync::Arc;
+
+use skald_log::{Durability, Storage};
+use skald_model::{BreakerSettings, Millis};
+
+use crate::SnapshotSettings;
+
+/// Partitions at most.
+pub const PARTITIONS_MAX: usize = 256;
+/// The default partition count follows the CPUs, up to this many.
+const PARTITIONS_DEFAULT_MAX: usize = 8;
+/// Events a slow subscriber may fall behind, by default.
+const EVENT_BUFFER_DEFAULT: usize = 4_096;
+
+/// How an engine runs. Build with [`EngineOptions::default`] and the
+/// setters.
+#[derive(Clone)]
+pub struct EngineOptions {
+    pub(crate) partitions: usize,
+    pub(crate) durability: Durability,
+    pub(crate) segment_size_bytes: u64,
+    pub(crate) breaker: BreakerSettings,
+    pub(crate) seed: Option<u64>,
+    pub(crate) storage: Option<Arc<dyn Storage>>,
+    pub(crate) event_buffer: usize,
+    pub(crate) snapshots: SnapshotSettings,
+    pub(crate) deterministic: Option<Millis>,
+}
+
+impl Default for EngineOptions {
+    /// As many partitions as CPUs (at most 8), every batch durable before
+    /// anything acts on it, 64 MiB segments, default breakers.
+    fn default() -> EngineOptions {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        EngineOptions {
+            partitions: cpus.clamp(1, PARTITIONS_DEFAULT_MAX),
+            durability: Durability::EveryBatch,
+            segment_size_bytes: skald_log::LogOptions::default().segment_size_bytes,
+            breaker: BreakerSettings::default(),
+            seed: None,
+            storage: None,
+            event_buffer: EVENT_BUFFER_DEFAULT,
+            snapshots: SnapshotSettings::default(),
+            deterministic: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for EngineOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineOptions")
+            .field("partitions", &self.partitions)
+            .field("durability", &self.durability)
+            .field("segment_size_bytes", &self.segment_size_bytes)
+            .field("breaker", &self.breaker)
+            .field("seed", &self.seed)
+            .field("event_buffer", &self.event_buffer)
+            .field("snapshots", &self.snapshots)
+            .field("deterministic", &self.deterministic)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EngineOptions {
+    /// Partitions (each one log and one task). Fixed when the directory is
+    /// created; reopening with another count is an error.
+    pub fn partitions(mut self, partitions: usize) -> EngineOptions {
+        self.partitions = partitions;
+        self
+    }
+
+    /// When events are durable: [`Durability::EveryBatch`] (the default)
+    /// makes every event durable before anything acts on it; the others
+    /// trade that for speed (see skald-log).
+    pub fn durability(mut self, durability: Durability) -> EngineOptions {
+        self.durability = durability;
+        self
+    }
+
+    /// Size of each log segment.
+    pub fn segment_size_bytes(mut self, size_bytes: u64) -> EngineOptions {
+        self.segment_size_bytes = size_bytes;
+        self
+    }
+
+    /// Circuit-breaker thresholds, for every service.
+    pub fn breaker(mut self, settings: BreakerSettings) -> EngineOptions {
+        self.breaker = settings;
+        self
+    }
+
+    /// Seeds the retry-jitter draws, for reproducible runs.
+    pub fn seed(mut self, seed: u64) -> EngineOptions {
+        self.seed = Some(seed);
+        self
+    }
+
+    /// Where the logs live: real files by default; tests pass a simulated
+    /// disk.
+    pub fn storage(mut self, storage: Arc<dyn Storage>) -> EngineOptions {
+        self.storage = Some(storage);
+        self
+    }
+
+    /// When snapshots are written (see [`SnapshotSettings`]).
+    pub fn snapshots(mut self, settings: SnapshotSettings) -> EngineOptions {
+        self.snapshots = settings;
+        self
+    }
+
+    /// Deterministic mode, for simulations: the clock starts at `start`
+    /// (milliseconds since the epoch) and runs on tokio's clock (virtual
+    /// under a paused runtime), the logs flush in the appending task
+    /// ([`skald_log::LogOptions::inline_flush`]; every batch durable), and
+    /// snapshot work runs inline, so that on a single-threaded runtime with
+    /// a [`seed`](EngineOptions::seed) the same inputs give the same events
+    /// in the same order. See the `sim` module (feature `sim`). Set
+    /// [`partitions`](EngineOptions::partitions) too: its default follows
+    /// the machine's CPU count. Without a seed, jitter uses seed 0.
+    pub fn deterministic(mut self, start: Millis) -> EngineOptions {
+        self.deterministic = Some(start);
+        self.durability = Durability::EveryBatch;
+        self
+    }
+
+    /// Events a slow subscriber may fall behind before it misses some.
+    pub fn event_buffer(mut self, events: usize) -> EngineOptions {
+        self.event_buffer = events;
+        self
+    }
+}

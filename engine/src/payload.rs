@@ -1,0 +1,157 @@
+//! Snapshot payloads: a partition's sagas as the bytes a snapshot file
+//! holds after its header (see FORMAT.md). Chunks of sagas, each encoded
+//! through the model's codec, so that they decode in parallel at open.
+
+use std::collections::BTreeMap;
+
+use skald_model::{codec, SagaId, SagaState};
+
+/// A partition's state as a snapshot holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionSnapshot {
+    /// The partition.
+    pub partition: u16,
+    /// It covers every record below this LSN.
+    pub lsn: u64,
+    /// Every saga of the partition, in id order.
+    pub sagas: Vec<SagaState>,
+}
+
+/// The layout version of snapshot payloads (see FORMAT.md).
+pub const SNAPSHOT_PAYLOAD_VERSION: u8 = 1;
+/// Sagas per chunk: chunks decode in parallel at open.
+const CHUNK_SAGAS: usize = 32_768;
+/// Version (1), partition (2), LSN (8), chunk count (4).
+const PREAMBLE_BYTES: usize = 1 + 2 + 8 + 4;
+
+/// Why a snapshot payload does not decode.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PayloadError {
+    /// Shorter than its framing says.
+    #[error("truncated at byte {0}")]
+    Truncated(usize),
+    /// A payload layout this build does not know.
+    #[error("unknown snapshot payload version {0}")]
+    Version(u8),
+    /// A chunk's sagas do not decode.
+    #[error("chunk {chunk}: {error}")]
+    Chunk {
+        /// Which chunk, from 0.
+        chunk: usize,
+        /// What the codec said.
+        error: codec::CodecError,
+    },
+    /// Bytes after the last chunk.
+    #[error("{0} bytes after the last chunk")]
+    Trailing(usize),
+    /// Sagas out of id order.
+    #[error("sagas out of id order at {0}")]
+    Order(SagaId),
+}
+
+/// Encodes a partition's sagas as a snapshot payload: a small preamble,
+/// then chunks of sagas, each encoded through the codec (behind its
+/// version byte) so that they decode in parallel.
+pub fn encode_snapshot(partition: u16, lsn: u64, sagas: &BTreeMap<SagaId, SagaState>) -> Vec<u8> {
+    let states: Vec<&SagaState> = sagas.values().collect();
+    let chunks: Vec<Vec<u8>> = states
+        .chunks(CHUNK_SAGAS)
+        .map(|chunk| codec::encode(&chunk))
+        .collect();
+    let mut payload =
+        Vec::with_capacity(PREAMBLE_BYTES + chunks.iter().map(|c| 8 + c.len()).sum::<usize>());
+    payload.push(SNAPSHOT_PAYLOAD_VERSION);
+    payload.extend_from_slice(&partition.to_le_bytes());
+    payload.extend_from_slice(&lsn.to_le_bytes());
+    payload.extend_from_slice(&(chunks.len() as u32).to_le_bytes());
+    for chunk in &chunks {
+        payload.extend_from_slice(&(chunk.len() as u64).to_le_bytes());
+        payload.extend_from_slice(chunk);
+    }
+    payload
+}
+
+/// Decodes a snapshot payload written by [`encode_snapshot`], its chunks
+/// on as many threads as there are CPUs.
+pub fn decode_snapshot(payload: &[u8]) -> Result<PartitionSnapshot, PayloadError> {
+    if payload.len() < PREAMBLE_BYTES {
+        return Err(PayloadError::Truncated(payload.len()));
+    }
+    if payload[0] != SNAPSHOT_PAYLOAD_VERSION {
+        return Err(PayloadError::Version(payload[0]));
+    }
+    let partition = u16::from_le_bytes([payload[1], payload[2]]);
+    let lsn = u64::from_le_bytes(payload[3..11].try_into().expect("8 bytes"));
+    let count = u32::from_le_bytes(payload[11..15].try_into().expect("4 bytes")) as usize;
+    let chunks = split_chunks(payload, count)?;
+    let mut sagas = Vec::new();
+    for group in decode_chunks(&chunks) {
+        for chunk in group? {
+            sagas.extend(chunk);
+        }
+    }
+    if let Some(pair) = sagas.windows(2).find(|pair| pair[0].id >= pair[1].id) {
+        return Err(PayloadError::Order(pair[1].id));
+    }
+    Ok(PartitionSnapshot {
+        partition,
+        lsn,
+        sagas,
+    })
+}
+
+/// The `count` length-prefixed chunks after the preamble, which must end
+/// exactly at the payload's end.
+fn split_chunks(payload: &[u8], count: usize) -> Result<Vec<&[u8]>, PayloadError> {
+    // A corrupt count must not reserve memory it does not describe.
+    let mut chunks = Vec::with_capacity(count.min(1 << 16));
+    let mut at = PREAMBLE_BYTES;
+    for _ in 0..count {
+        let length = payload
+            .get(at..at + 8)
+            .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+            .ok_or(PayloadError::Truncated(at))?;
+        let body_end = usize::try_from(length)
+            .ok()
+            .and_then(|length| (at + 8).checked_add(length))
+            .filter(|&end| end <= payload.len())
+            .ok_or(PayloadError::Truncated(at))?;
+        chunks.push(&payload[at + 8..body_end]);
+        at = body_end;
+    }
+    if at != payload.len() {
+        return Err(PayloadError::Trailing(payload.len() - at));
+    }
+    Ok(chunks)
+}
+
+type ChunkGroup = Result<Vec<Vec<SagaState>>, PayloadError>;
+
+/// Decodes the chunks on one thread per CPU, in groups of consecutive
+/// chunks, so the groups come back in order.
+fn decode_chunks(chunks: &[&[u8]]) -> Vec<ChunkGroup> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, chunks.len().max(1));
+    let per_thread = chunks.len().div_ceil(threads).max(1);
+    let decode_group = |group: usize, chunks: &[&[u8]]| -> ChunkGroup {
+        let decode = |(i, chunk): (usize, &&[u8])| {
+            codec::decode::<Vec<SagaState>>(chunk).map_err(|error| PayloadError::Chunk {
+                chunk: group * per_thread + i,
+                error,
+            })
+        };
+        chunks.iter().enumerate().map(decode).collect()
+    };
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = chunks
+            .chunks(per_thread)
+            .enumerate()
+            .map(|(group, chunks)| scope.spawn(move || decode_group(group, chunks)))
+            .collect();
+        workers
+            .into_iter()
+            .map(|worker| worker.join().expect("a snapshot decoding thread panicked"))
+            .collect()
+    })
+}

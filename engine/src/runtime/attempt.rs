@@ -1,0 +1,165 @@
+//! Running one attempt of a step (or of its compensation) as a tokio task:
+//! its handler under the attempt's deadline, a panic caught and counted as
+//! a failure, its breaker call settled however it ends, and its result sent
+//! back to the partition as a command.
+
+use std::any::Any;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use skald_model::{Run, SagaId};
+
+use super::breakers::{BreakerCall, Verdict};
+use super::command::Command;
+use super::drive::phase_of;
+use super::Partition;
+use crate::saga::{Definition, Outputs, StepError};
+
+impl Partition {
+    /// Starts an attempt's handler, unless the state moved on meanwhile or
+    /// the service's breaker is open (then the attempt fails at once).
+    pub(super) fn spawn(&mut self, saga: SagaId, run: Run) {
+        let shutting_down = !self.shutdown.is_empty();
+        let Some(entry) = self.sagas.get_mut(&saga) else {
+            return;
+        };
+        let Some(definition) = entry.definition.clone() else {
+            return;
+        };
+        if entry.state.steps[run.step as usize].phase != phase_of(&run)
+            || entry.running.as_ref().is_some_and(|(r, _)| *r == run)
+            || shutting_down
+        {
+            return;
+        }
+        // Every `Engine` is gone: nobody will see results any more.
+        let Some(tx) = self.tx.upgrade() else {
+            return;
+        };
+        let input = match &entry.input {
+            Some(input) => input.clone(),
+            None => match definition.decode_input(&entry.state.input) {
+                Ok(input) => {
+                    entry.input = Some(input.clone());
+                    input
+                }
+                Err(error) => {
+                    let message = format!("the saga's input does not decode: {error}");
+                    let result = Err(StepError::permanent(message));
+                    self.deferred.push_back((saga, run, result));
+                    return;
+                }
+            },
+        };
+        let outputs = Arc::new(Outputs {
+            ids: definition.step_ids().clone(),
+            values: entry.state.steps.iter().map(|s| s.output.clone()).collect(),
+        });
+        let now = self.shared.clock.now();
+        let service = &definition.spec().steps[run.step as usize].service;
+        let Some(call) = BreakerCall::admit(&self.shared, service, now) else {
+            let message = format!("circuit breaker open for service {service:?}");
+            let result = Err(StepError::retryable(message));
+            self.deferred.push_back((saga, run, result));
+            return;
+        };
+        let timeout = Duration::from_millis(run.deadline.saturating_sub(now));
+        let attempt = Attempt {
+            saga,
+            run,
+            definition,
+            input,
+            outputs,
+            timeout,
+        };
+        let task = tokio::spawn(attempt.run(call, tx));
+        entry.running = Some((run, task.abort_handle()));
+    }
+}
+
+/// Everything one attempt's task needs.
+struct Attempt {
+    saga: SagaId,
+    run: Run,
+    definition: Arc<dyn Definition>,
+    input: Arc<dyn Any + Send + Sync>,
+    outputs: Arc<Outputs>,
+    timeout: Duration,
+}
+
+impl Attempt {
+    /// Runs the handler and sends its result to the partition. Whatever
+    /// ends the attempt (a result, a timeout, a panic, or the task aborted)
+    /// settles the breaker call it was admitted as.
+    async fn run(self, mut call: BreakerCall, tx: tokio::sync::mpsc::Sender<Command>) {
+        let Attempt {
+            saga,
+            run,
+            definition,
+            input,
+            outputs,
+            timeout,
+        } = self;
+        let what = match run.compensation {
+            true => "compensation",
+            false => "step",
+        };
+        // The handler is called inside the panic catcher too: a panic
+        // before its first await is a failed attempt like any other.
+        let attempt = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            definition.attempt(saga, &run, input, outputs)
+        }));
+        let outcome = match attempt {
+            Ok(future) => tokio::time::timeout(timeout, CatchUnwind(future))
+                .await
+                .map_err(|_| ()),
+            Err(panic) => Ok(Err(panic)),
+        };
+        let result = match outcome {
+            Ok(Ok(result)) => result,
+            Ok(Err(panic)) => Err(StepError::retryable(format!(
+                "the {what} panicked: {}",
+                panic_message(&panic)
+            ))),
+            Err(()) => Err(StepError::retryable(format!(
+                "attempt {} timed out after {timeout:?}",
+                run.attempt
+            ))),
+        };
+        call.settle(Verdict::of(&result));
+        // Waits for room in the partition's queue; fails only if the
+        // partition is gone (shut down), when nobody needs the result.
+        let _ = tx.send(Command::Finished { saga, run, result }).await;
+    }
+}
+
+/// Catches a panic inside a handler's future, so that it becomes a failed
+/// attempt instead of a lost task.
+struct CatchUnwind<F>(F);
+
+impl<F: Future + Unpin> Future for CatchUnwind<F> {
+    type Output = Result<F::Output, Box<dyn Any + Send>>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let inner = &mut self.0;
+        match std::panic::catch_unwind(AssertUnwindSafe(|| Pin::new(inner).poll(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(value)) => Poll::Ready(Ok(value)),
+            Err(panic) => Poll::Ready(Err(panic)),
+        }
+    }
+}
+
+fn panic_message(panic: &Box<dyn Any + Send>) -> String {
+    if let Some(message) = panic.downcast_ref::<&str>() {
+        (*message).to_owned()
+    } else if let Some(message) = panic.downcast_ref::<String>() {
+        message.clone()
+    } else {
+        "a non-string panic payload".to_owned()
+    }
+}

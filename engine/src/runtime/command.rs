@@ -1,0 +1,208 @@
+//! What callers ask a partition, and how each command is answered. Every
+//! answer goes through the turn's effects, so it is released only once
+//! everything it reports is durable.
+
+use std::sync::Arc;
+
+use skald_model::{EventKind, OperatorAction, Run, SagaId};
+use tokio::sync::oneshot;
+
+use super::{Entry, Partition};
+use crate::saga::{Definition, StepError};
+use crate::view::{ListFilter, PartitionCheck, SagaSummary, SagaView};
+use crate::EngineError;
+
+pub(crate) type Reply<T> = oneshot::Sender<Result<T, EngineError>>;
+
+/// What a partition is asked to do.
+pub(crate) enum Command {
+    Start {
+        definition: Arc<dyn Definition>,
+        input: Vec<u8>,
+        key: Option<String>,
+        reply: Reply<SagaId>,
+    },
+    Finished {
+        saga: SagaId,
+        run: Run,
+        result: Result<Vec<u8>, StepError>,
+    },
+    Cancel {
+        saga: SagaId,
+        reason: String,
+        reply: Reply<()>,
+    },
+    Operator {
+        saga: SagaId,
+        action: OperatorAction,
+        who: String,
+        why: String,
+        reply: Reply<()>,
+    },
+    View {
+        saga: SagaId,
+        reply: Reply<Option<SagaView>>,
+    },
+    List {
+        filter: ListFilter,
+        reply: Reply<Vec<SagaSummary>>,
+    },
+    Wait {
+        saga: SagaId,
+        reply: Reply<SagaView>,
+    },
+    Check {
+        reply: Reply<PartitionCheck>,
+    },
+    Shutdown {
+        reply: Reply<()>,
+    },
+}
+
+impl Command {
+    /// Answers the command with `error` instead of carrying it out.
+    pub(super) fn refuse(self, error: &EngineError) {
+        let error = error.clone();
+        match self {
+            Command::Start { reply, .. } => drop(reply.send(Err(error))),
+            Command::Cancel { reply, .. } | Command::Operator { reply, .. } => {
+                drop(reply.send(Err(error)))
+            }
+            Command::View { reply, .. } => drop(reply.send(Err(error))),
+            Command::List { reply, .. } => drop(reply.send(Err(error))),
+            Command::Wait { reply, .. } => drop(reply.send(Err(error))),
+            Command::Shutdown { reply } => drop(reply.send(Err(error))),
+            Command::Check { reply } => drop(reply.send(Err(error))),
+            Command::Finished { .. } => {}
+        }
+    }
+}
+
+impl Partition {
+    pub(super) fn handle(&mut self, command: Command) {
+        if let Command::Shutdown { reply } = command {
+            self.shutdown.push(reply);
+            return;
+        }
+        if let Some(error) = &self.failed {
+            command.refuse(error);
+            return;
+        }
+        if !self.shutdown.is_empty() && !matches!(command, Command::Finished { .. }) {
+            // Shutting down: results of attempts already running are still
+            // recorded; nothing else starts.
+            command.refuse(&EngineError::ShutDown);
+            return;
+        }
+        match command {
+            Command::Start {
+                definition,
+                input,
+                key,
+                reply,
+            } => self.start(definition, input, key, reply),
+            Command::Finished { saga, run, result } => self.finished(saga, run, result),
+            Command::Cancel {
+                saga,
+                reason,
+                reply,
+            } => self.cancel(saga, reason, reply),
+            Command::Operator {
+                saga,
+                action,
+                who,
+                why,
+                reply,
+            } => self.operate(saga, EventKind::OperatorAction { action, who, why }, reply),
+            Command::View { saga, reply } => {
+                let view = self.sagas.get(&saga).map(|entry| entry.view());
+                self.effects.reply(reply, Ok(view));
+            }
+            Command::List { filter, reply } => self.list(filter, reply),
+            Command::Wait { saga, reply } => self.wait(saga, reply),
+            Command::Check { reply } => self.check(reply),
+            Command::Shutdown { .. } => unreachable!("handled above"),
+        }
+    }
+
+    fn cancel(&mut self, saga: SagaId, reason: String, reply: Reply<()>) {
+        let Some(entry) = self.sagas.get(&saga) else {
+            let error = EngineError::NoSuchSaga(saga);
+            self.effects.reply(reply, Err(error));
+            return;
+        };
+        if entry.state.status.is_final() {
+            let status = entry.state.status;
+            let finished = EngineError::SagaFinished { saga, status };
+            self.effects.reply(reply, Err(finished));
+            return;
+        }
+        self.operate(saga, EventKind::CancelRequested { reason }, reply);
+    }
+
+    /// Records a caller's event (a cancel request, an operator action) and
+    /// drives the saga on from it.
+    fn operate(&mut self, saga: SagaId, kind: EventKind, reply: Reply<()>) {
+        if !self.sagas.contains_key(&saga) {
+            let error = EngineError::NoSuchSaga(saga);
+            self.effects.reply(reply, Err(error));
+            return;
+        }
+        let result = self.record(saga, kind);
+        if result.is_ok() {
+            self.drive(saga);
+        }
+        self.effects.reply(reply, result);
+    }
+
+    fn list(&mut self, filter: ListFilter, reply: Reply<Vec<SagaSummary>>) {
+        let limit = filter.limit.clamp(1, usize::MAX - 1);
+        let range = match filter.after {
+            Some(after) => self.sagas.range(after..),
+            None => self.sagas.range(..),
+        };
+        let page = range
+            .filter(|(_, e)| filter.matches(&e.state))
+            .take(limit + 1)
+            .map(|(_, e)| SagaSummary::new(&e.state))
+            .collect();
+        self.effects.reply(reply, Ok(page));
+    }
+
+    fn wait(&mut self, saga: SagaId, reply: Reply<SagaView>) {
+        match self.sagas.get_mut(&saga) {
+            None => self
+                .effects
+                .reply(reply, Err(EngineError::NoSuchSaga(saga))),
+            Some(entry) if entry.state.status.is_final() => {
+                // Released once everything written so far is durable, this
+                // saga's final event included.
+                let view = entry.view();
+                self.effects.reply(reply, Ok(view));
+            }
+            Some(entry) if entry.definition.is_none() => {
+                let definition = entry.state.definition.clone();
+                let parked = EngineError::SagaParked { saga, definition };
+                self.effects.reply(reply, Err(parked));
+            }
+            Some(entry) => {
+                entry.waiters.retain(|waiter| !waiter.is_closed());
+                entry.waiters.push(reply);
+            }
+        }
+    }
+}
+
+impl Entry {
+    /// The saga as callers see it.
+    pub(super) fn view(&self) -> SagaView {
+        match &self.definition {
+            Some(definition) => SagaView::new(
+                &self.state,
+                Some(definition.step_ids()),
+                Some(definition.spec().steps.iter().map(|s| s.kind).collect()),
+            ),
+            None => SagaView::new(&self.state, None, None),
+        }
+    }
+}

@@ -1,0 +1,165 @@
+//! The runtime: partitions, each one log and one task that owns the state
+//! of every saga in it.
+//!
+//! The task takes commands (starts, step results, cancels, queries) from a
+//! bounded channel, folds each into its sagas, asks `decide` what follows,
+//! and writes the resulting events to its log as one batch per turn of its
+//! loop. Nothing acts on an event before it is durable: replies to callers,
+//! step attempts to spawn and outcomes to announce wait, in write order,
+//! for the log's durability wait on their batch ([`batch`]). Meanwhile the
+//! loop goes on taking commands, so the next batch builds up while the last
+//! one flushes (group commit across every saga of the partition).
+//!
+//! One concern per file:
+//! - [`partition`]: the loop, building a partition from recovered state,
+//!   timers, shutdown;
+//! - [`command`]: what callers ask and how each command is answered;
+//! - [`drive`]: recording events and asking `decide` until a saga waits;
+//! - [`batch`]: writing a turn's events and releasing their effects once
+//!   durable, and the fail-stop;
+//! - [`attempt`]: running a step or compensation handler as a task;
+//! - [`breakers`]: the per-service circuit breakers around attempts;
+//! - [`snapshots`]: the partition's side of background snapshots;
+//! - [`check`]: the consistency check (re-fold the log, compare);
+//! - [`clock`]: the engine's clock.
+
+mod attempt;
+mod batch;
+mod breakers;
+mod check;
+mod clock;
+mod command;
+mod drive;
+mod partition;
+mod snapshots;
+
+use std::any::Any;
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use rand::rngs::StdRng;
+use skald_log::Log;
+use skald_model::{CircuitBreaker, Millis, Run, SagaId, SagaState};
+use tokio::sync::{broadcast, mpsc};
+use tokio::task::{AbortHandle, JoinHandle};
+
+use crate::saga::{Definition, StepError};
+use crate::view::EngineEvent;
+use crate::EngineError;
+
+pub(crate) use clock::Clock;
+pub(crate) use command::{Command, Reply};
+
+use batch::{DurableWait, Effects};
+use snapshots::Snapshots;
+
+/// Commands a partition's queue holds at most. A caller whose command finds
+/// the queue full waits for room: back-pressure on a burst of starts,
+/// instead of memory that grows with it.
+pub const COMMANDS_QUEUED_MAX: usize = 4_096;
+
+/// Commands taken per turn at most, so that a flood of commands still
+/// flushes in bounded batches.
+const TURN_COMMANDS_MAX: usize = 4_096;
+
+/// Written batches a partition lets wait for durability at most; past it,
+/// the loop takes no new command until a flush completes.
+const BATCHES_IN_FLIGHT_MAX: usize = 64;
+
+/// Shared by the partitions of one engine.
+pub(crate) struct Shared {
+    pub(crate) definitions: HashMap<String, Arc<dyn Definition>>,
+    pub(crate) breakers: Mutex<HashMap<String, CircuitBreaker>>,
+    pub(crate) breaker_settings: skald_model::BreakerSettings,
+    pub(crate) events: broadcast::Sender<Arc<EngineEvent>>,
+    pub(crate) clock: Clock,
+    pub(crate) partitions: u64,
+    /// The largest event one log record holds.
+    pub(crate) record_bytes_max: u64,
+    /// Bytes of events in one log batch at most (a batch fits a segment).
+    pub(crate) batch_bytes_max: u64,
+    /// Deterministic mode: blocking work runs inline, not on other threads.
+    pub(crate) deterministic: bool,
+}
+
+/// Runs blocking work on tokio's blocking threads, or inline in
+/// deterministic mode (where no other thread may decide an order).
+pub(crate) async fn off_thread<T: Send + 'static>(
+    inline: bool,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    if inline {
+        work()
+    } else {
+        tokio::task::spawn_blocking(work)
+            .await
+            .expect("a blocking task panicked")
+    }
+}
+
+/// One saga as its partition holds it.
+struct Entry {
+    state: SagaState,
+    definition: Option<Arc<dyn Definition>>,
+    /// The input decoded for handlers, once an attempt needs it.
+    input: Option<Arc<dyn Any + Send + Sync>>,
+    /// The attempt whose handler runs in this process.
+    running: Option<(Run, AbortHandle)>,
+    /// Changed since the last snapshot delta.
+    dirty: bool,
+    /// The timer set for this saga.
+    wake: Option<Millis>,
+    waiters: Vec<Reply<crate::SagaView>>,
+}
+
+impl Entry {
+    fn new(state: SagaState, definition: Option<Arc<dyn Definition>>, dirty: bool) -> Entry {
+        Entry {
+            state,
+            definition,
+            input: None,
+            running: None,
+            dirty,
+            wake: None,
+            waiters: Vec::new(),
+        }
+    }
+}
+
+/// One partition: its sagas, its log, and what its loop has under way.
+pub(crate) struct Partition {
+    index: u16,
+    log: Arc<Log>,
+    shared: Arc<Shared>,
+    /// Boxed: the tree moves pointers, not whole sagas, as it grows.
+    sagas: BTreeMap<SagaId, Box<Entry>>,
+    keys: HashMap<String, SagaId>,
+    timers: BTreeSet<(Millis, SagaId)>,
+    /// The next id's sequence number (ids are `seq * partitions + index`).
+    next_seq: u64,
+    rx: mpsc::Receiver<Command>,
+    /// For attempts to send their results: weak, so that dropping every
+    /// `Engine` closes the channel and ends the task.
+    tx: mpsc::WeakSender<Command>,
+    rng: StdRng,
+    /// Attempt results the partition produced itself (an open breaker, an
+    /// input that does not decode): handled at the next turn. At most one
+    /// per spawned attempt of one release.
+    deferred: VecDeque<(SagaId, Run, Result<Vec<u8>, StepError>)>,
+    /// This turn's encoded events and what they release.
+    payloads: Vec<Vec<u8>>,
+    pending_events: Vec<skald_model::Event>,
+    effects: Effects,
+    /// Written batches waiting for durability: (end LSN, effects).
+    in_flight: VecDeque<(u64, Effects)>,
+    /// The end LSN of the last batch written: batches only move forward.
+    written_end: u64,
+    durable_wait: Option<DurableWait>,
+    failed: Option<EngineError>,
+    shutdown: Vec<Reply<()>>,
+    snapshots: Snapshots,
+    /// Consistency checks under way; shutdown waits for them, since they
+    /// read the log.
+    checks: Vec<JoinHandle<()>>,
+}

@@ -1,0 +1,245 @@
+//! A partition's life: built from its recovered sagas, its loop (durable
+//! batches released, commands taken, timers fired, one batch written per
+//! turn), and its shutdown.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
+
+use rand::rngs::StdRng;
+use skald_log::{Log, LogError};
+use skald_model::{SagaId, SagaState};
+use tokio::sync::mpsc;
+
+use super::batch::{DurableWait, Effects};
+use super::command::Command;
+use super::snapshots::Snapshots;
+use super::{Entry, Partition, Shared, BATCHES_IN_FLIGHT_MAX, TURN_COMMANDS_MAX};
+use crate::saga::Definition;
+use crate::EngineError;
+
+impl Partition {
+    /// Builds the partition from its log's history (already folded, in id
+    /// order).
+    pub(crate) fn new(
+        index: u16,
+        log: Arc<Log>,
+        shared: Arc<Shared>,
+        states: Vec<SagaState>,
+        rx: mpsc::Receiver<Command>,
+        tx: mpsc::WeakSender<Command>,
+        rng: StdRng,
+    ) -> Partition {
+        let partitions = shared.partitions;
+        let mut next_seq = 1;
+        let mut keys = HashMap::new();
+        let mut entries = Vec::with_capacity(states.len());
+        let mut definitions = DefinitionCache::default();
+        for state in states {
+            let id = state.id;
+            next_seq = u64::max(next_seq, id.0 / partitions + 1);
+            if let Some(key) = &state.key {
+                keys.insert(key.clone(), id);
+            }
+            let definition = definitions.resolve(&shared, &state);
+            entries.push((id, Box::new(Entry::new(state, definition, false))));
+        }
+        let written_end = log.next_lsn();
+        Partition {
+            index,
+            log,
+            shared,
+            // In id order already: a bulk build.
+            sagas: entries.into_iter().collect(),
+            keys,
+            timers: BTreeSet::new(),
+            next_seq,
+            rx,
+            tx,
+            rng,
+            deferred: VecDeque::new(),
+            payloads: Vec::new(),
+            pending_events: Vec::new(),
+            effects: Effects::default(),
+            in_flight: VecDeque::new(),
+            written_end,
+            durable_wait: None,
+            failed: None,
+            shutdown: Vec::new(),
+            snapshots: Snapshots::disabled(),
+            checks: Vec::new(),
+        }
+    }
+
+    /// Sagas that are not final, which the open resumes.
+    pub(crate) fn unfinished(&self) -> Vec<SagaId> {
+        self.sagas
+            .iter()
+            .filter(|(_, e)| !e.state.status.is_final())
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    pub(crate) async fn run(mut self) {
+        // Resume every unfinished saga where it stood.
+        for id in self.unfinished() {
+            self.drive(id);
+        }
+        self.write_turn();
+        loop {
+            if !self.shutdown.is_empty() && self.in_flight.is_empty() {
+                break;
+            }
+            if !self.deferred.is_empty() {
+                // Results the partition produced itself: no waiting.
+                while let Some((saga, run, result)) = self.deferred.pop_front() {
+                    self.finished(saga, run, result);
+                }
+            } else if !self.turn().await {
+                break;
+            }
+            self.write_turn();
+            self.maybe_snapshot(false);
+        }
+        self.finish_shutdown().await;
+    }
+
+    /// Waits for the first of: a batch durable, a command, a timer or a
+    /// due snapshot, and handles it. `false` once every `Engine` is gone.
+    async fn turn(&mut self) -> bool {
+        if self.durable_wait.is_none() {
+            if let Some(&(end, _)) = self.in_flight.back() {
+                let log = self.log.clone();
+                self.durable_wait = Some(Box::pin(async move {
+                    log.wait_durable_async(end).await.map(|()| end)
+                }));
+            }
+        }
+        // Shutting down: timers no longer fire.
+        let next_timer = match self.shutdown.is_empty() {
+            true => self.timers.first().map(|&(at, _)| at),
+            false => None,
+        };
+        let timer_at = next_timer.map(|at| self.shared.clock.instant_of(at));
+        let sleep_until = match (timer_at, self.snapshot_due_at()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        // Too many batches waiting for the disk: take no new work until
+        // one is durable (commands wait in the bounded queue, and callers
+        // behind a full queue wait to send).
+        let take_commands = self.in_flight.len() < BATCHES_IN_FLIGHT_MAX;
+        tokio::select! {
+            biased;
+            result = poll_wait(&mut self.durable_wait), if self.durable_wait.is_some() => {
+                self.durable_wait = None;
+                match result {
+                    Ok(end) => self.release(end),
+                    Err(error) => self.fail(error.into()),
+                }
+            }
+            command = self.rx.recv(), if take_commands => {
+                // Every `Engine` is gone and no attempt is running.
+                let Some(command) = command else { return false };
+                self.handle(command);
+                for _ in 1..TURN_COMMANDS_MAX {
+                    let Ok(command) = self.rx.try_recv() else { break };
+                    self.handle(command);
+                }
+            }
+            () = sleep(sleep_until), if sleep_until.is_some() => self.fire_timers(),
+        }
+        true
+    }
+
+    async fn finish_shutdown(mut self) {
+        for entry in self.sagas.values_mut() {
+            if let Some((_, task)) = entry.running.take() {
+                task.abort();
+            }
+            for waiter in entry.waiters.drain(..) {
+                let _ = waiter.send(Err(EngineError::ShutDown));
+            }
+        }
+        // A last snapshot, so the next open replays little; then the
+        // snapshotter finishes its work and lets go of the log.
+        self.stop_snapshots().await;
+        // A consistency check may still be reading the log: let it finish,
+        // so the close (final flush, clean marker) really happens.
+        for check in std::mem::take(&mut self.checks) {
+            let _ = check.await;
+        }
+        let replies = std::mem::take(&mut self.shutdown);
+        let failed = self.failed.take();
+        drop(self.durable_wait);
+        let result = match Arc::try_unwrap(self.log) {
+            Ok(log) => log.close().map_err(EngineError::from),
+            Err(log) => {
+                // Every task that held the log was awaited above; if one
+                // still does, the log is flushed but not marked clean (the
+                // next open scans its tail).
+                debug_assert!(false, "the log is still shared at shutdown");
+                log.flush().map(drop).map_err(EngineError::from)
+            }
+        };
+        let result = match failed {
+            Some(error) => Err(error),
+            None => result,
+        };
+        for reply in replies {
+            let _ = reply.send(result.clone());
+        }
+    }
+}
+
+/// Looks each recovered saga's definition up once per run of sagas that
+/// share it (most sagas share a few definitions).
+#[derive(Default)]
+struct DefinitionCache {
+    last: Option<(String, Option<Arc<dyn Definition>>)>,
+}
+
+impl DefinitionCache {
+    /// The registered definition `state` runs under, or `None`: the saga
+    /// is parked (reported once here) until its definition is registered
+    /// with the same number of steps.
+    fn resolve(&mut self, shared: &Shared, state: &SagaState) -> Option<Arc<dyn Definition>> {
+        let found = match &self.last {
+            Some((name, found)) if *name == state.definition => found.clone(),
+            _ => {
+                let found = shared.definitions.get(&state.definition).cloned();
+                self.last = Some((state.definition.clone(), found.clone()));
+                found
+            }
+        };
+        match found {
+            Some(definition) if definition.spec().steps.len() == state.steps.len() => {
+                Some(definition)
+            }
+            found => {
+                if !state.status.is_final() {
+                    let why = match found.is_some() {
+                        true => "the registered definition has a different number of steps",
+                        false => "its definition is not registered",
+                    };
+                    tracing::warn!(saga = %state.id, definition = %state.definition,
+                        "{why}; the saga is parked until it is");
+                }
+                None
+            }
+        }
+    }
+}
+
+async fn poll_wait(wait: &mut Option<DurableWait>) -> Result<u64, LogError> {
+    match wait {
+        Some(wait) => wait.await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep(until: Option<tokio::time::Instant>) {
+    match until {
+        Some(until) => tokio::time::sleep_until(until).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,150 @@
+//! A saga's state: what the fold of its events ([`crate::apply`]) builds
+//! and what [`crate::decide`] reads.
+
+use serde::{Deserialize, Serialize};
+
+use crate::event::{Millis, SagaId};
+
+/// Where a saga stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SagaStatus {
+    /// Steps are running forward.
+    Running,
+    /// Completed steps are being compensated, latest first.
+    Compensating,
+    /// Every step succeeded. Terminal.
+    Completed,
+    /// Every completed compensatable step was compensated. Terminal.
+    Aborted,
+    /// Cannot finish by itself; waits for an operator. Only operator
+    /// actions apply to it.
+    Failed,
+    /// An operator declared a Failed saga resolved. Terminal.
+    Resolved,
+}
+
+impl SagaStatus {
+    /// No event but an operator's (for `Failed`) applies any more.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            SagaStatus::Completed | SagaStatus::Aborted | SagaStatus::Failed | SagaStatus::Resolved
+        )
+    }
+}
+
+/// Where a step stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StepPhase {
+    /// Not started.
+    Pending,
+    /// An attempt is running.
+    Running {
+        /// The attempt.
+        attempt: u32,
+    },
+    /// The last attempt failed; what follows is not decided yet.
+    Failed {
+        /// The attempt that failed.
+        attempt: u32,
+        /// Its error was permanent.
+        permanent: bool,
+    },
+    /// Another attempt is scheduled.
+    WaitingRetry {
+        /// The attempt that will run.
+        attempt: u32,
+        /// When.
+        fire_at: Millis,
+    },
+    /// Done.
+    Succeeded,
+    /// A compensation attempt is running.
+    Compensating {
+        /// The attempt.
+        attempt: u32,
+    },
+    /// The last compensation attempt failed.
+    CompensationFailed {
+        /// The attempt that failed.
+        attempt: u32,
+        /// Its error was permanent.
+        permanent: bool,
+    },
+    /// Another compensation attempt is scheduled.
+    WaitingCompensationRetry {
+        /// The attempt that will run.
+        attempt: u32,
+        /// When.
+        fire_at: Millis,
+    },
+    /// Undone.
+    Compensated,
+}
+
+/// One step's history, as far as decisions and views need it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepState {
+    /// Where it stands.
+    pub phase: StepPhase,
+    /// Attempts started.
+    pub attempts: u32,
+    /// Compensation attempts started.
+    pub compensation_attempts: u32,
+    /// Deadline of the running attempt (step or compensation).
+    pub deadline: Option<Millis>,
+    /// Its output, once it succeeded.
+    pub output: Option<Vec<u8>>,
+    /// The latest error.
+    pub last_error: Option<String>,
+    /// When its first attempt started.
+    pub started_at: Option<Millis>,
+    /// When it last changed phase.
+    pub updated_at: Option<Millis>,
+}
+
+impl StepState {
+    pub(crate) fn new() -> StepState {
+        StepState {
+            phase: StepPhase::Pending,
+            attempts: 0,
+            compensation_attempts: 0,
+            deadline: None,
+            output: None,
+            last_error: None,
+            started_at: None,
+            updated_at: None,
+        }
+    }
+}
+
+/// A saga instance's state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SagaState {
+    /// Its id.
+    pub id: SagaId,
+    /// Its definition's id.
+    pub definition: String,
+    /// The caller's input, serialised.
+    pub input: Vec<u8>,
+    /// The caller's deduplication key.
+    pub key: Option<String>,
+    /// Where it stands.
+    pub status: SagaStatus,
+    /// One entry per step of the definition.
+    pub steps: Vec<StepState>,
+    /// When it started.
+    pub started_at: Millis,
+    /// Its deadline.
+    pub deadline: Millis,
+    /// The saga deadline's timer fired.
+    pub deadline_passed: bool,
+    /// Why cancellation was requested (the first request).
+    pub cancel_reason: Option<String>,
+    /// Why it failed, for an operator.
+    pub failure: Option<String>,
+    /// Operator actions so far: (who, why).
+    pub operator_actions: Vec<(String, String)>,
+    /// When the latest event happened.
+    pub updated_at: Millis,
+}
