@@ -336,19 +336,12 @@ fn change_step(state: &mut SagaState, index: usize, at: Millis, kind: &EventKind
             target.output = Some(output.clone());
             target.deadline = None;
         }
-        EventKind::StepFailed {
+        &EventKind::StepFailed {
             attempt,
-            error,
+            ref error,
             permanent,
             ..
-        } => {
-            target.phase = StepPhase::Failed {
-                attempt: *attempt,
-                permanent: *permanent,
-            };
-            target.last_error = Some(error.clone());
-            target.deadline = None;
-        }
+        } => failed(target, StepPhase::Failed { attempt, permanent }, error),
         &EventKind::RetryScheduled {
             attempt,
             fire_at,
@@ -371,22 +364,25 @@ fn change_step(state: &mut SagaState, index: usize, at: Millis, kind: &EventKind
             target.phase = StepPhase::Compensated;
             target.deadline = None;
         }
-        EventKind::CompensationFailed {
+        &EventKind::CompensationFailed {
             attempt,
-            error,
+            ref error,
             permanent,
             ..
         } => {
-            target.phase = StepPhase::CompensationFailed {
-                attempt: *attempt,
-                permanent: *permanent,
-            };
-            target.last_error = Some(error.clone());
-            target.deadline = None;
+            let phase = StepPhase::CompensationFailed { attempt, permanent };
+            failed(target, phase, error)
         }
         _ => unreachable!("apply_step passes step events only"),
     }
     target.updated_at = Some(at);
+}
+
+/// An attempt (forward or backward) failed: its phase, its error.
+fn failed(target: &mut StepState, phase: StepPhase, error: &str) {
+    target.phase = phase;
+    target.last_error = Some(error.to_owned());
+    target.deadline = None;
 }
 
 /// A cancel request or a passed saga deadline asks the saga to turn back.

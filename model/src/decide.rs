@@ -79,11 +79,7 @@ pub fn decide(state: &SagaState, spec: &SagaSpec, now: Millis, jitter: f64) -> D
     if state.status == SagaStatus::Compensating {
         return backward(state, spec, now, jitter);
     }
-    let pivot_done = spec
-        .steps
-        .iter()
-        .zip(&state.steps)
-        .any(|(step, st)| step.kind == StepKind::Pivot && st.phase == StepPhase::Succeeded);
+    let pivot_done = pivot_succeeded(state, spec);
     let deadline_counts = !pivot_done && !state.deadline_passed;
     if deadline_counts && now >= state.deadline {
         return Decision::Record(EventKind::TimerFired {
@@ -142,6 +138,14 @@ pub fn decide(state: &SagaState, spec: &SagaSpec, now: Millis, jitter: f64) -> D
         // Compensation phases while Running cannot be folded; nothing to do.
         _ => Decision::Done,
     }
+}
+
+/// Past the point of no return: the saga only goes forward now.
+fn pivot_succeeded(state: &SagaState, spec: &SagaSpec) -> bool {
+    spec.steps
+        .iter()
+        .zip(&state.steps)
+        .any(|(step, st)| step.kind == StepKind::Pivot && st.phase == StepPhase::Succeeded)
 }
 
 /// A failed forward attempt, as `decide` read it from the state.

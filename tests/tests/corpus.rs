@@ -40,6 +40,31 @@ fn every_corpus_file_passes_its_target() {
 }
 
 #[test]
+fn the_event_seed_corpus_decodes() {
+    // The event target accepts inputs that fail to decode (that is most of
+    // what a fuzzer makes); its seeds must not be among them, or the
+    // target explores nothing but the decoder's error paths.
+    let seeds: Vec<_> = files("event")
+        .into_iter()
+        .filter(|(path, _)| {
+            path.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("event-")
+        })
+        .collect();
+    assert!(
+        seeds.len() >= 14,
+        "fuzz/corpus/event has {} seeds",
+        seeds.len()
+    );
+    for (path, bytes) in seeds {
+        skald_engine::Event::decode(&bytes)
+            .unwrap_or_else(|error| panic!("{}: {error}", path.display()));
+    }
+}
+
+#[test]
 fn the_seed_log_opens_with_its_records() {
     let records = std::fs::read(corpus_dir("open_log").join("records")).unwrap();
     assert_eq!(skald_tests::open_log_records(&records), Some(14));
