@@ -130,6 +130,13 @@ pub enum LogError {
     InvalidOptions(&'static str),
 }
 
+/// The error inside a flush's `io::Error` when the flush was refused
+/// because an earlier one failed (Linux reports a writeback error to one
+/// caller only, so every later flush of the log must fail too).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("an earlier flush of the log failed")]
+pub struct EarlierFlushFailed;
+
 impl LogError {
     pub(crate) fn io(
         operation: &'static str,

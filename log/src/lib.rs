@@ -51,7 +51,7 @@ mod recovery;
 mod segment;
 pub mod storage;
 
-pub use crate::error::LogError;
+pub use crate::error::{EarlierFlushFailed, LogError};
 pub use crate::log::{Log, BATCH_RECORDS_MAX};
 pub use crate::options::{
     Durability, LogOptions, SEGMENT_SIZE_BYTES_DEFAULT, SEGMENT_SIZE_BYTES_MAX,

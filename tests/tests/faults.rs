@@ -16,7 +16,7 @@ use parking_lot::Mutex;
 use skald_engine::{
     Engine, EngineError, EngineOptions, Saga, SagaId, SagaStatus, SnapshotSettings, Step, StepError,
 };
-use skald_log::{PowerCut, SimFault, SimStorage};
+use skald_log::{EarlierFlushFailed, LogError, PowerCut, SimFault, SimStorage};
 
 fn saga() -> Saga<u64> {
     let step = |_ctx| async { Ok::<_, StepError>(()) };
@@ -51,9 +51,9 @@ async fn start_until_failure(
     engine: &Engine,
     storage: &SimStorage,
     fault: SimFault,
-) -> (BTreeSet<SagaId>, String) {
+) -> (BTreeSet<SagaId>, EngineError) {
     let acknowledged = Arc::new(Mutex::new(BTreeSet::new()));
-    let first_error = Arc::new(Mutex::new(None::<String>));
+    let first_error = Arc::new(Mutex::new(None::<EngineError>));
     let tasks: Vec<_> = (0..8u64)
         .map(|task| {
             let (engine, acknowledged, first_error) =
@@ -65,7 +65,7 @@ async fn start_until_failure(
                             acknowledged.lock().insert(id);
                         }
                         Err(error) => {
-                            first_error.lock().get_or_insert(error.to_string());
+                            first_error.lock().get_or_insert(error);
                             break;
                         }
                     }
@@ -85,6 +85,22 @@ async fn start_until_failure(
     let acknowledged = acknowledged.lock().clone();
     let error = first_error.lock().clone().expect("starts failed");
     (acknowledged, error)
+}
+
+const EIO: i32 = 5;
+const ENOSPC: i32 = 28;
+
+/// The operation and OS error a fail-stopped partition reports.
+fn fail_stop(error: &EngineError) -> Option<(&'static str, &std::io::Error)> {
+    match error {
+        EngineError::Log(log) => match log.as_ref() {
+            LogError::FailStopped {
+                operation, source, ..
+            } => Some((*operation, source.as_ref())),
+            _ => None,
+        },
+        _ => None,
+    }
 }
 
 /// After the fault: clear it, cut the power (unflushed writes are gone),
@@ -118,13 +134,18 @@ async fn eio_on_a_flush_fail_stops_and_a_restart_recovers_every_acknowledged_sag
     assert!(!acknowledged.is_empty());
     // The failed flush is named: the EIO itself, or (in a partition whose
     // log saw another msync fail first) the flush failure it stopped on.
-    let named = |text: &str| {
-        text.contains("flush")
-            && (text.contains("os error 5") || text.contains("flush of the log failed"))
+    let named = |error: &EngineError| {
+        let Some((operation, source)) = fail_stop(error) else {
+            return false;
+        };
+        let earlier = source
+            .get_ref()
+            .is_some_and(|inner| inner.is::<EarlierFlushFailed>());
+        operation == "flush" && (source.raw_os_error() == Some(EIO) || earlier)
     };
     assert!(named(&error), "{error}");
     // Fail-stop: later calls fail at once, with the same cause.
-    let later = engine.start("plain", &1u64).await.unwrap_err().to_string();
+    let later = engine.start("plain", &1u64).await.unwrap_err();
     assert!(named(&later), "{later}");
     assert!(
         engine.shutdown().await.is_err(),
@@ -140,7 +161,10 @@ async fn enospc_when_a_segment_grows_fail_stops_and_a_restart_recovers() {
     let (acknowledged, error) =
         start_until_failure(&engine, &storage, SimFault::CreateEnospc).await;
     assert!(!acknowledged.is_empty());
-    assert!(error.contains("os error 28"), "ENOSPC named: {error}");
+    let enospc = fail_stop(&error).is_some_and(|(operation, source)| {
+        operation == "create segment" && source.raw_os_error() == Some(ENOSPC)
+    });
+    assert!(enospc, "ENOSPC named: {error}");
     let _ = engine.shutdown().await;
     recover_after(storage, SimFault::CreateEnospc, &acknowledged).await;
 }
@@ -163,8 +187,15 @@ async fn a_short_snapshot_write_costs_a_snapshot_not_data() {
     }
     // The clean-close marker is a small file too: it is cut short, and the
     // close says so.
-    let closed = engine.shutdown().await.unwrap_err().to_string();
-    assert!(closed.contains("CLEAN"), "{closed}");
+    let closed = engine.shutdown().await.unwrap_err();
+    let names_the_marker = match &closed {
+        EngineError::Log(log) => match log.as_ref() {
+            LogError::Io { path, .. } => path.ends_with("CLEAN"),
+            _ => false,
+        },
+        _ => false,
+    };
+    assert!(names_the_marker, "{closed}");
     storage.clear(SimFault::ShortWrite);
     let (rebooted, _) = storage.power_cut(PowerCut::DropUnflushed);
     // Half-written snapshots and a half-written marker are never trusted.
@@ -183,8 +214,11 @@ async fn a_short_snapshot_write_costs_a_snapshot_not_data() {
 async fn a_short_write_of_the_engine_file_is_an_error_and_a_retry_creates_it() {
     let storage = SimStorage::new();
     storage.inject(SimFault::ShortWrite);
-    let error = open(&storage).await.unwrap_err().to_string();
-    assert!(error.contains("ENGINE.tmp"), "names the file: {error}");
+    let error = open(&storage).await.unwrap_err();
+    assert!(
+        matches!(&error, EngineError::Io { path, .. } if path.ends_with("ENGINE.tmp")),
+        "names the file: {error}"
+    );
     storage.clear(SimFault::ShortWrite);
     let engine = open(&storage)
         .await

@@ -169,7 +169,7 @@ impl Shared {
     ) -> std::io::Result<()> {
         let _flushing = self.flush_lock.lock();
         if self.flush_failed.load(Ordering::SeqCst) {
-            return Err(std::io::Error::other("an earlier flush of the log failed"));
+            return Err(std::io::Error::other(crate::error::EarlierFlushFailed));
         }
         let result = segment.file.flush(offset, length);
         if result.is_err() {
