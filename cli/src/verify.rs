@@ -156,8 +156,14 @@ pub fn run(dir: &Path, allow_torn_tail: bool, out: &mut Out) -> Result<Verdict> 
             }
             None => (PartitionFold::new(), log.first_lsn()),
         };
-        if let Err(error) = fold_log(&log, from, None, None, &mut fold) {
-            return damaged(out, &error.to_string());
+        match fold_log(&log, from, None, None, &mut fold) {
+            Ok(_) => {}
+            Err(error @ skald_engine::EngineError::Corrupt { .. }) => {
+                return damaged(out, &error.to_string())
+            }
+            // Reading failed (a running engine deleted segments meanwhile,
+            // say): an error, not a verdict on the data.
+            Err(error) => return Err(error.into()),
         }
         sagas += fold.len();
     }

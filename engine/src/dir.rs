@@ -64,15 +64,14 @@ pub(crate) fn prepare(
         .map_err(|e| io(&file, e))?;
     storage.sync_dir(dir).map_err(|e| io(dir, e))?;
     // Paired with the write: what a later open reads is what was meant.
-    debug_assert_eq!(
-        storage
-            .read_small_file(&file)
-            .ok()
-            .flatten()
-            .as_deref()
-            .and_then(parse_engine_file),
-        Some(asked)
-    );
+    let bytes = engine_file_bytes(asked);
+    if !storage
+        .holds_exactly(&file, &bytes)
+        .map_err(|e| io(&file, e))?
+    {
+        let lost = std::io::Error::other("the ENGINE file does not read back as written");
+        return Err(io(&file, lost));
+    }
     Ok(asked)
 }
 

@@ -16,6 +16,9 @@ use std::any::Any;
 use std::io;
 use std::path::Path;
 
+/// The buffer [`Storage::holds_exactly`] reads a file through.
+pub const READ_BACK_CHUNK_BYTES: usize = 64 << 10;
+
 /// A directory of segment files and small metadata files.
 pub trait Storage: Send + Sync + 'static {
     /// Creates `dir` (and parents) if missing, and fsyncs the parent of
@@ -51,6 +54,14 @@ pub trait Storage: Send + Sync + 'static {
 
     /// Reads a small file whole; `Ok(None)` if it does not exist.
     fn read_small_file(&self, path: &Path) -> io::Result<Option<Vec<u8>>>;
+
+    /// Whether the file at `path` holds exactly `expected`, read back in
+    /// pieces of at most [`READ_BACK_CHUNK_BYTES`] (so that checking a large
+    /// file costs no second copy of it in memory); `Ok(false)` if it differs
+    /// or does not exist.
+    fn holds_exactly(&self, path: &Path, expected: &[u8]) -> io::Result<bool> {
+        Ok(self.read_small_file(path)?.as_deref() == Some(expected))
+    }
 
     /// Writes a small file whole and makes its content durable (fsync). The
     /// directory entry is not yet durable: the caller syncs the directory.

@@ -44,6 +44,11 @@ impl PartitionFold {
     }
 
     /// Starts from a snapshot's sagas, which are in id order.
+    ///
+    /// # Panics
+    ///
+    /// If the ids are not strictly increasing: a snapshot's decoder refuses
+    /// such a payload, so this would be a bug in the caller.
     pub fn from_sorted(states: Vec<SagaState>) -> PartitionFold {
         assert!(
             states.windows(2).all(|pair| pair[0].id < pair[1].id),

@@ -136,6 +136,13 @@ pub enum SnapshotError {
         /// What is wrong.
         damage: Damage,
     },
+    /// A snapshot just written does not read back as written (a short or
+    /// lost write); it was removed.
+    #[error("{path}: the snapshot just written does not read back as written; it was removed")]
+    ReadBack {
+        /// The file.
+        path: PathBuf,
+    },
 }
 
 /// One snapshot file, as listed.
@@ -372,18 +379,19 @@ impl SnapshotStore {
         self.storage
             .sync_dir(&self.dir)
             .map_err(self.io(&self.dir))?;
+        // Paired with the write: the file must read back byte for byte
+        // before anything relies on it: pruning older snapshots here, and
+        // the engine deleting the log it covers. A file that does not is
+        // removed, so it never counts as kept.
+        let sound = self
+            .storage
+            .holds_exactly(&path, &bytes)
+            .map_err(self.io(&path))?;
         drop(bytes);
-        // Paired with the write: the file must read back whole (header,
-        // checksum, LSN) before anything relies on it: pruning older
-        // snapshots here, and the engine deleting the log it covers. A
-        // file that does not is removed, so it never counts as kept.
-        if let Err(error) = self.read(&SnapshotFile {
-            lsn,
-            path: path.clone(),
-        }) {
+        if !sound {
             let _ = self.storage.remove_file(&path);
             let _ = self.storage.sync_dir(&self.dir);
-            return Err(error);
+            return Err(SnapshotError::ReadBack { path });
         }
         self.prune()
     }

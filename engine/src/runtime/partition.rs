@@ -90,10 +90,7 @@ impl Partition {
                 break;
             }
             if !self.deferred.is_empty() {
-                // Results the partition produced itself: no waiting.
-                while let Some((saga, run, result)) = self.deferred.pop_front() {
-                    self.finished(saga, run, result);
-                }
+                self.deferred_turn();
             } else if !self.turn().await {
                 break;
             }
@@ -149,6 +146,21 @@ impl Partition {
             () = sleep(sleep_until), if sleep_until.is_some() => self.fire_timers(),
         }
         true
+    }
+
+    /// Results the partition produced itself (an open breaker, an input
+    /// that does not decode), handled without waiting, but after the
+    /// commands already queued: as if they had joined the queue's back.
+    fn deferred_turn(&mut self) {
+        for _ in 0..TURN_COMMANDS_MAX {
+            let Ok(command) = self.rx.try_recv() else {
+                break;
+            };
+            self.handle(command);
+        }
+        while let Some((saga, run, result)) = self.deferred.pop_front() {
+            self.finished(saga, run, result);
+        }
     }
 
     async fn finish_shutdown(mut self) {

@@ -15,6 +15,10 @@ use crate::snapshotter::{self, Delta, SnapshotSettings};
 /// keeps its dirty list and sends one larger delta later.
 const DELTAS_QUEUED_MAX: usize = 2;
 
+/// While the delta queue is full, a due snapshot is tried again this often
+/// (the snapshotter makes room without telling the partition).
+const QUEUE_FULL_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The partition's side of background snapshots.
 pub(super) struct Snapshots {
     pub(super) settings: SnapshotSettings,
@@ -78,10 +82,17 @@ impl Partition {
             return None;
         }
         let snapshots = &self.snapshots;
-        let room = snapshots.deltas.as_ref().is_some_and(|d| d.capacity() > 0);
-        match snapshots.settings.every {
-            Some(every) if room && snapshots.events_since > 0 => Some(snapshots.last + every),
-            _ => None,
+        let deltas = snapshots.deltas.as_ref()?;
+        let every = snapshots.settings.every?;
+        if snapshots.events_since == 0 {
+            return None;
+        }
+        let due = snapshots.last + every;
+        match deltas.capacity() > 0 {
+            true => Some(due),
+            // Not before the snapshotter had time to make room: the loop
+            // must not spin on a due time it cannot act on.
+            false => Some(due.max(tokio::time::Instant::now() + QUEUE_FULL_RETRY)),
         }
     }
 

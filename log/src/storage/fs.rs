@@ -2,7 +2,7 @@
 
 use std::any::Any;
 use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -136,6 +136,26 @@ impl Storage for FsStorage {
             Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(error) => Err(error),
         }
+    }
+
+    fn holds_exactly(&self, path: &Path, expected: &[u8]) -> io::Result<bool> {
+        let mut file = match File::open(path) {
+            Ok(file) => file,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(error) => return Err(error),
+        };
+        if file.metadata()?.len() != expected.len() as u64 {
+            return Ok(false);
+        }
+        let mut buffer = vec![0u8; super::READ_BACK_CHUNK_BYTES];
+        for piece in expected.chunks(super::READ_BACK_CHUNK_BYTES) {
+            let read = &mut buffer[..piece.len()];
+            file.read_exact(read)?;
+            if read != piece {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     fn write_small_file(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
