@@ -31,7 +31,7 @@ use std::time::Duration;
 
 use crate::definition::{SagaSpec, StepKind, StepSpec};
 use crate::event::{EventKind, Millis, StepIndex, Timer};
-use crate::state::{SagaState, SagaStatus, StepPhase};
+use crate::state::{SagaState, SagaStatus, StepPhase, StepState};
 
 /// The least delay between retries of a retriable step once its policy's
 /// attempts are used up.
@@ -100,12 +100,7 @@ pub fn decide(state: &SagaState, spec: &SagaSpec, now: Millis, jitter: f64) -> D
     let spec_step = &spec.steps[index];
     match current.phase {
         StepPhase::Running { attempt } => {
-            let run = Run {
-                step,
-                attempt,
-                compensation: false,
-                deadline: current.deadline.unwrap_or(now),
-            };
+            let run = under_way(step, attempt, false, current, now);
             running(run, spec_step, now, saga_wake)
         }
         _ if turn_back => backward(state, spec, now, jitter),
@@ -154,6 +149,23 @@ struct Failure<'a> {
     attempt: u32,
     permanent: bool,
     error: &'a str,
+}
+
+/// The attempt of `step` the state says is running (a recorded deadline;
+/// none, which no fold produces, counts as due now).
+fn under_way(
+    step: StepIndex,
+    attempt: u32,
+    compensation: bool,
+    current: &StepState,
+    now: Millis,
+) -> Run {
+    Run {
+        step,
+        attempt,
+        compensation,
+        deadline: current.deadline.unwrap_or(now),
+    }
 }
 
 /// An attempt (forward or backward) under way: it times out at its
@@ -264,12 +276,7 @@ fn backward_step(
             deadline: deadline_of_new,
         }),
         StepPhase::Compensating { attempt } => {
-            let run = Run {
-                step,
-                attempt,
-                compensation: true,
-                deadline: current.deadline.unwrap_or(now),
-            };
+            let run = under_way(step, attempt, true, current, now);
             running(run, spec_step, now, None)
         }
         StepPhase::CompensationFailed { attempt, permanent } => {

@@ -96,14 +96,7 @@ impl Attempt {
     /// ends the attempt (a result, a timeout, a panic, or the task aborted)
     /// settles the breaker call it was admitted as.
     async fn run(self, mut call: BreakerCall, tx: tokio::sync::mpsc::Sender<Command>) {
-        let Attempt {
-            saga,
-            run,
-            definition,
-            input,
-            outputs,
-            timeout,
-        } = self;
+        let (saga, run, timeout) = (self.saga, self.run, self.timeout);
         let what = match run.compensation {
             true => "compensation",
             false => "step",
@@ -111,7 +104,7 @@ impl Attempt {
         // The handler is called inside the panic catcher too: a panic
         // before its first await is a failed attempt like any other.
         let attempt = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            definition.attempt(saga, &run, input, outputs)
+            self.definition.attempt(saga, &run, self.input, self.outputs)
         }));
         let outcome = match attempt {
             Ok(future) => tokio::time::timeout(timeout, CatchUnwind(future))
