@@ -104,7 +104,8 @@ impl Attempt {
         // The handler is called inside the panic catcher too: a panic
         // before its first await is a failed attempt like any other.
         let attempt = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            self.definition.attempt(saga, &run, self.input, self.outputs)
+            self.definition
+                .attempt(saga, &run, self.input, self.outputs)
         }));
         let outcome = match attempt {
             Ok(future) => tokio::time::timeout(timeout, CatchUnwind(future))
