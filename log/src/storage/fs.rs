@@ -29,13 +29,13 @@ use super::{SegmentFile, Storage};
 ///   writing each segment once more when it is created.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SegmentPreparation {
-    /// Write zeros over the whole file through the mapping and fsync it:
-    /// every block is allocated and written before records arrive. The
-    /// default.
+    /// Reserve blocks with `posix_fallocate`, then write zeros over the
+    /// whole file through the mapping and fsync it: every block is
+    /// allocated and written before records arrive. The default.
     #[default]
     ZeroFill,
-    /// Reserve blocks with `posix_fallocate` (unwritten extents): no extra
-    /// write at creation, a journal commit at every sync.
+    /// Reserve blocks with `posix_fallocate` (unwritten extents) only: no
+    /// extra write at creation, a journal commit at every sync.
     Fallocate,
 }
 
@@ -49,6 +49,51 @@ impl FsStorage {
     /// Real storage with the given segment preparation.
     pub fn new(preparation: SegmentPreparation) -> FsStorage {
         FsStorage { preparation }
+    }
+}
+
+impl FsStorage {
+    /// Reserves every block of a new segment, then writes its header (and,
+    /// for `ZeroFill`, its zeros) and makes it durable.
+    ///
+    /// The reservation comes first in both modes: a page of a sparse file
+    /// touched through a map when the file system has no block left faults
+    /// with SIGBUS, killing the process. With the blocks reserved, a full
+    /// disk is an ENOSPC error from `posix_fallocate`, before any page is
+    /// touched.
+    fn prepare(
+        &self,
+        file: &File,
+        size_bytes: u64,
+        header: &[u8],
+    ) -> io::Result<Box<dyn SegmentFile>> {
+        fallocate(file, size_bytes)?;
+        match self.preparation {
+            SegmentPreparation::Fallocate => {
+                file.write_all_at(header, 0)?;
+                // One fsync makes the size, the extents and the header durable.
+                file.sync_all()?;
+                map_segment(file, true).map(|s| Box::new(s) as Box<dyn SegmentFile>)
+            }
+            SegmentPreparation::ZeroFill => {
+                let segment = map_segment(file, true)?;
+                // Zeros go in through the mapping, after MADV_RANDOM, so the
+                // page cache holds single pages (a write() would leave large
+                // folios, and msync would then rewrite a whole folio for a
+                // one-byte change). Writing them turns the reserved
+                // (unwritten) extents into written ones now, so that later
+                // syncs of records are pure data writes.
+                // SAFETY: the mapping is new and private to this call, and
+                // every block under it is reserved.
+                unsafe {
+                    std::ptr::write_bytes(segment.map.as_mut_ptr(), 0, size_bytes as usize);
+                    segment.write(0, header);
+                }
+                segment.flush(0, size_bytes)?;
+                file.sync_all()?;
+                Ok(Box::new(segment))
+            }
+        }
     }
 }
 
@@ -86,31 +131,13 @@ impl Storage for FsStorage {
             .write(true)
             .create_new(true)
             .open(path)?;
-        match self.preparation {
-            SegmentPreparation::Fallocate => {
-                fallocate(&file, size_bytes)?;
-                file.write_all_at(header, 0)?;
-                // One fsync makes the size, the extents and the header durable.
-                file.sync_all()?;
-                map_segment(&file, true).map(|s| Box::new(s) as Box<dyn SegmentFile>)
-            }
-            SegmentPreparation::ZeroFill => {
-                file.set_len(size_bytes)?;
-                let segment = map_segment(&file, true)?;
-                // Zeros go in through the mapping, after MADV_RANDOM, so the
-                // page cache holds single pages (a write() would leave large
-                // folios, and msync would then rewrite a whole folio for a
-                // one-byte change).
-                // SAFETY: the mapping is new and private to this call.
-                unsafe {
-                    std::ptr::write_bytes(segment.map.as_mut_ptr(), 0, size_bytes as usize);
-                    segment.write(0, header);
-                }
-                segment.flush(0, size_bytes)?;
-                file.sync_all()?;
-                Ok(Box::new(segment))
-            }
+        let created = self.prepare(&file, size_bytes, header);
+        if created.is_err() {
+            // Best effort: a half-made file holds no record, and the next
+            // open would remove it anyway (a torn creation).
+            let _ = std::fs::remove_file(path);
         }
+        created
     }
 
     fn open_segment(&self, path: &Path, writable: bool) -> io::Result<Box<dyn SegmentFile>> {
