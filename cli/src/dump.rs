@@ -30,7 +30,7 @@ pub struct DumpArgs {
     pub state: bool,
 }
 
-const KINDS: [&str; 14] = [
+const KINDS: [&str; 15] = [
     "Started",
     "StepStarted",
     "StepSucceeded",
@@ -45,6 +45,7 @@ const KINDS: [&str; 14] = [
     "CancelRequested",
     "TimerFired",
     "OperatorAction",
+    "AttemptResumed",
 ];
 
 pub fn run(args: DumpArgs, out: &mut Out) -> Result<()> {

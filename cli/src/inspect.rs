@@ -250,6 +250,17 @@ pub fn fields(kind: &EventKind) -> Vec<(&'static str, Field)> {
                 ("attempt", Num(u64::from(*attempt))),
             ],
         },
+        EventKind::AttemptResumed {
+            step,
+            attempt,
+            compensation,
+            deadline,
+        } => vec![
+            ("step", Num(u64::from(*step))),
+            ("attempt", Num(u64::from(*attempt))),
+            ("compensation", Bool(*compensation)),
+            ("deadline", Time(*deadline)),
+        ],
         EventKind::OperatorAction { action, who, why } => vec![
             ("action", Text(format!("{action:?}"))),
             ("who", Text(who.clone())),

@@ -80,6 +80,9 @@ pub struct Simulation {
     rng: StdRng,
     storage: SimStorage,
     crashes: u64,
+    /// When the world began, on tokio's (virtual) clock: the engine's clock
+    /// reads [`SIM_EPOCH_MS`] plus the time since, across every reopen.
+    began: tokio::time::Instant,
 }
 
 impl Simulation {
@@ -90,6 +93,7 @@ impl Simulation {
             rng: StdRng::seed_from_u64(seed),
             storage: SimStorage::new(),
             crashes: 0,
+            began: tokio::time::Instant::now(),
         }
     }
 
@@ -112,10 +116,15 @@ impl Simulation {
     /// Options for an engine in this simulation: deterministic mode, the
     /// simulated disk, the seed, small segments (so that rolls, snapshots
     /// and deletions happen), and [`SIM_PARTITIONS`] partitions.
+    ///
+    /// The engine's clock goes on from where the world's time is: virtual
+    /// time that passes while no engine runs (a test sleeping between a
+    /// crash and the reopen) is downtime, as it would be for a real host.
     pub fn options(&self) -> EngineOptions {
+        let elapsed = self.began.elapsed().as_millis() as u64;
         EngineOptions::default()
             .partitions(SIM_PARTITIONS)
-            .deterministic(SIM_EPOCH_MS)
+            .deterministic(SIM_EPOCH_MS + elapsed)
             .seed(self.seed ^ self.crashes.wrapping_mul(0x9E37_79B9_7F4A_7C15))
             .segment_size_bytes(64 * 1024)
             .storage(Arc::new(self.storage.clone()))

@@ -261,6 +261,13 @@ fn apply_step(state: &mut SagaState, at: Millis, kind: &EventKind) -> Result<(),
         EventKind::StepCompensated { .. } | EventKind::CompensationFailed { .. } => {
             phase == (StepPhase::Compensating { attempt })
         }
+        EventKind::AttemptResumed {
+            compensation: false,
+            ..
+        } => phase == (StepPhase::Running { attempt }),
+        EventKind::AttemptResumed {
+            compensation: true, ..
+        } => phase == (StepPhase::Compensating { attempt }),
         _ => unreachable!("step_and_attempt matched a step event"),
     };
     if !fits {
@@ -364,6 +371,9 @@ fn change_step(state: &mut SagaState, index: usize, at: Millis, kind: &EventKind
             target.phase = StepPhase::Compensated;
             target.deadline = None;
         }
+        // The phase stays (the same attempt runs again); only its
+        // deadline moves.
+        &EventKind::AttemptResumed { deadline, .. } => target.deadline = Some(deadline),
         &EventKind::CompensationFailed {
             attempt,
             ref error,

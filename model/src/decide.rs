@@ -316,6 +316,36 @@ fn backward_step(
     Some(decision)
 }
 
+/// After a restart: the attempt that was in flight when the engine stopped
+/// (a crash or a shutdown) runs again, the same attempt with a fresh
+/// deadline from `now`, so that downtime never times an attempt out that
+/// did not get to run. `None` when no attempt is under way (or the saga is
+/// final, or `state` does not fit `spec`).
+///
+/// The saga's own deadline is business time and is not moved: downtime
+/// counts against it.
+pub fn resume(state: &SagaState, spec: &SagaSpec, now: Millis) -> Option<EventKind> {
+    if state.status.is_final() || state.steps.len() != spec.steps.len() {
+        return None;
+    }
+    let (index, attempt, compensation) =
+        state
+            .steps
+            .iter()
+            .enumerate()
+            .find_map(|(index, step)| match step.phase {
+                StepPhase::Running { attempt } => Some((index, attempt, false)),
+                StepPhase::Compensating { attempt } => Some((index, attempt, true)),
+                _ => None,
+            })?;
+    Some(EventKind::AttemptResumed {
+        step: index as StepIndex,
+        attempt,
+        compensation,
+        deadline: now.saturating_add(millis(spec.steps[index].timeout)),
+    })
+}
+
 fn retry(
     step: StepIndex,
     failed: u32,

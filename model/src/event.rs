@@ -163,6 +163,21 @@ pub enum EventKind {
         /// Why.
         why: String,
     },
+    /// An attempt that was in flight when the engine stopped (a crash or a
+    /// shutdown) runs again after the restart: the same attempt, so the
+    /// same idempotency key, with a fresh deadline (downtime does not count
+    /// against an attempt's timeout). Appended last: existing logs decode
+    /// as before.
+    AttemptResumed {
+        /// The step.
+        step: StepIndex,
+        /// The attempt (of the step, or of its compensation).
+        attempt: u32,
+        /// It is the compensation's attempt.
+        compensation: bool,
+        /// The attempt's new deadline.
+        deadline: Millis,
+    },
 }
 
 /// A durable timer.
@@ -228,6 +243,7 @@ impl EventKind {
             EventKind::CancelRequested { .. } => "CancelRequested",
             EventKind::TimerFired { .. } => "TimerFired",
             EventKind::OperatorAction { .. } => "OperatorAction",
+            EventKind::AttemptResumed { .. } => "AttemptResumed",
         }
     }
 
@@ -240,7 +256,8 @@ impl EventKind {
             | EventKind::RetryScheduled { step, attempt, .. }
             | EventKind::CompensationStarted { step, attempt, .. }
             | EventKind::StepCompensated { step, attempt }
-            | EventKind::CompensationFailed { step, attempt, .. } => Some((step, attempt)),
+            | EventKind::CompensationFailed { step, attempt, .. }
+            | EventKind::AttemptResumed { step, attempt, .. } => Some((step, attempt)),
             _ => None,
         }
     }

@@ -180,6 +180,24 @@ fn events() -> Vec<(&'static str, EventKind)> {
             },
         ),
         (
+            "attempt-resumed",
+            EventKind::AttemptResumed {
+                step: 1,
+                attempt: 2,
+                compensation: false,
+                deadline: AT + 60_000,
+            },
+        ),
+        (
+            "compensation-attempt-resumed",
+            EventKind::AttemptResumed {
+                step: 0,
+                attempt: 1,
+                compensation: true,
+                deadline: AT + 61_000,
+            },
+        ),
+        (
             "operator-mark-resolved",
             EventKind::OperatorAction {
                 action: OperatorAction::MarkResolved,
@@ -209,9 +227,10 @@ fn kind_number(kind: &EventKind) -> usize {
         EventKind::CancelRequested { .. } => 11,
         EventKind::TimerFired { .. } => 12,
         EventKind::OperatorAction { .. } => 13,
+        EventKind::AttemptResumed { .. } => 14,
     }
 }
-const KINDS: usize = 14;
+const KINDS: usize = 15;
 
 #[test]
 fn every_event_kind_decodes_from_its_checked_in_bytes_and_re_encodes_identically() {

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use rand::Rng;
-use skald_model::{apply, decide, millis, Decision, Event, EventKind, Millis};
+use skald_model::{apply, decide, millis, resume, Decision, Event, EventKind, Millis};
 use skald_model::{Run, SagaId, StepPhase};
 
 use super::command::Reply;
@@ -250,6 +250,25 @@ impl Partition {
             }
         }
         tracing::error!(%saga, "decide did not settle; the saga is parked");
+    }
+
+    /// At open: the attempt that was in flight when the engine stopped gets
+    /// a fresh deadline, so that it runs again (same attempt, same
+    /// idempotency key) however long the engine was down.
+    pub(super) fn resume(&mut self, saga: SagaId) {
+        let Some(entry) = self.sagas.get(&saga) else {
+            return;
+        };
+        let Some(definition) = entry.definition.clone() else {
+            return;
+        };
+        let now = self.shared.clock.now();
+        let Some(kind) = resume(&entry.state, definition.spec(), now) else {
+            return;
+        };
+        if let Err(error) = self.record(saga, kind) {
+            tracing::error!(%saga, %error, "an attempt in flight could not be resumed");
+        }
     }
 
     fn set_timer(&mut self, saga: SagaId, wake: Option<Millis>) {

@@ -80,8 +80,10 @@ impl Partition {
     }
 
     pub(crate) async fn run(mut self) {
-        // Resume every unfinished saga where it stood.
+        // Resume every unfinished saga where it stood: an attempt that was
+        // in flight runs again, with a fresh deadline.
         for id in self.unfinished() {
+            self.resume(id);
             self.drive(id);
         }
         self.write_turn();
