@@ -26,17 +26,15 @@ pub struct DemoArgs {
 struct Tally {
     completed: u64,
     compensated: u64,
-    cancelled: u64,
     failed: u64,
     latencies: Vec<u64>,
 }
 
 impl Tally {
-    fn count(&mut self, status: SagaStatus, cancelled: bool) {
+    fn count(&mut self, status: SagaStatus) {
         match status {
             SagaStatus::Completed => self.completed += 1,
-            SagaStatus::Aborted if cancelled => self.cancelled += 1,
-            SagaStatus::Aborted => self.compensated += 1,
+            SagaStatus::Compensated => self.compensated += 1,
             _ => self.failed += 1,
         }
     }
@@ -147,9 +145,7 @@ async fn demo(args: DemoArgs, out: &mut Out) -> Result<()> {
         let (engine, tally, progress) = (engine.clone(), tally.clone(), progress.clone());
         tasks.push(tokio::spawn(async move {
             let view = engine.wait(id).await?;
-            tally
-                .lock()
-                .count(view.status, view.cancel_reason.is_some());
+            tally.lock().count(view.status);
             progress.inc(1);
             Ok::<(), anyhow::Error>(())
         }));
@@ -180,7 +176,7 @@ async fn demo(args: DemoArgs, out: &mut Out) -> Result<()> {
                     .await?;
                 let view = engine.wait(id).await?;
                 let mut tally = tally.lock();
-                tally.count(view.status, view.cancel_reason.is_some());
+                tally.count(view.status);
                 tally.latencies.push(begun.elapsed().as_nanos() as u64);
                 drop(tally);
                 progress.inc(1);
@@ -204,7 +200,7 @@ async fn demo(args: DemoArgs, out: &mut Out) -> Result<()> {
         }
         sorted[((sorted.len() - 1) as f64 * p).round() as usize] as f64 / 1e6
     };
-    let ended = tally.completed + tally.compensated + tally.cancelled + tally.failed;
+    let ended = tally.completed + tally.compensated + tally.failed;
     out.line(&format!(
         "sagas        {} started, {} recovered, {ended} ended",
         args.sagas,
@@ -215,9 +211,6 @@ async fn demo(args: DemoArgs, out: &mut Out) -> Result<()> {
         "compensated  {} (payment declined: inventory released, order cancelled)",
         tally.compensated
     ))?;
-    if tally.cancelled > 0 {
-        out.line(&format!("cancelled    {}", tally.cancelled))?;
-    }
     out.line(&format!("failed       {} (need an operator)", tally.failed))?;
     out.line(&format!(
         "events       {} written, every one durable before it was acted on",

@@ -40,7 +40,7 @@ const KINDS: [&str; 15] = [
     "StepCompensated",
     "CompensationFailed",
     "Completed",
-    "Aborted",
+    "Compensated",
     "Failed",
     "CancelRequested",
     "TimerFired",

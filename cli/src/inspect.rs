@@ -234,7 +234,7 @@ pub fn fields(kind: &EventKind) -> Vec<(&'static str, Field)> {
             ("step", Num(u64::from(*step))),
             ("attempt", Num(u64::from(*attempt))),
         ],
-        EventKind::Completed | EventKind::Aborted => vec![],
+        EventKind::Completed | EventKind::Compensated => vec![],
         EventKind::Failed { reason } | EventKind::CancelRequested { reason } => {
             vec![("reason", Text(reason.clone()))]
         }

@@ -10,14 +10,53 @@ use skald_engine::SagaStatus;
 use crate::inspect::EngineDir;
 use crate::Out;
 
-#[derive(Debug, Default, Serialize)]
+/// Sagas by status: the engine's own status names (`SagaStatus`), and
+/// apart from them, how many had a cancel requested (a reason, not an
+/// outcome: such a saga ends compensated, or completed if the request came
+/// after its pivot).
+#[derive(Debug, Default, Clone, Copy, Serialize)]
 struct Sagas {
     running: u64,
+    compensating: u64,
     completed: u64,
     compensated: u64,
     failed: u64,
-    cancelled: u64,
     resolved: u64,
+    cancel_requested: u64,
+}
+
+impl Sagas {
+    fn count(&mut self, state: &skald_engine::inspect::model::SagaState) {
+        match state.status {
+            SagaStatus::Running => self.running += 1,
+            SagaStatus::Compensating => self.compensating += 1,
+            SagaStatus::Completed => self.completed += 1,
+            SagaStatus::Compensated => self.compensated += 1,
+            SagaStatus::Failed => self.failed += 1,
+            SagaStatus::Resolved => self.resolved += 1,
+        }
+        self.cancel_requested += u64::from(state.cancel_reason.is_some());
+    }
+
+    fn add(mut self, other: &Sagas) -> Sagas {
+        self.running += other.running;
+        self.compensating += other.compensating;
+        self.completed += other.completed;
+        self.compensated += other.compensated;
+        self.failed += other.failed;
+        self.resolved += other.resolved;
+        self.cancel_requested += other.cancel_requested;
+        self
+    }
+
+    fn total(&self) -> u64 {
+        self.running
+            + self.compensating
+            + self.completed
+            + self.compensated
+            + self.failed
+            + self.resolved
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -61,14 +100,7 @@ pub fn run(dir: &Path, json: bool, out: &mut Out) -> Result<()> {
         }
         let mut sagas = Sagas::default();
         for state in recovered.sagas.values() {
-            match state.status {
-                SagaStatus::Running | SagaStatus::Compensating => sagas.running += 1,
-                SagaStatus::Completed => sagas.completed += 1,
-                SagaStatus::Aborted if state.cancel_reason.is_some() => sagas.cancelled += 1,
-                SagaStatus::Aborted => sagas.compensated += 1,
-                SagaStatus::Failed => sagas.failed += 1,
-                SagaStatus::Resolved => sagas.resolved += 1,
-            }
+            sagas.count(state);
         }
         let records = log.next_lsn() - log.first_lsn();
         partitions.push(Partition {
@@ -82,7 +114,6 @@ pub fn run(dir: &Path, json: bool, out: &mut Out) -> Result<()> {
             sagas,
         });
     }
-    let sum = |f: fn(&Sagas) -> u64| partitions.iter().map(|p| f(&p.sagas)).sum::<u64>();
     let stats = Stats {
         records: partitions.iter().map(|p| p.records).sum(),
         segments: partitions.iter().map(|p| p.segments).sum(),
@@ -90,14 +121,9 @@ pub fn run(dir: &Path, json: bool, out: &mut Out) -> Result<()> {
         first_lsn: partitions.iter().filter_map(|p| p.first_lsn).min(),
         last_lsn: partitions.iter().filter_map(|p| p.last_lsn).max(),
         snapshot_lsn: partitions.iter().filter_map(|p| p.snapshot_lsn).max(),
-        sagas: Sagas {
-            running: sum(|s| s.running),
-            completed: sum(|s| s.completed),
-            compensated: sum(|s| s.compensated),
-            failed: sum(|s| s.failed),
-            cancelled: sum(|s| s.cancelled),
-            resolved: sum(|s| s.resolved),
-        },
+        sagas: partitions
+            .iter()
+            .fold(Sagas::default(), |sum, p| sum.add(&p.sagas)),
         partitions,
     };
     if json {
@@ -114,8 +140,8 @@ pub fn run(dir: &Path, json: bool, out: &mut Out) -> Result<()> {
     ))?;
     let s = &stats.sagas;
     out.line(&format!(
-        "sagas      {} running, {} completed, {} compensated, {} cancelled, {} failed, {} resolved",
-        s.running, s.completed, s.compensated, s.cancelled, s.failed, s.resolved
+        "sagas      {} running, {} compensating, {} completed, {} compensated, {} failed, {} resolved ({} with a cancel request)",
+        s.running, s.compensating, s.completed, s.compensated, s.failed, s.resolved, s.cancel_requested
     ))?;
     out.line("")?;
     out.line(&format!(
@@ -123,12 +149,7 @@ pub fn run(dir: &Path, json: bool, out: &mut Out) -> Result<()> {
         "partition", "segments", "records", "bytes", "LSNs", "snapshot", "sagas"
     ))?;
     for p in &stats.partitions {
-        let total = p.sagas.running
-            + p.sagas.completed
-            + p.sagas.compensated
-            + p.sagas.failed
-            + p.sagas.cancelled
-            + p.sagas.resolved;
+        let total = p.sagas.total();
         out.line(&format!(
             "{:>9} {:>8} {:>10} {:>14} {:>22} {:>12} {:>8}",
             p.partition,

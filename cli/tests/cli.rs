@@ -93,7 +93,15 @@ fn stats_dump_and_verify_describe_what_the_demo_wrote() {
         assert!(stats.get(field).is_some(), "stats lacks {field}: {stats}");
     }
     let sagas = &stats["sagas"];
-    for field in ["running", "completed", "compensated", "failed", "cancelled"] {
+    for field in [
+        "running",
+        "compensating",
+        "completed",
+        "compensated",
+        "failed",
+        "resolved",
+        "cancel_requested",
+    ] {
         assert!(sagas.get(field).is_some(), "sagas lacks {field}");
     }
     let completed = sagas["completed"].as_u64().unwrap();
@@ -171,7 +179,7 @@ fn stats_dump_and_verify_describe_what_the_demo_wrote() {
     let now = skald(&["dump", dir_arg, "--saga", &saga, "--state"], work.path());
     let now = stdout(&now);
     assert!(
-        now.contains("Completed") || now.contains("Aborted"),
+        now.contains("Completed") || now.contains("Compensated"),
         "{now}"
     );
 

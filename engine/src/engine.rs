@@ -227,7 +227,7 @@ impl Engine {
         })
     }
 
-    /// Waits until the saga is final (Completed, Aborted, Failed or
+    /// Waits until the saga is final (Completed, Compensated, Failed or
     /// Resolved) and durably so; returns its view then.
     pub async fn wait(&self, saga: SagaId) -> Result<SagaView, EngineError> {
         self.ask(self.partition_of(saga), |reply| Command::Wait {

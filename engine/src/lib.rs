@@ -4,7 +4,7 @@
 //! handlers and compensations), opens an [`Engine`] on a directory, and
 //! starts sagas. The engine runs each to one end: every step succeeded
 //! ([`SagaStatus::Completed`]), or the completed compensatable steps undone
-//! in reverse order ([`SagaStatus::Aborted`]), or stopped for an operator
+//! in reverse order ([`SagaStatus::Compensated`]), or stopped for an operator
 //! ([`SagaStatus::Failed`]). Every transition is first an [`Event`] in a
 //! partition's log, durable before anything acts on it, so a crash loses
 //! nothing acknowledged: the next open replays the logs and resumes every

@@ -247,7 +247,7 @@ fn check(
                     "saga {id}: completed but compensated"
                 );
             }
-            SagaStatus::Aborted => {
+            SagaStatus::Compensated => {
                 if let Some(input) = inputs.get(id) {
                     assert!(input.is_multiple_of(5), "saga {id} (input {input}) aborted");
                 }
@@ -429,7 +429,7 @@ fn kill9_rounds(rounds: u64) {
                 let id = parts.next().unwrap().parse().unwrap();
                 let status = match parts.next().unwrap() {
                     "Completed" => SagaStatus::Completed,
-                    "Aborted" => SagaStatus::Aborted,
+                    "Compensated" => SagaStatus::Compensated,
                     other => panic!("saga {id} ended {other}"),
                 };
                 (id, status)

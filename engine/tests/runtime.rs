@@ -192,7 +192,7 @@ async fn a_permanent_failure_compensates_the_completed_steps_in_reverse() {
     let engine = open(&dir, saga(journal.clone(), "p")).await;
     let id = engine.start("three", &job("x")).await.unwrap();
     let view = engine.wait(id).await.unwrap();
-    assert_eq!(view.status, SagaStatus::Aborted);
+    assert_eq!(view.status, SagaStatus::Compensated);
     assert_eq!(journal.entries(), ["a x", "undo-a x"]);
     assert_eq!(view.steps[1].last_error.as_deref(), Some("declined"));
     engine.shutdown().await.unwrap();
@@ -205,7 +205,7 @@ async fn retries_run_out_then_the_saga_turns_back() {
     let engine = open(&dir, saga(journal.clone(), "rrrr")).await;
     let id = engine.start("three", &job("x")).await.unwrap();
     let view = engine.wait(id).await.unwrap();
-    assert_eq!(view.status, SagaStatus::Aborted);
+    assert_eq!(view.status, SagaStatus::Compensated);
     assert_eq!(view.steps[1].attempts, 3, "attempts_max is 3");
     assert_eq!(journal.entries(), ["a x", "undo-a x"]);
     engine.shutdown().await.unwrap();
@@ -232,7 +232,7 @@ async fn a_cancel_while_a_step_hangs_waits_for_its_timeout_then_compensates() {
         .await
         .unwrap();
     let view = engine.wait(id).await.unwrap();
-    assert_eq!(view.status, SagaStatus::Aborted);
+    assert_eq!(view.status, SagaStatus::Compensated);
     assert_eq!(
         view.cancel_reason.as_deref(),
         Some("customer changed their mind")
@@ -248,7 +248,7 @@ async fn a_cancel_while_a_step_hangs_waits_for_its_timeout_then_compensates() {
         matches!(
             again,
             Err(EngineError::SagaFinished {
-                status: SagaStatus::Aborted,
+                status: SagaStatus::Compensated,
                 ..
             })
         ),
@@ -333,7 +333,7 @@ async fn list_filters_and_pages_in_id_order() {
     assert_eq!(seen, ids);
     let none = engine
         .list(ListFilter {
-            status: Some(SagaStatus::Aborted),
+            status: Some(SagaStatus::Compensated),
             ..ListFilter::default()
         })
         .await
@@ -418,7 +418,7 @@ async fn a_failed_compensation_fails_the_saga_and_an_operator_retries_it() {
         .await
         .unwrap();
     let view = engine.wait(id).await.unwrap();
-    assert_eq!(view.status, SagaStatus::Aborted);
+    assert_eq!(view.status, SagaStatus::Compensated);
     assert_eq!(view.operator_actions.len(), 2);
     assert_eq!(view.operator_actions[0].0, "ops");
     engine.shutdown().await.unwrap();
@@ -458,7 +458,7 @@ async fn an_open_breaker_fails_calls_fast_as_retryable() {
         .unwrap();
     let id = engine.start("flaky", &job("x")).await.unwrap();
     let view = engine.wait(id).await.unwrap();
-    assert_eq!(view.status, SagaStatus::Aborted);
+    assert_eq!(view.status, SagaStatus::Compensated);
     assert_eq!(view.steps[0].attempts, 6);
     // Two real calls opened the breaker; the other four failed fast.
     assert_eq!(calls.load(Ordering::SeqCst), 2);
@@ -585,7 +585,7 @@ async fn a_saga_deadline_turns_the_saga_back_on_virtual_time() {
     let engine = open_with(&dir, saga, options).await;
     let id = engine.start("three", &job("x")).await.unwrap();
     let view = engine.wait(id).await.unwrap();
-    assert_eq!(view.status, SagaStatus::Aborted, "{view:#?}");
+    assert_eq!(view.status, SagaStatus::Compensated, "{view:#?}");
     assert_eq!(journal.entries(), ["a x", "undo-a x"]);
     assert!(view.steps[1].attempts > 10, "{}", view.steps[1].attempts);
     assert!(view.updated_at - view.started_at >= 1000);

@@ -379,7 +379,7 @@ async fn the_engine_snapshots_in_the_background_deletes_covered_segments_and_reo
     let aborted = after
         .sagas
         .iter()
-        .filter(|s| s.status == SagaStatus::Aborted)
+        .filter(|s| s.status == SagaStatus::Compensated)
         .count();
     assert_eq!(aborted, 75);
     // New sagas get new ids after a snapshot-based open too.

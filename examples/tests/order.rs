@@ -79,7 +79,7 @@ async fn a_declined_payment_releases_the_inventory_and_cancels_the_order() {
         .await
         .unwrap();
     let view = engine.wait(id).await.unwrap();
-    assert_eq!(view.status, SagaStatus::Aborted);
+    assert_eq!(view.status, SagaStatus::Compensated);
     assert_eq!(
         shop.journal(),
         [
@@ -108,7 +108,10 @@ async fn an_out_of_stock_order_is_cancelled() {
         .start(ORDER_SAGA, &order(3, "4242-4242-4242-4242", 5))
         .await
         .unwrap();
-    assert_eq!(engine.wait(id).await.unwrap().status, SagaStatus::Aborted);
+    assert_eq!(
+        engine.wait(id).await.unwrap().status,
+        SagaStatus::Compensated
+    );
     assert_eq!(shop.journal(), ["create-order 3", "cancel-order 3"]);
     assert_eq!(shop.stock("kettle"), 1);
     engine.shutdown().await.unwrap();
@@ -143,7 +146,7 @@ async fn many_concurrent_orders_with_a_flaky_payment_provider_keep_the_books_str
     for saga in sagas {
         let (order_id, view) = saga.await.unwrap();
         if order_id % 5 == 0 {
-            assert_eq!(view.status, SagaStatus::Aborted, "order {order_id}");
+            assert_eq!(view.status, SagaStatus::Compensated, "order {order_id}");
             assert_eq!(shop.order_status(order_id), Some(OrderStatus::Cancelled));
         } else {
             // Flaky payments are retried; 4 attempts at 30% flakiness can
@@ -153,7 +156,7 @@ async fn many_concurrent_orders_with_a_flaky_payment_provider_keep_the_books_str
                     confirmed += 1;
                     assert_eq!(shop.order_status(order_id), Some(OrderStatus::Confirmed));
                 }
-                SagaStatus::Aborted => {
+                SagaStatus::Compensated => {
                     assert_eq!(shop.order_status(order_id), Some(OrderStatus::Cancelled));
                 }
                 other => panic!("order {order_id} ended {other:?}"),

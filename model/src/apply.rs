@@ -63,7 +63,7 @@ pub fn apply_mut(state: &mut SagaState, event: &Event) -> Result<(), ApplyError>
             }
         },
         EventKind::Completed => complete(state, name)?,
-        EventKind::Aborted => abort(state, name)?,
+        EventKind::Compensated => abort(state, name)?,
         EventKind::Failed { reason } => {
             state.status = SagaStatus::Failed;
             state.failure = Some(reason.clone());
@@ -141,7 +141,7 @@ fn abort(state: &mut SagaState, name: &'static str) -> Result<(), ApplyError> {
     let detail = "a step or compensation is still under way";
     require(state, name, !busy, detail)?;
     abandon_planned_retries(state);
-    state.status = SagaStatus::Aborted;
+    state.status = SagaStatus::Compensated;
     Ok(())
 }
 

@@ -25,7 +25,7 @@
 //! - Backward, the compensatable steps that succeeded are compensated, the
 //!   latest first, each retried by its policy; a compensation that still
 //!   fails fails the saga for an operator. Once none is left the saga is
-//!   aborted.
+//!   compensated.
 
 use std::time::Duration;
 
@@ -253,7 +253,7 @@ fn backward(state: &SagaState, spec: &SagaSpec, now: Millis, jitter: f64) -> Dec
             return decision;
         }
     }
-    Decision::Record(EventKind::Aborted)
+    Decision::Record(EventKind::Compensated)
 }
 
 /// What compensating step `step` needs now, or `None` if it needs nothing

@@ -138,7 +138,7 @@ pub enum EventKind {
     /// Every step succeeded.
     Completed,
     /// The saga was undone: every completed compensatable step compensated.
-    Aborted,
+    Compensated,
     /// The saga cannot finish by itself and needs an operator.
     Failed {
         /// Why.
@@ -238,7 +238,7 @@ impl EventKind {
             EventKind::StepCompensated { .. } => "StepCompensated",
             EventKind::CompensationFailed { .. } => "CompensationFailed",
             EventKind::Completed => "Completed",
-            EventKind::Aborted => "Aborted",
+            EventKind::Compensated => "Compensated",
             EventKind::Failed { .. } => "Failed",
             EventKind::CancelRequested { .. } => "CancelRequested",
             EventKind::TimerFired { .. } => "TimerFired",

@@ -15,7 +15,7 @@ pub enum SagaStatus {
     /// Every step succeeded. Terminal.
     Completed,
     /// Every completed compensatable step was compensated. Terminal.
-    Aborted,
+    Compensated,
     /// Cannot finish by itself; waits for an operator. Only operator
     /// actions apply to it.
     Failed,
@@ -28,7 +28,10 @@ impl SagaStatus {
     pub fn is_final(self) -> bool {
         matches!(
             self,
-            SagaStatus::Completed | SagaStatus::Aborted | SagaStatus::Failed | SagaStatus::Resolved
+            SagaStatus::Completed
+                | SagaStatus::Compensated
+                | SagaStatus::Failed
+                | SagaStatus::Resolved
         )
     }
 }

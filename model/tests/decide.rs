@@ -195,7 +195,7 @@ fn simulate(spec: &SagaSpec, script: &[Outcome], jitters: &[u8]) -> (Vec<Event>,
 fn is_terminal(kind: &EventKind) -> bool {
     matches!(
         kind,
-        EventKind::Completed | EventKind::Aborted | EventKind::Failed { .. }
+        EventKind::Completed | EventKind::Compensated | EventKind::Failed { .. }
     )
 }
 
@@ -248,7 +248,7 @@ proptest! {
                 prop_assert_eq!(succeeded.len(), spec.steps.len());
                 prop_assert!(compensation_order.is_empty());
             }
-            SagaStatus::Aborted => prop_assert_eq!(&compensated, &expected),
+            SagaStatus::Compensated => prop_assert_eq!(&compensated, &expected),
             SagaStatus::Failed => {
                 // Either a compensation failed for good (what was undone is
                 // a prefix of the reverse order), or a step after the pivot
@@ -312,7 +312,7 @@ fn a_cancel_during_a_planned_retry_abandons_it_and_compensates() {
     let spec = spec_of(&[StepKind::Compensatable, StepKind::Compensatable], 5);
     let script = [Outcome::Success, Outcome::Retryable, Outcome::Cancel];
     let (history, state) = simulate(&spec, &script, &[0]);
-    assert_eq!(state.status, SagaStatus::Aborted);
+    assert_eq!(state.status, SagaStatus::Compensated);
     // Step 1 was waiting to retry; it never started again.
     let step1_starts = history
         .iter()
@@ -375,7 +375,7 @@ fn a_saga_deadline_turns_back_after_the_running_attempt_ends() {
     }
     let script = [Outcome::Success, Outcome::SagaTimeout, Outcome::Success];
     let (history, state) = simulate(&spec, &script, &[0]);
-    assert_eq!(state.status, SagaStatus::Aborted);
+    assert_eq!(state.status, SagaStatus::Compensated);
     // The deadline passed while step 1 ran: it finished, and both steps
     // were compensated, latest first.
     let compensated: Vec<u16> = history

@@ -132,10 +132,10 @@ fn a_payment_failure_is_retried_then_compensated_in_reverse() {
                 attempt: 1,
             },
         ),
-        event(114, EventKind::Aborted),
+        event(114, EventKind::Compensated),
     ];
     let state = fold(&history).unwrap().unwrap();
-    assert_eq!(state.status, SagaStatus::Aborted);
+    assert_eq!(state.status, SagaStatus::Compensated);
     assert_eq!(state.steps[2].attempts, 2);
     assert_eq!(
         state.steps[2].phase,
@@ -218,8 +218,8 @@ fn a_failed_saga_takes_only_operator_actions() {
         ),
     )
     .unwrap();
-    let state = apply(Some(&state), &event(9, EventKind::Aborted)).unwrap();
-    assert_eq!(state.status, SagaStatus::Aborted);
+    let state = apply(Some(&state), &event(9, EventKind::Compensated)).unwrap();
+    assert_eq!(state.status, SagaStatus::Compensated);
     assert_eq!(
         state.operator_actions,
         vec![("alice".to_string(), "refund service is back".to_string())]
@@ -265,13 +265,13 @@ fn events_that_do_not_fit_are_refused_with_the_step_named() {
         Err(ApplyError::AlreadyStarted { .. })
     ));
     assert!(matches!(
-        apply(None, &event(1, EventKind::Aborted)),
+        apply(None, &event(1, EventKind::Compensated)),
         Err(ApplyError::NotStarted { .. })
     ));
     let other = Event {
         saga: SagaId(8),
         at: 1,
-        kind: EventKind::Aborted,
+        kind: EventKind::Compensated,
     };
     assert!(matches!(
         apply(Some(&state), &other),
@@ -324,7 +324,7 @@ fn any_kind() -> impl Strategy<Value = EventKind> {
         4 => compensated,
         2 => compensation_failed,
         3 => Just(EventKind::Completed),
-        1 => Just(EventKind::Aborted),
+        1 => Just(EventKind::Compensated),
         1 => Just(EventKind::Failed { reason: "r".into() }),
         1 => Just(EventKind::CancelRequested { reason: "c".into() }),
         1 => Just(EventKind::TimerFired { timer: Timer::SagaDeadline }),
@@ -454,7 +454,7 @@ fn legal_next(state: &SagaState, permanent: bool) -> Vec<EventKind> {
         (active(s.phase) && !abandonable) || matches!(s.phase, StepPhase::CompensationFailed { .. })
     });
     if !busy {
-        next.push(EventKind::Aborted);
+        next.push(EventKind::Compensated);
     }
     next.push(EventKind::Failed { reason: "r".into() });
     next.push(EventKind::CancelRequested { reason: "c".into() });

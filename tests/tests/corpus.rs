@@ -194,7 +194,7 @@ fn write_seed_corpus() {
             permanent: true,
         },
         EventKind::Completed,
-        EventKind::Aborted,
+        EventKind::Compensated,
         EventKind::Failed {
             reason: "operator needed".into(),
         },

@@ -129,7 +129,7 @@ fn events() -> Vec<(&'static str, EventKind)> {
             },
         ),
         ("completed", EventKind::Completed),
-        ("aborted", EventKind::Aborted),
+        ("compensated", EventKind::Compensated),
         (
             "failed",
             EventKind::Failed {
@@ -222,7 +222,7 @@ fn kind_number(kind: &EventKind) -> usize {
         EventKind::StepCompensated { .. } => 6,
         EventKind::CompensationFailed { .. } => 7,
         EventKind::Completed => 8,
-        EventKind::Aborted => 9,
+        EventKind::Compensated => 9,
         EventKind::Failed { .. } => 10,
         EventKind::CancelRequested { .. } => 11,
         EventKind::TimerFired { .. } => 12,
