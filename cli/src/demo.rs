@@ -171,8 +171,11 @@ async fn demo(args: DemoArgs, out: &mut Out) -> Result<()> {
                     return Ok(());
                 }
                 let begun = Instant::now();
+                // Orders are deduplicated by their id, as a shop would.
+                let order_id = base + index;
+                let key = format!("order-{order_id}");
                 let id = engine
-                    .start(ORDER_SAGA, &order(base + index, fail_rate))
+                    .start_with_key(ORDER_SAGA, &order(order_id, fail_rate), key)
                     .await?;
                 let view = engine.wait(id).await?;
                 let mut tally = tally.lock();

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use skald_engine::inspect::model::{PartitionFold, SagaState};
-use skald_engine::inspect::{decode_snapshot, fold_log};
+use skald_engine::inspect::{decode_snapshot, fold_log, partition_of_key};
 use skald_engine::{Event, SagaId, StepPhase};
 use skald_log::LogReader;
 
@@ -22,6 +22,7 @@ pub struct DumpArgs {
     pub from: Option<u64>,
     pub to: Option<u64>,
     pub saga: Option<SagaId>,
+    pub key: Option<String>,
     pub kind: Option<String>,
     pub json: bool,
     pub full: bool,
@@ -48,11 +49,14 @@ const KINDS: [&str; 15] = [
     "AttemptResumed",
 ];
 
-pub fn run(args: DumpArgs, out: &mut Out) -> Result<()> {
+pub fn run(mut args: DumpArgs, out: &mut Out) -> Result<()> {
     let engine = EngineDir::open(&args.dir)?;
+    if let Some(key) = &args.key {
+        args.saga = Some(saga_by_key(&engine, key)?);
+    }
     if args.at.is_some() || args.state {
         let Some(saga) = args.saga else {
-            bail!("--at and --state need --saga ID");
+            bail!("--at and --state need --saga ID or --key KEY");
         };
         return time_travel(&engine, saga, args.at, args.json, args.full, out);
     }
@@ -81,6 +85,11 @@ pub fn run(args: DumpArgs, out: &mut Out) -> Result<()> {
     }
     dumper.pass(&engine, out)?;
     if !args.follow {
+        if let Some(saga) = args.saga {
+            if !dumper.definitions.contains_key(&saga) {
+                bail!("no {saga} in {}", args.dir.display());
+            }
+        }
         return Ok(());
     }
     loop {
@@ -187,6 +196,24 @@ impl Dumper<'_> {
             out.line(line.trim_end())
         }
     }
+}
+
+/// The saga `key` started, found the way the engine finds it: in the
+/// partition the key belongs to, from its snapshot and log.
+fn saga_by_key(engine: &EngineDir, key: &str) -> Result<SagaId> {
+    let partition = partition_of_key(key, engine.partitions);
+    let (_, recovered) = engine.recover(partition)?;
+    recovered
+        .sagas
+        .values()
+        .find(|state| state.key.as_deref() == Some(key))
+        .map(|state| state.id)
+        .with_context(|| {
+            format!(
+                "no saga was started with key {key:?} in {}",
+                engine.dir.display()
+            )
+        })
 }
 
 fn read_event(reader: &mut LogReader, partition: usize) -> Result<Option<(u64, Event)>> {

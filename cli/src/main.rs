@@ -66,7 +66,8 @@ enum Command {
     /// Inputs and outputs are shown as JSON when they are JSON, as text when
     /// UTF-8, else as hex, shortened unless --full.
     #[command(
-        after_help = "Examples:\n  skald dump skald-data\n  skald dump skald-data --saga 42 --full\n  skald dump skald-data --type StepFailed --json\n  skald dump skald-data --from 1000 --to 2000\n  skald dump skald-data --follow\n  skald dump skald-data --saga 42 --at 1200    # its state after LSN 1200 of its partition\n  skald dump skald-data --saga 42 --state      # its state now"
+        after_help = "Examples:\n  skald dump skald-data\n  skald dump skald-data --saga 42 --full\n  skald dump skald-data --type StepFailed --json\n  skald dump skald-data --from 1000 --to 2000\n  skald dump skald-data --follow\n  skald dump skald-data --saga 42 --at 1200    # its state after LSN 1200 of its partition\n  skald dump skald-data --saga 42 --state      # its state now\n  skald dump skald-data --key order-1042 --state  # the saga that key started",
+        group = clap::ArgGroup::new("target").args(["saga", "key"])
     )]
     Dump {
         /// Engine directory.
@@ -77,9 +78,13 @@ enum Command {
         /// Only records up to this LSN (per partition).
         #[arg(long)]
         to: Option<u64>,
-        /// Only this saga (saga-42 or 42).
+        /// Only this saga (saga-42 or 42). An id that is not in the directory
+        /// is an error (unless --follow).
         #[arg(long)]
         saga: Option<SagaId>,
+        /// Only the saga this deduplication key started.
+        #[arg(long, conflicts_with = "saga")]
+        key: Option<String>,
         /// Only this event type (Started, StepFailed, Completed, ...).
         #[arg(long = "type", value_name = "KIND")]
         kind: Option<String>,
@@ -92,11 +97,12 @@ enum Command {
         /// Keep printing records as they are written (Ctrl-C to stop).
         #[arg(long, conflicts_with_all = ["at", "state"])]
         follow: bool,
-        /// With --saga: the saga's state after this LSN of its partition.
-        #[arg(long, requires = "saga")]
+        /// With --saga or --key: the saga's state after this LSN of its
+        /// partition.
+        #[arg(long, requires = "target")]
         at: Option<u64>,
-        /// With --saga: the saga's current state.
-        #[arg(long, requires = "saga", conflicts_with = "at")]
+        /// With --saga or --key: the saga's current state.
+        #[arg(long, requires = "target", conflicts_with = "at")]
         state: bool,
     },
     /// Check every segment, record, event and snapshot.
@@ -231,6 +237,7 @@ fn main() -> ExitCode {
             from,
             to,
             saga,
+            key,
             kind,
             json,
             full,
@@ -243,6 +250,7 @@ fn main() -> ExitCode {
                 from,
                 to,
                 saga,
+                key,
                 kind,
                 json,
                 full,

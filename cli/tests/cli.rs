@@ -182,6 +182,29 @@ fn stats_dump_and_verify_describe_what_the_demo_wrote() {
         now.contains("Completed") || now.contains("Compensated"),
         "{now}"
     );
+    // The same saga found by the key it was started with.
+    let key = first["key"]
+        .as_str()
+        .expect("demo orders have keys")
+        .to_owned();
+    let by_key = skald(&["dump", dir_arg, "--key", &key, "--state"], work.path());
+    assert!(by_key.status.success(), "{}", stderr(&by_key));
+    assert_eq!(stdout(&by_key), now, "--key {key} is --saga {saga}");
+    // An id or a key that is not there is an error, not silence.
+    let missing = skald(&["dump", dir_arg, "--saga", "999999"], work.path());
+    assert_eq!(missing.status.code(), Some(1), "{}", stdout(&missing));
+    assert!(
+        stderr(&missing).contains("no saga-999999"),
+        "{}",
+        stderr(&missing)
+    );
+    let missing = skald(&["dump", dir_arg, "--key", "order-none"], work.path());
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(
+        stderr(&missing).contains("order-none"),
+        "{}",
+        stderr(&missing)
+    );
 
     let verify = skald(&["verify", dir_arg], work.path());
     assert!(
@@ -443,6 +466,11 @@ fn bad_input_gets_one_clear_line_and_a_non_zero_exit() {
             "--durability \"sometimes\"",
         ),
         (&["dump", ".", "--at", "5"], 2, "--saga"),
+        (
+            &["dump", ".", "--saga", "1", "--key", "k"],
+            2,
+            "cannot be used with",
+        ),
         (&["frobnicate"], 2, "unrecognized subcommand"),
     ];
     for (args, code, needle) in cases {

@@ -21,8 +21,9 @@ use tokio::task::JoinHandle;
 use crate::engine::{Engine, Inner};
 use crate::error::OptionsError;
 use crate::recovery::{recover_sorted, snapshot_dir};
-use crate::runtime::{Clock, Command, Partition, Shared, COMMANDS_QUEUED_MAX};
+use crate::runtime::{Channels, Clock, Command, Partition, Shared, COMMANDS_QUEUED_MAX};
 use crate::saga::{Definition, Saga};
+use crate::view::EngineEvent;
 use crate::{EngineError, EngineOptions, PARTITIONS_MAX};
 
 /// Collects definitions, then opens the engine.
@@ -34,6 +35,7 @@ pub struct EngineBuilder {
 
 /// What the open builds, partition by partition.
 struct Opened {
+    events: broadcast::Sender<Arc<EngineEvent>>,
     senders: Vec<mpsc::Sender<Command>>,
     tasks: Vec<JoinHandle<()>>,
     recovered: Vec<SagaId>,
@@ -91,6 +93,7 @@ impl EngineBuilder {
                 tasks: Mutex::new(opened.tasks),
                 round_robin: AtomicUsize::new(0),
                 recovered: opened.recovered,
+                events: Mutex::new(Some(opened.events)),
             }),
         })
     }
@@ -114,14 +117,12 @@ fn shared(
     definitions: HashMap<String, Arc<dyn Definition>>,
     partitions: usize,
 ) -> Arc<Shared> {
-    let (events, _) = broadcast::channel(options.event_buffer.max(1));
     let log_options = LogOptions::default().segment_size_bytes(options.segment_size_bytes);
     let record_bytes_max = log_options.record_size_bytes_max();
     Arc::new(Shared {
         definitions,
         breakers: Mutex::new(HashMap::new()),
         breaker_settings: options.breaker,
-        events,
         clock: Clock::new(options.deterministic),
         partitions: partitions as u64,
         record_bytes_max,
@@ -140,7 +141,9 @@ fn open_partitions(
     shared: &Arc<Shared>,
     partitions: usize,
 ) -> Result<Opened, EngineError> {
+    let (events, _) = broadcast::channel(options.event_buffer.max(1));
     let mut opened = Opened {
+        events,
         senders: Vec::with_capacity(partitions),
         tasks: Vec::with_capacity(partitions),
         recovered: Vec::new(),
@@ -164,15 +167,12 @@ fn open_partitions(
         let (tx, rx) = mpsc::channel(COMMANDS_QUEUED_MAX);
         let rng = StdRng::seed_from_u64(rand::Rng::random(&mut seeds));
         let log = Arc::new(log);
-        let partition = Partition::new(
-            index as u16,
-            log,
-            shared.clone(),
-            states,
+        let channels = Channels {
             rx,
-            tx.downgrade(),
-            rng,
-        );
+            tx: tx.downgrade(),
+            events: opened.events.clone(),
+        };
+        let partition = Partition::new(index as u16, log, shared.clone(), states, channels, rng);
         opened.recovered.extend(partition.unfinished());
         let partition = partition.with_snapshots(options.snapshots, store);
         opened.tasks.push(tokio::spawn(partition.run()));

@@ -14,7 +14,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::runtime::{Command, Reply, Shared};
-use crate::view::{ConsistencyReport, EngineEvent, ListFilter, SagaPage, SagaView};
+use crate::view::{CancelOutcome, ConsistencyReport, EngineEvent, ListFilter, SagaPage, SagaView};
 use crate::{EngineBuilder, EngineError, EngineOptions};
 
 pub(crate) struct Inner {
@@ -24,6 +24,14 @@ pub(crate) struct Inner {
     pub(crate) tasks: Mutex<Vec<JoinHandle<()>>>,
     pub(crate) round_robin: AtomicUsize,
     pub(crate) recovered: Vec<SagaId>,
+    /// For new subscribers; taken at shutdown.
+    pub(crate) events: Mutex<Option<broadcast::Sender<Arc<EngineEvent>>>>,
+}
+
+/// The partition that holds the saga a deduplication key started (of an
+/// engine with `partitions` partitions).
+pub fn partition_of_key(key: &str, partitions: usize) -> usize {
+    crc32fast::hash(key.as_bytes()) as usize % partitions
 }
 
 /// A running saga engine. Cheap to clone; every clone drives the same
@@ -151,7 +159,7 @@ impl Engine {
         let partition = match &key {
             // A key always lands in the same partition, which holds the
             // key's saga.
-            Some(key) => crc32fast::hash(key.as_bytes()) as usize % partitions,
+            Some(key) => partition_of_key(key, partitions),
             None => self.inner.round_robin.fetch_add(1, Ordering::Relaxed) % partitions,
         };
         self.ask(partition, |reply| Command::Start {
@@ -163,6 +171,15 @@ impl Engine {
         .await
     }
 
+    /// The saga a deduplication key started (see
+    /// [`Engine::start_with_key`]), if any.
+    pub async fn saga_by_key(&self, key: &str) -> Result<Option<SagaId>, EngineError> {
+        let key = key.to_owned();
+        let partition = partition_of_key(&key, self.inner.senders.len());
+        self.ask(partition, |reply| Command::FindKey { key, reply })
+            .await
+    }
+
     /// The saga's view, or `None` if there is no such saga.
     pub async fn view(&self, saga: SagaId) -> Result<Option<SagaView>, EngineError> {
         self.ask(self.partition_of(saga), |reply| Command::View {
@@ -172,11 +189,18 @@ impl Engine {
         .await
     }
 
-    /// Asks the saga to turn back: unless its pivot has succeeded, the
-    /// running attempt (if any) is let finish or time out, and the
-    /// completed compensatable steps are compensated. Returns once the
-    /// request is durable.
-    pub async fn cancel(&self, saga: SagaId, reason: impl Into<String>) -> Result<(), EngineError> {
+    /// Asks the saga to turn back, and says what will happen
+    /// ([`CancelOutcome`]): unless its pivot has succeeded, the attempt
+    /// under way (if any) is let finish or time out, its handler's
+    /// cancellation signal fired ([`crate::StepContext::cancelled`]), and
+    /// the completed compensatable steps are compensated. A request that
+    /// changes nothing (too late, already ended, no such saga) is not
+    /// recorded. Returns once what it reports is durable.
+    pub async fn cancel(
+        &self,
+        saga: SagaId,
+        reason: impl Into<String>,
+    ) -> Result<CancelOutcome, EngineError> {
         let reason = reason.into();
         self.ask(self.partition_of(saga), |reply| Command::Cancel {
             saga,
@@ -253,9 +277,15 @@ impl Engine {
 
     /// Every event from now on, once durable, in each partition's log order.
     /// A subscriber that falls more than the event buffer behind gets
-    /// `RecvError::Lagged` and misses events (the log still has them).
+    /// `RecvError::Lagged` and misses events (the log still has them). At
+    /// [`Engine::shutdown`] the stream ends: `recv` returns the events still
+    /// buffered, then `RecvError::Closed` (a subscription made after the
+    /// shutdown is closed at once).
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<EngineEvent>> {
-        self.inner.shared.events.subscribe()
+        match &*self.inner.events.lock() {
+            Some(events) => events.subscribe(),
+            None => broadcast::channel(1).1,
+        }
     }
 
     /// Stops the engine: no new work is accepted, every event written is
@@ -263,6 +293,9 @@ impl Engine {
     /// run again at the next open, with the same idempotency keys), and the
     /// logs are closed cleanly.
     pub async fn shutdown(&self) -> Result<(), EngineError> {
+        // The partitions hold the other senders; once their tasks end,
+        // subscribers see the stream close.
+        drop(self.inner.events.lock().take());
         let mut first_error = None;
         for partition in 0..self.inner.senders.len() {
             let result = self

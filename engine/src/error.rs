@@ -5,7 +5,6 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use skald_model::SagaStatus;
 use skald_model::{ApplyError, BreakerSettingsError, CodecError, DefinitionError, SagaId};
 use skald_snapshot::Damage;
 
@@ -97,15 +96,6 @@ pub enum EngineError {
     /// No saga has this id.
     #[error("no saga {0}")]
     NoSuchSaga(SagaId),
-
-    /// The saga already ended.
-    #[error("{saga} is already {status:?}")]
-    SagaFinished {
-        /// The saga.
-        saga: SagaId,
-        /// Its status.
-        status: SagaStatus,
-    },
 
     /// The state machine refused the event (an operator action that does
     /// not apply, say).

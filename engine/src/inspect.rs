@@ -6,6 +6,7 @@
 //! A host embedding the engine does not need this module.
 
 pub use crate::dir::{partition_count, partition_dir};
+pub use crate::engine::partition_of_key;
 pub use crate::recovery::{
     decode_checked, decode_snapshot, encode_snapshot, fold_log, recover, snapshot_dir, Folded,
     PartitionSnapshot, PayloadError, Recovered, SNAPSHOT_DIR, SNAPSHOT_PAYLOAD_VERSION,

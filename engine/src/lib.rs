@@ -76,6 +76,7 @@
 #![warn(missing_docs)]
 
 mod builder;
+mod cancel;
 mod dir;
 mod engine;
 mod error;
@@ -98,8 +99,8 @@ pub use crate::runtime::COMMANDS_QUEUED_MAX;
 pub use crate::saga::{Saga, Step, StepContext, StepError};
 pub use crate::snapshotter::SnapshotSettings;
 pub use crate::view::{
-    ConsistencyReport, EngineEvent, ListFilter, PartitionCheck, SagaPage, SagaSummary, SagaView,
-    StepView,
+    CancelOutcome, ConsistencyReport, EngineEvent, ListFilter, PartitionCheck, SagaPage,
+    SagaSummary, SagaView, StepView,
 };
 pub use skald_log::Durability;
 pub use skald_model::{

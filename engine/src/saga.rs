@@ -21,6 +21,7 @@ use serde::Serialize;
 
 use skald_model::{Millis, RetryPolicy, Run, SagaId, SagaSpec, StepIndex, StepKind, StepSpec};
 
+use crate::cancel::CancelSignal;
 use crate::EngineError;
 
 /// A boxed, sendable future: what handlers are stored as.
@@ -95,6 +96,7 @@ pub(crate) struct Outputs {
 
 /// What a step handler receives for one attempt.
 pub struct StepContext<I> {
+    cancel: Arc<CancelSignal>,
     saga: SagaId,
     step: StepIndex,
     attempt: u32,
@@ -147,6 +149,29 @@ impl<I> StepContext<I> {
     /// the engine's clock. The engine abandons the attempt then.
     pub fn deadline(&self) -> Millis {
         self.deadline
+    }
+
+    /// Whether this attempt has been asked to stop: the saga was cancelled,
+    /// the attempt timed out, or the engine is shutting down. The engine
+    /// does not wait for it: a cancelled saga lets the attempt finish (its
+    /// result counts), a timed-out attempt's future is dropped, and at a
+    /// shutdown the attempt runs again at the next open. Work the handler
+    /// started elsewhere (a request, a task) can stop early on it.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.is_fired()
+    }
+
+    /// Resolves once [`StepContext::is_cancelled`] turns true, for use in
+    /// `tokio::select!` beside the work:
+    ///
+    /// ```ignore
+    /// tokio::select! {
+    ///     result = call_the_service(ctx.idempotency_key()) => result,
+    ///     () = ctx.cancelled() => Err(StepError::retryable("cancelled")),
+    /// }
+    /// ```
+    pub async fn cancelled(&self) {
+        self.cancel.fired().await
     }
 
     /// The saga's input.
@@ -380,6 +405,7 @@ pub(crate) trait Definition: Send + Sync {
         run: &Run,
         input: Arc<dyn Any + Send + Sync>,
         outputs: Arc<Outputs>,
+        cancel: Arc<CancelSignal>,
     ) -> BoxFuture<Result<Vec<u8>, StepError>>;
 }
 
@@ -412,12 +438,14 @@ where
         run: &Run,
         input: Arc<dyn Any + Send + Sync>,
         outputs: Arc<Outputs>,
+        cancel: Arc<CancelSignal>,
     ) -> BoxFuture<Result<Vec<u8>, StepError>> {
         let Ok(input) = input.downcast::<I>() else {
             return Box::pin(async { Err(StepError::permanent("saga input of the wrong type")) });
         };
         let step = &self.steps[run.step as usize];
         let context = StepContext {
+            cancel,
             saga,
             step: run.step,
             attempt: run.attempt,

@@ -15,7 +15,8 @@ pub struct SagaView {
     /// Where it stands.
     pub status: SagaStatus,
     /// The step under way (running, failed or waiting to retry, forward or
-    /// backward), if any.
+    /// backward); for a Failed saga, the step that needs an operator; `None`
+    /// once the saga has ended (Completed, Compensated, Resolved).
     pub current_step: Option<String>,
     /// Each step, in definition order.
     pub steps: Vec<StepView>,
@@ -31,7 +32,8 @@ pub struct SagaView {
     pub deadline: Millis,
     /// Why cancellation was requested.
     pub cancel_reason: Option<String>,
-    /// Why it failed (for an operator).
+    /// Why it failed (for an operator): only while it is Failed, and once
+    /// Resolved, the failure the operator resolved.
     pub failure: Option<String>,
     /// Operator actions so far: (who, why).
     pub operator_actions: Vec<(String, String)>,
@@ -70,12 +72,18 @@ impl SagaView {
             Some(ids) => ids[index].clone(),
             None => format!("#{index}"),
         };
+        let ended = state.status.is_final() && state.status != SagaStatus::Failed;
         let current = state.steps.iter().position(|s| {
             !matches!(
                 s.phase,
                 StepPhase::Pending | StepPhase::Succeeded | StepPhase::Compensated
             )
         });
+        let current = current.filter(|_| !ended);
+        let failure = match state.status {
+            SagaStatus::Failed | SagaStatus::Resolved => state.failure.clone(),
+            _ => None,
+        };
         SagaView {
             id: state.id,
             definition: state.definition.clone(),
@@ -103,7 +111,7 @@ impl SagaView {
             updated_at: state.updated_at,
             deadline: state.deadline,
             cancel_reason: state.cancel_reason.clone(),
-            failure: state.failure.clone(),
+            failure,
             operator_actions: state.operator_actions.clone(),
         }
     }
@@ -199,6 +207,31 @@ pub struct SagaPage {
     pub sagas: Vec<SagaSummary>,
     /// Pass as `ListFilter::after` for the next page; `None` on the last.
     pub next_after: Option<SagaId>,
+}
+
+/// What [`crate::Engine::cancel`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub enum CancelOutcome {
+    /// Recorded: the saga turns back. An attempt under way is let finish
+    /// (its handler's cancellation signal fires), then the completed
+    /// compensatable steps are compensated, latest first.
+    TurningBack,
+    /// Recorded, but the pivot (the point of no return) is under way: if it
+    /// fails, the saga turns back; if it succeeds, the saga completes.
+    PivotInFlight,
+    /// Not recorded: the pivot has succeeded, so the saga can only go
+    /// forward and will complete.
+    TooLate,
+    /// Not recorded: the saga has already ended (or, Failed, waits for an
+    /// operator).
+    AlreadyEnded(SagaStatus),
+    /// Recorded, but the saga is parked (its definition is not registered
+    /// with the same steps): it turns back once it can run again, unless
+    /// its pivot had succeeded.
+    Parked,
+    /// No saga has this id.
+    NotFound,
 }
 
 /// An event as the engine wrote it, for subscribers.

@@ -16,10 +16,18 @@ use skald_model::{Run, SagaId};
 use super::breakers::{BreakerCall, Verdict};
 use super::command::Command;
 use super::drive::phase_of;
-use super::Partition;
+use super::{Partition, Running};
+use crate::cancel::CancelSignal;
 use crate::saga::{Definition, Outputs, StepError};
 
 impl Partition {
+    /// Fires the cancellation signal of the saga's attempt under way.
+    pub(super) fn signal_cancel(&mut self, saga: SagaId) {
+        if let Some(running) = self.sagas.get(&saga).and_then(|e| e.running.as_ref()) {
+            running.cancel.fire();
+        }
+    }
+
     /// Starts an attempt's handler, unless the state moved on meanwhile or
     /// the service's breaker is open (then the attempt fails at once).
     pub(super) fn spawn(&mut self, saga: SagaId, run: Run) {
@@ -31,7 +39,7 @@ impl Partition {
             return;
         };
         if entry.state.steps[run.step as usize].phase != phase_of(&run)
-            || entry.running.as_ref().is_some_and(|(r, _)| *r == run)
+            || entry.running.as_ref().is_some_and(|r| r.run == run)
             || shutting_down
         {
             return;
@@ -68,6 +76,7 @@ impl Partition {
             return;
         };
         let timeout = Duration::from_millis(run.deadline.saturating_sub(now));
+        let cancel = CancelSignal::new();
         let attempt = Attempt {
             saga,
             run,
@@ -75,9 +84,10 @@ impl Partition {
             input,
             outputs,
             timeout,
+            cancel: cancel.clone(),
         };
-        let task = tokio::spawn(attempt.run(call, tx));
-        entry.running = Some((run, task.abort_handle()));
+        let task = tokio::spawn(attempt.run(call, tx)).abort_handle();
+        entry.running = Some(Running { run, task, cancel });
     }
 }
 
@@ -89,6 +99,7 @@ struct Attempt {
     input: Arc<dyn Any + Send + Sync>,
     outputs: Arc<Outputs>,
     timeout: Duration,
+    cancel: Arc<CancelSignal>,
 }
 
 impl Attempt {
@@ -103,9 +114,10 @@ impl Attempt {
         };
         // The handler is called inside the panic catcher too: a panic
         // before its first await is a failed attempt like any other.
+        let cancel = self.cancel.clone();
         let attempt = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            self.definition
-                .attempt(saga, &run, self.input, self.outputs)
+            let (input, outputs) = (self.input, self.outputs);
+            self.definition.attempt(saga, &run, input, outputs, cancel)
         }));
         let outcome = match attempt {
             Ok(future) => tokio::time::timeout(timeout, CatchUnwind(future))
@@ -119,10 +131,13 @@ impl Attempt {
                 "the {what} panicked: {}",
                 panic_message(&panic)
             ))),
-            Err(()) => Err(StepError::retryable(format!(
-                "attempt {} timed out after {timeout:?}",
-                run.attempt
-            ))),
+            Err(()) => {
+                self.cancel.fire();
+                Err(StepError::retryable(format!(
+                    "attempt {} timed out after {timeout:?}",
+                    run.attempt
+                )))
+            }
         };
         call.settle(Verdict::of(&result));
         // Waits for room in the partition's queue; fails only if the

@@ -117,7 +117,7 @@ impl Partition {
             self.index
         );
         self.written_end = end;
-        if self.shared.events.receiver_count() > 0 {
+        if self.events.receiver_count() > 0 {
             let first = end - events.len() as u64;
             effects.events = (first..).zip(events).collect();
         }
@@ -164,7 +164,7 @@ impl Partition {
 
     fn apply_effects(&mut self, effects: Effects) {
         for (lsn, event) in effects.events {
-            let _ = self.shared.events.send(Arc::new(EngineEvent {
+            let _ = self.events.send(Arc::new(EngineEvent {
                 partition: self.index,
                 lsn,
                 event,
@@ -209,8 +209,8 @@ impl Partition {
             effects.fail(&error);
         }
         for entry in self.sagas.values_mut() {
-            if let Some((_, task)) = entry.running.take() {
-                task.abort();
+            if let Some(running) = entry.running.take() {
+                running.abort();
             }
             for waiter in entry.waiters.drain(..) {
                 let _ = waiter.send(Err(error.clone()));

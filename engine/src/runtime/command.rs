@@ -4,12 +4,12 @@
 
 use std::sync::Arc;
 
-use skald_model::{EventKind, OperatorAction, Run, SagaId};
+use skald_model::{EventKind, OperatorAction, Run, SagaId, SagaStatus, StepKind, StepPhase};
 use tokio::sync::oneshot;
 
 use super::{Entry, Partition};
 use crate::saga::{Definition, StepError};
-use crate::view::{ListFilter, PartitionCheck, SagaSummary, SagaView};
+use crate::view::{CancelOutcome, ListFilter, PartitionCheck, SagaSummary, SagaView};
 use crate::EngineError;
 
 pub(crate) type Reply<T> = oneshot::Sender<Result<T, EngineError>>;
@@ -30,7 +30,11 @@ pub(crate) enum Command {
     Cancel {
         saga: SagaId,
         reason: String,
-        reply: Reply<()>,
+        reply: Reply<CancelOutcome>,
+    },
+    FindKey {
+        key: String,
+        reply: Reply<Option<SagaId>>,
     },
     Operator {
         saga: SagaId,
@@ -65,9 +69,9 @@ impl Command {
         let error = error.clone();
         match self {
             Command::Start { reply, .. } => drop(reply.send(Err(error))),
-            Command::Cancel { reply, .. } | Command::Operator { reply, .. } => {
-                drop(reply.send(Err(error)))
-            }
+            Command::Cancel { reply, .. } => drop(reply.send(Err(error))),
+            Command::FindKey { reply, .. } => drop(reply.send(Err(error))),
+            Command::Operator { reply, .. } => drop(reply.send(Err(error))),
             Command::View { reply, .. } => drop(reply.send(Err(error))),
             Command::List { reply, .. } => drop(reply.send(Err(error))),
             Command::Wait { reply, .. } => drop(reply.send(Err(error))),
@@ -114,6 +118,10 @@ impl Partition {
                 why,
                 reply,
             } => self.operate(saga, EventKind::OperatorAction { action, who, why }, reply),
+            Command::FindKey { key, reply } => {
+                let found = self.keys.get(&key).copied();
+                self.effects.reply(reply, Ok(found));
+            }
             Command::View { saga, reply } => {
                 let view = self.sagas.get(&saga).map(|entry| entry.view());
                 self.effects.reply(reply, Ok(view));
@@ -125,19 +133,30 @@ impl Partition {
         }
     }
 
-    fn cancel(&mut self, saga: SagaId, reason: String, reply: Reply<()>) {
-        let Some(entry) = self.sagas.get(&saga) else {
-            let error = EngineError::NoSuchSaga(saga);
-            self.effects.reply(reply, Err(error));
-            return;
+    /// Records a cancel request where it can still change the outcome,
+    /// signals the attempt under way, and says what will happen.
+    fn cancel(&mut self, saga: SagaId, reason: String, reply: Reply<CancelOutcome>) {
+        let outcome = match self.sagas.get(&saga) {
+            None => CancelOutcome::NotFound,
+            Some(entry) => cancel_outcome(entry),
         };
-        if entry.state.status.is_final() {
-            let status = entry.state.status;
-            let finished = EngineError::SagaFinished { saga, status };
-            self.effects.reply(reply, Err(finished));
-            return;
+        let record = matches!(
+            outcome,
+            CancelOutcome::TurningBack | CancelOutcome::PivotInFlight | CancelOutcome::Parked
+        );
+        let turning = self
+            .sagas
+            .get(&saga)
+            .is_some_and(|e| e.state.cancel_reason.is_some());
+        if record && !turning {
+            if let Err(error) = self.record(saga, EventKind::CancelRequested { reason }) {
+                self.effects.reply(reply, Err(error));
+                return;
+            }
+            self.signal_cancel(saga);
+            self.drive(saga);
         }
-        self.operate(saga, EventKind::CancelRequested { reason }, reply);
+        self.effects.reply(reply, Ok(outcome));
     }
 
     /// Records a caller's event (a cancel request, an operator action) and
@@ -190,6 +209,30 @@ impl Partition {
                 entry.waiters.push(reply);
             }
         }
+    }
+}
+
+/// What a cancel request would do to the saga in `entry`.
+fn cancel_outcome(entry: &Entry) -> CancelOutcome {
+    let state = &entry.state;
+    if state.status.is_final() {
+        return CancelOutcome::AlreadyEnded(state.status);
+    }
+    if state.status == SagaStatus::Compensating {
+        return CancelOutcome::TurningBack;
+    }
+    let Some(definition) = &entry.definition else {
+        return CancelOutcome::Parked;
+    };
+    let pivot = definition
+        .spec()
+        .steps
+        .iter()
+        .position(|step| step.kind == StepKind::Pivot);
+    match pivot.map(|index| state.steps[index].phase) {
+        Some(StepPhase::Succeeded) => CancelOutcome::TooLate,
+        Some(StepPhase::Running { .. }) => CancelOutcome::PivotInFlight,
+        _ => CancelOutcome::TurningBack,
     }
 }
 

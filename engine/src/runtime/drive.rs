@@ -116,7 +116,7 @@ impl Partition {
         let Some(entry) = self.sagas.get_mut(&saga) else {
             return;
         };
-        if entry.running.as_ref().is_some_and(|(r, _)| *r == run) {
+        if entry.running.as_ref().is_some_and(|r| r.run == run) {
             entry.running = None;
         }
         if entry.state.steps.get(run.step as usize).map(|s| s.phase) != Some(phase_of(&run)) {
@@ -237,7 +237,7 @@ impl Partition {
                     self.set_timer(saga, wake_at);
                     if let Some(run) = run {
                         let entry = &self.sagas[&saga];
-                        if entry.running.as_ref().map(|(r, _)| *r) != Some(run) {
+                        if entry.running.as_ref().map(|r| r.run) != Some(run) {
                             self.effects.spawn.push((saga, run));
                         }
                     }

@@ -44,12 +44,14 @@ use skald_model::{CircuitBreaker, Millis, Run, SagaId, SagaState};
 use tokio::sync::{broadcast, mpsc};
 use tokio::task::{AbortHandle, JoinHandle};
 
+use crate::cancel::CancelSignal;
 use crate::saga::{Definition, StepError};
 use crate::view::EngineEvent;
 use crate::EngineError;
 
 pub(crate) use clock::Clock;
 pub(crate) use command::{Command, Reply};
+pub(crate) use partition::Channels;
 
 use batch::{DurableWait, Effects};
 use snapshots::Snapshots;
@@ -72,7 +74,6 @@ pub(crate) struct Shared {
     pub(crate) definitions: HashMap<String, Arc<dyn Definition>>,
     pub(crate) breakers: Mutex<HashMap<String, CircuitBreaker>>,
     pub(crate) breaker_settings: skald_model::BreakerSettings,
-    pub(crate) events: broadcast::Sender<Arc<EngineEvent>>,
     pub(crate) clock: Clock,
     pub(crate) partitions: u64,
     /// The largest event one log record holds.
@@ -98,6 +99,22 @@ pub(crate) async fn off_thread<T: Send + 'static>(
     }
 }
 
+/// An attempt whose handler runs in this process.
+struct Running {
+    run: Run,
+    task: AbortHandle,
+    cancel: Arc<CancelSignal>,
+}
+
+impl Running {
+    /// Stops the handler's task, its cancellation signal fired first so
+    /// that work it started elsewhere can stop too.
+    fn abort(self) {
+        self.cancel.fire();
+        self.task.abort();
+    }
+}
+
 /// One saga as its partition holds it.
 struct Entry {
     state: SagaState,
@@ -105,7 +122,7 @@ struct Entry {
     /// The input decoded for handlers, once an attempt needs it.
     input: Option<Arc<dyn Any + Send + Sync>>,
     /// The attempt whose handler runs in this process.
-    running: Option<(Run, AbortHandle)>,
+    running: Option<Running>,
     /// Changed since the last snapshot delta.
     dirty: bool,
     /// The timer set for this saga.
@@ -143,6 +160,9 @@ pub(crate) struct Partition {
     /// `Engine` closes the channel and ends the task.
     tx: mpsc::WeakSender<Command>,
     rng: StdRng,
+    /// Subscribers' stream; dropped with the partition, which (with the
+    /// engine's own sender taken at shutdown) closes it.
+    events: broadcast::Sender<Arc<EngineEvent>>,
     /// Attempt results the partition produced itself (an open breaker, an
     /// input that does not decode): handled at the next turn. At most one
     /// per spawned attempt of one release.

@@ -25,10 +25,10 @@ impl Partition {
         log: Arc<Log>,
         shared: Arc<Shared>,
         states: Vec<SagaState>,
-        rx: mpsc::Receiver<Command>,
-        tx: mpsc::WeakSender<Command>,
+        channels: Channels,
         rng: StdRng,
     ) -> Partition {
+        let Channels { rx, tx, events } = channels;
         let partitions = shared.partitions;
         let mut next_seq = 1;
         let mut keys = HashMap::new();
@@ -56,6 +56,7 @@ impl Partition {
             rx,
             tx,
             rng,
+            events,
             deferred: VecDeque::new(),
             payloads: Vec::new(),
             pending_events: Vec::new(),
@@ -167,8 +168,8 @@ impl Partition {
 
     async fn finish_shutdown(mut self) {
         for entry in self.sagas.values_mut() {
-            if let Some((_, task)) = entry.running.take() {
-                task.abort();
+            if let Some(running) = entry.running.take() {
+                running.abort();
             }
             for waiter in entry.waiters.drain(..) {
                 let _ = waiter.send(Err(EngineError::ShutDown));
@@ -203,6 +204,17 @@ impl Partition {
             let _ = reply.send(result.clone());
         }
     }
+}
+
+/// A partition's ends of the engine's channels.
+pub(crate) struct Channels {
+    /// Its commands.
+    pub(crate) rx: mpsc::Receiver<Command>,
+    /// For its attempts to send results (weak: dropping every `Engine`
+    /// closes the queue).
+    pub(crate) tx: mpsc::WeakSender<Command>,
+    /// Subscribers' stream.
+    pub(crate) events: tokio::sync::broadcast::Sender<Arc<crate::view::EngineEvent>>,
 }
 
 /// Looks each recovered saga's definition up once per run of sagas that
