@@ -31,7 +31,7 @@ pub struct DumpArgs {
     pub state: bool,
 }
 
-const KINDS: [&str; 15] = [
+const KINDS: [&str; 16] = [
     "Started",
     "StepStarted",
     "StepSucceeded",
@@ -47,6 +47,7 @@ const KINDS: [&str; 15] = [
     "TimerFired",
     "OperatorAction",
     "AttemptResumed",
+    "StepInDoubt",
 ];
 
 pub fn run(mut args: DumpArgs, out: &mut Out) -> Result<()> {
@@ -300,6 +301,7 @@ fn print_state(
                     "attempts": step.attempts,
                     "compensation_attempts": step.compensation_attempts,
                     "last_error": step.last_error,
+                    "in_doubt": step.in_doubt,
                     "output": step.output.as_deref().map(payload_json),
                     "started_at": step.started_at.map(time),
                     "updated_at": step.updated_at.map(time),
@@ -361,6 +363,9 @@ fn print_state(
         }
         if let Some(error) = &step.last_error {
             line += &format!(", last error {error:?}");
+        }
+        if !step.in_doubt.is_empty() {
+            line += &format!(", in doubt: attempt(s) {:?}", step.in_doubt);
         }
         out.line(&line)?;
     }

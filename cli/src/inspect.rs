@@ -250,6 +250,15 @@ pub fn fields(kind: &EventKind) -> Vec<(&'static str, Field)> {
                 ("attempt", Num(u64::from(*attempt))),
             ],
         },
+        EventKind::StepInDoubt {
+            step,
+            attempt,
+            reason,
+        } => vec![
+            ("step", Num(u64::from(*step))),
+            ("attempt", Num(u64::from(*attempt))),
+            ("reason", Text(reason.clone())),
+        ],
         EventKind::AttemptResumed {
             step,
             attempt,

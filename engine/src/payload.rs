@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use skald_model::legacy::SagaStateV1;
 use skald_model::{codec, SagaId, SagaState};
 
 /// A partition's state as a snapshot holds it.
@@ -17,8 +18,12 @@ pub struct PartitionSnapshot {
     pub sagas: Vec<SagaState>,
 }
 
-/// The layout version of snapshot payloads (see FORMAT.md).
-pub const SNAPSHOT_PAYLOAD_VERSION: u8 = 1;
+/// The layout version of snapshot payloads this build writes (see
+/// FORMAT.md). Version 2 added each step's in-doubt attempts.
+pub const SNAPSHOT_PAYLOAD_VERSION: u8 = 2;
+/// The first version, still read: its sagas decode as
+/// [`skald_model::legacy::SagaStateV1`] and convert.
+pub const SNAPSHOT_PAYLOAD_VERSION_1: u8 = 1;
 /// Sagas per chunk: chunks decode in parallel at open.
 const CHUNK_SAGAS: usize = 32_768;
 /// Version (1), partition (2), LSN (8), chunk count (4).
@@ -77,15 +82,16 @@ pub fn decode_snapshot(payload: &[u8]) -> Result<PartitionSnapshot, PayloadError
     if payload.len() < PREAMBLE_BYTES {
         return Err(PayloadError::Truncated(payload.len()));
     }
-    if payload[0] != SNAPSHOT_PAYLOAD_VERSION {
-        return Err(PayloadError::Version(payload[0]));
+    let version = payload[0];
+    if version != SNAPSHOT_PAYLOAD_VERSION && version != SNAPSHOT_PAYLOAD_VERSION_1 {
+        return Err(PayloadError::Version(version));
     }
     let partition = u16::from_le_bytes([payload[1], payload[2]]);
     let lsn = u64::from_le_bytes(payload[3..11].try_into().expect("8 bytes"));
     let count = u32::from_le_bytes(payload[11..15].try_into().expect("4 bytes")) as usize;
     let chunks = split_chunks(payload, count)?;
     let mut sagas = Vec::new();
-    for group in decode_chunks(&chunks) {
+    for group in decode_chunks(&chunks, version) {
         for chunk in group? {
             sagas.extend(chunk);
         }
@@ -129,14 +135,14 @@ type ChunkGroup = Result<Vec<Vec<SagaState>>, PayloadError>;
 
 /// Decodes the chunks on one thread per CPU, in groups of consecutive
 /// chunks, so the groups come back in order.
-fn decode_chunks(chunks: &[&[u8]]) -> Vec<ChunkGroup> {
+fn decode_chunks(chunks: &[&[u8]], version: u8) -> Vec<ChunkGroup> {
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .clamp(1, chunks.len().max(1));
     let per_thread = chunks.len().div_ceil(threads).max(1);
     let decode_group = |group: usize, chunks: &[&[u8]]| -> ChunkGroup {
         let decode = |(i, chunk): (usize, &&[u8])| {
-            codec::decode::<Vec<SagaState>>(chunk).map_err(|error| PayloadError::Chunk {
+            decode_chunk(chunk, version).map_err(|error| PayloadError::Chunk {
                 chunk: group * per_thread + i,
                 error,
             })
@@ -154,4 +160,13 @@ fn decode_chunks(chunks: &[&[u8]]) -> Vec<ChunkGroup> {
             .map(|worker| worker.join().expect("a snapshot decoding thread panicked"))
             .collect()
     })
+}
+
+/// One chunk's sagas, in the layout of payload `version`.
+fn decode_chunk(chunk: &[u8], version: u8) -> Result<Vec<SagaState>, codec::CodecError> {
+    if version == SNAPSHOT_PAYLOAD_VERSION_1 {
+        let old: Vec<SagaStateV1> = codec::decode(chunk)?;
+        return Ok(old.into_iter().map(SagaState::from).collect());
+    }
+    codec::decode(chunk)
 }

@@ -104,6 +104,28 @@ pub struct StepContext<I> {
     deadline: Millis,
     input: Arc<I>,
     outputs: Arc<Outputs>,
+    undo: Arc<[u32]>,
+}
+
+/// Everything one attempt's handler is called with, its input type erased.
+pub(crate) struct AttemptContext {
+    pub(crate) saga: SagaId,
+    pub(crate) run: Run,
+    pub(crate) input: Arc<dyn Any + Send + Sync>,
+    pub(crate) outputs: Arc<Outputs>,
+    pub(crate) cancel: Arc<CancelSignal>,
+    /// For a compensation: the step's attempts that may have been applied.
+    pub(crate) undo: Arc<[u32]>,
+}
+
+/// The idempotency key of attempt `attempt` of step `step_id` (or of its
+/// compensation) in `saga`.
+fn key(saga: SagaId, step_id: &str, compensation: bool, attempt: u32) -> String {
+    let what = match compensation {
+        true => "compensate",
+        false => "execute",
+    };
+    format!("{saga}/{step_id}/{what}/{attempt}")
 }
 
 impl<I> StepContext<I> {
@@ -137,12 +159,20 @@ impl<I> StepContext<I> {
     /// between attempts, steps, compensations and sagas: pass it to the
     /// service the step calls so that it applies the call at most once.
     pub fn idempotency_key(&self) -> String {
-        let what = if self.compensation {
-            "compensate"
-        } else {
-            "execute"
-        };
-        format!("{}/{}/{what}/{}", self.saga, self.step_id(), self.attempt)
+        key(self.saga, self.step_id(), self.compensation, self.attempt)
+    }
+
+    /// In a compensation: the idempotency keys of the step's attempts that
+    /// may have been applied, oldest first: the attempt that succeeded, if
+    /// one did, and every attempt *in doubt* (it timed out or panicked, so
+    /// nobody knows whether the service applied it). Undo each; for a key
+    /// the service never applied, there is nothing to undo, and that must
+    /// count as success. Empty outside a compensation.
+    pub fn keys_to_undo(&self) -> Vec<String> {
+        self.undo
+            .iter()
+            .map(|&attempt| key(self.saga, self.step_id(), false, attempt))
+            .collect()
     }
 
     /// When this attempt times out, in milliseconds since the Unix epoch on
@@ -250,6 +280,14 @@ impl<I: Send + Sync + 'static> Step<I> {
 
     /// Undoes the step after a later step fails for good, the saga times
     /// out, or it is cancelled.
+    ///
+    /// The contract: a compensation runs for a step that succeeded *or*
+    /// whose attempt is in doubt (it timed out or panicked, so the service
+    /// may have applied it without the engine hearing of it). It receives
+    /// every such attempt's idempotency key ([`StepContext::keys_to_undo`])
+    /// and must undo what each applied, treating "nothing to undo" as
+    /// success. Like a step, it may run more than once (retries, a crash):
+    /// use its own [`StepContext::idempotency_key`] with the service.
     pub fn compensate<F, Fut>(mut self, compensate: F) -> Step<I>
     where
         F: Fn(StepContext<I>) -> Fut + Send + Sync + 'static,
@@ -399,14 +437,7 @@ pub(crate) trait Definition: Send + Sync {
     /// Decodes a saga input once, for every attempt of that saga.
     fn decode_input(&self, bytes: &[u8]) -> Result<Arc<dyn Any + Send + Sync>, serde_json::Error>;
     /// The future of one attempt (a compensation's output is empty).
-    fn attempt(
-        &self,
-        saga: SagaId,
-        run: &Run,
-        input: Arc<dyn Any + Send + Sync>,
-        outputs: Arc<Outputs>,
-        cancel: Arc<CancelSignal>,
-    ) -> BoxFuture<Result<Vec<u8>, StepError>>;
+    fn attempt(&self, context: AttemptContext) -> BoxFuture<Result<Vec<u8>, StepError>>;
 }
 
 struct Typed<I> {
@@ -432,14 +463,15 @@ where
             .map(|input| Arc::new(input) as Arc<dyn Any + Send + Sync>)
     }
 
-    fn attempt(
-        &self,
-        saga: SagaId,
-        run: &Run,
-        input: Arc<dyn Any + Send + Sync>,
-        outputs: Arc<Outputs>,
-        cancel: Arc<CancelSignal>,
-    ) -> BoxFuture<Result<Vec<u8>, StepError>> {
+    fn attempt(&self, context: AttemptContext) -> BoxFuture<Result<Vec<u8>, StepError>> {
+        let AttemptContext {
+            saga,
+            run,
+            input,
+            outputs,
+            cancel,
+            undo,
+        } = context;
         let Ok(input) = input.downcast::<I>() else {
             return Box::pin(async { Err(StepError::permanent("saga input of the wrong type")) });
         };
@@ -453,6 +485,7 @@ where
             deadline: run.deadline,
             input,
             outputs,
+            undo,
         };
         if run.compensation {
             match &step.compensate {

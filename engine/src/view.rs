@@ -60,6 +60,9 @@ pub struct StepView {
     pub updated_at: Option<Millis>,
     /// Its output (JSON bytes), once it succeeded.
     pub output: Option<Vec<u8>>,
+    /// Attempts that got no answer (timed out, panicked), so may have been
+    /// applied: a turn back compensates the step for them.
+    pub in_doubt: Vec<u32>,
 }
 
 impl SagaView {
@@ -103,6 +106,7 @@ impl SagaView {
                     started_at: step.started_at,
                     updated_at: step.updated_at,
                     output: step.output.clone(),
+                    in_doubt: step.in_doubt.clone(),
                 })
                 .collect(),
             key: state.key.clone(),

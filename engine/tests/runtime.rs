@@ -238,12 +238,14 @@ async fn a_cancel_while_a_step_hangs_waits_for_its_timeout_then_compensates() {
         view.cancel_reason.as_deref(),
         Some("customer changed their mind")
     );
-    assert_eq!(journal.entries(), ["a x", "undo-a x"]);
+    // b timed out: in doubt, so it is compensated too, before a.
+    assert_eq!(journal.entries(), ["a x", "undo-b x", "undo-a x"]);
     assert!(view.steps[1]
         .last_error
         .as_deref()
         .unwrap()
         .contains("timed out"));
+    assert_eq!(view.steps[1].in_doubt, [1]);
     let again = engine.cancel(id, "again").await.unwrap();
     assert_eq!(again, CancelOutcome::AlreadyEnded(SagaStatus::Compensated));
     engine.shutdown().await.unwrap();

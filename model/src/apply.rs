@@ -12,7 +12,7 @@
 
 use crate::error::ApplyError;
 use crate::event::{Event, EventKind, Millis, OperatorAction, StepIndex, Timer};
-use crate::state::{SagaState, SagaStatus, StepPhase, StepState};
+use crate::state::{SagaState, SagaStatus, StepPhase, StepState, IN_DOUBT_ATTEMPTS_MAX};
 use crate::STEPS_MAX;
 
 /// Folds one event into a saga's state (`None` before `Started`). The
@@ -242,9 +242,9 @@ fn apply_step(state: &mut SagaState, at: Millis, kind: &EventKind) -> Result<(),
     let index = step as usize;
     let fits = match kind {
         EventKind::StepStarted { .. } => step_may_start(state, index, attempt),
-        EventKind::StepSucceeded { .. } | EventKind::StepFailed { .. } => {
-            phase == (StepPhase::Running { attempt })
-        }
+        EventKind::StepSucceeded { .. }
+        | EventKind::StepFailed { .. }
+        | EventKind::StepInDoubt { .. } => phase == (StepPhase::Running { attempt }),
         EventKind::RetryScheduled {
             compensation: false,
             ..
@@ -300,20 +300,24 @@ fn step_may_start(state: &SagaState, index: usize, attempt: u32) -> bool {
 }
 
 /// Compensation starts once nothing runs forward; a planned retry gives way
-/// to a cancel request or a passed saga deadline (it is abandoned). The
-/// order (reverse, compensatable steps only) depends on step kinds: that is
+/// to a cancel request or a passed saga deadline (it is abandoned). A step
+/// is compensated if it succeeded or has an attempt in doubt. The order
+/// (reverse, compensatable steps only) depends on step kinds: that is
 /// decide's to keep.
 fn compensation_may_start(state: &SagaState, index: usize, attempt: u32) -> bool {
     let current = &state.steps[index];
+    let abandonable = abort_requested(state);
+    let in_doubt = !current.in_doubt.is_empty();
     let fits = match current.phase {
         StepPhase::Succeeded => true,
         StepPhase::WaitingCompensationRetry {
             attempt: planned, ..
         } => planned == attempt,
+        StepPhase::Failed { .. } => in_doubt,
+        StepPhase::WaitingRetry { .. } => in_doubt && abandonable,
         _ => false,
     };
     let status_fits = matches!(state.status, SagaStatus::Running | SagaStatus::Compensating);
-    let abandonable = abort_requested(state);
     let forward_idle = !state.steps.iter().any(|s| {
         matches!(s.phase, StepPhase::Running { .. })
             || (matches!(s.phase, StepPhase::WaitingRetry { .. }) && !abandonable)
@@ -370,6 +374,19 @@ fn change_step(state: &mut SagaState, index: usize, at: Millis, kind: &EventKind
         EventKind::StepCompensated { .. } => {
             target.phase = StepPhase::Compensated;
             target.deadline = None;
+        }
+        EventKind::StepInDoubt {
+            attempt, reason, ..
+        } => {
+            let phase = StepPhase::Failed {
+                attempt: *attempt,
+                permanent: false,
+            };
+            failed(target, phase, reason);
+            if target.in_doubt.len() == IN_DOUBT_ATTEMPTS_MAX {
+                target.in_doubt.remove(0);
+            }
+            target.in_doubt.push(*attempt);
         }
         // The phase stays (the same attempt runs again); only its
         // deadline moves.

@@ -135,6 +135,32 @@ pub fn decide(state: &SagaState, spec: &SagaSpec, now: Millis, jitter: f64) -> D
     }
 }
 
+/// Turning back past a pivot in doubt (an attempt timed out or panicked,
+/// none succeeded) would undo the steps before it while the pivot itself
+/// may stand: the saga fails for an operator instead.
+fn pivot_in_doubt(state: &SagaState, spec: &SagaSpec) -> Option<Decision> {
+    if state.status != SagaStatus::Running {
+        return None;
+    }
+    let index = spec.steps.iter().position(|s| s.kind == StepKind::Pivot)?;
+    let pivot = &state.steps[index];
+    let attempt = *pivot.in_doubt.last()?;
+    let idle = matches!(
+        pivot.phase,
+        StepPhase::Failed { .. } | StepPhase::WaitingRetry { .. }
+    );
+    idle.then(|| {
+        Decision::Record(EventKind::Failed {
+            reason: format!(
+                "the pivot {:?} is in doubt (attempt {attempt} got no answer) and the saga \
+                 would turn back: an operator must find out whether it was applied, then \
+                 resume it or mark the saga resolved",
+                spec.steps[index].id
+            ),
+        })
+    })
+}
+
 /// Past the point of no return: the saga only goes forward now.
 fn pivot_succeeded(state: &SagaState, spec: &SagaSpec) -> bool {
     spec.steps
@@ -178,13 +204,12 @@ fn running(run: Run, spec_step: &StepSpec, now: Millis, saga_wake: Option<Millis
         };
     }
     let (step, attempt) = (run.step, run.attempt);
-    let permanent = false;
     Decision::Record(match run.compensation {
-        false => EventKind::StepFailed {
+        // No answer: the service may have applied it.
+        false => EventKind::StepInDoubt {
             step,
             attempt,
-            error: format!("attempt {attempt} timed out after {:?}", spec_step.timeout),
-            permanent,
+            reason: format!("attempt {attempt} timed out after {:?}", spec_step.timeout),
         },
         true => EventKind::CompensationFailed {
             step,
@@ -193,7 +218,7 @@ fn running(run: Run, spec_step: &StepSpec, now: Millis, saga_wake: Option<Millis
                 "compensation attempt {attempt} timed out after {:?}",
                 spec_step.timeout
             ),
-            permanent,
+            permanent: false,
         },
     })
 }
@@ -242,8 +267,14 @@ fn forward_failed(
     backward(state, spec, now, jitter)
 }
 
-/// Turning back: compensate the succeeded compensatable steps, latest first.
+/// Turning back: compensate the compensatable steps that may have been
+/// applied (succeeded, or an attempt in doubt), latest first. A pivot in
+/// doubt stops the saga for an operator instead: it has no compensation,
+/// and it may have been applied.
 fn backward(state: &SagaState, spec: &SagaSpec, now: Millis, jitter: f64) -> Decision {
+    if let Some(failed) = pivot_in_doubt(state, spec) {
+        return failed;
+    }
     for index in (0..state.steps.len()).rev() {
         let spec_step = &spec.steps[index];
         if spec_step.kind != StepKind::Compensatable {
@@ -275,6 +306,15 @@ fn backward_step(
             attempt: current.compensation_attempts + 1,
             deadline: deadline_of_new,
         }),
+        StepPhase::Failed { .. } | StepPhase::WaitingRetry { .. }
+            if !current.in_doubt.is_empty() =>
+        {
+            Decision::Record(EventKind::CompensationStarted {
+                step,
+                attempt: current.compensation_attempts + 1,
+                deadline: deadline_of_new,
+            })
+        }
         StepPhase::Compensating { attempt } => {
             let run = under_way(step, attempt, true, current, now);
             running(run, spec_step, now, None)

@@ -178,6 +178,19 @@ pub enum EventKind {
         /// The attempt's new deadline.
         deadline: Millis,
     },
+    /// A forward attempt ended without a definite answer (it timed out or
+    /// panicked): the service may have applied it. Retried like a
+    /// retryable failure; if the saga turns back, the step is compensated
+    /// even though it never succeeded. Appended last: existing logs decode
+    /// as before.
+    StepInDoubt {
+        /// The step.
+        step: StepIndex,
+        /// The attempt.
+        attempt: u32,
+        /// Why there is no answer.
+        reason: String,
+    },
 }
 
 /// A durable timer.
@@ -244,6 +257,7 @@ impl EventKind {
             EventKind::TimerFired { .. } => "TimerFired",
             EventKind::OperatorAction { .. } => "OperatorAction",
             EventKind::AttemptResumed { .. } => "AttemptResumed",
+            EventKind::StepInDoubt { .. } => "StepInDoubt",
         }
     }
 
@@ -257,7 +271,8 @@ impl EventKind {
             | EventKind::CompensationStarted { step, attempt, .. }
             | EventKind::StepCompensated { step, attempt }
             | EventKind::CompensationFailed { step, attempt, .. }
-            | EventKind::AttemptResumed { step, attempt, .. } => Some((step, attempt)),
+            | EventKind::AttemptResumed { step, attempt, .. }
+            | EventKind::StepInDoubt { step, attempt, .. } => Some((step, attempt)),
             _ => None,
         }
     }

@@ -33,6 +33,7 @@ mod definition;
 mod error;
 mod event;
 mod fold;
+pub mod legacy;
 mod retry;
 mod state;
 
@@ -47,4 +48,4 @@ pub use crate::error::{
 pub use crate::event::{Event, EventKind, Millis, OperatorAction, SagaId, StepIndex, Timer};
 pub use crate::fold::{fold, PartitionFold};
 pub use crate::retry::{Backoff, RetryPolicy, ATTEMPTS_MAX};
-pub use crate::state::{SagaState, SagaStatus, StepPhase, StepState};
+pub use crate::state::{SagaState, SagaStatus, StepPhase, StepState, IN_DOUBT_ATTEMPTS_MAX};

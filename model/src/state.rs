@@ -104,7 +104,17 @@ pub struct StepState {
     pub started_at: Option<Millis>,
     /// When it last changed phase.
     pub updated_at: Option<Millis>,
+    /// Attempts that ended without a definite answer (timed out, panicked),
+    /// oldest first, at most [`IN_DOUBT_ATTEMPTS_MAX`] (the newest kept):
+    /// the service may have applied them, so turning back compensates the
+    /// step even if it never succeeded.
+    pub in_doubt: Vec<u32>,
 }
+
+/// In-doubt attempts one step remembers at most. A compensatable step or
+/// the pivot has at most `ATTEMPTS_MAX` attempts (plus what operators
+/// grant); only retriable steps, never compensated, could pass it.
+pub const IN_DOUBT_ATTEMPTS_MAX: usize = crate::ATTEMPTS_MAX as usize;
 
 impl StepState {
     pub(crate) fn new() -> StepState {
@@ -117,7 +127,14 @@ impl StepState {
             last_error: None,
             started_at: None,
             updated_at: None,
+            in_doubt: Vec::new(),
         }
+    }
+
+    /// Whether the step may have been applied: it succeeded, or an attempt
+    /// is in doubt.
+    pub fn may_be_applied(&self) -> bool {
+        self.phase == StepPhase::Succeeded || !self.in_doubt.is_empty()
     }
 }
 

@@ -15,7 +15,8 @@ enum Outcome {
     Success,
     Retryable,
     Permanent,
-    /// The handler panicked: recorded as a retryable failure.
+    /// The handler panicked: no answer, so the attempt is in doubt (a
+    /// compensation that panics is a retryable failure).
     Panic,
     /// The attempt hangs past its deadline.
     Timeout,
@@ -175,7 +176,12 @@ fn simulate(spec: &SagaSpec, script: &[Outcome], jitters: &[u8]) -> (Vec<Event>,
                                 output: vec![step as u8],
                             },
                             Outcome::Permanent => failure(true, "declined"),
-                            Outcome::Panic => failure(false, "step panicked"),
+                            Outcome::Panic if !run.compensation => EventKind::StepInDoubt {
+                                step,
+                                attempt,
+                                reason: "step panicked".into(),
+                            },
+                            Outcome::Panic => failure(false, "compensation panicked"),
                             _ => failure(false, "unavailable"),
                         };
                         record(&mut state, now, kind);
@@ -203,7 +209,7 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
 
     #[test]
-    fn every_run_ends_once_and_compensates_exactly_the_completed_steps_in_reverse(
+    fn every_run_ends_once_and_compensates_exactly_the_steps_that_may_have_applied_in_reverse(
         spec in definition(),
         script in prop::collection::vec(outcome(), 0..40),
         jitters in prop::collection::vec(any::<u8>(), 1..8),
@@ -237,12 +243,20 @@ proptest! {
         // Compensations go latest first, never revisit a step once done.
         prop_assert!(compensation_order.windows(2).all(|w| w[0] >= w[1]),
             "compensations out of order: {:?}", compensation_order);
+        // What may have been applied: a step that succeeded, or one with an
+        // attempt in doubt (timed out, panicked).
+        let in_doubt: Vec<u16> = history.iter().filter_map(|e| match e.kind {
+            EventKind::StepInDoubt { step, .. } => Some(step),
+            _ => None,
+        }).collect();
         let mut expected: Vec<u16> = succeeded
             .iter()
+            .chain(&in_doubt)
             .copied()
             .filter(|&s| spec.steps[s as usize].kind == StepKind::Compensatable)
             .collect();
-        expected.reverse();
+        expected.sort_unstable_by(|a, b| b.cmp(a));
+        expected.dedup();
         match state.status {
             SagaStatus::Completed => {
                 prop_assert_eq!(succeeded.len(), spec.steps.len());
@@ -296,15 +310,61 @@ fn spec_of(kinds: &[StepKind], attempts: u32) -> SagaSpec {
 }
 
 #[test]
-fn a_timed_out_attempt_is_a_retryable_failure_with_the_timeout_named() {
+fn a_timed_out_attempt_is_in_doubt_retried_with_the_timeout_named() {
     let spec = spec_of(&[StepKind::Compensatable], 3);
     let (history, state) = simulate(&spec, &[Outcome::Timeout], &[0]);
     assert_eq!(state.status, SagaStatus::Completed);
     let timed_out = history.iter().any(|e| {
-        matches!(&e.kind, EventKind::StepFailed { error, permanent: false, attempt: 1, .. }
-            if error.contains("timed out"))
+        matches!(&e.kind, EventKind::StepInDoubt { reason, attempt: 1, .. }
+            if reason.contains("timed out"))
     });
     assert!(timed_out, "{history:#?}");
+    assert_eq!(state.steps[0].in_doubt, [1]);
+}
+
+#[test]
+fn a_step_in_doubt_is_compensated_when_the_saga_turns_back() {
+    // Step 0 succeeds; step 1 times out (in doubt) and has no retry left;
+    // the saga turns back and compensates step 1 too, then step 0.
+    let spec = spec_of(&[StepKind::Compensatable, StepKind::Compensatable], 1);
+    let (history, state) = simulate(&spec, &[Outcome::Success, Outcome::Timeout], &[0]);
+    assert_eq!(state.status, SagaStatus::Compensated);
+    let order: Vec<u16> = history
+        .iter()
+        .filter_map(|e| match e.kind {
+            EventKind::CompensationStarted { step, .. } => Some(step),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(order, [1, 0], "{history:#?}");
+    // A step's own error is a definite "not applied": not compensated.
+    let (history, _) = simulate(&spec, &[Outcome::Success, Outcome::Retryable], &[0]);
+    let order: Vec<u16> = history
+        .iter()
+        .filter_map(|e| match e.kind {
+            EventKind::CompensationStarted { step, .. } => Some(step),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(order, [0]);
+}
+
+#[test]
+fn a_pivot_in_doubt_stops_the_saga_for_an_operator_instead_of_turning_back() {
+    let spec = spec_of(&[StepKind::Compensatable, StepKind::Pivot], 1);
+    let (history, state) = simulate(&spec, &[Outcome::Success, Outcome::Timeout], &[0]);
+    assert_eq!(state.status, SagaStatus::Failed);
+    assert!(
+        state.failure.as_deref().unwrap().contains("in doubt"),
+        "{:?}",
+        state.failure
+    );
+    assert!(
+        !history
+            .iter()
+            .any(|e| matches!(e.kind, EventKind::CompensationStarted { .. })),
+        "nothing was undone while the pivot may stand"
+    );
 }
 
 #[test]

@@ -20,20 +20,39 @@ use skald_engine::{
     StepContext, StepError,
 };
 
-/// One effect: saga, what ("execute" or "compensate"), step.
-type Effect = (u64, &'static str, u16);
+/// One effect: saga, what ("execute" or "compensate"), step, and the key
+/// of the execution it made or undid.
+type Effect = (u64, &'static str, u16, String);
 
-/// The services' side: effects applied once per idempotency key, in order.
+/// The services' side: an execution applied once per idempotency key, and
+/// undone at most once, only if it was applied (an in-doubt attempt that
+/// never reached the service leaves nothing to undo).
 #[derive(Default)]
 struct Ledger {
-    lines: Mutex<(Vec<Effect>, HashSet<String>)>,
+    state: Mutex<LedgerState>,
+}
+
+#[derive(Default)]
+struct LedgerState {
+    lines: Vec<Effect>,
+    applied: HashSet<String>,
+    undone: HashSet<String>,
 }
 
 impl Ledger {
-    fn apply(&self, key: String, saga: SagaId, what: &'static str, step: u16) {
-        let mut guard = self.lines.lock();
-        if guard.1.insert(key) {
-            guard.0.push((saga.0, what, step));
+    fn execute(&self, key: String, saga: SagaId, step: u16) {
+        let mut state = self.state.lock();
+        if state.applied.insert(key.clone()) {
+            state.lines.push((saga.0, "execute", step, key));
+        }
+    }
+
+    fn undo(&self, keys: Vec<String>, saga: SagaId, step: u16) {
+        let mut state = self.state.lock();
+        for key in keys {
+            if state.applied.contains(&key) && state.undone.insert(key.clone()) {
+                state.lines.push((saga.0, "compensate", step, key));
+            }
         }
     }
 }
@@ -73,7 +92,11 @@ fn chaos_saga(seed: u64, ledger: Arc<Ledger>) -> Saga<u64> {
                 if fate < 0.26 {
                     panic!("step {index} of {saga} exploded");
                 }
-                ledger.apply(key, saga, "execute", index);
+                ledger.execute(key, saga, index);
+                if fate < 0.29 {
+                    // Applied, but the answer never comes: in doubt.
+                    std::future::pending::<()>().await;
+                }
                 Ok(())
             }
         }
@@ -85,11 +108,12 @@ fn chaos_saga(seed: u64, ledger: Arc<Ledger>) -> Saga<u64> {
             let key = ctx.idempotency_key();
             let fate = draw(seed, &key, 3);
             let saga = ctx.saga_id();
+            let undo = ctx.keys_to_undo();
             async move {
                 if fate < 0.2 {
                     return Err(StepError::retryable("ledger busy"));
                 }
-                ledger.apply(key, saga, "compensate", index);
+                ledger.undo(undo, saga, index);
                 Ok(())
             }
         }
@@ -213,7 +237,7 @@ fn run(seed: u64) -> Outcome {
                 "SKALD_SEED={seed}: acknowledged saga {id} is gone"
             );
         }
-        let ledger = ledger.lines.lock().0.clone();
+        let ledger = ledger.state.lock().lines.clone();
         Outcome {
             fingerprint: sim.fingerprint(),
             ledger,
@@ -225,46 +249,63 @@ fn run(seed: u64) -> Outcome {
 
 /// The saga invariants, from the services' ledger and the final statuses.
 fn check(seed: u64, outcome: &Outcome) {
-    let mut by_saga: HashMap<u64, Vec<(&'static str, u16)>> = HashMap::new();
-    for (saga, what, step) in &outcome.ledger {
-        by_saga.entry(*saga).or_default().push((what, *step));
+    let mut by_saga: HashMap<u64, Vec<(&'static str, u16, &str)>> = HashMap::new();
+    for (saga, what, step, key) in &outcome.ledger {
+        by_saga.entry(*saga).or_default().push((what, *step, key));
     }
     let mut statuses = BTreeMap::new();
     for (id, status) in &outcome.finals {
         *statuses.entry(format!("{status:?}")).or_insert(0) += 1;
         let lines = by_saga.remove(id).unwrap_or_default();
-        let executed: Vec<u16> = lines
+        let executed: Vec<(u16, &str)> = lines
             .iter()
             .filter(|l| l.0 == "execute")
-            .map(|l| l.1)
+            .map(|l| (l.1, l.2))
             .collect();
-        let compensated: Vec<u16> = lines
+        let undone: Vec<(u16, &str)> = lines
             .iter()
             .filter(|l| l.0 == "compensate")
-            .map(|l| l.1)
+            .map(|l| (l.1, l.2))
             .collect();
-        let context = format!("SKALD_SEED={seed}: saga {id} ({status:?}): executed {executed:?}, compensated {compensated:?}");
-        // Steps in order, each at most once.
+        // Steps first applied in order (a step applied by an attempt in
+        // doubt may be applied again by its retry: another key).
+        let mut steps: Vec<u16> = Vec::new();
+        for (step, _) in &executed {
+            if !steps.contains(step) {
+                steps.push(*step);
+            }
+        }
+        let context = format!(
+            "SKALD_SEED={seed}: saga {id} ({status:?}): executed {executed:?}, undone {undone:?}"
+        );
         assert!(
-            executed.iter().enumerate().all(|(i, s)| *s == i as u16),
+            steps.iter().enumerate().all(|(i, s)| *s == i as u16),
             "{context}"
         );
-        // Only completed compensatable steps are compensated, latest first.
-        let mut expected: Vec<u16> = executed.iter().copied().filter(|s| *s < 2).collect();
-        expected.reverse();
+        // Only compensatable steps are undone, latest first.
+        assert!(undone.iter().all(|(step, _)| *step < 2), "{context}");
+        assert!(undone.windows(2).all(|w| w[0].0 >= w[1].0), "{context}");
+        let applied_before_pivot: HashSet<&str> = executed
+            .iter()
+            .filter(|(step, _)| *step < 2)
+            .map(|(_, key)| *key)
+            .collect();
+        let undone_keys: HashSet<&str> = undone.iter().map(|(_, key)| *key).collect();
         match status {
             SagaStatus::Completed => {
-                assert_eq!(executed, [0, 1, 2, 3], "{context}");
-                assert!(compensated.is_empty(), "{context}");
+                assert_eq!(steps, [0, 1, 2, 3], "{context}");
+                assert!(undone.is_empty(), "{context}");
             }
             SagaStatus::Compensated => {
-                assert!(executed.len() <= 2, "the pivot never succeeded: {context}");
-                assert_eq!(compensated, expected, "{context}");
+                // The pivot never took effect, and everything applied
+                // before it (in doubt or not) was undone.
+                assert!(steps.len() <= 2, "the pivot never applied: {context}");
+                assert_eq!(undone_keys, applied_before_pivot, "{context}");
             }
             SagaStatus::Failed => {
-                // A compensation that kept failing (a prefix was undone), or
-                // a permanent failure after the pivot (nothing undone).
-                assert!(expected.starts_with(&compensated), "{context}");
+                // A compensation that kept failing, a permanent failure
+                // after the pivot, or a pivot in doubt: for an operator.
+                assert!(undone_keys.is_subset(&applied_before_pivot), "{context}");
             }
             other => panic!("{context}: not final: {other:?}"),
         }

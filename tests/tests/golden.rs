@@ -10,7 +10,10 @@
 
 use std::path::PathBuf;
 
-use skald_engine::inspect::{decode_snapshot, encode_snapshot, partition_count};
+use skald_engine::inspect::{
+    decode_snapshot, encode_snapshot, partition_count, SNAPSHOT_PAYLOAD_VERSION,
+    SNAPSHOT_PAYLOAD_VERSION_1,
+};
 use skald_engine::{Engine, EngineOptions, Event, EventKind, OperatorAction, SagaId, Timer};
 use skald_model::{SagaState, SagaStatus, StepPhase, StepState};
 
@@ -198,6 +201,14 @@ fn events() -> Vec<(&'static str, EventKind)> {
             },
         ),
         (
+            "step-in-doubt",
+            EventKind::StepInDoubt {
+                step: 2,
+                attempt: 3,
+                reason: "attempt 3 timed out after 30s".into(),
+            },
+        ),
+        (
             "operator-mark-resolved",
             EventKind::OperatorAction {
                 action: OperatorAction::MarkResolved,
@@ -228,9 +239,10 @@ fn kind_number(kind: &EventKind) -> usize {
         EventKind::TimerFired { .. } => 12,
         EventKind::OperatorAction { .. } => 13,
         EventKind::AttemptResumed { .. } => 14,
+        EventKind::StepInDoubt { .. } => 15,
     }
 }
-const KINDS: usize = 15;
+const KINDS: usize = 16;
 
 #[test]
 fn every_event_kind_decodes_from_its_checked_in_bytes_and_re_encodes_identically() {
@@ -263,7 +275,9 @@ fn every_event_kind_decodes_from_its_checked_in_bytes_and_re_encodes_identically
 
 /// Two sagas written out field by field: one completed, one failed while
 /// compensating, so that every step phase with data appears.
-fn snapshot_sagas() -> Vec<SagaState> {
+/// With `in_doubt`, two steps carry in-doubt attempts (payload version 2
+/// records them; version 1 had none).
+fn snapshot_sagas(in_doubt: bool) -> Vec<SagaState> {
     let step = |phase, attempts, output: Option<&[u8]>, error: Option<&str>| StepState {
         phase,
         attempts,
@@ -273,6 +287,7 @@ fn snapshot_sagas() -> Vec<SagaState> {
         last_error: error.map(str::to_owned),
         started_at: Some(AT + 1),
         updated_at: Some(AT + 2),
+        in_doubt: Vec::new(),
     };
     let completed = SagaState {
         id: SagaId(4),
@@ -302,6 +317,19 @@ fn snapshot_sagas() -> Vec<SagaState> {
         Some("ledger down"),
     );
     compensating.compensation_attempts = 1;
+    let mut declined = step(
+        StepPhase::Failed {
+            attempt: 3,
+            permanent: true,
+        },
+        3,
+        None,
+        Some("declined"),
+    );
+    if in_doubt {
+        compensating.in_doubt = vec![1];
+        declined.in_doubt = vec![1, 2];
+    }
     let failed = SagaState {
         id: SagaId(6),
         definition: "order".into(),
@@ -310,15 +338,7 @@ fn snapshot_sagas() -> Vec<SagaState> {
         status: SagaStatus::Compensating,
         steps: vec![
             compensating,
-            step(
-                StepPhase::Failed {
-                    attempt: 3,
-                    permanent: true,
-                },
-                3,
-                None,
-                Some("declined"),
-            ),
+            declined,
             StepState {
                 phase: StepPhase::Pending,
                 attempts: 0,
@@ -328,6 +348,7 @@ fn snapshot_sagas() -> Vec<SagaState> {
                 last_error: None,
                 started_at: None,
                 updated_at: None,
+                in_doubt: Vec::new(),
             },
         ],
         started_at: AT,
@@ -343,12 +364,14 @@ fn snapshot_sagas() -> Vec<SagaState> {
 
 #[test]
 fn a_snapshot_file_decodes_from_its_checked_in_bytes_and_re_encodes_identically() {
-    const LSN: u64 = 11;
-    let sagas = snapshot_sagas();
+    const LSN: u64 = 12;
+    let sagas = snapshot_sagas(true);
     let map = sagas.iter().map(|s| (s.id, s.clone())).collect();
     let payload = encode_snapshot(3, LSN, &map);
+    assert_eq!(payload[0], SNAPSHOT_PAYLOAD_VERSION);
     let file = skald_snapshot::encode(LSN, &payload);
-    let bytes = checked_in(&skald_snapshot::file_name(LSN), &file);
+    let name = format!("v2/{}", skald_snapshot::file_name(LSN));
+    let bytes = checked_in(&name, &file);
     let read = skald_snapshot::decode(&bytes, LSN).expect("the checked-in snapshot file is sound");
     let decoded = decode_snapshot(read).expect("its payload decodes");
     assert_eq!((decoded.partition, decoded.lsn), (3, LSN));
@@ -357,6 +380,19 @@ fn a_snapshot_file_decodes_from_its_checked_in_bytes_and_re_encodes_identically(
         "the checked-in snapshot decodes to other sagas"
     );
     assert_eq!(file, bytes, "the snapshot encodes to other bytes");
+}
+
+#[test]
+fn a_version_1_snapshot_written_by_an_earlier_build_still_decodes() {
+    // Written before steps recorded in-doubt attempts: it decodes, each
+    // step with none.
+    const LSN: u64 = 11;
+    let bytes = std::fs::read(golden(&skald_snapshot::file_name(LSN))).unwrap();
+    let read = skald_snapshot::decode(&bytes, LSN).expect("the checked-in snapshot file is sound");
+    assert_eq!(read[0], SNAPSHOT_PAYLOAD_VERSION_1);
+    let decoded = decode_snapshot(read).expect("a version 1 payload decodes");
+    assert_eq!((decoded.partition, decoded.lsn), (3, LSN));
+    assert_eq!(decoded.sagas, snapshot_sagas(false));
 }
 
 #[tokio::test]

@@ -11,14 +11,14 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use skald_model::{Run, SagaId};
+use skald_model::{Run, SagaId, StepState};
 
 use super::breakers::{BreakerCall, Verdict};
 use super::command::Command;
 use super::drive::phase_of;
 use super::{Partition, Running};
 use crate::cancel::CancelSignal;
-use crate::saga::{Definition, Outputs, StepError};
+use crate::saga::{AttemptContext, Definition, Outputs, StepError};
 
 impl Partition {
     /// Fires the cancellation signal of the saga's attempt under way.
@@ -57,7 +57,7 @@ impl Partition {
                 }
                 Err(error) => {
                     let message = format!("the saga's input does not decode: {error}");
-                    let result = Err(StepError::permanent(message));
+                    let result = AttemptResult::Answered(Err(StepError::permanent(message)));
                     self.deferred.push_back((saga, run, result));
                     return;
                 }
@@ -70,36 +70,64 @@ impl Partition {
         let now = self.shared.clock.now();
         let service = &definition.spec().steps[run.step as usize].service;
         let Some(call) = BreakerCall::admit(&self.shared, service, now) else {
+            // Never called: a definite "not applied".
             let message = format!("circuit breaker open for service {service:?}");
-            let result = Err(StepError::retryable(message));
+            let result = AttemptResult::Answered(Err(StepError::retryable(message)));
             self.deferred.push_back((saga, run, result));
             return;
         };
         let timeout = Duration::from_millis(run.deadline.saturating_sub(now));
         let cancel = CancelSignal::new();
+        let step = &entry.state.steps[run.step as usize];
+        let undo: Arc<[u32]> = match run.compensation {
+            true => may_be_applied(step).into(),
+            false => Arc::new([]),
+        };
         let attempt = Attempt {
-            saga,
-            run,
             definition,
-            input,
-            outputs,
             timeout,
-            cancel: cancel.clone(),
+            context: AttemptContext {
+                saga,
+                run,
+                input,
+                outputs,
+                cancel: cancel.clone(),
+                undo,
+            },
         };
         let task = tokio::spawn(attempt.run(call, tx)).abort_handle();
         entry.running = Some(Running { run, task, cancel });
     }
 }
 
+/// The attempts of `step` that may have been applied, oldest first: the one
+/// that succeeded (the last forward attempt, when it has an output) and
+/// every one in doubt.
+fn may_be_applied(step: &StepState) -> Vec<u32> {
+    let mut attempts = step.in_doubt.clone();
+    if step.output.is_some() {
+        attempts.push(step.attempts);
+    }
+    attempts.sort_unstable();
+    attempts.dedup();
+    attempts
+}
+
+/// How an attempt ended.
+pub(crate) enum AttemptResult {
+    /// The handler answered: its output, or its error (a definite "not
+    /// applied", or never called at all).
+    Answered(Result<Vec<u8>, StepError>),
+    /// No answer: it timed out or panicked, so the service may have
+    /// applied it.
+    InDoubt(String),
+}
+
 /// Everything one attempt's task needs.
 struct Attempt {
-    saga: SagaId,
-    run: Run,
     definition: Arc<dyn Definition>,
-    input: Arc<dyn Any + Send + Sync>,
-    outputs: Arc<Outputs>,
     timeout: Duration,
-    cancel: Arc<CancelSignal>,
+    context: AttemptContext,
 }
 
 impl Attempt {
@@ -107,18 +135,16 @@ impl Attempt {
     /// ends the attempt (a result, a timeout, a panic, or the task aborted)
     /// settles the breaker call it was admitted as.
     async fn run(self, mut call: BreakerCall, tx: tokio::sync::mpsc::Sender<Command>) {
-        let (saga, run, timeout) = (self.saga, self.run, self.timeout);
+        let (saga, run, timeout) = (self.context.saga, self.context.run, self.timeout);
+        let cancel = self.context.cancel.clone();
         let what = match run.compensation {
             true => "compensation",
             false => "step",
         };
         // The handler is called inside the panic catcher too: a panic
         // before its first await is a failed attempt like any other.
-        let cancel = self.cancel.clone();
-        let attempt = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            let (input, outputs) = (self.input, self.outputs);
-            self.definition.attempt(saga, &run, input, outputs, cancel)
-        }));
+        let (definition, context) = (self.definition, self.context);
+        let attempt = std::panic::catch_unwind(AssertUnwindSafe(|| definition.attempt(context)));
         let outcome = match attempt {
             Ok(future) => tokio::time::timeout(timeout, CatchUnwind(future))
                 .await
@@ -126,17 +152,16 @@ impl Attempt {
             Err(panic) => Ok(Err(panic)),
         };
         let result = match outcome {
-            Ok(Ok(result)) => result,
-            Ok(Err(panic)) => Err(StepError::retryable(format!(
-                "the {what} panicked: {}",
-                panic_message(&panic)
-            ))),
+            Ok(Ok(result)) => AttemptResult::Answered(result),
+            Ok(Err(panic)) => {
+                AttemptResult::InDoubt(format!("the {what} panicked: {}", panic_message(&panic)))
+            }
             Err(()) => {
-                self.cancel.fire();
-                Err(StepError::retryable(format!(
+                cancel.fire();
+                AttemptResult::InDoubt(format!(
                     "attempt {} timed out after {timeout:?}",
                     run.attempt
-                )))
+                ))
             }
         };
         call.settle(Verdict::of(&result));

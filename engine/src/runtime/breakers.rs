@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use skald_model::{CircuitBreaker, Millis};
 
+use super::attempt::AttemptResult;
 use super::Shared;
-use crate::saga::StepError;
 
 /// What an attempt says about its service's health.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,11 +22,11 @@ pub(super) enum Verdict {
 }
 
 impl Verdict {
-    pub(super) fn of(result: &Result<Vec<u8>, StepError>) -> Verdict {
+    pub(super) fn of(result: &AttemptResult) -> Verdict {
         match result {
-            Ok(_) => Verdict::Answered,
-            Err(error) if error.is_permanent() => Verdict::Answered,
-            Err(_) => Verdict::Failed,
+            AttemptResult::Answered(Ok(_)) => Verdict::Answered,
+            AttemptResult::Answered(Err(error)) if error.is_permanent() => Verdict::Answered,
+            AttemptResult::Answered(Err(_)) | AttemptResult::InDoubt(_) => Verdict::Failed,
         }
     }
 }

@@ -7,8 +7,9 @@ use std::sync::Arc;
 use skald_model::{EventKind, OperatorAction, Run, SagaId, SagaStatus, StepKind, StepPhase};
 use tokio::sync::oneshot;
 
+use super::attempt::AttemptResult;
 use super::{Entry, Partition};
-use crate::saga::{Definition, StepError};
+use crate::saga::Definition;
 use crate::view::{CancelOutcome, ListFilter, PartitionCheck, SagaSummary, SagaView};
 use crate::EngineError;
 
@@ -25,7 +26,7 @@ pub(crate) enum Command {
     Finished {
         saga: SagaId,
         run: Run,
-        result: Result<Vec<u8>, StepError>,
+        result: AttemptResult,
     },
     Cancel {
         saga: SagaId,

@@ -8,6 +8,7 @@ use rand::Rng;
 use skald_model::{apply, decide, millis, resume, Decision, Event, EventKind, Millis};
 use skald_model::{Run, SagaId, StepPhase};
 
+use super::attempt::AttemptResult;
 use super::command::Reply;
 use super::{Entry, Partition};
 use crate::saga::{Definition, StepError};
@@ -112,7 +113,7 @@ impl Partition {
 
     /// An attempt's result: recorded if it is still the attempt the saga
     /// waits for, dropped if the attempt timed out meanwhile.
-    pub(super) fn finished(&mut self, saga: SagaId, run: Run, result: Result<Vec<u8>, StepError>) {
+    pub(super) fn finished(&mut self, saga: SagaId, run: Run, result: AttemptResult) {
         let Some(entry) = self.sagas.get_mut(&saga) else {
             return;
         };
@@ -124,6 +125,24 @@ impl Partition {
             return;
         }
         let (step, attempt) = (run.step, run.attempt);
+        let result = match result {
+            AttemptResult::Answered(result) => result,
+            AttemptResult::InDoubt(reason) if !run.compensation => {
+                let reason = cut(&reason);
+                self.record_and_drive(
+                    saga,
+                    EventKind::StepInDoubt {
+                        step,
+                        attempt,
+                        reason,
+                    },
+                );
+                return;
+            }
+            // A compensation without an answer is retried like a failed
+            // one: compensations must be idempotent anyway.
+            AttemptResult::InDoubt(reason) => Err(StepError::retryable(reason)),
+        };
         let kind = match (self.bounded(result), run.compensation) {
             (Ok(output), false) => EventKind::StepSucceeded {
                 step,
@@ -144,6 +163,10 @@ impl Partition {
                 error: error.message().to_owned(),
             },
         };
+        self.record_and_drive(saga, kind);
+    }
+
+    fn record_and_drive(&mut self, saga: SagaId, kind: EventKind) {
         if let Err(error) = self.record(saga, kind) {
             tracing::error!(%saga, %error, "a step result did not fold");
             return;
@@ -165,13 +188,7 @@ impl Partition {
                 output.len()
             ))),
             Err(error) if error.message().len() > ERROR_BYTES_MAX => {
-                let message = error.message();
-                let mut cut = ERROR_BYTES_MAX;
-                while !message.is_char_boundary(cut) {
-                    cut -= 1;
-                }
-                let shortened =
-                    format!("{}... (cut from {} bytes)", &message[..cut], message.len());
+                let shortened = cut(error.message());
                 Err(match error.is_permanent() {
                     true => StepError::permanent(shortened),
                     false => StepError::retryable(shortened),
@@ -303,6 +320,19 @@ impl Partition {
             self.drive(id);
         }
     }
+}
+
+/// `message`, cut (with a note) to [`ERROR_BYTES_MAX`] so that its event
+/// fits a log record.
+fn cut(message: &str) -> String {
+    if message.len() <= ERROR_BYTES_MAX {
+        return message.to_owned();
+    }
+    let mut end = ERROR_BYTES_MAX;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... (cut from {} bytes)", &message[..end], message.len())
 }
 
 /// The phase a step is in while `run` is its attempt under way.

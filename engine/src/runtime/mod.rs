@@ -45,7 +45,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio::task::{AbortHandle, JoinHandle};
 
 use crate::cancel::CancelSignal;
-use crate::saga::{Definition, StepError};
+use crate::saga::Definition;
 use crate::view::EngineEvent;
 use crate::EngineError;
 
@@ -166,7 +166,7 @@ pub(crate) struct Partition {
     /// Attempt results the partition produced itself (an open breaker, an
     /// input that does not decode): handled at the next turn. At most one
     /// per spawned attempt of one release.
-    deferred: VecDeque<(SagaId, Run, Result<Vec<u8>, StepError>)>,
+    deferred: VecDeque<(SagaId, Run, attempt::AttemptResult)>,
     /// This turn's encoded events and what they release.
     payloads: Vec<Vec<u8>>,
     pending_events: Vec<skald_model::Event>,
