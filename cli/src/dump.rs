@@ -31,7 +31,7 @@ pub struct DumpArgs {
     pub state: bool,
 }
 
-const KINDS: [&str; 16] = [
+const KINDS: [&str; 17] = [
     "Started",
     "StepStarted",
     "StepSucceeded",
@@ -48,6 +48,7 @@ const KINDS: [&str; 16] = [
     "OperatorAction",
     "AttemptResumed",
     "StepInDoubt",
+    "AttemptDelayed",
 ];
 
 pub fn run(mut args: DumpArgs, out: &mut Out) -> Result<()> {

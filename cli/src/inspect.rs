@@ -250,6 +250,17 @@ pub fn fields(kind: &EventKind) -> Vec<(&'static str, Field)> {
                 ("attempt", Num(u64::from(*attempt))),
             ],
         },
+        EventKind::AttemptDelayed {
+            step,
+            attempt,
+            compensation,
+            until,
+        } => vec![
+            ("step", Num(u64::from(*step))),
+            ("attempt", Num(u64::from(*attempt))),
+            ("compensation", Bool(*compensation)),
+            ("until", Time(*until)),
+        ],
         EventKind::StepInDoubt {
             step,
             attempt,

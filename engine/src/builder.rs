@@ -106,10 +106,12 @@ fn check_options(options: &EngineOptions) -> Result<(), EngineError> {
             asked,
         }));
     }
-    options
-        .breaker
-        .validate()
-        .map_err(|error| EngineError::InvalidOptions(OptionsError::Breaker(error)))
+    let invalid = |error| EngineError::InvalidOptions(OptionsError::Breaker(error));
+    options.breaker.validate().map_err(invalid)?;
+    for settings in options.breaker_overrides.values() {
+        settings.validate().map_err(invalid)?;
+    }
+    Ok(())
 }
 
 fn shared(
@@ -123,6 +125,7 @@ fn shared(
         definitions,
         breakers: Mutex::new(HashMap::new()),
         breaker_settings: options.breaker,
+        breaker_overrides: options.breaker_overrides.clone(),
         clock: Clock::new(options.deterministic),
         partitions: partitions as u64,
         record_bytes_max,

@@ -14,7 +14,9 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::runtime::{Command, Reply, Shared};
-use crate::view::{CancelOutcome, ConsistencyReport, EngineEvent, ListFilter, SagaPage, SagaView};
+use crate::view::{
+    BreakerView, CancelOutcome, ConsistencyReport, EngineEvent, ListFilter, SagaPage, SagaView,
+};
 use crate::{EngineBuilder, EngineError, EngineOptions};
 
 pub(crate) struct Inner {
@@ -273,6 +275,38 @@ impl Engine {
             );
         }
         Ok(ConsistencyReport { partitions })
+    }
+
+    /// Every service's circuit breaker that has been used since the open
+    /// (breakers start closed at every open), by service name.
+    pub fn breakers(&self) -> Vec<BreakerView> {
+        let shared = &self.inner.shared;
+        let mut views: Vec<BreakerView> = shared
+            .breakers
+            .lock()
+            .iter()
+            .map(|(service, breaker)| BreakerView {
+                service: service.clone(),
+                state: breaker.state(),
+                settings: shared.breaker_settings_of(service),
+            })
+            .collect();
+        views.sort_by(|a, b| a.service.cmp(&b.service));
+        views
+    }
+
+    /// Closes `service`'s breaker by hand (the service is known to be back):
+    /// new attempts go through at once. Attempts already put off keep the
+    /// time their delay recorded. Returns whether the breaker existed.
+    pub fn reset_breaker(&self, service: &str) -> bool {
+        let shared = &self.inner.shared;
+        let mut breakers = shared.breakers.lock();
+        let Some(breaker) = breakers.get_mut(service) else {
+            return false;
+        };
+        *breaker = skald_model::CircuitBreaker::new(shared.breaker_settings_of(service));
+        tracing::info!(service, "circuit breaker reset by hand");
+        true
     }
 
     /// Every event from now on, once durable, in each partition's log order.

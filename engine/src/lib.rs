@@ -99,12 +99,12 @@ pub use crate::runtime::COMMANDS_QUEUED_MAX;
 pub use crate::saga::{Saga, Step, StepContext, StepError};
 pub use crate::snapshotter::SnapshotSettings;
 pub use crate::view::{
-    CancelOutcome, ConsistencyReport, EngineEvent, ListFilter, PartitionCheck, SagaPage,
-    SagaSummary, SagaView, StepView,
+    BreakerView, CancelOutcome, ConsistencyReport, EngineEvent, ListFilter, PartitionCheck,
+    SagaPage, SagaSummary, SagaView, StepView,
 };
 pub use skald_log::Durability;
 pub use skald_model::{
-    ApplyError, Backoff, BreakerSettings, BreakerSettingsError, DefinitionError, Event, EventKind,
-    Millis, OperatorAction, ParseSagaIdError, RetryPolicy, RetryPolicyError, SagaId, SagaStatus,
-    StepIndex, StepKind, StepPhase, StepRule, Timer, STEPS_MAX,
+    ApplyError, Backoff, BreakerSettings, BreakerSettingsError, BreakerState, DefinitionError,
+    Event, EventKind, Millis, OperatorAction, ParseSagaIdError, RetryPolicy, RetryPolicyError,
+    SagaId, SagaStatus, StepIndex, StepKind, StepPhase, StepRule, Timer, STEPS_MAX,
 };

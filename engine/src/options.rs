@@ -1,6 +1,7 @@
 //! How an engine runs: partitions, durability, segments, breakers,
 //! snapshots, and the deterministic mode for simulations.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use skald_log::{Durability, Storage};
@@ -23,6 +24,7 @@ pub struct EngineOptions {
     pub(crate) durability: Durability,
     pub(crate) segment_size_bytes: u64,
     pub(crate) breaker: BreakerSettings,
+    pub(crate) breaker_overrides: HashMap<String, BreakerSettings>,
     pub(crate) seed: Option<u64>,
     pub(crate) storage: Option<Arc<dyn Storage>>,
     pub(crate) event_buffer: usize,
@@ -40,6 +42,7 @@ impl Default for EngineOptions {
             durability: Durability::EveryBatch,
             segment_size_bytes: skald_log::LogOptions::default().segment_size_bytes,
             breaker: BreakerSettings::default(),
+            breaker_overrides: HashMap::new(),
             seed: None,
             storage: None,
             event_buffer: EVENT_BUFFER_DEFAULT,
@@ -56,6 +59,7 @@ impl std::fmt::Debug for EngineOptions {
             .field("durability", &self.durability)
             .field("segment_size_bytes", &self.segment_size_bytes)
             .field("breaker", &self.breaker)
+            .field("breaker_overrides", &self.breaker_overrides)
             .field("seed", &self.seed)
             .field("event_buffer", &self.event_buffer)
             .field("snapshots", &self.snapshots)
@@ -86,9 +90,21 @@ impl EngineOptions {
         self
     }
 
-    /// Circuit-breaker thresholds, for every service.
+    /// Circuit-breaker thresholds of every service without its own (see
+    /// [`EngineOptions::breaker_for`]).
     pub fn breaker(mut self, settings: BreakerSettings) -> EngineOptions {
         self.breaker = settings;
+        self
+    }
+
+    /// Circuit-breaker thresholds of one service (the `service` its steps
+    /// name), instead of the default.
+    pub fn breaker_for(
+        mut self,
+        service: impl Into<String>,
+        settings: BreakerSettings,
+    ) -> EngineOptions {
+        self.breaker_overrides.insert(service.into(), settings);
         self
     }
 

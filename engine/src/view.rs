@@ -213,6 +213,17 @@ pub struct SagaPage {
     pub next_after: Option<SagaId>,
 }
 
+/// One service's circuit breaker ([`crate::Engine::breakers`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BreakerView {
+    /// The service (the `service` its steps name).
+    pub service: String,
+    /// Where it stands.
+    pub state: skald_model::BreakerState,
+    /// Its thresholds.
+    pub settings: skald_model::BreakerSettings,
+}
+
 /// What [`crate::Engine::cancel`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[non_exhaustive]

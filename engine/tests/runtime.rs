@@ -10,8 +10,9 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use skald_engine::{
-    Backoff, BreakerSettings, CancelOutcome, Engine, EngineError, EngineOptions, EventKind,
-    ListFilter, OperatorAction, RetryPolicy, Saga, SagaStatus, Step, StepError, StepPhase,
+    Backoff, BreakerSettings, BreakerState, CancelOutcome, Engine, EngineError, EngineOptions,
+    EventKind, ListFilter, OperatorAction, RetryPolicy, Saga, SagaStatus, Step, StepError,
+    StepPhase,
 };
 use tempfile::TempDir;
 
@@ -347,7 +348,7 @@ async fn list_filters_and_pages_in_id_order() {
 #[tokio::test]
 async fn a_failed_compensation_fails_the_saga_and_an_operator_retries_it() {
     let dir = tempfile::tempdir().unwrap();
-    let undo_failures = Arc::new(AtomicU32::new(3));
+    let undo_failures = Arc::new(AtomicU32::new(5));
     let failures = undo_failures.clone();
     let saga = Saga::<Job>::new("fragile")
         .step(
@@ -370,7 +371,15 @@ async fn a_failed_compensation_fails_the_saga_and_an_operator_retries_it() {
         )
         .retry(fast_retry(2));
     let engine = Engine::builder(dir.path())
-        .options(EngineOptions::default().partitions(1))
+        .options(
+            EngineOptions::default()
+                .partitions(1)
+                .breaker(BreakerSettings {
+                    // This is about operators: keep the ledger's breaker out of it.
+                    failures_to_open: 100,
+                    ..BreakerSettings::default()
+                }),
+        )
         .register(saga)
         .unwrap()
         .open()
@@ -405,44 +414,52 @@ async fn a_failed_compensation_fails_the_saga_and_an_operator_retries_it() {
         .await
         .unwrap();
     let view = engine.wait(id).await.unwrap();
-    // 2 more failures were left; attempts_max 2 allows one retry: fails again.
+    // The operator grants a fresh budget (attempts_max 2: two more
+    // attempts, not one); both fail: Failed again, the real error kept.
     assert_eq!(view.status, SagaStatus::Failed);
+    assert_eq!(view.steps[0].compensation_attempts, 4);
+    assert_eq!(view.steps[0].last_error.as_deref(), Some("ledger down"));
     engine
         .operate(id, OperatorAction::RetryCompensation, "ops", "really back")
         .await
         .unwrap();
     let view = engine.wait(id).await.unwrap();
     assert_eq!(view.status, SagaStatus::Compensated);
+    assert_eq!(view.steps[0].compensation_attempts, 6);
     assert_eq!(view.operator_actions.len(), 2);
     assert_eq!(view.operator_actions[0].0, "ops");
     engine.shutdown().await.unwrap();
 }
 
 #[tokio::test]
-async fn an_open_breaker_fails_calls_fast_as_retryable() {
+async fn an_open_breaker_puts_attempts_off_without_using_them_up() {
     let dir = tempfile::tempdir().unwrap();
     let calls = Arc::new(AtomicU32::new(0));
     let counted = calls.clone();
+    // The service fails twice, then is back.
     let saga = Saga::<Job>::new("flaky")
         .step(
             Step::new("call", move |_ctx| {
                 let calls = counted.clone();
                 async move {
-                    calls.fetch_add(1, Ordering::SeqCst);
-                    Err::<(), _>(StepError::retryable("503"))
+                    if calls.fetch_add(1, Ordering::SeqCst) < 2 {
+                        return Err(StepError::retryable("503"));
+                    }
+                    Ok(())
                 }
             })
             .compensate(|_ctx| async { Ok(()) })
             .service("shaky"),
         )
-        .retry(fast_retry(6));
-    let options = EngineOptions::default()
-        .partitions(1)
-        .breaker(BreakerSettings {
+        .retry(fast_retry(3));
+    let options = EngineOptions::default().partitions(1).breaker_for(
+        "shaky",
+        BreakerSettings {
             failures_to_open: 2,
-            open_ms: 60_000,
+            open_ms: 300,
             successes_to_close: 1,
-        });
+        },
+    );
     let engine = Engine::builder(dir.path())
         .options(options)
         .register(saga)
@@ -450,17 +467,69 @@ async fn an_open_breaker_fails_calls_fast_as_retryable() {
         .open()
         .await
         .unwrap();
+    let mut events = engine.subscribe();
     let id = engine.start("flaky", &job("x")).await.unwrap();
     let view = engine.wait(id).await.unwrap();
-    assert_eq!(view.status, SagaStatus::Compensated);
-    assert_eq!(view.steps[0].attempts, 6);
-    // Two real calls opened the breaker; the other four failed fast.
-    assert_eq!(calls.load(Ordering::SeqCst), 2);
-    assert!(view.steps[0]
-        .last_error
-        .as_deref()
+    // Two real calls opened the breaker; the third attempt waited for it
+    // (durably: an AttemptDelayed) instead of failing, and went through.
+    assert_eq!(view.status, SagaStatus::Completed, "{view:#?}");
+    assert_eq!(view.steps[0].attempts, 3);
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    let mut delayed = 0;
+    while let Ok(event) = events.try_recv() {
+        delayed += usize::from(matches!(
+            event.event.kind,
+            EventKind::AttemptDelayed { attempt: 3, .. }
+        ));
+    }
+    assert!(delayed >= 1, "the third attempt was put off");
+    let breakers = engine.breakers();
+    assert_eq!(breakers.len(), 1);
+    assert_eq!(breakers[0].service, "shaky");
+    assert_eq!(breakers[0].settings.failures_to_open, 2);
+    engine.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_operator_resets_a_breaker_and_the_default_settings_apply_elsewhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let saga = Saga::<Job>::new("down")
+        .step(
+            Step::new("call", |_ctx| async {
+                Err::<(), _>(StepError::retryable("503"))
+            })
+            .compensate(|_ctx| async { Ok(()) })
+            .service("down-service"),
+        )
+        .retry(fast_retry(1));
+    let settings = BreakerSettings {
+        failures_to_open: 1,
+        open_ms: 3_600_000,
+        successes_to_close: 1,
+    };
+    let engine = Engine::builder(dir.path())
+        .options(EngineOptions::default().partitions(1).breaker(settings))
+        .register(saga)
         .unwrap()
-        .contains("circuit breaker open"));
+        .open()
+        .await
+        .unwrap();
+    let id = engine.start("down", &job("x")).await.unwrap();
+    assert_eq!(
+        engine.wait(id).await.unwrap().status,
+        SagaStatus::Compensated
+    );
+    let breakers = engine.breakers();
+    assert!(
+        matches!(breakers[0].state, BreakerState::Open { .. }),
+        "{breakers:?}"
+    );
+    assert!(engine.reset_breaker("down-service"));
+    assert_eq!(
+        engine.breakers()[0].state,
+        BreakerState::Closed { failures: 0 }
+    );
+    assert!(!engine.reset_breaker("no-such-service"));
     engine.shutdown().await.unwrap();
 }
 
@@ -581,7 +650,9 @@ async fn a_saga_deadline_turns_the_saga_back_on_virtual_time() {
     let view = engine.wait(id).await.unwrap();
     assert_eq!(view.status, SagaStatus::Compensated, "{view:#?}");
     assert_eq!(journal.entries(), ["a x", "undo-a x"]);
-    assert!(view.steps[1].attempts > 10, "{}", view.steps[1].attempts);
+    // Five consecutive failures open b's breaker (the default settings);
+    // the next attempts are put off, not used up, until the deadline.
+    assert_eq!(view.steps[1].attempts, 5, "{view:#?}");
     assert!(view.updated_at - view.started_at >= 1000);
     engine.shutdown().await.unwrap();
 }

@@ -182,11 +182,14 @@ fn retry_compensation(
     require(state, name, failed_compensation, detail)?;
     for index in 0..state.steps.len() {
         if let StepPhase::CompensationFailed { attempt, .. } = state.steps[index].phase {
-            let attempt = next_attempt(state, name, attempt)?;
-            state.steps[index].phase = StepPhase::WaitingCompensationRetry {
-                attempt,
+            let next = next_attempt(state, name, attempt)?;
+            let step = &mut state.steps[index];
+            step.phase = StepPhase::WaitingCompensationRetry {
+                attempt: next,
                 fire_at: at,
             };
+            // A fresh retry budget from here.
+            step.compensation_budget_from = attempt;
         }
     }
     state.status = SagaStatus::Compensating;
@@ -213,11 +216,14 @@ fn resume_step(
     let undoing = state.steps.iter().any(|s| is_compensation_phase(s.phase));
     let detail = "resuming needs every earlier step succeeded and nothing compensated";
     require(state, name, before_done && !undoing, detail)?;
-    let attempt = next_attempt(state, name, attempt)?;
-    state.steps[step as usize].phase = StepPhase::WaitingRetry {
-        attempt,
+    let next = next_attempt(state, name, attempt)?;
+    let target = &mut state.steps[step as usize];
+    target.phase = StepPhase::WaitingRetry {
+        attempt: next,
         fire_at: at,
     };
+    // A fresh retry budget from here.
+    target.budget_from = attempt;
     // The operator chose to go forward: an earlier cancel request or
     // deadline no longer stands, and the operator takes responsibility for
     // its timing too: the saga deadline no longer applies.
@@ -261,6 +267,13 @@ fn apply_step(state: &mut SagaState, at: Millis, kind: &EventKind) -> Result<(),
         EventKind::StepCompensated { .. } | EventKind::CompensationFailed { .. } => {
             phase == (StepPhase::Compensating { attempt })
         }
+        EventKind::AttemptDelayed {
+            compensation: false,
+            ..
+        } => step_may_start(state, index, attempt),
+        EventKind::AttemptDelayed {
+            compensation: true, ..
+        } => compensation_may_start(state, index, attempt),
         EventKind::AttemptResumed {
             compensation: false,
             ..
@@ -328,7 +341,14 @@ fn compensation_may_start(state: &SagaState, index: usize, attempt: u32) -> bool
 
 /// The change a step event makes, once [`apply_step`] found it fits.
 fn change_step(state: &mut SagaState, index: usize, at: Millis, kind: &EventKind) {
-    if matches!(kind, EventKind::CompensationStarted { .. }) {
+    if matches!(
+        kind,
+        EventKind::CompensationStarted { .. }
+            | EventKind::AttemptDelayed {
+                compensation: true,
+                ..
+            }
+    ) {
         abandon_planned_retries(state);
         state.status = SagaStatus::Compensating;
     }
@@ -388,6 +408,23 @@ fn change_step(state: &mut SagaState, index: usize, at: Millis, kind: &EventKind
             }
             target.in_doubt.push(*attempt);
         }
+        &EventKind::AttemptDelayed {
+            attempt,
+            compensation,
+            until,
+            ..
+        } => {
+            target.phase = match compensation {
+                false => StepPhase::WaitingRetry {
+                    attempt,
+                    fire_at: until,
+                },
+                true => StepPhase::WaitingCompensationRetry {
+                    attempt,
+                    fire_at: until,
+                },
+            };
+        }
         // The phase stays (the same attempt runs again); only its
         // deadline moves.
         &EventKind::AttemptResumed { deadline, .. } => target.deadline = Some(deadline),
@@ -425,9 +462,13 @@ fn abandon_planned_retries(state: &mut SagaState) {
     }
     for step in state.steps.iter_mut() {
         if matches!(step.phase, StepPhase::WaitingRetry { .. }) {
-            step.phase = StepPhase::Failed {
-                attempt: step.attempts,
-                permanent: false,
+            // A step whose first attempt was only delayed never started.
+            step.phase = match step.attempts {
+                0 => StepPhase::Pending,
+                attempts => StepPhase::Failed {
+                    attempt: attempts,
+                    permanent: false,
+                },
             };
         }
     }

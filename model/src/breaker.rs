@@ -10,6 +10,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::BreakerSettingsError;
 
+/// How long a call waits at most before asking again while a half-open
+/// breaker's trial is under way (its outcome decides the rest).
+pub const TRIAL_WAIT_MS_MAX: u64 = 1_000;
+
 /// When a breaker opens and how it recovers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BreakerSettings {
@@ -89,8 +93,22 @@ impl CircuitBreaker {
         self.state
     }
 
-    /// Asks to make a call at `now_ms`. `false` means fail fast: the caller
-    /// records a retryable failure without calling the service.
+    /// Asks to make a call at `now_ms`: `Ok` lets it through (it must be
+    /// settled with `record_success`, `record_failure` or `release`), `Err`
+    /// names when to ask again (the end of the open period, or, while a
+    /// half-open trial is under way, [`TRIAL_WAIT_MS_MAX`] at most).
+    pub fn admit(&mut self, now_ms: u64) -> Result<(), u64> {
+        if self.try_acquire(now_ms) {
+            return Ok(());
+        }
+        Err(match self.state {
+            BreakerState::Open { until_ms } => until_ms,
+            _ => now_ms.saturating_add(self.settings.open_ms.clamp(1, TRIAL_WAIT_MS_MAX)),
+        })
+    }
+
+    /// Asks to make a call at `now_ms`. `false` means not now (see
+    /// [`CircuitBreaker::admit`] for when to ask again).
     pub fn try_acquire(&mut self, now_ms: u64) -> bool {
         match self.state {
             BreakerState::Closed { .. } => true,

@@ -127,6 +127,7 @@ pub fn decide(state: &SagaState, spec: &SagaSpec, now: Millis, jitter: f64) -> D
                 attempt,
                 permanent,
                 error,
+                budget_from: current.budget_from,
             };
             forward_failed(state, spec, failure, now, jitter)
         }
@@ -175,6 +176,8 @@ struct Failure<'a> {
     attempt: u32,
     permanent: bool,
     error: &'a str,
+    /// Attempts made before the current retry budget.
+    budget_from: u32,
 }
 
 /// The attempt of `step` the state says is running (a recorded deadline;
@@ -237,7 +240,11 @@ fn forward_failed(
         attempt,
         permanent,
         error,
+        budget_from,
     } = failure;
+    // Counted within the current budget (an operator's resume grants a
+    // fresh one).
+    let counted = attempt.saturating_sub(budget_from).max(1);
     let spec_step = &spec.steps[step as usize];
     let policy = spec.retry_of(spec_step);
     if spec_step.kind == StepKind::Retriable {
@@ -254,14 +261,14 @@ fn forward_failed(
         // attempt limit does not apply. Past that limit every retry waits
         // at least the policy's cap and at least a second, so a step that
         // fails at once cannot spin.
-        let mut delay = policy.delay_after(attempt, jitter);
-        if attempt >= policy.attempts_max {
+        let mut delay = policy.delay_after(counted, jitter);
+        if counted >= policy.attempts_max {
             delay = delay.max(policy.delay_max).max(RETRIABLE_DELAY_MIN);
         }
         return retry(step, attempt, now, delay, false);
     }
-    if !permanent && policy.retries_after(attempt) {
-        let delay = policy.delay_after(attempt, jitter);
+    if !permanent && policy.retries_after(counted) {
+        let delay = policy.delay_after(counted, jitter);
         return retry(step, attempt, now, delay, false);
     }
     backward(state, spec, now, jitter)
@@ -320,8 +327,11 @@ fn backward_step(
             running(run, spec_step, now, None)
         }
         StepPhase::CompensationFailed { attempt, permanent } => {
-            if !permanent && policy.retries_after(attempt) {
-                let delay = policy.delay_after(attempt, jitter);
+            let counted = attempt
+                .saturating_sub(current.compensation_budget_from)
+                .max(1);
+            if !permanent && policy.retries_after(counted) {
+                let delay = policy.delay_after(counted, jitter);
                 return Some(retry(step, attempt, now, delay, true));
             }
             let error = current.last_error.as_deref().unwrap_or("unknown error");

@@ -191,6 +191,21 @@ pub enum EventKind {
         /// Why there is no answer.
         reason: String,
     },
+    /// An attempt due to start was put off without being made (the circuit
+    /// breaker of its service is open): it starts at `until` instead, with
+    /// the same attempt number. Uses up no attempt. Appended last: existing
+    /// logs decode as before.
+    AttemptDelayed {
+        /// The step.
+        step: StepIndex,
+        /// The attempt that will start (of the step, or of its
+        /// compensation).
+        attempt: u32,
+        /// It is the compensation's attempt.
+        compensation: bool,
+        /// When it starts.
+        until: Millis,
+    },
 }
 
 /// A durable timer.
@@ -258,6 +273,7 @@ impl EventKind {
             EventKind::OperatorAction { .. } => "OperatorAction",
             EventKind::AttemptResumed { .. } => "AttemptResumed",
             EventKind::StepInDoubt { .. } => "StepInDoubt",
+            EventKind::AttemptDelayed { .. } => "AttemptDelayed",
         }
     }
 
@@ -272,7 +288,8 @@ impl EventKind {
             | EventKind::StepCompensated { step, attempt }
             | EventKind::CompensationFailed { step, attempt, .. }
             | EventKind::AttemptResumed { step, attempt, .. }
-            | EventKind::StepInDoubt { step, attempt, .. } => Some((step, attempt)),
+            | EventKind::StepInDoubt { step, attempt, .. }
+            | EventKind::AttemptDelayed { step, attempt, .. } => Some((step, attempt)),
             _ => None,
         }
     }

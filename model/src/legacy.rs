@@ -70,6 +70,8 @@ impl From<StepStateV1> for StepState {
             started_at: old.started_at,
             updated_at: old.updated_at,
             in_doubt: Vec::new(),
+            budget_from: 0,
+            compensation_budget_from: 0,
         }
     }
 }

@@ -38,7 +38,7 @@ mod retry;
 mod state;
 
 pub use crate::apply::{apply, apply_mut};
-pub use crate::breaker::{BreakerSettings, BreakerState, CircuitBreaker};
+pub use crate::breaker::{BreakerSettings, BreakerState, CircuitBreaker, TRIAL_WAIT_MS_MAX};
 pub use crate::decide::{decide, millis, resume, Decision, Run, RETRIABLE_DELAY_MIN};
 pub use crate::definition::{SagaSpec, StepKind, StepSpec, STEPS_MAX};
 pub use crate::error::{

@@ -109,6 +109,11 @@ pub struct StepState {
     /// the service may have applied them, so turning back compensates the
     /// step even if it never succeeded.
     pub in_doubt: Vec<u32>,
+    /// Attempts made before the current retry budget: an operator's
+    /// `ResumeStep` grants the step a fresh budget from here.
+    pub budget_from: u32,
+    /// The same for compensation attempts (`RetryCompensation`).
+    pub compensation_budget_from: u32,
 }
 
 /// In-doubt attempts one step remembers at most. A compensatable step or
@@ -128,6 +133,8 @@ impl StepState {
             started_at: None,
             updated_at: None,
             in_doubt: Vec::new(),
+            budget_from: 0,
+            compensation_budget_from: 0,
         }
     }
 

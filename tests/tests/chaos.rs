@@ -221,6 +221,13 @@ fn run(seed: u64) -> Outcome {
             let page = engine.list(filter.clone()).await.unwrap();
             for summary in &page.sagas {
                 let view = engine.wait(summary.id).await.unwrap();
+                // An open breaker puts attempts off; it never fails one.
+                let burnt = view.steps.iter().any(|step| {
+                    step.last_error
+                        .as_deref()
+                        .is_some_and(|error| error.contains("circuit breaker open"))
+                });
+                assert!(!burnt, "SKALD_SEED={seed}: {view:?}");
                 finals.insert(summary.id.0, view.status);
             }
             match page.next_after {

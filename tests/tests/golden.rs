@@ -209,6 +209,24 @@ fn events() -> Vec<(&'static str, EventKind)> {
             },
         ),
         (
+            "attempt-delayed",
+            EventKind::AttemptDelayed {
+                step: 1,
+                attempt: 1,
+                compensation: false,
+                until: AT + 30_000,
+            },
+        ),
+        (
+            "compensation-attempt-delayed",
+            EventKind::AttemptDelayed {
+                step: 0,
+                attempt: 2,
+                compensation: true,
+                until: AT + 31_000,
+            },
+        ),
+        (
             "operator-mark-resolved",
             EventKind::OperatorAction {
                 action: OperatorAction::MarkResolved,
@@ -240,9 +258,10 @@ fn kind_number(kind: &EventKind) -> usize {
         EventKind::OperatorAction { .. } => 13,
         EventKind::AttemptResumed { .. } => 14,
         EventKind::StepInDoubt { .. } => 15,
+        EventKind::AttemptDelayed { .. } => 16,
     }
 }
-const KINDS: usize = 16;
+const KINDS: usize = 17;
 
 #[test]
 fn every_event_kind_decodes_from_its_checked_in_bytes_and_re_encodes_identically() {
@@ -275,8 +294,9 @@ fn every_event_kind_decodes_from_its_checked_in_bytes_and_re_encodes_identically
 
 /// Two sagas written out field by field: one completed, one failed while
 /// compensating, so that every step phase with data appears.
-/// With `in_doubt`, two steps carry in-doubt attempts (payload version 2
-/// records them; version 1 had none).
+/// With `in_doubt`, two steps carry in-doubt attempts and retry budgets
+/// granted by an operator (payload version 2 records them; version 1 had
+/// neither).
 fn snapshot_sagas(in_doubt: bool) -> Vec<SagaState> {
     let step = |phase, attempts, output: Option<&[u8]>, error: Option<&str>| StepState {
         phase,
@@ -288,6 +308,8 @@ fn snapshot_sagas(in_doubt: bool) -> Vec<SagaState> {
         started_at: Some(AT + 1),
         updated_at: Some(AT + 2),
         in_doubt: Vec::new(),
+        budget_from: 0,
+        compensation_budget_from: 0,
     };
     let completed = SagaState {
         id: SagaId(4),
@@ -328,7 +350,9 @@ fn snapshot_sagas(in_doubt: bool) -> Vec<SagaState> {
     );
     if in_doubt {
         compensating.in_doubt = vec![1];
+        compensating.compensation_budget_from = 1;
         declined.in_doubt = vec![1, 2];
+        declined.budget_from = 2;
     }
     let failed = SagaState {
         id: SagaId(6),
@@ -349,6 +373,8 @@ fn snapshot_sagas(in_doubt: bool) -> Vec<SagaState> {
                 started_at: None,
                 updated_at: None,
                 in_doubt: Vec::new(),
+                budget_from: 0,
+                compensation_budget_from: 0,
             },
         ],
         started_at: AT,

@@ -69,12 +69,31 @@ impl Partition {
         });
         let now = self.shared.clock.now();
         let service = &definition.spec().steps[run.step as usize].service;
-        let Some(call) = BreakerCall::admit(&self.shared, service, now) else {
-            // Never called: a definite "not applied".
-            let message = format!("circuit breaker open for service {service:?}");
-            let result = AttemptResult::Answered(Err(StepError::retryable(message)));
-            self.deferred.push_back((saga, run, result));
-            return;
+        // Admitted when the attempt was recorded as started. An attempt
+        // resumed at open (breakers start closed) is admitted here; if a
+        // breaker opened meanwhile, it fails without being made: a definite
+        // "not applied".
+        let reserved = match entry.call.take() {
+            Some((reserved, call))
+                if reserved.step == run.step
+                    && reserved.attempt == run.attempt
+                    && reserved.compensation == run.compensation =>
+            {
+                Some(call)
+            }
+            _ => None,
+        };
+        let call = match reserved {
+            Some(call) => call,
+            None => match BreakerCall::admit(&self.shared, service, now) {
+                Ok(call) => call,
+                Err(_) => {
+                    let message = format!("circuit breaker open for service {service:?}");
+                    let result = AttemptResult::Answered(Err(StepError::retryable(message)));
+                    self.deferred.push_back((saga, run, result));
+                    return;
+                }
+            },
         };
         let timeout = Duration::from_millis(run.deadline.saturating_sub(now));
         let cancel = CancelSignal::new();

@@ -212,6 +212,7 @@ impl Partition {
             if let Some(running) = entry.running.take() {
                 running.abort();
             }
+            entry.call = None;
             for waiter in entry.waiters.drain(..) {
                 let _ = waiter.send(Err(error.clone()));
             }

@@ -40,11 +40,15 @@ pub(super) struct BreakerCall {
 }
 
 impl BreakerCall {
-    /// Asks `service`'s breaker to let a call through at `now`; `None` if
-    /// it is open.
-    pub(super) fn admit(shared: &Arc<Shared>, service: &str, now: Millis) -> Option<BreakerCall> {
-        let admitted = with_breaker(shared, service, |breaker| breaker.try_acquire(now));
-        admitted.then(|| BreakerCall {
+    /// Asks `service`'s breaker to let a call through at `now`; if it does
+    /// not, when to ask again.
+    pub(super) fn admit(
+        shared: &Arc<Shared>,
+        service: &str,
+        now: Millis,
+    ) -> Result<BreakerCall, Millis> {
+        with_breaker(shared, service, |breaker| breaker.admit(now))?;
+        Ok(BreakerCall {
             shared: shared.clone(),
             service: Some(service.to_owned()),
         })
@@ -69,18 +73,17 @@ impl Drop for BreakerCall {
     }
 }
 
-/// Runs `work` on `service`'s breaker (created closed on first use).
-fn with_breaker<T>(
+/// Runs `work` on `service`'s breaker (created closed on first use, with
+/// the service's settings or the default).
+pub(crate) fn with_breaker<T>(
     shared: &Shared,
     service: &str,
     work: impl FnOnce(&mut CircuitBreaker) -> T,
 ) -> T {
     let mut breakers = shared.breakers.lock();
     if !breakers.contains_key(service) {
-        breakers.insert(
-            service.to_owned(),
-            CircuitBreaker::new(shared.breaker_settings),
-        );
+        let settings = shared.breaker_settings_of(service);
+        breakers.insert(service.to_owned(), CircuitBreaker::new(settings));
     }
     work(breakers.get_mut(service).expect("inserted above"))
 }

@@ -6,9 +6,10 @@ use std::sync::Arc;
 
 use rand::Rng;
 use skald_model::{apply, decide, millis, resume, Decision, Event, EventKind, Millis};
-use skald_model::{Run, SagaId, StepPhase};
+use skald_model::{Run, SagaId, SagaSpec, StepPhase};
 
 use super::attempt::AttemptResult;
+use super::breakers::BreakerCall;
 use super::command::Reply;
 use super::{Entry, Partition};
 use crate::saga::{Definition, StepError};
@@ -242,6 +243,7 @@ impl Partition {
             let jitter: f64 = self.rng.random();
             match decide(&entry.state, definition.spec(), now, jitter) {
                 Decision::Record(kind) => {
+                    let kind = self.admit(saga, definition.spec(), kind, now);
                     if let Err(error) = self.record(saga, kind) {
                         // decide and apply disagree: a bug. Park the saga
                         // rather than loop or take the partition down.
@@ -267,6 +269,48 @@ impl Partition {
             }
         }
         tracing::error!(%saga, "decide did not settle; the saga is parked");
+    }
+
+    /// Before an attempt is recorded as started: its service's breaker must
+    /// let it through, and the call it admits waits in the entry for the
+    /// spawn. An open breaker puts the attempt off instead (an
+    /// `AttemptDelayed` until the breaker lets a trial through): no attempt
+    /// is used up, and the last real error stays the step's.
+    fn admit(&mut self, saga: SagaId, spec: &SagaSpec, kind: EventKind, now: Millis) -> EventKind {
+        let (step, attempt, compensation, deadline) = match kind {
+            EventKind::StepStarted {
+                step,
+                attempt,
+                deadline,
+            } => (step, attempt, false, deadline),
+            EventKind::CompensationStarted {
+                step,
+                attempt,
+                deadline,
+            } => (step, attempt, true, deadline),
+            other => return other,
+        };
+        let service = &spec.steps[step as usize].service;
+        match BreakerCall::admit(&self.shared, service, now) {
+            Ok(call) => {
+                let run = Run {
+                    step,
+                    attempt,
+                    compensation,
+                    deadline,
+                };
+                if let Some(entry) = self.sagas.get_mut(&saga) {
+                    entry.call = Some((run, call));
+                }
+                kind
+            }
+            Err(until) => EventKind::AttemptDelayed {
+                step,
+                attempt,
+                compensation,
+                until,
+            },
+        }
     }
 
     /// At open: the attempt that was in flight when the engine stopped gets

@@ -25,7 +25,7 @@
 
 mod attempt;
 mod batch;
-mod breakers;
+pub(crate) mod breakers;
 mod check;
 mod clock;
 mod command;
@@ -73,6 +73,9 @@ const BATCHES_IN_FLIGHT_MAX: usize = 64;
 pub(crate) struct Shared {
     pub(crate) definitions: HashMap<String, Arc<dyn Definition>>,
     pub(crate) breakers: Mutex<HashMap<String, CircuitBreaker>>,
+    /// Breaker settings of services that have their own.
+    pub(crate) breaker_overrides: HashMap<String, skald_model::BreakerSettings>,
+    /// Breaker settings of every other service.
     pub(crate) breaker_settings: skald_model::BreakerSettings,
     pub(crate) clock: Clock,
     pub(crate) partitions: u64,
@@ -82,6 +85,16 @@ pub(crate) struct Shared {
     pub(crate) batch_bytes_max: u64,
     /// Deterministic mode: blocking work runs inline, not on other threads.
     pub(crate) deterministic: bool,
+}
+
+impl Shared {
+    /// The breaker settings of `service`.
+    pub(crate) fn breaker_settings_of(&self, service: &str) -> skald_model::BreakerSettings {
+        self.breaker_overrides
+            .get(service)
+            .copied()
+            .unwrap_or(self.breaker_settings)
+    }
 }
 
 /// Runs blocking work on tokio's blocking threads, or inline in
@@ -128,6 +141,9 @@ struct Entry {
     /// The timer set for this saga.
     wake: Option<Millis>,
     waiters: Vec<Reply<crate::SagaView>>,
+    /// The breaker call admitted for the attempt just recorded as started,
+    /// until its handler is spawned.
+    call: Option<(Run, breakers::BreakerCall)>,
 }
 
 impl Entry {
@@ -140,6 +156,7 @@ impl Entry {
             dirty,
             wake: None,
             waiters: Vec::new(),
+            call: None,
         }
     }
 }
