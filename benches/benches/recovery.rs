@@ -27,7 +27,7 @@ use skald_snapshot::SnapshotStore;
 /// The events of one completed 4-step saga.
 fn saga_events(id: u64, at: u64) -> Vec<Event> {
     let saga = SagaId(id);
-    let mut kinds = vec![EventKind::Started {
+    let mut kinds = vec![EventKind::StartedV1 {
         definition: BENCH_SAGA.into(),
         steps: 4,
         input: b"0".to_vec(),

@@ -9,11 +9,11 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use skald_engine::inspect::model::{PartitionFold, SagaState};
 use skald_engine::inspect::{decode_snapshot, fold_log, partition_of_key};
-use skald_engine::{Event, SagaId, StepPhase};
+use skald_engine::{Event, EventKind, SagaId, StepPhase};
 use skald_log::LogReader;
 
 use crate::inspect::{
-    fields, fields_json, fields_text, payload_json, payload_text, time, EngineDir,
+    fields, fields_json, fields_text, payload_json, payload_text, time, EngineDir, Field,
 };
 use crate::Out;
 
@@ -80,6 +80,7 @@ pub fn run(mut args: DumpArgs, out: &mut Out) -> Result<()> {
         args: &args,
         kind,
         definitions: HashMap::new(),
+        step_ids: HashMap::new(),
         next: vec![1; engine.partitions],
     };
     for partition in 0..engine.partitions {
@@ -105,6 +106,8 @@ struct Dumper<'a> {
     args: &'a DumpArgs,
     kind: Option<&'static str>,
     definitions: HashMap<SagaId, String>,
+    /// Step ids of sagas whose `Started` event recorded them.
+    step_ids: HashMap<SagaId, Vec<String>>,
     /// Per partition, the next LSN to read.
     next: Vec<u64>,
 }
@@ -152,8 +155,18 @@ impl Dumper<'_> {
             self.next[*partition] = lsn + 1;
             let partition = *partition;
             *head = read_event(reader, partition)?;
-            if let skald_engine::EventKind::Started { definition, .. } = &event.kind {
-                self.definitions.insert(event.saga, definition.clone());
+            match &event.kind {
+                EventKind::Started {
+                    definition, steps, ..
+                } => {
+                    self.definitions.insert(event.saga, definition.clone());
+                    let ids = steps.iter().map(|s| s.id.clone()).collect();
+                    self.step_ids.insert(event.saga, ids);
+                }
+                EventKind::StartedV1 { definition, .. } => {
+                    self.definitions.insert(event.saga, definition.clone());
+                }
+                _ => {}
             }
             if self.shows(lsn, &event) {
                 self.print(partition, lsn, &event, out)?;
@@ -175,6 +188,14 @@ impl Dumper<'_> {
             .get(&event.saga)
             .map_or("?", String::as_str);
         let kind = event.kind.name();
+        let mut fields = fields(&event.kind);
+        let step_id = event
+            .kind
+            .step()
+            .and_then(|step| self.step_ids.get(&event.saga)?.get(usize::from(step)));
+        if let Some(id) = step_id {
+            fields.insert(0, ("step_id", Field::Text(id.clone())));
+        }
         if self.args.json {
             let mut object = serde_json::Map::new();
             object.insert("partition".into(), partition.into());
@@ -184,10 +205,10 @@ impl Dumper<'_> {
             object.insert("saga".into(), event.saga.0.into());
             object.insert("definition".into(), definition.into());
             object.insert("type".into(), kind.into());
-            fields_json(fields(&event.kind), &mut object);
+            fields_json(fields, &mut object);
             out.line(&serde_json::Value::Object(object).to_string())
         } else {
-            let details = fields_text(&fields(&event.kind), self.args.full);
+            let details = fields_text(&fields, self.args.full);
             let line = format!(
                 "{partition}:{lsn:<7} {} {:<12} {:<10} {:<19} {details}",
                 time(event.at),

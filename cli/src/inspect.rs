@@ -162,7 +162,7 @@ pub enum Field {
 pub fn fields(kind: &EventKind) -> Vec<(&'static str, Field)> {
     use Field::*;
     match kind {
-        EventKind::Started {
+        EventKind::StartedV1 {
             steps,
             input,
             deadline,
@@ -171,6 +171,26 @@ pub fn fields(kind: &EventKind) -> Vec<(&'static str, Field)> {
         } => {
             let mut fields = vec![
                 ("steps", Num(u64::from(*steps))),
+                ("deadline", Time(*deadline)),
+            ];
+            if let Some(key) = key {
+                fields.push(("key", Text(key.clone())));
+            }
+            fields.push(("input", Payload(input.clone())));
+            fields
+        }
+        EventKind::Started {
+            version,
+            steps,
+            input,
+            deadline,
+            key,
+            ..
+        } => {
+            let ids: Vec<&str> = steps.iter().map(|s| s.id.as_str()).collect();
+            let mut fields = vec![
+                ("version", Num(u64::from(*version))),
+                ("steps", Text(ids.join(","))),
                 ("deadline", Time(*deadline)),
             ];
             if let Some(key) = key {

@@ -71,6 +71,15 @@ struct Partition {
     sagas: Sagas,
 }
 
+/// Unfinished sagas of one definition version.
+#[derive(Debug, Serialize)]
+struct Version {
+    definition: String,
+    /// `None`: started before versions.
+    version: Option<u32>,
+    in_flight: u64,
+}
+
 #[derive(Debug, Serialize)]
 struct Stats {
     records: u64,
@@ -80,12 +89,17 @@ struct Stats {
     last_lsn: Option<u64>,
     snapshot_lsn: Option<u64>,
     sagas: Sagas,
+    /// In-flight sagas by definition version (an old version at zero can
+    /// be unregistered).
+    versions: Vec<Version>,
     partitions: Vec<Partition>,
 }
 
 pub fn run(dir: &Path, json: bool, out: &mut Out) -> Result<()> {
     let engine = EngineDir::open(dir)?;
     let mut partitions = Vec::new();
+    let mut versions: std::collections::BTreeMap<(String, Option<u32>), u64> =
+        std::collections::BTreeMap::new();
     for partition in 0..engine.partitions {
         let (log, recovered) = engine
             .recover(partition)
@@ -101,6 +115,12 @@ pub fn run(dir: &Path, json: bool, out: &mut Out) -> Result<()> {
         let mut sagas = Sagas::default();
         for state in recovered.sagas.values() {
             sagas.count(state);
+            if !state.status.is_final() {
+                let version = state.version.map(|v| v.number);
+                *versions
+                    .entry((state.definition.clone(), version))
+                    .or_default() += 1;
+            }
         }
         let records = log.next_lsn() - log.first_lsn();
         partitions.push(Partition {
@@ -124,6 +144,14 @@ pub fn run(dir: &Path, json: bool, out: &mut Out) -> Result<()> {
         sagas: partitions
             .iter()
             .fold(Sagas::default(), |sum, p| sum.add(&p.sagas)),
+        versions: versions
+            .into_iter()
+            .map(|((definition, version), in_flight)| Version {
+                definition,
+                version,
+                in_flight,
+            })
+            .collect(),
         partitions,
     };
     if json {
@@ -143,6 +171,17 @@ pub fn run(dir: &Path, json: bool, out: &mut Out) -> Result<()> {
         "sagas      {} running, {} compensating, {} completed, {} compensated, {} failed, {} resolved ({} with a cancel request)",
         s.running, s.compensating, s.completed, s.compensated, s.failed, s.resolved, s.cancel_requested
     ))?;
+    if !stats.versions.is_empty() {
+        let versions: Vec<String> = stats
+            .versions
+            .iter()
+            .map(|v| match v.version {
+                Some(version) => format!("{} v{version}: {}", v.definition, v.in_flight),
+                None => format!("{} (before versions): {}", v.definition, v.in_flight),
+            })
+            .collect();
+        out.line(&format!("in flight  {}", versions.join(", ")))?;
+    }
     out.line("")?;
     out.line(&format!(
         "{:>9} {:>8} {:>10} {:>14} {:>22} {:>12} {:>8}",

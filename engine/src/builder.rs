@@ -21,8 +21,10 @@ use tokio::task::JoinHandle;
 use crate::engine::{Engine, Inner};
 use crate::error::OptionsError;
 use crate::recovery::{recover_sorted, snapshot_dir};
-use crate::runtime::{Channels, Clock, Command, Partition, Shared, COMMANDS_QUEUED_MAX};
-use crate::saga::{Definition, Saga};
+use crate::runtime::{
+    Channels, Clock, Command, Definitions, Partition, Shared, COMMANDS_QUEUED_MAX,
+};
+use crate::saga::Saga;
 use crate::view::EngineEvent;
 use crate::{EngineError, EngineOptions, PARTITIONS_MAX};
 
@@ -30,7 +32,7 @@ use crate::{EngineError, EngineOptions, PARTITIONS_MAX};
 pub struct EngineBuilder {
     pub(crate) dir: PathBuf,
     pub(crate) options: EngineOptions,
-    pub(crate) definitions: HashMap<String, Arc<dyn Definition>>,
+    pub(crate) definitions: Definitions,
 }
 
 /// What the open builds, partition by partition.
@@ -56,11 +58,15 @@ impl EngineBuilder {
         I: Serialize + DeserializeOwned + Send + Sync + 'static,
     {
         saga.validate()?;
-        let id = saga.spec().id.clone();
-        if self.definitions.contains_key(&id) {
-            return Err(EngineError::DuplicateDefinition { definition: id });
+        let (id, version) = (saga.spec().id.clone(), saga.spec().version);
+        let versions = self.definitions.entry(id.clone()).or_default();
+        if versions.contains_key(&version) {
+            return Err(EngineError::DuplicateDefinition {
+                definition: id,
+                version,
+            });
         }
-        self.definitions.insert(id, saga.into_definition());
+        versions.insert(version, saga.into_definition());
         Ok(self)
     }
 
@@ -114,11 +120,7 @@ fn check_options(options: &EngineOptions) -> Result<(), EngineError> {
     Ok(())
 }
 
-fn shared(
-    options: &EngineOptions,
-    definitions: HashMap<String, Arc<dyn Definition>>,
-    partitions: usize,
-) -> Arc<Shared> {
+fn shared(options: &EngineOptions, definitions: Definitions, partitions: usize) -> Arc<Shared> {
     let log_options = LogOptions::default().segment_size_bytes(options.segment_size_bytes);
     let record_bytes_max = log_options.record_size_bytes_max();
     Arc::new(Shared {
@@ -175,7 +177,7 @@ fn open_partitions(
             tx: tx.downgrade(),
             events: opened.events.clone(),
         };
-        let partition = Partition::new(index as u16, log, shared.clone(), states, channels, rng);
+        let partition = Partition::new(index as u16, log, shared.clone(), states, channels, rng)?;
         opened.recovered.extend(partition.unfinished());
         let partition = partition.with_snapshots(options.snapshots, store);
         opened.tasks.push(tokio::spawn(partition.run()));

@@ -16,6 +16,7 @@ use tokio::task::JoinHandle;
 use crate::runtime::{Command, Reply, Shared};
 use crate::view::{
     BreakerView, CancelOutcome, ConsistencyReport, EngineEvent, ListFilter, SagaPage, SagaView,
+    VersionCount,
 };
 use crate::{EngineBuilder, EngineError, EngineOptions};
 
@@ -142,11 +143,13 @@ impl Engine {
         input: &I,
         key: Option<String>,
     ) -> Result<SagaId, EngineError> {
+        // New starts use the newest version.
         let found = self
             .inner
             .shared
             .definitions
             .get(definition)
+            .and_then(|versions| versions.values().next_back())
             .cloned()
             .ok_or_else(|| EngineError::UnknownDefinition {
                 definition: definition.to_owned(),
@@ -180,6 +183,28 @@ impl Engine {
         let partition = partition_of_key(&key, self.inner.senders.len());
         self.ask(partition, |reply| Command::FindKey { key, reply })
             .await
+    }
+
+    /// Unfinished sagas by definition version, across the partitions: an
+    /// operator sees when an old version has drained (0 in flight) and can
+    /// be unregistered, and which versions are parked for want of
+    /// registration.
+    pub async fn versions(&self) -> Result<Vec<VersionCount>, EngineError> {
+        let mut all: std::collections::BTreeMap<(String, Option<u32>), VersionCount> =
+            std::collections::BTreeMap::new();
+        for partition in 0..self.inner.senders.len() {
+            let counts = self
+                .ask(partition, |reply| Command::Versions { reply })
+                .await?;
+            for count in counts {
+                let key = (count.definition.clone(), count.version);
+                match all.get_mut(&key) {
+                    Some(sum) => sum.in_flight += count.in_flight,
+                    None => drop(all.insert(key, count)),
+                }
+            }
+        }
+        Ok(all.into_values().collect())
     }
 
     /// The saga's view, or `None` if there is no such saga.

@@ -5,7 +5,9 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use skald_model::{ApplyError, BreakerSettingsError, CodecError, DefinitionError, SagaId};
+use skald_model::{
+    ApplyError, BreakerSettingsError, CodecError, DefinitionError, SagaId, StepSignature,
+};
 use skald_snapshot::Damage;
 
 use crate::recovery::PayloadError;
@@ -58,11 +60,39 @@ pub enum EngineError {
     #[error("invalid engine options: {0}")]
     InvalidOptions(#[source] OptionsError),
 
-    /// Two definitions with the same id were registered.
-    #[error("saga definition {definition:?} is registered twice")]
+    /// Two definitions with the same id and version were registered.
+    #[error("saga definition {definition:?} version {version} is registered twice")]
     DuplicateDefinition {
         /// The definition id.
         definition: String,
+        /// The version.
+        version: u32,
+    },
+
+    /// A registered version's steps differ from the steps sagas in the log
+    /// started that version with: running them would run other code at
+    /// their positions. The open is refused.
+    #[error(
+        "saga definition {definition:?} version {version} is registered with other steps \
+         ({}) than {saga} and others in the log started it with (fingerprint \
+         {recorded:#018x}; the registered steps have {registered_fingerprint:#018x}): register \
+         the changed steps under a new version, and keep version {version} as it was until its \
+         sagas have ended",
+        signature_text(registered)
+    )]
+    DefinitionChanged {
+        /// The definition id.
+        definition: String,
+        /// The version.
+        version: u32,
+        /// A saga that started on the recorded steps.
+        saga: SagaId,
+        /// The fingerprint the log recorded.
+        recorded: u64,
+        /// The registered steps' fingerprint.
+        registered_fingerprint: u64,
+        /// The registered steps, in order.
+        registered: Vec<StepSignature>,
     },
 
     /// A start named a definition that is not registered.
@@ -253,4 +283,13 @@ fn damaged_note(damaged: &Option<(PathBuf, Damage)>) -> String {
             path.display()
         ),
     }
+}
+
+/// Steps as `id (kind), ...` for messages.
+fn signature_text(steps: &[StepSignature]) -> String {
+    let steps: Vec<String> = steps
+        .iter()
+        .map(|step| format!("{} ({:?})", step.id, step.kind))
+        .collect();
+    steps.join(", ")
 }

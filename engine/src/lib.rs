@@ -100,11 +100,11 @@ pub use crate::saga::{Saga, Step, StepContext, StepError};
 pub use crate::snapshotter::SnapshotSettings;
 pub use crate::view::{
     BreakerView, CancelOutcome, ConsistencyReport, EngineEvent, ListFilter, PartitionCheck,
-    SagaPage, SagaSummary, SagaView, StepView,
+    SagaPage, SagaSummary, SagaView, StepView, VersionCount,
 };
 pub use skald_log::Durability;
 pub use skald_model::{
     ApplyError, Backoff, BreakerSettings, BreakerSettingsError, BreakerState, DefinitionError,
     Event, EventKind, Millis, OperatorAction, ParseSagaIdError, RetryPolicy, RetryPolicyError,
-    SagaId, SagaStatus, StepIndex, StepKind, StepPhase, StepRule, Timer, STEPS_MAX,
+    SagaId, SagaStatus, StepIndex, StepKind, StepPhase, StepRule, StepSignature, Timer, STEPS_MAX,
 };

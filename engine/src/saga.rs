@@ -377,6 +377,7 @@ where
             spec: SagaSpec {
                 name: id.clone(),
                 id,
+                version: 1,
                 steps: Vec::new(),
                 timeout: Duration::from_secs(3600),
                 retry: RetryPolicy::default(),
@@ -407,6 +408,15 @@ where
     /// A name for people.
     pub fn name(mut self, name: impl Into<String>) -> Saga<I> {
         self.spec.name = name.into();
+        self
+    }
+
+    /// The definition's version (1 unless set). Register a changed list of
+    /// steps under a new version and keep the old one registered until its
+    /// sagas have ended (see [`crate::Engine::versions`]): each saga runs to
+    /// its end on the version it started with, new starts use the newest.
+    pub fn version(mut self, version: u32) -> Saga<I> {
+        self.spec.version = version;
         self
     }
 

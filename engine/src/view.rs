@@ -12,6 +12,11 @@ pub struct SagaView {
     pub id: SagaId,
     /// Its definition's id.
     pub definition: String,
+    /// The definition version it runs on (`None`: started before versions).
+    pub version: Option<u32>,
+    /// Its definition version is not registered in this engine: it waits,
+    /// as it stood, until an engine opens with that version registered.
+    pub parked: bool,
     /// Where it stands.
     pub status: SagaStatus,
     /// The step under way (running, failed or waiting to retry, forward or
@@ -90,6 +95,8 @@ impl SagaView {
         SagaView {
             id: state.id,
             definition: state.definition.clone(),
+            version: state.version.map(|v| v.number),
+            parked: ids.is_none() && !state.status.is_final(),
             status: state.status,
             current_step: current.map(id_of),
             steps: state
@@ -184,6 +191,10 @@ pub struct SagaSummary {
     pub id: SagaId,
     /// Its definition's id.
     pub definition: String,
+    /// The definition version it runs on (`None`: started before versions).
+    pub version: Option<u32>,
+    /// Waiting for its definition version to be registered.
+    pub parked: bool,
     /// Where it stands.
     pub status: SagaStatus,
     /// When it started.
@@ -193,10 +204,12 @@ pub struct SagaSummary {
 }
 
 impl SagaSummary {
-    pub(crate) fn new(state: &SagaState) -> SagaSummary {
+    pub(crate) fn new(state: &SagaState, parked: bool) -> SagaSummary {
         SagaSummary {
             id: state.id,
             definition: state.definition.clone(),
+            version: state.version.map(|v| v.number),
+            parked,
             status: state.status,
             started_at: state.started_at,
             updated_at: state.updated_at,
@@ -211,6 +224,20 @@ pub struct SagaPage {
     pub sagas: Vec<SagaSummary>,
     /// Pass as `ListFilter::after` for the next page; `None` on the last.
     pub next_after: Option<SagaId>,
+}
+
+/// Unfinished sagas of one definition version ([`crate::Engine::versions`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VersionCount {
+    /// The definition's id.
+    pub definition: String,
+    /// The version (`None`: sagas started before versions).
+    pub version: Option<u32>,
+    /// Whether this engine has the version registered (if not, its sagas
+    /// are parked).
+    pub registered: bool,
+    /// Its sagas not yet ended. An old version at 0 can be unregistered.
+    pub in_flight: u64,
 }
 
 /// One service's circuit breaker ([`crate::Engine::breakers`]).

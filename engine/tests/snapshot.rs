@@ -20,6 +20,7 @@ use skald_snapshot::{file_name, SnapshotStore};
 fn spec(kinds: &[StepKind]) -> SagaSpec {
     SagaSpec {
         id: "random".into(),
+        version: 1,
         name: "random".into(),
         steps: kinds
             .iter()
@@ -52,7 +53,7 @@ fn saga_events(id: u64, spec: &SagaSpec, draws: &[u8]) -> Vec<Event> {
     let mut events = vec![Event {
         saga: SagaId(id),
         at: now,
-        kind: EventKind::Started {
+        kind: EventKind::StartedV1 {
             definition: spec.id.clone(),
             steps: spec.steps.len() as u16,
             input: format!("{{\"n\":{id}}}").into_bytes(),

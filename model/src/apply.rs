@@ -10,9 +10,12 @@
 //! Every function here checks first and changes after, so a refused event
 //! leaves the state as it was (except where [`apply_mut`] says otherwise).
 
+use crate::definition::fingerprint;
 use crate::error::ApplyError;
 use crate::event::{Event, EventKind, Millis, OperatorAction, StepIndex, Timer};
-use crate::state::{SagaState, SagaStatus, StepPhase, StepState, IN_DOUBT_ATTEMPTS_MAX};
+use crate::state::{
+    DefinitionVersion, SagaState, SagaStatus, StepPhase, StepState, IN_DOUBT_ATTEMPTS_MAX,
+};
 use crate::STEPS_MAX;
 
 /// Folds one event into a saga's state (`None` before `Started`). The
@@ -48,7 +51,9 @@ pub fn apply_mut(state: &mut SagaState, event: &Event) -> Result<(), ApplyError>
         });
     }
     match &event.kind {
-        EventKind::Started { .. } => return Err(ApplyError::AlreadyStarted { saga: state.id }),
+        EventKind::Started { .. } | EventKind::StartedV1 { .. } => {
+            return Err(ApplyError::AlreadyStarted { saga: state.id })
+        }
         EventKind::CancelRequested { reason } => {
             if state.cancel_reason.is_none() {
                 state.cancel_reason = Some(reason.clone());
@@ -80,23 +85,39 @@ pub fn apply_mut(state: &mut SagaState, event: &Event) -> Result<(), ApplyError>
 
 /// The first event of a saga.
 fn start(event: &Event) -> Result<SagaState, ApplyError> {
-    let EventKind::Started {
-        definition,
-        steps,
-        input,
-        deadline,
-        key,
-    } = &event.kind
-    else {
-        return Err(ApplyError::NotStarted {
-            saga: event.saga,
-            event: event.kind.name(),
-        });
+    let (definition, steps, input, deadline, key, version) = match &event.kind {
+        EventKind::StartedV1 {
+            definition,
+            steps,
+            input,
+            deadline,
+            key,
+        } => (definition, usize::from(*steps), input, deadline, key, None),
+        EventKind::Started {
+            definition,
+            version,
+            steps,
+            input,
+            deadline,
+            key,
+        } => {
+            let version = DefinitionVersion {
+                number: *version,
+                fingerprint: fingerprint(steps),
+            };
+            (definition, steps.len(), input, deadline, key, Some(version))
+        }
+        _ => {
+            return Err(ApplyError::NotStarted {
+                saga: event.saga,
+                event: event.kind.name(),
+            })
+        }
     };
-    if *steps as usize > STEPS_MAX || *steps == 0 {
+    if steps > STEPS_MAX || steps == 0 {
         return Err(ApplyError::BadStepCount {
             saga: event.saga,
-            steps: *steps,
+            steps,
         });
     }
     Ok(SagaState {
@@ -105,7 +126,7 @@ fn start(event: &Event) -> Result<SagaState, ApplyError> {
         input: input.clone(),
         key: key.clone(),
         status: SagaStatus::Running,
-        steps: (0..*steps).map(|_| StepState::new()).collect(),
+        steps: (0..steps).map(|_| StepState::new()).collect(),
         started_at: event.at,
         deadline: *deadline,
         deadline_passed: false,
@@ -113,6 +134,7 @@ fn start(event: &Event) -> Result<SagaState, ApplyError> {
         failure: None,
         operator_actions: Vec::new(),
         updated_at: event.at,
+        version,
     })
 }
 

@@ -24,7 +24,7 @@ use crate::RetryPolicy;
 pub const STEPS_MAX: usize = 256;
 
 /// How a step behaves when the saga has to go back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum StepKind {
     /// Undone by its compensation if a later step fails for good.
     Compensatable,
@@ -54,11 +54,39 @@ pub struct StepSpec {
     pub service: String,
 }
 
+/// What a saga records of each step of its definition's version: enough to
+/// tell a changed version from the one a saga started on.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct StepSignature {
+    /// The step's id.
+    pub id: String,
+    /// Its kind.
+    pub kind: StepKind,
+}
+
+/// A fingerprint of a version's steps (FNV-1a over ids and kinds): equal
+/// steps, equal fingerprints, on every build.
+pub fn fingerprint(steps: &[StepSignature]) -> u64 {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0100_0000_01b3;
+    let mut hash = OFFSET;
+    let mut eat = |byte: u8| hash = (hash ^ u64::from(byte)).wrapping_mul(PRIME);
+    for step in steps {
+        step.id.bytes().for_each(&mut eat);
+        eat(0xff); // ends the id: ("ab", "c") differs from ("a", "bc")
+        eat(step.kind as u8);
+    }
+    hash
+}
+
 /// A saga definition's metadata.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SagaSpec {
-    /// Unique among registered definitions.
+    /// Unique among registered definitions (with `version`).
     pub id: String,
+    /// Which version of the definition: several can be registered at once;
+    /// a saga runs to its end on the version it started with.
+    pub version: u32,
     /// For people.
     pub name: String,
     /// In execution order.
@@ -117,6 +145,22 @@ impl SagaSpec {
     pub fn retry_of(&self, step: &StepSpec) -> RetryPolicy {
         step.retry.unwrap_or(self.retry)
     }
+
+    /// The steps' ids and kinds, as `Started` records them.
+    pub fn signature(&self) -> Vec<StepSignature> {
+        self.steps
+            .iter()
+            .map(|step| StepSignature {
+                id: step.id.clone(),
+                kind: step.kind,
+            })
+            .collect()
+    }
+
+    /// The fingerprint of [`SagaSpec::signature`].
+    pub fn fingerprint(&self) -> u64 {
+        fingerprint(&self.signature())
+    }
 }
 
 /// The rules of one step, given the pivot before it (if any).
@@ -161,6 +205,7 @@ mod tests {
 
     fn saga(steps: Vec<StepSpec>) -> SagaSpec {
         SagaSpec {
+            version: 1,
             id: "order".into(),
             name: "order processing".into(),
             steps,

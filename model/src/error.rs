@@ -172,7 +172,7 @@ pub enum ApplyError {
         /// The saga.
         saga: SagaId,
         /// The count.
-        steps: StepIndex,
+        steps: usize,
     },
     /// A step index past the definition's steps.
     #[error("{saga}: step {step} does not exist")]

@@ -9,6 +9,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{self, CodecError};
+use crate::definition::StepSignature;
 use crate::error::ParseSagaIdError;
 
 /// Milliseconds since the Unix epoch, as recorded by the engine.
@@ -54,8 +55,9 @@ pub struct Event {
 /// What happened.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum EventKind {
-    /// The saga was started (durable before `start` returns).
-    Started {
+    /// The saga was started, by a build from before definition versions
+    /// (only the step count recorded). Still read; no longer written.
+    StartedV1 {
         /// The definition's id.
         definition: String,
         /// Steps in the definition, so the fold needs no definition.
@@ -206,6 +208,24 @@ pub enum EventKind {
         /// When it starts.
         until: Millis,
     },
+    /// The saga was started (durable before `start` returns), on one
+    /// version of its definition, whose steps it records: the saga runs
+    /// to its end on exactly these steps. Appended last: existing logs
+    /// decode as before.
+    Started {
+        /// The definition's id.
+        definition: String,
+        /// The definition's version.
+        version: u32,
+        /// The version's steps (ids and kinds), in order.
+        steps: Vec<StepSignature>,
+        /// The caller's input, serialised.
+        input: Vec<u8>,
+        /// The saga's deadline.
+        deadline: Millis,
+        /// The caller's deduplication key, if any.
+        key: Option<String>,
+    },
 }
 
 /// A durable timer.
@@ -257,7 +277,7 @@ impl EventKind {
     /// The kind's name, for errors, logs and tools (`StepStarted`, ...).
     pub fn name(&self) -> &'static str {
         match self {
-            EventKind::Started { .. } => "Started",
+            EventKind::Started { .. } | EventKind::StartedV1 { .. } => "Started",
             EventKind::StepStarted { .. } => "StepStarted",
             EventKind::StepSucceeded { .. } => "StepSucceeded",
             EventKind::StepFailed { .. } => "StepFailed",
@@ -274,6 +294,20 @@ impl EventKind {
             EventKind::AttemptResumed { .. } => "AttemptResumed",
             EventKind::StepInDoubt { .. } => "StepInDoubt",
             EventKind::AttemptDelayed { .. } => "AttemptDelayed",
+        }
+    }
+
+    /// The step a step-level event (or a step timer) names.
+    pub fn step(&self) -> Option<StepIndex> {
+        match self {
+            EventKind::TimerFired {
+                timer: Timer::Retry { step } | Timer::StepDeadline { step, .. },
+            } => Some(*step),
+            EventKind::OperatorAction {
+                action: OperatorAction::ResumeStep { step },
+                ..
+            } => Some(*step),
+            other => other.step_and_attempt().map(|(step, _)| step),
         }
     }
 

@@ -54,6 +54,7 @@ impl From<SagaStateV1> for SagaState {
             failure: old.failure,
             operator_actions: old.operator_actions,
             updated_at: old.updated_at,
+            version: None,
         }
     }
 }

@@ -40,7 +40,7 @@ mod state;
 pub use crate::apply::{apply, apply_mut};
 pub use crate::breaker::{BreakerSettings, BreakerState, CircuitBreaker, TRIAL_WAIT_MS_MAX};
 pub use crate::decide::{decide, millis, resume, Decision, Run, RETRIABLE_DELAY_MIN};
-pub use crate::definition::{SagaSpec, StepKind, StepSpec, STEPS_MAX};
+pub use crate::definition::{fingerprint, SagaSpec, StepKind, StepSignature, StepSpec, STEPS_MAX};
 pub use crate::error::{
     ApplyError, BreakerSettingsError, CodecError, DefinitionError, MalformedPayload,
     ParseSagaIdError, RetryPolicyError, StepRule,
@@ -48,4 +48,6 @@ pub use crate::error::{
 pub use crate::event::{Event, EventKind, Millis, OperatorAction, SagaId, StepIndex, Timer};
 pub use crate::fold::{fold, PartitionFold};
 pub use crate::retry::{Backoff, RetryPolicy, ATTEMPTS_MAX};
-pub use crate::state::{SagaState, SagaStatus, StepPhase, StepState, IN_DOUBT_ATTEMPTS_MAX};
+pub use crate::state::{
+    DefinitionVersion, SagaState, SagaStatus, StepPhase, StepState, IN_DOUBT_ATTEMPTS_MAX,
+};

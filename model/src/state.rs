@@ -174,4 +174,16 @@ pub struct SagaState {
     pub operator_actions: Vec<(String, String)>,
     /// When the latest event happened.
     pub updated_at: Millis,
+    /// The definition version it started on (`None`: started by a build
+    /// from before versions).
+    pub version: Option<DefinitionVersion>,
+}
+
+/// A definition version as a saga recorded it at its start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DefinitionVersion {
+    /// The version number.
+    pub number: u32,
+    /// The fingerprint of its steps ([`crate::fingerprint`]).
+    pub fingerprint: u64,
 }

@@ -81,6 +81,7 @@ fn definition() -> impl Strategy<Value = SagaSpec> {
             (0..retriable).for_each(|_| push(StepKind::Retriable));
             let spec = SagaSpec {
                 id: "random".into(),
+                version: 1,
                 name: "random".into(),
                 steps,
                 timeout: Duration::from_secs(60),
@@ -100,7 +101,7 @@ fn simulate(spec: &SagaSpec, script: &[Outcome], jitters: &[u8]) -> (Vec<Event>,
     let started = Event {
         saga,
         at: now,
-        kind: EventKind::Started {
+        kind: EventKind::StartedV1 {
             definition: spec.id.clone(),
             steps: spec.steps.len() as u16,
             input: vec![],
@@ -290,6 +291,7 @@ proptest! {
 fn spec_of(kinds: &[StepKind], attempts: u32) -> SagaSpec {
     SagaSpec {
         id: "t".into(),
+        version: 1,
         name: "t".into(),
         steps: kinds
             .iter()

@@ -21,7 +21,7 @@ fn event(at: u64, kind: EventKind) -> Event {
 fn started(steps: u16) -> Event {
     event(
         0,
-        EventKind::Started {
+        EventKind::StartedV1 {
             definition: "order".into(),
             steps,
             input: b"{}".to_vec(),

@@ -149,7 +149,7 @@ fn write_seed_corpus() {
         bytes
     };
     let kinds = vec![
-        EventKind::Started {
+        EventKind::StartedV1 {
             definition: "order".into(),
             steps: 4,
             input: br#"{"order_id":7}"#.to_vec(),
@@ -245,7 +245,7 @@ fn write_seed_corpus() {
         let started = Event {
             saga: SagaId(id),
             at: 1,
-            kind: EventKind::Started {
+            kind: EventKind::StartedV1 {
                 definition: "order".into(),
                 steps: 2,
                 input: b"{}".to_vec(),

@@ -15,7 +15,9 @@ use skald_engine::inspect::{
     SNAPSHOT_PAYLOAD_VERSION_1,
 };
 use skald_engine::{Engine, EngineOptions, Event, EventKind, OperatorAction, SagaId, Timer};
-use skald_model::{SagaState, SagaStatus, StepPhase, StepState};
+use skald_model::{
+    DefinitionVersion, SagaState, SagaStatus, StepKind, StepPhase, StepSignature, StepState,
+};
 
 fn golden(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -46,7 +48,7 @@ fn events() -> Vec<(&'static str, EventKind)> {
     vec![
         (
             "started",
-            EventKind::Started {
+            EventKind::StartedV1 {
                 definition: "order".into(),
                 steps: 4,
                 input: br#"{"order_id":7}"#.to_vec(),
@@ -56,7 +58,7 @@ fn events() -> Vec<(&'static str, EventKind)> {
         ),
         (
             "started-without-key",
-            EventKind::Started {
+            EventKind::StartedV1 {
                 definition: "transfer".into(),
                 steps: 256,
                 input: Vec::new(),
@@ -227,6 +229,30 @@ fn events() -> Vec<(&'static str, EventKind)> {
             },
         ),
         (
+            "started-versioned",
+            EventKind::Started {
+                definition: "order".into(),
+                version: 3,
+                steps: vec![
+                    StepSignature {
+                        id: "reserve".into(),
+                        kind: StepKind::Compensatable,
+                    },
+                    StepSignature {
+                        id: "charge".into(),
+                        kind: StepKind::Pivot,
+                    },
+                    StepSignature {
+                        id: "ship".into(),
+                        kind: StepKind::Retriable,
+                    },
+                ],
+                input: br#"{"order_id":7}"#.to_vec(),
+                deadline: AT + 3_600_000,
+                key: Some("order-7".into()),
+            },
+        ),
+        (
             "operator-mark-resolved",
             EventKind::OperatorAction {
                 action: OperatorAction::MarkResolved,
@@ -242,7 +268,7 @@ fn events() -> Vec<(&'static str, EventKind)> {
 /// until it has a golden file.
 fn kind_number(kind: &EventKind) -> usize {
     match kind {
-        EventKind::Started { .. } => 0,
+        EventKind::StartedV1 { .. } => 0,
         EventKind::StepStarted { .. } => 1,
         EventKind::StepSucceeded { .. } => 2,
         EventKind::StepFailed { .. } => 3,
@@ -259,9 +285,10 @@ fn kind_number(kind: &EventKind) -> usize {
         EventKind::AttemptResumed { .. } => 14,
         EventKind::StepInDoubt { .. } => 15,
         EventKind::AttemptDelayed { .. } => 16,
+        EventKind::Started { .. } => 17,
     }
 }
-const KINDS: usize = 17;
+const KINDS: usize = 18;
 
 #[test]
 fn every_event_kind_decodes_from_its_checked_in_bytes_and_re_encodes_identically() {
@@ -328,6 +355,7 @@ fn snapshot_sagas(in_doubt: bool) -> Vec<SagaState> {
         failure: None,
         operator_actions: Vec::new(),
         updated_at: AT + 3,
+        version: None,
     };
     let mut compensating = step(
         StepPhase::WaitingCompensationRetry {
@@ -348,6 +376,10 @@ fn snapshot_sagas(in_doubt: bool) -> Vec<SagaState> {
         None,
         Some("declined"),
     );
+    let version = in_doubt.then_some(DefinitionVersion {
+        number: 2,
+        fingerprint: 0x1234_5678_9abc_def0,
+    });
     if in_doubt {
         compensating.in_doubt = vec![1];
         compensating.compensation_budget_from = 1;
@@ -384,7 +416,9 @@ fn snapshot_sagas(in_doubt: bool) -> Vec<SagaState> {
         failure: Some("retry by hand".into()),
         operator_actions: vec![("ops".into(), "ledger is back".into())],
         updated_at: AT + 10,
+        version: None,
     };
+    let failed = SagaState { version, ..failed };
     vec![completed, failed]
 }
 

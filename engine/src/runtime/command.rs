@@ -10,7 +10,7 @@ use tokio::sync::oneshot;
 use super::attempt::AttemptResult;
 use super::{Entry, Partition};
 use crate::saga::Definition;
-use crate::view::{CancelOutcome, ListFilter, PartitionCheck, SagaSummary, SagaView};
+use crate::view::{CancelOutcome, ListFilter, PartitionCheck, SagaSummary, SagaView, VersionCount};
 use crate::EngineError;
 
 pub(crate) type Reply<T> = oneshot::Sender<Result<T, EngineError>>;
@@ -36,6 +36,9 @@ pub(crate) enum Command {
     FindKey {
         key: String,
         reply: Reply<Option<SagaId>>,
+    },
+    Versions {
+        reply: Reply<Vec<VersionCount>>,
     },
     Operator {
         saga: SagaId,
@@ -72,6 +75,7 @@ impl Command {
             Command::Start { reply, .. } => drop(reply.send(Err(error))),
             Command::Cancel { reply, .. } => drop(reply.send(Err(error))),
             Command::FindKey { reply, .. } => drop(reply.send(Err(error))),
+            Command::Versions { reply } => drop(reply.send(Err(error))),
             Command::Operator { reply, .. } => drop(reply.send(Err(error))),
             Command::View { reply, .. } => drop(reply.send(Err(error))),
             Command::List { reply, .. } => drop(reply.send(Err(error))),
@@ -119,6 +123,10 @@ impl Partition {
                 why,
                 reply,
             } => self.operate(saga, EventKind::OperatorAction { action, who, why }, reply),
+            Command::Versions { reply } => {
+                let counts = self.version_counts();
+                self.effects.reply(reply, Ok(counts));
+            }
             Command::FindKey { key, reply } => {
                 let found = self.keys.get(&key).copied();
                 self.effects.reply(reply, Ok(found));
@@ -175,6 +183,32 @@ impl Partition {
         self.effects.reply(reply, result);
     }
 
+    /// Unfinished sagas by definition version.
+    fn version_counts(&self) -> Vec<VersionCount> {
+        let mut counts: std::collections::BTreeMap<(String, Option<u32>), (bool, u64)> =
+            std::collections::BTreeMap::new();
+        for entry in self.sagas.values() {
+            if entry.state.status.is_final() {
+                continue;
+            }
+            let version = entry.state.version.map(|v| v.number);
+            let key = (entry.state.definition.clone(), version);
+            let count = counts.entry(key).or_insert((!entry.is_parked(), 0));
+            count.1 += 1;
+        }
+        counts
+            .into_iter()
+            .map(
+                |((definition, version), (registered, in_flight))| VersionCount {
+                    definition,
+                    version,
+                    registered,
+                    in_flight,
+                },
+            )
+            .collect()
+    }
+
     fn list(&mut self, filter: ListFilter, reply: Reply<Vec<SagaSummary>>) {
         let limit = filter.limit.clamp(1, usize::MAX - 1);
         let range = match filter.after {
@@ -184,7 +218,7 @@ impl Partition {
         let page = range
             .filter(|(_, e)| filter.matches(&e.state))
             .take(limit + 1)
-            .map(|(_, e)| SagaSummary::new(&e.state))
+            .map(|(_, e)| SagaSummary::new(&e.state, e.is_parked()))
             .collect();
         self.effects.reply(reply, Ok(page));
     }
@@ -238,6 +272,11 @@ fn cancel_outcome(entry: &Entry) -> CancelOutcome {
 }
 
 impl Entry {
+    /// Waiting for its definition version to be registered.
+    pub(super) fn is_parked(&self) -> bool {
+        self.definition.is_none() && !self.state.status.is_final()
+    }
+
     /// The saga as callers see it.
     pub(super) fn view(&self) -> SagaView {
         match &self.definition {

@@ -52,7 +52,8 @@ impl Partition {
             at: now,
             kind: EventKind::Started {
                 definition: spec.id.clone(),
-                steps: spec.steps.len() as u16,
+                version: spec.version,
+                steps: spec.signature(),
                 input,
                 deadline: now.saturating_add(millis(spec.timeout)),
                 key: key.clone(),

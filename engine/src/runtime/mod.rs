@@ -71,7 +71,8 @@ const BATCHES_IN_FLIGHT_MAX: usize = 64;
 
 /// Shared by the partitions of one engine.
 pub(crate) struct Shared {
-    pub(crate) definitions: HashMap<String, Arc<dyn Definition>>,
+    /// Registered definitions by id, then version.
+    pub(crate) definitions: Definitions,
     pub(crate) breakers: Mutex<HashMap<String, CircuitBreaker>>,
     /// Breaker settings of services that have their own.
     pub(crate) breaker_overrides: HashMap<String, skald_model::BreakerSettings>,
@@ -86,6 +87,9 @@ pub(crate) struct Shared {
     /// Deterministic mode: blocking work runs inline, not on other threads.
     pub(crate) deterministic: bool,
 }
+
+/// Registered definitions by id, then version (the newest last).
+pub(crate) type Definitions = HashMap<String, std::collections::BTreeMap<u32, Arc<dyn Definition>>>;
 
 impl Shared {
     /// The breaker settings of `service`.

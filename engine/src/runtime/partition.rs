@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use rand::rngs::StdRng;
 use skald_log::{Log, LogError};
-use skald_model::{SagaId, SagaState};
+use skald_model::{DefinitionVersion, SagaId, SagaState};
 use tokio::sync::mpsc;
 
 use super::batch::{DurableWait, Effects};
@@ -27,7 +27,7 @@ impl Partition {
         states: Vec<SagaState>,
         channels: Channels,
         rng: StdRng,
-    ) -> Partition {
+    ) -> Result<Partition, EngineError> {
         let Channels { rx, tx, events } = channels;
         let partitions = shared.partitions;
         let mut next_seq = 1;
@@ -40,11 +40,11 @@ impl Partition {
             if let Some(key) = &state.key {
                 keys.insert(key.clone(), id);
             }
-            let definition = definitions.resolve(&shared, &state);
+            let definition = definitions.resolve(&shared, &state)?;
             entries.push((id, Box::new(Entry::new(state, definition, false))));
         }
         let written_end = log.next_lsn();
-        Partition {
+        Ok(Partition {
             index,
             log,
             shared,
@@ -68,7 +68,7 @@ impl Partition {
             shutdown: Vec::new(),
             snapshots: Snapshots::disabled(),
             checks: Vec::new(),
-        }
+        })
     }
 
     /// Sagas that are not final, which the open resumes.
@@ -218,42 +218,82 @@ pub(crate) struct Channels {
 }
 
 /// Looks each recovered saga's definition up once per run of sagas that
-/// share it (most sagas share a few definitions).
+/// share it (most sagas share a few definitions and versions).
 #[derive(Default)]
 struct DefinitionCache {
-    last: Option<(String, Option<Arc<dyn Definition>>)>,
+    last: Option<Resolved>,
+}
+
+/// A definition version looked up, and what it resolved to.
+struct Resolved {
+    definition: String,
+    version: Option<DefinitionVersion>,
+    found: Option<Arc<dyn Definition>>,
 }
 
 impl DefinitionCache {
-    /// The registered definition `state` runs under, or `None`: the saga
-    /// is parked (reported once here) until its definition is registered
-    /// with the same number of steps.
-    fn resolve(&mut self, shared: &Shared, state: &SagaState) -> Option<Arc<dyn Definition>> {
+    /// The registered definition `state` runs on: the version it started
+    /// with (refusing one registered with other steps), or for a saga from
+    /// before versions, version 1 with as many steps. `None`: the saga is
+    /// parked (reported once here) until its version is registered.
+    fn resolve(
+        &mut self,
+        shared: &Shared,
+        state: &SagaState,
+    ) -> Result<Option<Arc<dyn Definition>>, EngineError> {
         let found = match &self.last {
-            Some((name, found)) if *name == state.definition => found.clone(),
+            Some(last) if last.definition == state.definition && last.version == state.version => {
+                last.found.clone()
+            }
             _ => {
-                let found = shared.definitions.get(&state.definition).cloned();
-                self.last = Some((state.definition.clone(), found.clone()));
+                let found = lookup(shared, state)?;
+                self.last = Some(Resolved {
+                    definition: state.definition.clone(),
+                    version: state.version,
+                    found: found.clone(),
+                });
                 found
             }
         };
-        match found {
-            Some(definition) if definition.spec().steps.len() == state.steps.len() => {
-                Some(definition)
-            }
-            found => {
-                if !state.status.is_final() {
-                    let why = match found.is_some() {
-                        true => "the registered definition has a different number of steps",
-                        false => "its definition is not registered",
-                    };
-                    tracing::warn!(saga = %state.id, definition = %state.definition,
-                        "{why}; the saga is parked until it is");
-                }
-                None
-            }
+        if found.is_none() && !state.status.is_final() {
+            let version = state.version.map(|v| v.number);
+            tracing::warn!(saga = %state.id, definition = %state.definition, ?version,
+                "its definition version is not registered; the saga is parked until it is");
         }
+        Ok(found)
     }
+}
+
+/// The definition `state` runs on, if registered (see
+/// [`DefinitionCache::resolve`]).
+fn lookup(shared: &Shared, state: &SagaState) -> Result<Option<Arc<dyn Definition>>, EngineError> {
+    let Some(versions) = shared.definitions.get(&state.definition) else {
+        return Ok(None);
+    };
+    let Some(version) = state.version else {
+        // Started before versions: version 1, if its step count fits.
+        let fits = |d: &&Arc<dyn Definition>| d.spec().steps.len() == state.steps.len();
+        return Ok(versions.get(&1).filter(fits).cloned());
+    };
+    let Some(definition) = versions.get(&version.number) else {
+        return Ok(None);
+    };
+    let spec = definition.spec();
+    if spec.fingerprint() != version.fingerprint {
+        if state.status.is_final() {
+            // It runs nothing more; only its labels would be wrong.
+            return Ok(None);
+        }
+        return Err(EngineError::DefinitionChanged {
+            definition: state.definition.clone(),
+            version: version.number,
+            saga: state.id,
+            recorded: version.fingerprint,
+            registered_fingerprint: spec.fingerprint(),
+            registered: spec.signature(),
+        });
+    }
+    Ok(Some(definition.clone()))
 }
 
 async fn poll_wait(wait: &mut Option<DurableWait>) -> Result<u64, LogError> {
