@@ -23,6 +23,12 @@ struct Sagas {
     failed: u64,
     resolved: u64,
     cancel_requested: u64,
+    /// Not ended: running, compensating, or failed (waiting for an
+    /// operator; a failed saga never expires).
+    in_flight: u64,
+    /// Ended and still kept (completed, compensated, resolved) until the
+    /// engine's retention lets them go.
+    retained: u64,
 }
 
 impl Sagas {
@@ -36,6 +42,12 @@ impl Sagas {
             SagaStatus::Resolved => self.resolved += 1,
         }
         self.cancel_requested += u64::from(state.cancel_reason.is_some());
+        match state.status {
+            SagaStatus::Completed | SagaStatus::Compensated | SagaStatus::Resolved => {
+                self.retained += 1
+            }
+            _ => self.in_flight += 1,
+        }
     }
 
     fn add(mut self, other: &Sagas) -> Sagas {
@@ -46,6 +58,8 @@ impl Sagas {
         self.failed += other.failed;
         self.resolved += other.resolved;
         self.cancel_requested += other.cancel_requested;
+        self.in_flight += other.in_flight;
+        self.retained += other.retained;
         self
     }
 
@@ -168,8 +182,16 @@ pub fn run(dir: &Path, json: bool, out: &mut Out) -> Result<()> {
     ))?;
     let s = &stats.sagas;
     out.line(&format!(
-        "sagas      {} running, {} compensating, {} completed, {} compensated, {} failed, {} resolved ({} with a cancel request)",
-        s.running, s.compensating, s.completed, s.compensated, s.failed, s.resolved, s.cancel_requested
+        "sagas      {} in flight ({} running, {} compensating, {} failed), {} finished and retained ({} completed, {} compensated, {} resolved); {} with a cancel request",
+        s.in_flight,
+        s.running,
+        s.compensating,
+        s.failed,
+        s.retained,
+        s.completed,
+        s.compensated,
+        s.resolved,
+        s.cancel_requested
     ))?;
     if !stats.versions.is_empty() {
         let versions: Vec<String> = stats

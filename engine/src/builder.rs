@@ -135,6 +135,7 @@ fn shared(options: &EngineOptions, definitions: Definitions, partitions: usize) 
         // holds already, or else an empty one.
         batch_bytes_max: (options.segment_size_bytes / 2).max(record_bytes_max),
         deterministic: options.deterministic.is_some(),
+        retention: options.retention,
     })
 }
 

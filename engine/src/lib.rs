@@ -94,7 +94,7 @@ mod view;
 pub use crate::builder::EngineBuilder;
 pub use crate::engine::Engine;
 pub use crate::error::{Corruption, EngineError, NotEngineReason, OptionsError};
-pub use crate::options::{EngineOptions, PARTITIONS_MAX};
+pub use crate::options::{EngineOptions, Retention, PARTITIONS_MAX, RETENTION_DEFAULT};
 pub use crate::runtime::COMMANDS_QUEUED_MAX;
 pub use crate::saga::{Saga, Step, StepContext, StepError};
 pub use crate::snapshotter::SnapshotSettings;

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use skald_log::{Durability, Storage};
 use skald_model::{BreakerSettings, Millis};
@@ -15,6 +16,46 @@ pub const PARTITIONS_MAX: usize = 256;
 const PARTITIONS_DEFAULT_MAX: usize = 8;
 /// Events a slow subscriber may fall behind, by default.
 const EVENT_BUFFER_DEFAULT: usize = 4_096;
+
+/// How long finished sagas stay: findable by id and deduplication key,
+/// in memory and in snapshots. After that they are forgotten (the log
+/// keeps their events until the snapshots no longer need them), and their
+/// key can start a new saga. A Failed saga, which waits for an operator,
+/// never expires; once resolved, it does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// A finished saga expires this long after it ended; `None`: never by
+    /// time.
+    pub finished_for: Option<Duration>,
+    /// At most this many finished sagas per partition (the oldest expire
+    /// first); `None`: no limit.
+    pub finished_max: Option<usize>,
+}
+
+impl Default for Retention {
+    /// 24 hours (as long as Restate keeps completed invocations by
+    /// default), no count limit.
+    fn default() -> Retention {
+        Retention {
+            finished_for: Some(RETENTION_DEFAULT),
+            finished_max: None,
+        }
+    }
+}
+
+impl Retention {
+    /// Finished sagas stay for good (memory and snapshots grow with every
+    /// saga ever run).
+    pub fn forever() -> Retention {
+        Retention {
+            finished_for: None,
+            finished_max: None,
+        }
+    }
+}
+
+/// How long finished sagas stay by default.
+pub const RETENTION_DEFAULT: Duration = Duration::from_secs(24 * 3_600);
 
 /// How an engine runs. Build with [`EngineOptions::default`] and the
 /// setters.
@@ -30,6 +71,7 @@ pub struct EngineOptions {
     pub(crate) event_buffer: usize,
     pub(crate) snapshots: SnapshotSettings,
     pub(crate) deterministic: Option<Millis>,
+    pub(crate) retention: Retention,
 }
 
 impl Default for EngineOptions {
@@ -48,6 +90,7 @@ impl Default for EngineOptions {
             event_buffer: EVENT_BUFFER_DEFAULT,
             snapshots: SnapshotSettings::default(),
             deterministic: None,
+            retention: Retention::default(),
         }
     }
 }
@@ -64,6 +107,7 @@ impl std::fmt::Debug for EngineOptions {
             .field("event_buffer", &self.event_buffer)
             .field("snapshots", &self.snapshots)
             .field("deterministic", &self.deterministic)
+            .field("retention", &self.retention)
             .finish_non_exhaustive()
     }
 }
@@ -139,6 +183,13 @@ impl EngineOptions {
     pub fn deterministic(mut self, start: Millis) -> EngineOptions {
         self.deterministic = Some(start);
         self.durability = Durability::EveryBatch;
+        self
+    }
+
+    /// How long finished sagas stay (see [`Retention`]; 24 hours by
+    /// default).
+    pub fn retention(mut self, retention: Retention) -> EngineOptions {
+        self.retention = retention;
         self
     }
 

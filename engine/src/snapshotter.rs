@@ -74,6 +74,8 @@ impl SnapshotSettings {
 pub(crate) struct Delta {
     pub(crate) lsn: u64,
     pub(crate) sagas: Vec<SagaState>,
+    /// Sagas that expired: left out of snapshots from this one on.
+    pub(crate) removed: Vec<SagaId>,
 }
 
 /// The background task of one partition. Its shadow starts as the state
@@ -195,5 +197,8 @@ fn write(
 fn absorb(shadow: &mut BTreeMap<SagaId, SagaState>, delta: Delta) {
     for state in delta.sagas {
         shadow.insert(state.id, state);
+    }
+    for saga in delta.removed {
+        shadow.remove(&saga);
     }
 }

@@ -225,6 +225,9 @@ impl Partition {
             // Waiters hear of it with this batch.
             self.effects.ended.push(saga);
         }
+        if super::retention::expires(&entry.state) {
+            self.finished.insert((entry.state.updated_at, saga));
+        }
         self.payloads.push(event.encode());
         self.pending_events.push(event);
         Ok(())

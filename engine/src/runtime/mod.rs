@@ -31,6 +31,7 @@ mod clock;
 mod command;
 mod drive;
 mod partition;
+mod retention;
 mod snapshots;
 
 use std::any::Any;
@@ -86,6 +87,8 @@ pub(crate) struct Shared {
     pub(crate) batch_bytes_max: u64,
     /// Deterministic mode: blocking work runs inline, not on other threads.
     pub(crate) deterministic: bool,
+    /// How long finished sagas stay.
+    pub(crate) retention: crate::Retention,
 }
 
 /// Registered definitions by id, then version (the newest last).
@@ -174,6 +177,8 @@ pub(crate) struct Partition {
     sagas: BTreeMap<SagaId, Box<Entry>>,
     keys: HashMap<String, SagaId>,
     timers: BTreeSet<(Millis, SagaId)>,
+    /// Finished sagas that can expire, by when they ended.
+    finished: BTreeSet<(Millis, SagaId)>,
     /// The next id's sequence number (ids are `seq * partitions + index`).
     next_seq: u64,
     rx: mpsc::Receiver<Command>,

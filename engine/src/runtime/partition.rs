@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 
 use super::batch::{DurableWait, Effects};
 use super::command::Command;
+use super::retention::expires;
 use super::snapshots::Snapshots;
 use super::{Entry, Partition, Shared, BATCHES_IN_FLIGHT_MAX, TURN_COMMANDS_MAX};
 use crate::saga::Definition;
@@ -34,7 +35,11 @@ impl Partition {
         let mut keys = HashMap::new();
         let mut entries = Vec::with_capacity(states.len());
         let mut definitions = DefinitionCache::default();
+        let mut finished = BTreeSet::new();
         for state in states {
+            if expires(&state) {
+                finished.insert((state.updated_at, state.id));
+            }
             let id = state.id;
             next_seq = u64::max(next_seq, id.0 / partitions + 1);
             if let Some(key) = &state.key {
@@ -52,6 +57,7 @@ impl Partition {
             sagas: entries.into_iter().collect(),
             keys,
             timers: BTreeSet::new(),
+            finished,
             next_seq,
             rx,
             tx,
@@ -120,10 +126,10 @@ impl Partition {
             false => None,
         };
         let timer_at = next_timer.map(|at| self.shared.clock.instant_of(at));
-        let sleep_until = match (timer_at, self.snapshot_due_at()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let sleep_until = [timer_at, self.snapshot_due_at(), self.expiry_due_at()]
+            .into_iter()
+            .flatten()
+            .min();
         // Too many batches waiting for the disk: take no new work until
         // one is durable (commands wait in the bounded queue, and callers
         // behind a full queue wait to send).
@@ -148,6 +154,7 @@ impl Partition {
             }
             () = sleep(sleep_until), if sleep_until.is_some() => self.fire_timers(),
         }
+        self.expire();
         true
     }
 

@@ -29,6 +29,8 @@ pub(super) struct Snapshots {
     task: Option<JoinHandle<()>>,
     /// Sagas changed since the last delta.
     pub(super) dirty: Vec<SagaId>,
+    /// Sagas expired since the last delta.
+    pub(super) removed: Vec<SagaId>,
     pub(super) events_since: u64,
     last: tokio::time::Instant,
 }
@@ -41,6 +43,7 @@ impl Snapshots {
             store: None,
             task: None,
             dirty: Vec::new(),
+            removed: Vec::new(),
             events_since: 0,
             last: tokio::time::Instant::now(),
         }
@@ -128,6 +131,7 @@ impl Partition {
         let delta = Delta {
             lsn: self.log.next_lsn(),
             sagas,
+            removed: std::mem::take(&mut snapshots.removed),
         };
         match deltas.try_send(delta) {
             Ok(()) => {}
