@@ -101,6 +101,7 @@ fn main() {
             concurrency,
             durability,
             partitions: None,
+            retention: None,
         };
         let report = runtime
             .block_on(run(dir.path(), &options))

@@ -15,6 +15,7 @@ pub struct BenchArgs {
     pub concurrency: usize,
     pub durability: String,
     pub partitions: Option<usize>,
+    pub retention: Option<Duration>,
     pub data: Option<PathBuf>,
     pub json: bool,
 }
@@ -82,6 +83,7 @@ pub fn run_bench(args: BenchArgs, out: &mut Out) -> Result<()> {
             concurrency: args.concurrency,
             durability,
             partitions: args.partitions,
+            retention: args.retention,
         },
     ))?;
     if args.json {
@@ -106,5 +108,24 @@ pub fn run_bench(args: BenchArgs, out: &mut Out) -> Result<()> {
     out.line(&format!(
         "memory       {:.1} MiB resident at the end",
         report.rss_bytes as f64 / (1 << 20) as f64
-    ))
+    ))?;
+    if let Some(steady) = report.steadiness() {
+        let mib = |bytes: f64| bytes / (1 << 20) as f64;
+        out.line(&format!(
+            "sustained    second tenth {:.0} sagas/s, {:.1} MiB resident, {:.1} MiB heap",
+            steady.early_sagas_per_sec,
+            mib(steady.early_rss_bytes),
+            mib(steady.early_anonymous_bytes),
+        ))?;
+        out.line(&format!(
+            "             last tenth {:.0} sagas/s ({:.2}x), {:.1} MiB resident ({:.2}x), {:.1} MiB heap ({:.2}x)",
+            steady.late_sagas_per_sec,
+            steady.late_sagas_per_sec / steady.early_sagas_per_sec,
+            mib(steady.late_rss_bytes),
+            steady.late_rss_bytes / steady.early_rss_bytes,
+            mib(steady.late_anonymous_bytes),
+            steady.late_anonymous_bytes / steady.early_anonymous_bytes,
+        ))?;
+    }
+    Ok(())
 }

@@ -155,6 +155,10 @@ enum Command {
         /// Partitions (default: one per CPU, at most 8).
         #[arg(long)]
         partitions: Option<usize>,
+        /// How long finished sagas stay (e.g. 2s, 10m; default 24h): a
+        /// short one makes a long run sustained, its memory flat.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        retention: Option<std::time::Duration>,
         /// A directory to create for the run (kept afterwards).
         #[arg(long)]
         data: Option<PathBuf>,
@@ -278,6 +282,7 @@ fn main() -> ExitCode {
             concurrency,
             durability,
             partitions,
+            retention,
             data,
             json,
         } => bench::run_bench(
@@ -287,6 +292,7 @@ fn main() -> ExitCode {
                 concurrency,
                 durability,
                 partitions,
+                retention,
                 data,
                 json,
             },

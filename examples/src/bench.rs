@@ -39,6 +39,29 @@ pub struct BenchOptions {
     pub durability: Durability,
     /// Partitions (default: the engine's).
     pub partitions: Option<usize>,
+    /// How long finished sagas stay (default: the engine's, 24 hours). A
+    /// short one makes a long run sustained: memory should stay flat.
+    pub retention: Option<Duration>,
+}
+
+/// Latency and step-gap samples kept at most per run, so that a run of
+/// millions of sagas measures the engine's memory, not the benchmark's.
+const SAMPLES_MAX: u64 = 100_000;
+
+/// How often a run samples throughput and memory.
+const SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// One sample of a run.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct Sample {
+    /// Seconds since the run began.
+    pub at_secs: f64,
+    /// Sagas completed so far.
+    pub sagas: u64,
+    /// Resident memory then, bytes (the log's mapped pages included).
+    pub rss_bytes: u64,
+    /// Anonymous resident memory then (the heap: sagas, queues), bytes.
+    pub anonymous_bytes: u64,
 }
 
 /// What a run measured.
@@ -70,6 +93,57 @@ pub struct BenchReport {
     pub step_p99_us: f64,
     /// Resident memory of the process at the end, bytes.
     pub rss_bytes: u64,
+    /// Throughput and memory, sampled every second.
+    pub samples: Vec<Sample>,
+}
+
+impl BenchReport {
+    /// Sagas/s and mean resident memory over the first and the last tenth
+    /// of the samples after the first tenth (the warm-up): a sustained run
+    /// is flat when the two agree.
+    pub fn steadiness(&self) -> Option<Steadiness> {
+        let samples = &self.samples;
+        let tenth = samples.len() / 10;
+        if tenth < 1 {
+            return None;
+        }
+        let window = |part: &[Sample]| {
+            let (first, last) = (part.first()?, part.last()?);
+            let seconds = last.at_secs - first.at_secs;
+            let rate = (last.sagas - first.sagas) as f64 / seconds.max(f64::EPSILON);
+            let mean = |bytes: fn(&Sample) -> u64| {
+                part.iter().map(|s| bytes(s) as f64).sum::<f64>() / part.len() as f64
+            };
+            Some((rate, mean(|s| s.rss_bytes), mean(|s| s.anonymous_bytes)))
+        };
+        let early = window(&samples[tenth..2 * tenth + 1])?;
+        let late = window(&samples[samples.len() - tenth - 1..])?;
+        Some(Steadiness {
+            early_sagas_per_sec: early.0,
+            late_sagas_per_sec: late.0,
+            early_rss_bytes: early.1,
+            late_rss_bytes: late.1,
+            early_anonymous_bytes: early.2,
+            late_anonymous_bytes: late.2,
+        })
+    }
+}
+
+/// See [`BenchReport::steadiness`].
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct Steadiness {
+    /// Sagas/s over the second tenth of the run.
+    pub early_sagas_per_sec: f64,
+    /// Sagas/s over the last tenth.
+    pub late_sagas_per_sec: f64,
+    /// Mean resident memory over the second tenth, bytes.
+    pub early_rss_bytes: f64,
+    /// Mean resident memory over the last tenth, bytes.
+    pub late_rss_bytes: f64,
+    /// Mean anonymous memory (the heap) over the second tenth, bytes.
+    pub early_anonymous_bytes: f64,
+    /// Mean anonymous memory over the last tenth, bytes.
+    pub late_anonymous_bytes: f64,
 }
 
 /// Nanoseconds since the first call: step handlers stamp their outputs
@@ -79,10 +153,27 @@ fn now_ns() -> u64 {
     START.get_or_init(Instant::now).elapsed().as_nanos() as u64
 }
 
-/// Samples of the gap between steps, in nanoseconds.
+/// Samples of the gap between steps, in nanoseconds: every `every`-th.
 #[derive(Default)]
 struct Gaps {
     samples: Mutex<Vec<u64>>,
+    seen: AtomicU64,
+    every: u64,
+}
+
+impl Gaps {
+    fn bounded(expected: u64) -> Gaps {
+        Gaps {
+            every: expected.div_ceil(SAMPLES_MAX).max(1),
+            ..Gaps::default()
+        }
+    }
+
+    fn note(&self, gap: u64) {
+        if self.seen.fetch_add(1, Ordering::Relaxed) % self.every.max(1) == 0 {
+            self.samples.lock().push(gap);
+        }
+    }
 }
 
 /// The benchmark saga: `steps` no-op compensatable steps. Each step's
@@ -96,7 +187,7 @@ fn bench_saga(steps: usize, gaps: Arc<Gaps>) -> Saga<u64> {
             Step::new(format!("s{index}"), move |ctx| {
                 if let Some(previous) = &previous {
                     if let Ok(ended) = ctx.output::<u64>(previous) {
-                        gaps.samples.lock().push(now_ns().saturating_sub(ended));
+                        gaps.note(now_ns().saturating_sub(ended));
                     }
                 }
                 async move { Ok::<_, StepError>(now_ns()) }
@@ -115,10 +206,17 @@ pub fn noop_saga(steps: usize) -> Saga<u64> {
 
 /// Runs `options.sagas` sagas through a fresh engine in `dir`.
 pub async fn run(dir: &Path, options: &BenchOptions) -> Result<BenchReport, EngineError> {
-    let gaps = Arc::new(Gaps::default());
+    let steps = options.steps.max(1) as u64;
+    let gaps = Arc::new(Gaps::bounded(options.sagas.saturating_mul(steps)));
     let mut engine_options = EngineOptions::default().durability(options.durability);
     if let Some(partitions) = options.partitions {
         engine_options = engine_options.partitions(partitions);
+    }
+    if let Some(window) = options.retention {
+        engine_options = engine_options.retention(skald_engine::Retention {
+            finished_for: Some(window),
+            finished_max: None,
+        });
     }
     let engine = Engine::builder(dir)
         .options(engine_options)
@@ -126,22 +224,34 @@ pub async fn run(dir: &Path, options: &BenchOptions) -> Result<BenchReport, Engi
         .open()
         .await?;
     let next = Arc::new(AtomicU64::new(0));
-    let latencies = Arc::new(Mutex::new(Vec::with_capacity(options.sagas as usize)));
+    let done = Arc::new(AtomicU64::new(0));
+    let every = options.sagas.div_ceil(SAMPLES_MAX).max(1);
+    let latencies = Arc::new(Mutex::new(Vec::new()));
     let started = Instant::now();
+    let samples = Arc::new(Mutex::new(Vec::new()));
+    let sampler = tokio::spawn(sample(done.clone(), started, samples.clone()));
     let mut workers = Vec::new();
     for _ in 0..options.concurrency.max(1) {
         let engine = engine.clone();
         let next = next.clone();
         let latencies = latencies.clone();
+        let done = done.clone();
         let total = options.sagas;
         workers.push(tokio::spawn(async move {
             let mut local = Vec::new();
-            while next.fetch_add(1, Ordering::Relaxed) < total {
+            loop {
+                let index = next.fetch_add(1, Ordering::Relaxed);
+                if index >= total {
+                    break;
+                }
                 let begun = Instant::now();
                 let id = engine.start(BENCH_SAGA, &0u64).await?;
                 let view = engine.wait(id).await?;
                 debug_assert!(view.is_final());
-                local.push(begun.elapsed().as_nanos() as u64);
+                done.fetch_add(1, Ordering::Relaxed);
+                if index % every == 0 {
+                    local.push(begun.elapsed().as_nanos() as u64);
+                }
             }
             latencies.lock().extend(local);
             Ok::<(), EngineError>(())
@@ -152,6 +262,9 @@ pub async fn run(dir: &Path, options: &BenchOptions) -> Result<BenchReport, Engi
     }
     let elapsed = started.elapsed().as_secs_f64();
     let rss_bytes = memory().map_or(0, |m| m.resident);
+    sampler.abort();
+    let _ = sampler.await;
+    let samples = std::mem::take(&mut *samples.lock());
     let partitions = engine.partitions();
     engine.shutdown().await?;
 
@@ -159,7 +272,7 @@ pub async fn run(dir: &Path, options: &BenchOptions) -> Result<BenchReport, Engi
     latencies.sort_unstable();
     let mut gaps = std::mem::take(&mut *gaps.samples.lock());
     gaps.sort_unstable();
-    let sagas = latencies.len() as u64;
+    let sagas = done.load(Ordering::Relaxed);
     let events_per_saga = 2 + 2 * options.steps.max(1) as u64;
     Ok(BenchReport {
         sagas,
@@ -175,7 +288,24 @@ pub async fn run(dir: &Path, options: &BenchOptions) -> Result<BenchReport, Engi
         step_p50_us: percentile(&gaps, 0.50) as f64 / 1e3,
         step_p99_us: percentile(&gaps, 0.99) as f64 / 1e3,
         rss_bytes,
+        samples,
     })
+}
+
+/// Samples sagas done and resident memory every [`SAMPLE_INTERVAL`] into
+/// `samples`, until aborted.
+async fn sample(done: Arc<AtomicU64>, started: Instant, samples: Arc<Mutex<Vec<Sample>>>) {
+    let mut interval = tokio::time::interval(SAMPLE_INTERVAL);
+    loop {
+        interval.tick().await;
+        let sample = Sample {
+            at_secs: started.elapsed().as_secs_f64(),
+            sagas: done.load(Ordering::Relaxed),
+            rss_bytes: memory().map_or(0, |m| m.resident),
+            anonymous_bytes: memory().map_or(0, |m| m.anonymous()),
+        };
+        samples.lock().push(sample);
+    }
 }
 
 /// What parking sagas cost.
