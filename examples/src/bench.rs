@@ -170,7 +170,11 @@ impl Gaps {
     }
 
     fn note(&self, gap: u64) {
-        if self.seen.fetch_add(1, Ordering::Relaxed) % self.every.max(1) == 0 {
+        if self
+            .seen
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(self.every.max(1))
+        {
             self.samples.lock().push(gap);
         }
     }
@@ -249,7 +253,7 @@ pub async fn run(dir: &Path, options: &BenchOptions) -> Result<BenchReport, Engi
                 let view = engine.wait(id).await?;
                 debug_assert!(view.is_final());
                 done.fetch_add(1, Ordering::Relaxed);
-                if index % every == 0 {
+                if index.is_multiple_of(every) {
                     local.push(begun.elapsed().as_nanos() as u64);
                 }
             }
