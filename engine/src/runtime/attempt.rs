@@ -73,7 +73,7 @@ impl Partition {
         // resumed at open (breakers start closed) is admitted here; if a
         // breaker opened meanwhile, it fails without being made: a definite
         // "not applied".
-        let reserved = match entry.call.take() {
+        let reserved = match entry.call.take().map(|call| *call) {
             Some((reserved, call))
                 if reserved.step == run.step
                     && reserved.attempt == run.attempt

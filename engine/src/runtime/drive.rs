@@ -304,7 +304,7 @@ impl Partition {
                     deadline,
                 };
                 if let Some(entry) = self.sagas.get_mut(&saga) {
-                    entry.call = Some((run, call));
+                    entry.call = Some(Box::new((run, call)));
                 }
                 kind
             }

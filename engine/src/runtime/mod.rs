@@ -150,7 +150,8 @@ struct Entry {
     waiters: Vec<Reply<crate::SagaView>>,
     /// The breaker call admitted for the attempt just recorded as started,
     /// until its handler is spawned.
-    call: Option<(Run, breakers::BreakerCall)>,
+    /// Boxed: most sagas wait without one, and every saga pays for the slot.
+    call: Option<Box<(Run, breakers::BreakerCall)>>,
 }
 
 impl Entry {
