@@ -133,7 +133,8 @@ async fn eio_on_a_flush_fail_stops_and_a_restart_recovers_every_acknowledged_sag
     let (acknowledged, error) = start_until_failure(&engine, &storage, SimFault::FlushEio).await;
     assert!(!acknowledged.is_empty());
     // The failed flush is named: the EIO itself, or (in a partition whose
-    // log saw another msync fail first) the flush failure it stopped on.
+    // log saw another msync fail first) the flush failure it stopped on;
+    // a segment created under the fault fails in its own flush.
     let named = |error: &EngineError| {
         let Some((operation, source)) = fail_stop(error) else {
             return false;
@@ -141,7 +142,9 @@ async fn eio_on_a_flush_fail_stops_and_a_restart_recovers_every_acknowledged_sag
         let earlier = source
             .get_ref()
             .is_some_and(|inner| inner.is::<EarlierFlushFailed>());
-        operation == "flush" && (source.raw_os_error() == Some(EIO) || earlier)
+        // A roll under the fault fails in the new segment's own flush.
+        let flushing = matches!(operation, "flush" | "create segment");
+        flushing && (source.raw_os_error() == Some(EIO) || earlier)
     };
     assert!(named(&error), "{error}");
     // Fail-stop: later calls fail at once, with the same cause.
