@@ -375,6 +375,15 @@ fn change_step(state: &mut SagaState, index: usize, at: Millis, kind: &EventKind
         state.status = SagaStatus::Compensating;
     }
     let target = &mut state.steps[index];
+    if !change_forward(target, at, kind) {
+        change_backward(target, kind);
+    }
+    target.updated_at = Some(at);
+}
+
+/// The change of a forward (or either-way) step event; `false` if `kind`
+/// is a compensation's.
+fn change_forward(target: &mut StepState, at: Millis, kind: &EventKind) -> bool {
     match kind {
         &EventKind::StepStarted {
             attempt, deadline, ..
@@ -395,28 +404,6 @@ fn change_step(state: &mut SagaState, index: usize, at: Millis, kind: &EventKind
             permanent,
             ..
         } => failed(target, StepPhase::Failed { attempt, permanent }, error),
-        &EventKind::RetryScheduled {
-            attempt,
-            fire_at,
-            compensation,
-            ..
-        } => {
-            target.phase = match compensation {
-                false => StepPhase::WaitingRetry { attempt, fire_at },
-                true => StepPhase::WaitingCompensationRetry { attempt, fire_at },
-            };
-        }
-        &EventKind::CompensationStarted {
-            attempt, deadline, ..
-        } => {
-            target.phase = StepPhase::Compensating { attempt };
-            target.compensation_attempts = attempt;
-            target.deadline = Some(deadline);
-        }
-        EventKind::StepCompensated { .. } => {
-            target.phase = StepPhase::Compensated;
-            target.deadline = None;
-        }
         EventKind::StepInDoubt {
             attempt, reason, ..
         } => {
@@ -430,26 +417,45 @@ fn change_step(state: &mut SagaState, index: usize, at: Millis, kind: &EventKind
             }
             target.in_doubt.push(*attempt);
         }
-        &EventKind::AttemptDelayed {
+        &EventKind::RetryScheduled {
             attempt,
+            fire_at,
             compensation,
-            until,
+            ..
+        }
+        | &EventKind::AttemptDelayed {
+            attempt,
+            until: fire_at,
+            compensation,
             ..
         } => {
             target.phase = match compensation {
-                false => StepPhase::WaitingRetry {
-                    attempt,
-                    fire_at: until,
-                },
-                true => StepPhase::WaitingCompensationRetry {
-                    attempt,
-                    fire_at: until,
-                },
+                false => StepPhase::WaitingRetry { attempt, fire_at },
+                true => StepPhase::WaitingCompensationRetry { attempt, fire_at },
             };
         }
         // The phase stays (the same attempt runs again); only its
         // deadline moves.
         &EventKind::AttemptResumed { deadline, .. } => target.deadline = Some(deadline),
+        _ => return false,
+    }
+    true
+}
+
+/// The change of a compensation's event.
+fn change_backward(target: &mut StepState, kind: &EventKind) {
+    match kind {
+        &EventKind::CompensationStarted {
+            attempt, deadline, ..
+        } => {
+            target.phase = StepPhase::Compensating { attempt };
+            target.compensation_attempts = attempt;
+            target.deadline = Some(deadline);
+        }
+        EventKind::StepCompensated { .. } => {
+            target.phase = StepPhase::Compensated;
+            target.deadline = None;
+        }
         &EventKind::CompensationFailed {
             attempt,
             ref error,
@@ -461,7 +467,6 @@ fn change_step(state: &mut SagaState, index: usize, at: Millis, kind: &EventKind
         }
         _ => unreachable!("apply_step passes step events only"),
     }
-    target.updated_at = Some(at);
 }
 
 /// An attempt (forward or backward) failed: its phase, its error.

@@ -16,7 +16,7 @@ use skald_model::{Run, SagaId, StepState};
 use super::breakers::{BreakerCall, Verdict};
 use super::command::Command;
 use super::drive::phase_of;
-use super::{Partition, Running};
+use super::{Entry, Partition, Running};
 use crate::cancel::CancelSignal;
 use crate::saga::{AttemptContext, Definition, Outputs, StepError};
 
@@ -48,20 +48,13 @@ impl Partition {
         let Some(tx) = self.tx.upgrade() else {
             return;
         };
-        let input = match &entry.input {
-            Some(input) => input.clone(),
-            None => match definition.decode_input(&entry.state.input) {
-                Ok(input) => {
-                    entry.input = Some(input.clone());
-                    input
-                }
-                Err(error) => {
-                    let message = format!("the saga's input does not decode: {error}");
-                    let result = AttemptResult::Answered(Err(StepError::permanent(message)));
-                    self.deferred.push_back((saga, run, result));
-                    return;
-                }
-            },
+        let input = match decoded_input(entry, &definition) {
+            Ok(input) => input,
+            Err(message) => {
+                let result = AttemptResult::Answered(Err(StepError::permanent(message)));
+                self.deferred.push_back((saga, run, result));
+                return;
+            }
         };
         let outputs = Arc::new(Outputs {
             ids: definition.step_ids().clone(),
@@ -69,31 +62,13 @@ impl Partition {
         });
         let now = self.shared.clock.now();
         let service = &definition.spec().steps[run.step as usize].service;
-        // Admitted when the attempt was recorded as started. An attempt
-        // resumed at open (breakers start closed) is admitted here; if a
-        // breaker opened meanwhile, it fails without being made: a definite
-        // "not applied".
-        let reserved = match entry.call.take().map(|call| *call) {
-            Some((reserved, call))
-                if reserved.step == run.step
-                    && reserved.attempt == run.attempt
-                    && reserved.compensation == run.compensation =>
-            {
-                Some(call)
+        let call = match admitted(&self.shared, entry.call.take(), run, service, now) {
+            Ok(call) => call,
+            Err(message) => {
+                let result = AttemptResult::Answered(Err(StepError::retryable(message)));
+                self.deferred.push_back((saga, run, result));
+                return;
             }
-            _ => None,
-        };
-        let call = match reserved {
-            Some(call) => call,
-            None => match BreakerCall::admit(&self.shared, service, now) {
-                Ok(call) => call,
-                Err(_) => {
-                    let message = format!("circuit breaker open for service {service:?}");
-                    let result = AttemptResult::Answered(Err(StepError::retryable(message)));
-                    self.deferred.push_back((saga, run, result));
-                    return;
-                }
-            },
         };
         let timeout = Duration::from_millis(run.deadline.saturating_sub(now));
         let cancel = CancelSignal::new();
@@ -117,6 +92,46 @@ impl Partition {
         let task = tokio::spawn(attempt.run(call, tx)).abort_handle();
         entry.running = Some(Running { run, task, cancel });
     }
+}
+
+/// The saga's input for its handlers, decoded once; the error says why it
+/// does not decode (a permanent failure: no retry can fix it).
+fn decoded_input(
+    entry: &mut Entry,
+    definition: &Arc<dyn Definition>,
+) -> Result<Arc<dyn Any + Send + Sync>, String> {
+    if let Some(input) = &entry.input {
+        return Ok(input.clone());
+    }
+    let input = definition
+        .decode_input(&entry.state.input)
+        .map_err(|error| format!("the saga's input does not decode: {error}"))?;
+    entry.input = Some(input.clone());
+    Ok(input)
+}
+
+/// The breaker call `run` goes out under: the one admitted when it was
+/// recorded as started, or, for an attempt resumed at open (breakers start
+/// closed), one admitted now. If the breaker opened meanwhile, the attempt
+/// fails without being made (a definite "not applied"): the error says so.
+fn admitted(
+    shared: &Arc<super::Shared>,
+    reserved: Option<Box<(Run, BreakerCall)>>,
+    run: Run,
+    service: &str,
+    now: skald_model::Millis,
+) -> Result<BreakerCall, String> {
+    if let Some(reserved) = reserved {
+        let (reserved, call) = *reserved;
+        let same = reserved.step == run.step
+            && reserved.attempt == run.attempt
+            && reserved.compensation == run.compensation;
+        if same {
+            return Ok(call);
+        }
+    }
+    BreakerCall::admit(shared, service, now)
+        .map_err(|_| format!("circuit breaker open for service {service:?}"))
 }
 
 /// The attempts of `step` that may have been applied, oldest first: the one
