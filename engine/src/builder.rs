@@ -100,6 +100,7 @@ impl EngineBuilder {
                 round_robin: AtomicUsize::new(0),
                 recovered: opened.recovered,
                 events: Mutex::new(Some(opened.events)),
+                power: options.power.clone(),
             }),
         })
     }

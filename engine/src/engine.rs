@@ -29,6 +29,8 @@ pub(crate) struct Inner {
     pub(crate) recovered: Vec<SagaId>,
     /// For new subscribers; taken at shutdown.
     pub(crate) events: Mutex<Option<broadcast::Sender<Arc<EngineEvent>>>>,
+    /// In a simulation: off once the power was cut under this engine.
+    pub(crate) power: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// The partition that holds the saga a deduplication key started (of an
@@ -358,7 +360,7 @@ impl Engine {
         let mut first_error = None;
         for partition in 0..self.inner.senders.len() {
             let result = self
-                .ask(partition, |reply| Command::Shutdown { reply })
+                .ask_unchecked(partition, |reply| Command::Shutdown { reply })
                 .await;
             if let Err(error) = result {
                 if !matches!(error, EngineError::ShutDown) {
@@ -381,6 +383,27 @@ impl Engine {
     }
 
     async fn ask<T>(
+        &self,
+        partition: usize,
+        command: impl FnOnce(Reply<T>) -> Command,
+    ) -> Result<T, EngineError> {
+        // A simulated engine whose power was cut is gone: its handles fail
+        // (only `shutdown` still reaches its partitions, to stop them).
+        let powered = |power: &Arc<std::sync::atomic::AtomicBool>| {
+            power.load(std::sync::atomic::Ordering::SeqCst)
+        };
+        if self
+            .inner
+            .power
+            .as_ref()
+            .is_some_and(|power| !powered(power))
+        {
+            return Err(EngineError::ShutDown);
+        }
+        self.ask_unchecked(partition, command).await
+    }
+
+    async fn ask_unchecked<T>(
         &self,
         partition: usize,
         command: impl FnOnce(Reply<T>) -> Command,

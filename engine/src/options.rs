@@ -72,6 +72,9 @@ pub struct EngineOptions {
     pub(crate) snapshots: SnapshotSettings,
     pub(crate) deterministic: Option<Millis>,
     pub(crate) retention: Retention,
+    /// The simulation's power switch for this engine: off once it cut the
+    /// power (see `sim`); `None` outside simulations.
+    pub(crate) power: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl Default for EngineOptions {
@@ -91,6 +94,7 @@ impl Default for EngineOptions {
             snapshots: SnapshotSettings::default(),
             deterministic: None,
             retention: Retention::default(),
+            power: None,
         }
     }
 }
@@ -190,6 +194,13 @@ impl EngineOptions {
     /// default).
     pub fn retention(mut self, retention: Retention) -> EngineOptions {
         self.retention = retention;
+        self
+    }
+
+    /// The simulation's power switch (see [`crate::sim::Simulation::crash`]).
+    #[cfg(feature = "sim")]
+    pub(crate) fn powered_by(mut self, power: Arc<std::sync::atomic::AtomicBool>) -> EngineOptions {
+        self.power = Some(power);
         self
     }
 

@@ -44,6 +44,7 @@
 
 use std::future::Future;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use rand::rngs::StdRng;
@@ -83,6 +84,9 @@ pub struct Simulation {
     /// When the world began, on tokio's (virtual) clock: the engine's clock
     /// reads [`SIM_EPOCH_MS`] plus the time since, across every reopen.
     began: tokio::time::Instant,
+    /// The power of the engines opened since the last crash: cut (false)
+    /// at the next crash, so that their handles fail.
+    power: Arc<AtomicBool>,
 }
 
 impl Simulation {
@@ -94,6 +98,7 @@ impl Simulation {
             storage: SimStorage::new(),
             crashes: 0,
             began: tokio::time::Instant::now(),
+            power: Arc::new(AtomicBool::new(true)),
         }
     }
 
@@ -128,6 +133,7 @@ impl Simulation {
             .seed(self.seed ^ self.crashes.wrapping_mul(0x9E37_79B9_7F4A_7C15))
             .segment_size_bytes(64 * 1024)
             .storage(Arc::new(self.storage.clone()))
+            .powered_by(self.power.clone())
     }
 
     /// The simulated disk.
@@ -136,8 +142,10 @@ impl Simulation {
     }
 
     /// Cuts the power: what was not flushed is lost, or (half the time, at
-    /// random) torn page by page. An engine still running on the old disk
-    /// fails from now on; reopen one with [`Simulation::options`].
+    /// random) torn page by page. The engines running on the old disk are
+    /// gone: every call on their handles fails (`EngineError::ShutDown`;
+    /// `shutdown` still stops their tasks). Reopen one with
+    /// [`Simulation::options`].
     pub fn crash(&mut self) {
         let cut = if self.rng.random_bool(0.5) {
             PowerCut::DropUnflushed
@@ -149,6 +157,9 @@ impl Simulation {
         let (rebooted, _) = self.storage.power_cut(cut);
         self.storage = rebooted;
         self.crashes += 1;
+        // The engines that ran on the old disk are gone with it.
+        self.power.store(false, Ordering::SeqCst);
+        self.power = Arc::new(AtomicBool::new(true));
     }
 
     /// Crashes so far.

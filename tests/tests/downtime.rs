@@ -81,6 +81,12 @@ fn an_attempt_in_flight_at_a_crash_runs_again_after_downtime_past_its_timeout() 
         let calls = Arc::new(Calls::default());
         let (engine, id) = start_and_hang(&sim, &calls, Duration::from_secs(86_400)).await;
         sim.crash();
+        // The crashed engine is gone: its handles fail.
+        assert!(matches!(engine.view(id).await, Err(EngineError::ShutDown)));
+        assert!(matches!(
+            engine.start("transfer", &8u64).await,
+            Err(EngineError::ShutDown)
+        ));
         let _ = engine.shutdown().await; // its disk is gone: it only stops
         drop(engine);
         tokio::time::sleep(DOWNTIME).await;
