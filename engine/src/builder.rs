@@ -179,7 +179,16 @@ fn open_partitions(
             tx: tx.downgrade(),
             events: opened.events.clone(),
         };
-        let partition = Partition::new(index as u16, log, shared.clone(), states, channels, rng)?;
+        let floor = rebuilt.next_seq;
+        let partition = Partition::new(
+            index as u16,
+            log,
+            shared.clone(),
+            states,
+            channels,
+            rng,
+            floor,
+        )?;
         opened.recovered.extend(partition.unfinished());
         let partition = partition.with_snapshots(options.snapshots, store);
         opened.tasks.push(tokio::spawn(partition.run()));

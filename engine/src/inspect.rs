@@ -8,9 +8,9 @@
 pub use crate::dir::{partition_count, partition_dir};
 pub use crate::engine::partition_of_key;
 pub use crate::recovery::{
-    decode_checked, decode_snapshot, encode_snapshot, fold_log, recover, snapshot_dir, Folded,
-    PartitionSnapshot, PayloadError, Recovered, SNAPSHOT_DIR, SNAPSHOT_PAYLOAD_VERSION,
-    SNAPSHOT_PAYLOAD_VERSION_1,
+    decode_checked, decode_snapshot, encode_partition, encode_snapshot, fold_log, recover,
+    snapshot_dir, Folded, PartitionSnapshot, PayloadError, Recovered, SNAPSHOT_DIR,
+    SNAPSHOT_PAYLOAD_VERSION, SNAPSHOT_PAYLOAD_VERSION_1,
 };
 /// The pure model beneath the engine: states, the fold, `decide`, the
 /// codec.

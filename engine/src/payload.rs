@@ -14,6 +14,10 @@ pub struct PartitionSnapshot {
     pub partition: u16,
     /// It covers every record below this LSN.
     pub lsn: u64,
+    /// The partition's next saga sequence when it was written (0: not
+    /// recorded, a version 1 payload): no saga id below it is given out
+    /// again, even if its saga expired.
+    pub next_seq: u64,
     /// Every saga of the partition, in id order.
     pub sagas: Vec<SagaState>,
 }
@@ -28,6 +32,8 @@ pub const SNAPSHOT_PAYLOAD_VERSION_1: u8 = 1;
 const CHUNK_SAGAS: usize = 32_768;
 /// Version (1), partition (2), LSN (8), chunk count (4).
 const PREAMBLE_BYTES: usize = 1 + 2 + 8 + 4;
+/// Version 2 adds the partition's next saga sequence (8) after the LSN.
+const PREAMBLE_V2_BYTES: usize = PREAMBLE_BYTES + 8;
 
 /// Why a snapshot payload does not decode.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -58,16 +64,29 @@ pub enum PayloadError {
 /// then chunks of sagas, each encoded through the codec (behind its
 /// version byte) so that they decode in parallel.
 pub fn encode_snapshot(partition: u16, lsn: u64, sagas: &BTreeMap<SagaId, SagaState>) -> Vec<u8> {
+    encode_partition(partition, lsn, 0, sagas)
+}
+
+/// [`encode_snapshot`], with the partition's next saga sequence: the ids
+/// of sagas that expired must never be given out again, and the snapshot
+/// may no longer hold the newest of them.
+pub fn encode_partition(
+    partition: u16,
+    lsn: u64,
+    next_seq: u64,
+    sagas: &BTreeMap<SagaId, SagaState>,
+) -> Vec<u8> {
     let states: Vec<&SagaState> = sagas.values().collect();
     let chunks: Vec<Vec<u8>> = states
         .chunks(CHUNK_SAGAS)
         .map(|chunk| codec::encode(&chunk))
         .collect();
     let mut payload =
-        Vec::with_capacity(PREAMBLE_BYTES + chunks.iter().map(|c| 8 + c.len()).sum::<usize>());
+        Vec::with_capacity(PREAMBLE_V2_BYTES + chunks.iter().map(|c| 8 + c.len()).sum::<usize>());
     payload.push(SNAPSHOT_PAYLOAD_VERSION);
     payload.extend_from_slice(&partition.to_le_bytes());
     payload.extend_from_slice(&lsn.to_le_bytes());
+    payload.extend_from_slice(&next_seq.to_le_bytes());
     payload.extend_from_slice(&(chunks.len() as u32).to_le_bytes());
     for chunk in &chunks {
         payload.extend_from_slice(&(chunk.len() as u64).to_le_bytes());
@@ -88,8 +107,21 @@ pub fn decode_snapshot(payload: &[u8]) -> Result<PartitionSnapshot, PayloadError
     }
     let partition = u16::from_le_bytes([payload[1], payload[2]]);
     let lsn = u64::from_le_bytes(payload[3..11].try_into().expect("8 bytes"));
-    let count = u32::from_le_bytes(payload[11..15].try_into().expect("4 bytes")) as usize;
-    let chunks = split_chunks(payload, count)?;
+    let (next_seq, preamble) = match version {
+        SNAPSHOT_PAYLOAD_VERSION_1 => (0, PREAMBLE_BYTES),
+        _ => {
+            let bytes = payload
+                .get(11..19)
+                .ok_or(PayloadError::Truncated(payload.len()))?;
+            let next_seq = u64::from_le_bytes(bytes.try_into().expect("8 bytes"));
+            (next_seq, PREAMBLE_V2_BYTES)
+        }
+    };
+    let count_bytes = payload
+        .get(preamble - 4..preamble)
+        .ok_or(PayloadError::Truncated(payload.len()))?;
+    let count = u32::from_le_bytes(count_bytes.try_into().expect("4 bytes")) as usize;
+    let chunks = split_chunks(payload, preamble, count)?;
     let mut sagas = Vec::new();
     for group in decode_chunks(&chunks, version) {
         for chunk in group? {
@@ -102,16 +134,17 @@ pub fn decode_snapshot(payload: &[u8]) -> Result<PartitionSnapshot, PayloadError
     Ok(PartitionSnapshot {
         partition,
         lsn,
+        next_seq,
         sagas,
     })
 }
 
 /// The `count` length-prefixed chunks after the preamble, which must end
 /// exactly at the payload's end.
-fn split_chunks(payload: &[u8], count: usize) -> Result<Vec<&[u8]>, PayloadError> {
+fn split_chunks(payload: &[u8], preamble: usize, count: usize) -> Result<Vec<&[u8]>, PayloadError> {
     // A corrupt count must not reserve memory it does not describe.
     let mut chunks = Vec::with_capacity(count.min(1 << 16));
-    let mut at = PREAMBLE_BYTES;
+    let mut at = preamble;
     for _ in 0..count {
         let length = payload
             .get(at..at + 8)

@@ -14,8 +14,8 @@ use skald_model::{Event, PartitionFold, SagaId, SagaState};
 use skald_snapshot::{Damage, SnapshotStore};
 
 pub use crate::payload::{
-    decode_snapshot, encode_snapshot, PartitionSnapshot, PayloadError, SNAPSHOT_PAYLOAD_VERSION,
-    SNAPSHOT_PAYLOAD_VERSION_1,
+    decode_snapshot, encode_partition, encode_snapshot, PartitionSnapshot, PayloadError,
+    SNAPSHOT_PAYLOAD_VERSION, SNAPSHOT_PAYLOAD_VERSION_1,
 };
 use crate::{Corruption, EngineError};
 
@@ -40,6 +40,9 @@ pub struct Recovered {
     pub replayed: u64,
     /// The LSN after the last record folded.
     pub end_lsn: u64,
+    /// The partition's next saga sequence the snapshot recorded (0 without
+    /// one): ids of expired sagas are never given out again.
+    pub next_seq: u64,
 }
 
 /// Where a [`fold_log`] stopped.
@@ -143,6 +146,7 @@ pub(crate) fn recover_sorted(
                 return Err(gap(snapshot.lsn));
             }
             recovered.snapshot = Some((snapshot.lsn, snapshot.path));
+            recovered.next_seq = decoded.next_seq;
             (PartitionFold::from_sorted(decoded.sagas), snapshot.lsn)
         }
         None if log.first_lsn() > 1 => return Err(gap(1)),

@@ -181,12 +181,16 @@ impl<I> StepContext<I> {
         self.deadline
     }
 
-    /// Whether this attempt has been asked to stop: the saga was cancelled,
-    /// the attempt timed out, or the engine is shutting down. The engine
-    /// does not wait for it: a cancelled saga lets the attempt finish (its
-    /// result counts), a timed-out attempt's future is dropped, and at a
-    /// shutdown the attempt runs again at the next open. Work the handler
-    /// started elsewhere (a request, a task) can stop early on it.
+    /// Whether this attempt has been asked to stop: its saga was cancelled
+    /// (a forward step before the pivot; never the pivot or a
+    /// compensation), the attempt timed out, or the engine is shutting
+    /// down. The engine does not wait for it: a cancelled saga lets the
+    /// attempt finish (its result counts), a timed-out attempt's future is
+    /// dropped, and at a shutdown the attempt runs again at the next open.
+    /// Work the handler started elsewhere (a request, a task) can stop
+    /// early on it. Return an error for a stopped attempt only if the
+    /// service cannot have applied it: an error is a definite "not
+    /// applied", and the step is then not compensated.
     pub fn is_cancelled(&self) -> bool {
         self.cancel.is_fired()
     }
@@ -195,10 +199,12 @@ impl<I> StepContext<I> {
     /// `tokio::select!` beside the work:
     ///
     /// ```ignore
+    /// // Before the call: nothing was sent yet, stopping is safe.
     /// tokio::select! {
-    ///     result = call_the_service(ctx.idempotency_key()) => result,
-    ///     () = ctx.cancelled() => Err(StepError::retryable("cancelled")),
-    /// }
+    ///     () = ctx.cancelled() => return Err(StepError::retryable("cancelled")),
+    ///     permit = rate_limiter.acquire() => permit,
+    /// };
+    /// call_the_service(ctx.idempotency_key()).await
     /// ```
     pub async fn cancelled(&self) {
         self.cancel.fired().await

@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 
 use skald_model::{SagaId, SagaState};
 
-use crate::recovery::{encode_snapshot, recover};
+use crate::recovery::{encode_partition, recover};
 use crate::runtime::off_thread;
 use crate::EngineError;
 
@@ -76,6 +76,8 @@ pub(crate) struct Delta {
     pub(crate) sagas: Vec<SagaState>,
     /// Sagas that expired: left out of snapshots from this one on.
     pub(crate) removed: Vec<SagaId>,
+    /// The partition's next saga sequence.
+    pub(crate) next_seq: u64,
 }
 
 /// The background task of one partition. Its shadow starts as the state
@@ -94,11 +96,11 @@ pub(crate) async fn run(
         return;
     };
     while let Some(delta) = deltas.recv().await {
-        let mut lsn = delta.lsn;
+        let (mut lsn, mut next_seq) = (delta.lsn, delta.next_seq);
         absorb(&mut shadow, delta);
         // Coalesce what queued up meanwhile: one snapshot at the latest.
         while let Ok(delta) = deltas.try_recv() {
-            lsn = delta.lsn;
+            (lsn, next_seq) = (delta.lsn, delta.next_seq);
             absorb(&mut shadow, delta);
         }
         // The snapshot may only cover durable records.
@@ -114,7 +116,7 @@ pub(crate) async fn run(
         }
         let (log, store) = (log.clone(), store.clone());
         let written = off_thread(inline, move || {
-            let result = write(partition, &log, &store, lsn, &shadow);
+            let result = write(partition, &log, &store, (lsn, next_seq), &shadow);
             (shadow, result)
         });
         let result;
@@ -184,10 +186,10 @@ fn write(
     partition: u16,
     log: &Log,
     store: &SnapshotStore,
-    lsn: u64,
+    (lsn, next_seq): (u64, u64),
     shadow: &BTreeMap<SagaId, SagaState>,
 ) -> Result<(usize, usize), EngineError> {
-    let payload = encode_snapshot(partition, lsn, shadow);
+    let payload = encode_partition(partition, lsn, next_seq, shadow);
     let kept = store.write(lsn, &payload)?;
     let oldest = kept.last().copied().unwrap_or(lsn);
     log.truncate_prefix(oldest)?;

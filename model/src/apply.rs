@@ -70,6 +70,10 @@ pub fn apply_mut(state: &mut SagaState, event: &Event) -> Result<(), ApplyError>
         EventKind::Completed => complete(state, name)?,
         EventKind::Compensated => abort(state, name)?,
         EventKind::Failed { reason } => {
+            // A planned retry will not run while an operator decides (a
+            // pivot in doubt fails the saga with its retry planned): the
+            // step is left failed, so that it can be resumed.
+            abandon_retries(state);
             state.status = SagaStatus::Failed;
             state.failure = Some(reason.clone());
         }
@@ -484,9 +488,14 @@ fn abort_requested(state: &SagaState) -> bool {
 /// Turning back abandons a planned forward retry: the step is left failed
 /// at its last attempt (its error kept), never started again.
 fn abandon_planned_retries(state: &mut SagaState) {
-    if !abort_requested(state) {
-        return;
+    if abort_requested(state) {
+        abandon_retries(state);
     }
+}
+
+/// Every planned forward retry abandoned: the step failed at its last
+/// attempt, or, if it never started (only delayed), pending.
+fn abandon_retries(state: &mut SagaState) {
     for step in state.steps.iter_mut() {
         if matches!(step.phase, StepPhase::WaitingRetry { .. }) {
             // A step whose first attempt was only delayed never started.

@@ -476,3 +476,26 @@ fn a_retriable_step_past_its_attempts_waits_at_least_a_second_between_retries() 
     assert_eq!(gaps.len(), 3);
     assert!(gaps.iter().all(|&gap| gap >= 1_000), "{gaps:?}");
 }
+
+#[test]
+fn a_pivot_in_doubt_with_a_retry_planned_can_still_be_resumed_by_an_operator() {
+    // The pivot times out (in doubt) and a retry is planned; a cancel then
+    // turns the saga back, which the pivot in doubt stops: Failed. The
+    // planned retry is abandoned with it, so the operator can resume the
+    // pivot (or mark the saga resolved).
+    let spec = spec_of(&[StepKind::Compensatable, StepKind::Pivot], 3);
+    let script = [Outcome::Success, Outcome::Timeout, Outcome::Cancel];
+    let (history, state) = simulate(&spec, &script, &[0]);
+    assert_eq!(state.status, SagaStatus::Failed, "{history:#?}");
+    let resume = Event {
+        saga: state.id,
+        at: state.updated_at + 1,
+        kind: EventKind::OperatorAction {
+            action: skald_model::OperatorAction::ResumeStep { step: 1 },
+            who: "ops".into(),
+            why: "the payment provider says it never charged".into(),
+        },
+    };
+    let resumed = apply(Some(&state), &resume).expect("the pivot can be resumed");
+    assert_eq!(resumed.status, SagaStatus::Running);
+}

@@ -11,7 +11,7 @@
 use std::path::PathBuf;
 
 use skald_engine::inspect::{
-    decode_snapshot, encode_snapshot, partition_count, SNAPSHOT_PAYLOAD_VERSION,
+    decode_snapshot, encode_partition, partition_count, SNAPSHOT_PAYLOAD_VERSION,
     SNAPSHOT_PAYLOAD_VERSION_1,
 };
 use skald_engine::{Engine, EngineOptions, Event, EventKind, OperatorAction, SagaId, Timer};
@@ -427,7 +427,7 @@ fn a_snapshot_file_decodes_from_its_checked_in_bytes_and_re_encodes_identically(
     const LSN: u64 = 12;
     let sagas = snapshot_sagas(true);
     let map = sagas.iter().map(|s| (s.id, s.clone())).collect();
-    let payload = encode_snapshot(3, LSN, &map);
+    let payload = encode_partition(3, LSN, 9, &map);
     assert_eq!(payload[0], SNAPSHOT_PAYLOAD_VERSION);
     let file = skald_snapshot::encode(LSN, &payload);
     let name = format!("v2/{}", skald_snapshot::file_name(LSN));
@@ -435,6 +435,7 @@ fn a_snapshot_file_decodes_from_its_checked_in_bytes_and_re_encodes_identically(
     let read = skald_snapshot::decode(&bytes, LSN).expect("the checked-in snapshot file is sound");
     let decoded = decode_snapshot(read).expect("its payload decodes");
     assert_eq!((decoded.partition, decoded.lsn), (3, LSN));
+    assert_eq!(decoded.next_seq, 9);
     assert_eq!(
         decoded.sagas, sagas,
         "the checked-in snapshot decodes to other sagas"

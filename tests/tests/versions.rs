@@ -175,3 +175,24 @@ fn a_saga_whose_version_is_not_registered_is_parked_visibly_until_it_is() {
         engine.shutdown().await.unwrap();
     });
 }
+
+#[test]
+fn a_changed_version_is_refused_even_when_finished_sagas_of_it_come_first() {
+    simulate(24, |sim| async move {
+        let journal = Arc::new(Journal::default());
+        // Finished sagas of version 1 in both partitions, then one in flight.
+        let engine = open(&sim, vec![order(1, &journal, false)]).await.unwrap();
+        for n in 0..4u64 {
+            let id = engine.start("order", &n).await.unwrap();
+            engine.wait(id).await.unwrap();
+        }
+        engine.shutdown().await.unwrap();
+        let in_flight = leave_one_in_flight(&sim, &journal).await;
+        let changed = order(2, &journal, false).version(1);
+        let error = open(&sim, vec![changed]).await.unwrap_err();
+        assert!(
+            matches!(error, EngineError::DefinitionChanged { saga, .. } if saga == in_flight),
+            "{error}"
+        );
+    });
+}

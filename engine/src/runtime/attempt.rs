@@ -21,10 +21,13 @@ use crate::cancel::CancelSignal;
 use crate::saga::{AttemptContext, Definition, Outputs, StepError};
 
 impl Partition {
-    /// Fires the cancellation signal of the saga's attempt under way.
+    /// Fires the cancellation signal of the saga's forward attempt under
+    /// way (never a compensation's).
     pub(super) fn signal_cancel(&mut self, saga: SagaId) {
         if let Some(running) = self.sagas.get(&saga).and_then(|e| e.running.as_ref()) {
-            running.cancel.fire();
+            if !running.run.compensation {
+                running.cancel.fire();
+            }
         }
     }
 
@@ -35,6 +38,10 @@ impl Partition {
         let Some(entry) = self.sagas.get_mut(&saga) else {
             return;
         };
+        // Taken first: an attempt that is not spawned (the saga moved on,
+        // or is shutting down) gives its admitted call back at once, so a
+        // half-open breaker's trial is never held by nobody.
+        let reserved = entry.call.take();
         let Some(definition) = entry.definition.clone() else {
             return;
         };
@@ -62,11 +69,14 @@ impl Partition {
         });
         let now = self.shared.clock.now();
         let service = &definition.spec().steps[run.step as usize].service;
-        let call = match admitted(&self.shared, entry.call.take(), run, service, now) {
+        let call = match admitted(&self.shared, reserved, run, service, now) {
             Ok(call) => call,
             Err(message) => {
-                let result = AttemptResult::Answered(Err(StepError::retryable(message)));
-                self.deferred.push_back((saga, run, result));
+                // Only an attempt resumed at open gets here: it may have
+                // been applied before the restart, so it is in doubt, not
+                // failed.
+                self.deferred
+                    .push_back((saga, run, AttemptResult::InDoubt(message)));
                 return;
             }
         };

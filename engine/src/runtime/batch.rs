@@ -183,6 +183,11 @@ impl Partition {
             let Some(entry) = self.sagas.get_mut(&saga) else {
                 continue;
             };
+            // Its end is durable and its waiters are answered here: from
+            // now on it may expire.
+            if super::retention::expires(&entry.state) {
+                self.finished.insert((entry.state.updated_at, saga));
+            }
             if entry.state.status.is_final() && !entry.waiters.is_empty() {
                 let view = entry.view();
                 for waiter in entry.waiters.drain(..) {

@@ -149,20 +149,27 @@ impl Partition {
             None => CancelOutcome::NotFound,
             Some(entry) => cancel_outcome(entry),
         };
-        let record = matches!(
-            outcome,
-            CancelOutcome::TurningBack | CancelOutcome::PivotInFlight | CancelOutcome::Parked
-        );
-        let turning = self
-            .sagas
-            .get(&saga)
-            .is_some_and(|e| e.state.cancel_reason.is_some());
-        if record && !turning {
+        // Recorded only where it changes what happens: a saga already
+        // turning back (compensating, or asked before) is left as it is.
+        let changes = self.sagas.get(&saga).is_some_and(|e| {
+            e.state.status == SagaStatus::Running && e.state.cancel_reason.is_none()
+        });
+        let record = changes
+            && matches!(
+                outcome,
+                CancelOutcome::TurningBack | CancelOutcome::PivotInFlight | CancelOutcome::Parked
+            );
+        if record {
             if let Err(error) = self.record(saga, EventKind::CancelRequested { reason }) {
                 self.effects.reply(reply, Err(error));
                 return;
             }
-            self.signal_cancel(saga);
+            // Only a forward step before the pivot is asked to stop; the
+            // pivot decides the outcome, and compensations are what a
+            // cancel wants.
+            if outcome == CancelOutcome::TurningBack {
+                self.signal_cancel(saga);
+            }
             self.drive(saga);
         }
         self.effects.reply(reply, Ok(outcome));

@@ -84,7 +84,7 @@ impl Partition {
         }
         let entry = Entry::new(state, Some(definition), true);
         self.sagas.insert(id, Box::new(entry));
-        self.snapshots.dirty.push(id);
+        self.snapshots.mark_dirty(id);
         self.snapshots.events_since += 1;
         self.effects.started.push((reply, id));
         self.drive(id);
@@ -218,16 +218,14 @@ impl Partition {
         }
         if !entry.dirty {
             entry.dirty = true;
-            self.snapshots.dirty.push(saga);
+            self.snapshots.mark_dirty(saga);
         }
         self.snapshots.events_since += 1;
         if entry.state.status.is_final() {
             // Waiters hear of it with this batch.
             self.effects.ended.push(saga);
         }
-        if super::retention::expires(&entry.state) {
-            self.finished.insert((entry.state.updated_at, saga));
-        }
+
         self.payloads.push(event.encode());
         self.pending_events.push(event);
         Ok(())
@@ -249,6 +247,10 @@ impl Partition {
                 Decision::Record(kind) => {
                     let kind = self.admit(saga, definition.spec(), kind, now);
                     if let Err(error) = self.record(saga, kind) {
+                        // The call admitted for it goes back to the breaker.
+                        if let Some(entry) = self.sagas.get_mut(&saga) {
+                            entry.call = None;
+                        }
                         // decide and apply disagree: a bug. Park the saga
                         // rather than loop or take the partition down.
                         tracing::error!(%saga, %error,
@@ -331,6 +333,28 @@ impl Partition {
         let Some(kind) = resume(&entry.state, definition.spec(), now) else {
             return;
         };
+        // Breakers start closed at open: the call is admitted now, before
+        // any resumed attempt could open a breaker, and waits for the spawn.
+        if let EventKind::AttemptResumed {
+            step,
+            attempt,
+            compensation,
+            deadline,
+        } = kind
+        {
+            let service = &definition.spec().steps[step as usize].service;
+            if let Ok(call) = BreakerCall::admit(&self.shared, service, now) {
+                let run = Run {
+                    step,
+                    attempt,
+                    compensation,
+                    deadline,
+                };
+                if let Some(entry) = self.sagas.get_mut(&saga) {
+                    entry.call = Some(Box::new((run, call)));
+                }
+            }
+        }
         if let Err(error) = self.record(saga, kind) {
             tracing::error!(%saga, %error, "an attempt in flight could not be resumed");
         }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use rand::rngs::StdRng;
 use skald_log::{Log, LogError};
-use skald_model::{DefinitionVersion, SagaId, SagaState};
+use skald_model::{SagaId, SagaState};
 use tokio::sync::mpsc;
 
 use super::batch::{DurableWait, Effects};
@@ -28,10 +28,13 @@ impl Partition {
         states: Vec<SagaState>,
         channels: Channels,
         rng: StdRng,
+        next_seq_floor: u64,
     ) -> Result<Partition, EngineError> {
         let Channels { rx, tx, events } = channels;
         let partitions = shared.partitions;
-        let mut next_seq = 1;
+        // At least what the snapshot recorded: the newest sagas may have
+        // expired, and their ids are never given out again.
+        let mut next_seq = next_seq_floor.max(1);
         let mut keys = HashMap::new();
         let mut entries = Vec::with_capacity(states.len());
         let mut definitions = DefinitionCache::default();
@@ -224,44 +227,52 @@ pub(crate) struct Channels {
     pub(crate) events: tokio::sync::broadcast::Sender<Arc<crate::view::EngineEvent>>,
 }
 
-/// Looks each recovered saga's definition up once per run of sagas that
-/// share it (most sagas share a few definitions and versions).
+/// Looks each recovered saga's definition version up in the registry once
+/// per run of sagas that share it (most sagas share a few); the checks
+/// that depend on the saga itself run for every saga.
 #[derive(Default)]
 struct DefinitionCache {
     last: Option<Resolved>,
 }
 
-/// A definition version looked up, and what it resolved to.
+/// A definition version looked up in the registry, and what it found.
 struct Resolved {
     definition: String,
-    version: Option<DefinitionVersion>,
+    version: Option<u32>,
     found: Option<Arc<dyn Definition>>,
 }
 
 impl DefinitionCache {
     /// The registered definition `state` runs on: the version it started
-    /// with (refusing one registered with other steps), or for a saga from
-    /// before versions, version 1 with as many steps. `None`: the saga is
-    /// parked (reported once here) until its version is registered.
+    /// with (refusing one registered with other steps while the saga is
+    /// unfinished), or for a saga from before versions, version 1 with as
+    /// many steps. `None`: the saga is parked (reported here) until its
+    /// version is registered.
     fn resolve(
         &mut self,
         shared: &Shared,
         state: &SagaState,
     ) -> Result<Option<Arc<dyn Definition>>, EngineError> {
-        let found = match &self.last {
-            Some(last) if last.definition == state.definition && last.version == state.version => {
+        let number = state.version.map_or(1, |v| v.number);
+        let registered = match &self.last {
+            Some(last) if last.definition == state.definition && last.version == Some(number) => {
                 last.found.clone()
             }
             _ => {
-                let found = lookup(shared, state)?;
+                let found = shared
+                    .definitions
+                    .get(&state.definition)
+                    .and_then(|versions| versions.get(&number))
+                    .cloned();
                 self.last = Some(Resolved {
                     definition: state.definition.clone(),
-                    version: state.version,
+                    version: Some(number),
                     found: found.clone(),
                 });
                 found
             }
         };
+        let found = fits(state, registered)?;
         if found.is_none() && !state.status.is_final() {
             let version = state.version.map(|v| v.number);
             tracing::warn!(saga = %state.id, definition = %state.definition, ?version,
@@ -271,36 +282,36 @@ impl DefinitionCache {
     }
 }
 
-/// The definition `state` runs on, if registered (see
+/// Whether the registered `definition` is the one `state` started on (see
 /// [`DefinitionCache::resolve`]).
-fn lookup(shared: &Shared, state: &SagaState) -> Result<Option<Arc<dyn Definition>>, EngineError> {
-    let Some(versions) = shared.definitions.get(&state.definition) else {
-        return Ok(None);
-    };
-    let Some(version) = state.version else {
-        // Started before versions: version 1, if its step count fits.
-        let fits = |d: &&Arc<dyn Definition>| d.spec().steps.len() == state.steps.len();
-        return Ok(versions.get(&1).filter(fits).cloned());
-    };
-    let Some(definition) = versions.get(&version.number) else {
+fn fits(
+    state: &SagaState,
+    definition: Option<Arc<dyn Definition>>,
+) -> Result<Option<Arc<dyn Definition>>, EngineError> {
+    let Some(definition) = definition else {
         return Ok(None);
     };
     let spec = definition.spec();
-    if spec.fingerprint() != version.fingerprint {
-        if state.status.is_final() {
-            // It runs nothing more; only its labels would be wrong.
-            return Ok(None);
-        }
-        return Err(EngineError::DefinitionChanged {
-            definition: state.definition.clone(),
-            version: version.number,
-            saga: state.id,
-            recorded: version.fingerprint,
-            registered_fingerprint: spec.fingerprint(),
-            registered: spec.signature(),
-        });
+    let Some(version) = state.version else {
+        // Started before versions: version 1, if its step count fits.
+        let same = spec.steps.len() == state.steps.len();
+        return Ok(same.then_some(definition));
+    };
+    if spec.fingerprint() == version.fingerprint {
+        return Ok(Some(definition));
     }
-    Ok(Some(definition.clone()))
+    if state.status.is_final() {
+        // It runs nothing more; only its labels would be wrong.
+        return Ok(None);
+    }
+    Err(EngineError::DefinitionChanged {
+        definition: state.definition.clone(),
+        version: version.number,
+        saga: state.id,
+        recorded: version.fingerprint,
+        registered_fingerprint: spec.fingerprint(),
+        registered: spec.signature(),
+    })
 }
 
 async fn poll_wait(wait: &mut Option<DurableWait>) -> Result<u64, LogError> {

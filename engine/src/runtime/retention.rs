@@ -66,7 +66,7 @@ impl Partition {
         }
         // The next snapshot leaves it out; the log keeps its events until
         // the snapshots no longer need them.
-        self.snapshots.removed.push(saga);
+        self.snapshots.mark_removed(saga);
         self.snapshots.events_since += 1;
     }
 }

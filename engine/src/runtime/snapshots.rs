@@ -50,6 +50,23 @@ impl Snapshots {
     }
 }
 
+impl Snapshots {
+    /// Notes a saga changed since the last delta (nothing when snapshots
+    /// are off: the list would only grow).
+    pub(super) fn mark_dirty(&mut self, saga: SagaId) {
+        if self.deltas.is_some() {
+            self.dirty.push(saga);
+        }
+    }
+
+    /// Notes a saga that expired since the last delta.
+    pub(super) fn mark_removed(&mut self, saga: SagaId) {
+        if self.deltas.is_some() {
+            self.removed.push(saga);
+        }
+    }
+}
+
 impl Partition {
     /// Starts the partition's snapshotter: `store` receives snapshots per
     /// `settings`; the snapshotter's shadow starts as the recovered state.
@@ -132,6 +149,7 @@ impl Partition {
             lsn: self.log.next_lsn(),
             sagas,
             removed: std::mem::take(&mut snapshots.removed),
+            next_seq: self.next_seq,
         };
         match deltas.try_send(delta) {
             Ok(()) => {}
