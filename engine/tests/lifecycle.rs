@@ -277,3 +277,37 @@ async fn a_saga_is_found_by_its_deduplication_key() {
     assert_eq!(engine.saga_by_key("order-7").await.unwrap(), Some(id));
     engine.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn an_operator_cannot_turn_back_a_saga_past_its_pivot() {
+    let dir = tempfile::tempdir().unwrap();
+    let saga = Saga::<u64>::new("shipped")
+        .step(
+            Step::new("reserve", |_ctx| async { Ok::<_, StepError>(()) })
+                .compensate(|_ctx| async { Ok(()) }),
+        )
+        .step(Step::new("charge", |_ctx| async { Ok::<_, StepError>(()) }).pivot())
+        .step(
+            Step::new("ship", |_ctx| async {
+                Err::<(), _>(StepError::permanent("address unknown"))
+            })
+            .retriable(),
+        );
+    let engine = open(&dir, saga).await;
+    let id = engine.start("shipped", &1u64).await.unwrap();
+    let view = engine.wait(id).await.unwrap();
+    assert_eq!(view.status, SagaStatus::Failed);
+    let refused = engine
+        .operate(
+            id,
+            skald_engine::OperatorAction::TurnBack { step: 2 },
+            "ops",
+            "undo it all",
+        )
+        .await;
+    assert!(
+        matches!(refused, Err(skald_engine::EngineError::Refused(_))),
+        "{refused:?}"
+    );
+    engine.shutdown().await.unwrap();
+}

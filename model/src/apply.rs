@@ -191,6 +191,7 @@ fn operate(
             state.status = SagaStatus::Resolved;
             Ok(())
         }
+        OperatorAction::TurnBack { step } => turn_back(state, name, step),
     }
 }
 
@@ -219,6 +220,22 @@ fn retry_compensation(
         }
     }
     state.status = SagaStatus::Compensating;
+    Ok(())
+}
+
+/// The operator's turn back: `step`'s attempts in doubt were not applied;
+/// the saga runs again, turning back (as a cancel would).
+fn turn_back(state: &mut SagaState, name: &'static str, step: StepIndex) -> Result<(), ApplyError> {
+    let phase = step_state(state, step)?.phase;
+    let undoing = state.steps.iter().any(|s| is_compensation_phase(s.phase));
+    let forward_failed = matches!(phase, StepPhase::Failed { .. } | StepPhase::Pending);
+    let detail = "turning back needs the step failed and nothing compensated yet";
+    require(state, name, forward_failed && !undoing, detail)?;
+    state.steps[step as usize].in_doubt.clear();
+    state
+        .cancel_reason
+        .get_or_insert_with(|| "turned back by an operator".to_owned());
+    state.status = SagaStatus::Running;
     Ok(())
 }
 

@@ -259,6 +259,14 @@ pub enum OperatorAction {
     },
     /// Declare a Failed saga resolved by hand.
     MarkResolved,
+    /// Turn a Failed saga back: the operator found that `step`'s attempts
+    /// in doubt were not applied (a pivot in doubt that never charged,
+    /// say), so the steps before it are compensated and the saga ends
+    /// Compensated. Appended last: existing logs decode as before.
+    TurnBack {
+        /// The step whose attempts in doubt were not applied.
+        step: StepIndex,
+    },
 }
 
 impl Event {
@@ -304,7 +312,7 @@ impl EventKind {
                 timer: Timer::Retry { step } | Timer::StepDeadline { step, .. },
             } => Some(*step),
             EventKind::OperatorAction {
-                action: OperatorAction::ResumeStep { step },
+                action: OperatorAction::ResumeStep { step } | OperatorAction::TurnBack { step },
                 ..
             } => Some(*step),
             other => other.step_and_attempt().map(|(step, _)| step),

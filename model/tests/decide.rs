@@ -499,3 +499,46 @@ fn a_pivot_in_doubt_with_a_retry_planned_can_still_be_resumed_by_an_operator() {
     let resumed = apply(Some(&state), &resume).expect("the pivot can be resumed");
     assert_eq!(resumed.status, SagaStatus::Running);
 }
+
+#[test]
+fn an_operator_turns_back_a_saga_whose_pivot_in_doubt_was_not_applied() {
+    let spec = spec_of(&[StepKind::Compensatable, StepKind::Pivot], 1);
+    let (_, mut state) = simulate(&spec, &[Outcome::Success, Outcome::Timeout], &[0]);
+    assert_eq!(state.status, SagaStatus::Failed);
+    let mut now = state.updated_at + 1;
+    let turn_back = Event {
+        saga: state.id,
+        at: now,
+        kind: EventKind::OperatorAction {
+            action: skald_model::OperatorAction::TurnBack { step: 1 },
+            who: "ops".into(),
+            why: "the provider never charged".into(),
+        },
+    };
+    state = apply(Some(&state), &turn_back).expect("a Failed saga turns back");
+    // Run it to its end: every compensation succeeds.
+    let mut compensated = Vec::new();
+    for _ in 0..100 {
+        now += 1;
+        let kind = match decide(&state, &spec, now, 0.0) {
+            Decision::Done => break,
+            Decision::Record(kind) => kind,
+            Decision::Wait { run: Some(run), .. } if run.compensation => {
+                compensated.push(run.step);
+                EventKind::StepCompensated {
+                    step: run.step,
+                    attempt: run.attempt,
+                }
+            }
+            other => panic!("unexpected {other:?}"),
+        };
+        let event = Event {
+            saga: state.id,
+            at: now,
+            kind,
+        };
+        state = apply(Some(&state), &event).unwrap();
+    }
+    assert_eq!(state.status, SagaStatus::Compensated);
+    assert_eq!(compensated, [0], "the step before the pivot was undone");
+}

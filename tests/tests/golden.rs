@@ -253,6 +253,14 @@ fn events() -> Vec<(&'static str, EventKind)> {
             },
         ),
         (
+            "operator-turn-back",
+            EventKind::OperatorAction {
+                action: OperatorAction::TurnBack { step: 2 },
+                who: "ops".into(),
+                why: "the provider never charged".into(),
+            },
+        ),
+        (
             "operator-mark-resolved",
             EventKind::OperatorAction {
                 action: OperatorAction::MarkResolved,

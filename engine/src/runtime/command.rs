@@ -4,7 +4,9 @@
 
 use std::sync::Arc;
 
-use skald_model::{EventKind, OperatorAction, Run, SagaId, SagaStatus, StepKind, StepPhase};
+use skald_model::{
+    ApplyError, EventKind, OperatorAction, Run, SagaId, SagaStatus, StepKind, StepPhase,
+};
 use tokio::sync::oneshot;
 
 use super::attempt::AttemptResult;
@@ -122,7 +124,14 @@ impl Partition {
                 who,
                 why,
                 reply,
-            } => self.operate(saga, EventKind::OperatorAction { action, who, why }, reply),
+            } => {
+                if let Some(refused) = self.refuse_turn_back(saga, action) {
+                    self.effects
+                        .reply(reply, Err(EngineError::Refused(refused)));
+                    return;
+                }
+                self.operate(saga, EventKind::OperatorAction { action, who, why }, reply)
+            }
             Command::Versions { reply } => {
                 let counts = self.version_counts();
                 self.effects.reply(reply, Ok(counts));
@@ -173,6 +182,25 @@ impl Partition {
             self.drive(saga);
         }
         self.effects.reply(reply, Ok(outcome));
+    }
+
+    /// A turn back is refused once the pivot has succeeded: the saga can
+    /// only go forward (the fold does not know step kinds; the definition
+    /// does).
+    fn refuse_turn_back(&self, saga: SagaId, action: OperatorAction) -> Option<ApplyError> {
+        let OperatorAction::TurnBack { .. } = action else {
+            return None;
+        };
+        let entry = self.sagas.get(&saga)?;
+        let spec = entry.definition.as_ref()?.spec();
+        let pivot = spec.steps.iter().position(|s| s.kind == StepKind::Pivot)?;
+        let succeeded = entry.state.steps[pivot].phase == StepPhase::Succeeded;
+        succeeded.then_some(ApplyError::SagaTransition {
+            saga,
+            event: "OperatorAction",
+            status: entry.state.status,
+            detail: "the pivot has succeeded: the saga can only go forward",
+        })
     }
 
     /// Records a caller's event (a cancel request, an operator action) and
