@@ -134,7 +134,7 @@ pub enum EngineError {
 
     /// A recorded event or a snapshot does not decode or does not fold:
     /// the directory is damaged or was written by an incompatible build.
-    #[error("{path}: record at LSN {lsn}: {cause}")]
+    #[error("{path}: at LSN {lsn}: {cause}")]
     Corrupt {
         /// The partition's log directory, or the snapshot file.
         path: PathBuf,

@@ -75,6 +75,22 @@ async fn start_and_hang(
     (engine, id)
 }
 
+/// After an hour down (its step's timeout is 10 s), the reopened engine
+/// runs the attempt that was in flight again: the same attempt, the same
+/// key, and the saga completes.
+async fn runs_again_after_downtime(sim: &Simulation, calls: &Arc<Calls>, id: SagaId) {
+    tokio::time::sleep(DOWNTIME).await;
+    let day = Duration::from_secs(86_400);
+    let engine = open(sim, saga(calls.clone(), false, day)).await.unwrap();
+    let view = engine.wait(id).await.unwrap();
+    assert_eq!(view.status, SagaStatus::Completed, "{view:?}");
+    let keys = calls.keys();
+    assert_eq!(keys.len(), 2, "the attempt ran again: {keys:?}");
+    assert_eq!(keys[0], keys[1], "with the same idempotency key");
+    assert_eq!(view.steps[1].attempts, 1, "the same attempt, not a retry");
+    engine.shutdown().await.unwrap();
+}
+
 #[test]
 fn an_attempt_in_flight_at_a_crash_runs_again_after_downtime_past_its_timeout() {
     simulate(11, |mut sim| async move {
@@ -89,20 +105,7 @@ fn an_attempt_in_flight_at_a_crash_runs_again_after_downtime_past_its_timeout() 
         ));
         let _ = engine.shutdown().await; // its disk is gone: it only stops
         drop(engine);
-        tokio::time::sleep(DOWNTIME).await;
-        let engine = open(
-            &sim,
-            saga(calls.clone(), false, Duration::from_secs(86_400)),
-        )
-        .await
-        .unwrap();
-        let view = engine.wait(id).await.unwrap();
-        assert_eq!(view.status, SagaStatus::Completed, "{view:?}");
-        let keys = calls.keys();
-        assert_eq!(keys.len(), 2, "the attempt ran again: {keys:?}");
-        assert_eq!(keys[0], keys[1], "with the same idempotency key");
-        assert_eq!(view.steps[1].attempts, 1, "the same attempt, not a retry");
-        engine.shutdown().await.unwrap();
+        runs_again_after_downtime(&sim, &calls, id).await;
     });
 }
 
@@ -113,19 +116,7 @@ fn an_attempt_abandoned_at_shutdown_runs_again_after_downtime_past_its_timeout()
         let (engine, id) = start_and_hang(&sim, &calls, Duration::from_secs(86_400)).await;
         engine.shutdown().await.unwrap();
         drop(engine);
-        tokio::time::sleep(DOWNTIME).await;
-        let engine = open(
-            &sim,
-            saga(calls.clone(), false, Duration::from_secs(86_400)),
-        )
-        .await
-        .unwrap();
-        let view = engine.wait(id).await.unwrap();
-        assert_eq!(view.status, SagaStatus::Completed, "{view:?}");
-        let keys = calls.keys();
-        assert_eq!(keys.len(), 2, "{keys:?}");
-        assert_eq!(keys[0], keys[1]);
-        engine.shutdown().await.unwrap();
+        runs_again_after_downtime(&sim, &calls, id).await;
     });
 }
 

@@ -296,20 +296,14 @@ impl Partition {
             } => (step, attempt, true, deadline),
             other => return other,
         };
-        let service = &spec.steps[step as usize].service;
-        match BreakerCall::admit(&self.shared, service, now) {
-            Ok(call) => {
-                let run = Run {
-                    step,
-                    attempt,
-                    compensation,
-                    deadline,
-                };
-                if let Some(entry) = self.sagas.get_mut(&saga) {
-                    entry.call = Some(Box::new((run, call)));
-                }
-                kind
-            }
+        let run = Run {
+            step,
+            attempt,
+            compensation,
+            deadline,
+        };
+        match self.reserve_call(saga, spec, run, now) {
+            Ok(()) => kind,
             Err(until) => EventKind::AttemptDelayed {
                 step,
                 attempt,
@@ -317,6 +311,23 @@ impl Partition {
                 until,
             },
         }
+    }
+
+    /// Asks `run`'s service breaker to let it through; the admitted call
+    /// waits in the saga's entry for the spawn. `Err`: when to ask again.
+    fn reserve_call(
+        &mut self,
+        saga: SagaId,
+        spec: &SagaSpec,
+        run: Run,
+        now: Millis,
+    ) -> Result<(), Millis> {
+        let service = &spec.steps[run.step as usize].service;
+        let call = BreakerCall::admit(&self.shared, service, now)?;
+        if let Some(entry) = self.sagas.get_mut(&saga) {
+            entry.call = Some(Box::new((run, call)));
+        }
+        Ok(())
     }
 
     /// At open: the attempt that was in flight when the engine stopped gets
@@ -342,18 +353,14 @@ impl Partition {
             deadline,
         } = kind
         {
-            let service = &definition.spec().steps[step as usize].service;
-            if let Ok(call) = BreakerCall::admit(&self.shared, service, now) {
-                let run = Run {
-                    step,
-                    attempt,
-                    compensation,
-                    deadline,
-                };
-                if let Some(entry) = self.sagas.get_mut(&saga) {
-                    entry.call = Some(Box::new((run, call)));
-                }
-            }
+            let run = Run {
+                step,
+                attempt,
+                compensation,
+                deadline,
+            };
+            // Refused (only if a breaker opened meanwhile): the spawn asks again.
+            let _ = self.reserve_call(saga, definition.spec(), run, now);
         }
         if let Err(error) = self.record(saga, kind) {
             tracing::error!(%saga, %error, "an attempt in flight could not be resumed");

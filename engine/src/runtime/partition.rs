@@ -238,7 +238,7 @@ struct DefinitionCache {
 /// A definition version looked up in the registry, and what it found.
 struct Resolved {
     definition: String,
-    version: Option<u32>,
+    version: u32,
     found: Option<Arc<dyn Definition>>,
 }
 
@@ -255,7 +255,7 @@ impl DefinitionCache {
     ) -> Result<Option<Arc<dyn Definition>>, EngineError> {
         let number = state.version.map_or(1, |v| v.number);
         let registered = match &self.last {
-            Some(last) if last.definition == state.definition && last.version == Some(number) => {
+            Some(last) if last.definition == state.definition && last.version == number => {
                 last.found.clone()
             }
             _ => {
@@ -266,7 +266,7 @@ impl DefinitionCache {
                     .cloned();
                 self.last = Some(Resolved {
                     definition: state.definition.clone(),
-                    version: Some(number),
+                    version: number,
                     found: found.clone(),
                 });
                 found
