@@ -1,7 +1,8 @@
 //! Time from open to accepting new sagas, with 1 million and 10 million
 //! events in the log, with and without a snapshot covering them.
 //!
-//! The history is 4-step sagas that completed (10 events each), written
+//! The histories are 4-step sagas, completed (10 events each) or in flight
+//! (4 events: the first step failed and waits for its retry), written
 //! straight to a one-partition engine directory. The baseline beside each
 //! figure is the log alone: reading every record with its CRC check, in
 //! the same run, so the ratio shows what decoding and folding cost.
@@ -24,16 +25,39 @@ use skald_log::{Log, LogOptions};
 use skald_model::{apply, SagaState};
 use skald_snapshot::SnapshotStore;
 
-/// The events of one completed 4-step saga.
-fn saga_events(id: u64, at: u64) -> Vec<Event> {
+/// The events of one 4-step saga: completed (10 events), or `parked`: in
+/// flight, its first step failed and waiting an hour for its retry (4).
+fn saga_events(id: u64, at: u64, parked: bool) -> Vec<Event> {
     let saga = SagaId(id);
     let mut kinds = vec![EventKind::StartedV1 {
         definition: BENCH_SAGA.into(),
         steps: 4,
         input: b"0".to_vec(),
-        deadline: at + 3_600_000,
+        deadline: at + 7_200_000,
         key: None,
     }];
+    if parked {
+        kinds.extend([
+            EventKind::StepStarted {
+                step: 0,
+                attempt: 1,
+                deadline: at + 30_000,
+            },
+            EventKind::StepFailed {
+                step: 0,
+                attempt: 1,
+                error: "service unavailable".into(),
+                permanent: false,
+            },
+            EventKind::RetryScheduled {
+                step: 0,
+                attempt: 2,
+                fire_at: at + 3_600_000,
+                compensation: false,
+            },
+        ]);
+        return events_of(saga, at, kinds);
+    }
     for step in 0..4u16 {
         kinds.push(EventKind::StepStarted {
             step,
@@ -47,6 +71,10 @@ fn saga_events(id: u64, at: u64) -> Vec<Event> {
         });
     }
     kinds.push(EventKind::Completed);
+    events_of(saga, at, kinds)
+}
+
+fn events_of(saga: SagaId, at: u64, kinds: Vec<EventKind>) -> Vec<Event> {
     kinds
         .into_iter()
         .map(|kind| Event { saga, at, kind })
@@ -55,7 +83,7 @@ fn saga_events(id: u64, at: u64) -> Vec<Event> {
 
 /// Writes `sagas` sagas' events into a one-partition engine directory;
 /// returns the folded state if `fold`.
-fn write_history(dir: &Path, sagas: u64, fold: bool) -> BTreeMap<SagaId, SagaState> {
+fn write_history(dir: &Path, sagas: u64, parked: bool, fold: bool) -> BTreeMap<SagaId, SagaState> {
     std::fs::create_dir_all(dir).unwrap();
     std::fs::write(dir.join("ENGINE"), "skald-engine 1\npartitions = 1\n").unwrap();
     let log = Log::open(
@@ -66,7 +94,12 @@ fn write_history(dir: &Path, sagas: u64, fold: bool) -> BTreeMap<SagaId, SagaSta
     let mut states = BTreeMap::new();
     let mut batch = Vec::new();
     for id in 1..=sagas {
-        let events = saga_events(id, 1_700_000_000_000 + id);
+        let at = match parked {
+            // In flight: its timers are an hour from now.
+            true => now_millis(),
+            false => 1_700_000_000_000 + id,
+        };
+        let events = saga_events(id, at, parked);
         for event in &events {
             batch.push(event.encode());
             if fold {
@@ -82,6 +115,11 @@ fn write_history(dir: &Path, sagas: u64, fold: bool) -> BTreeMap<SagaId, SagaSta
     }
     log.close().unwrap();
     states
+}
+
+fn now_millis() -> u64 {
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    since.expect("a clock after 1970").as_millis() as u64
 }
 
 /// Reads every record of the partition's log (CRC checks, no decoding).
@@ -104,7 +142,7 @@ fn open_and_accept(runtime: &tokio::runtime::Runtime, dir: &Path) -> Duration {
             .options(
                 EngineOptions::default()
                     .partitions(1)
-                    .snapshots(SnapshotSettings::disabled()),
+                    .snapshots(SnapshotSettings::default()),
             )
             .register(skald_examples::bench::noop_saga(4))
             .unwrap()
@@ -126,19 +164,21 @@ fn main() {
         .build()
         .unwrap();
     println!(
-        "{:>11} {:>9} {:>10} {:>14} {:>16} {:>12}",
-        "events", "sagas", "snapshot", "open+accept", "events/s folded", "log read"
+        "{:>11} {:>9} {:>10} {:>10} {:>14} {:>16} {:>12}",
+        "events", "sagas", "state", "snapshot", "open+accept", "events/s folded", "log read"
     );
     let sizes = if smoke {
         vec![1_000]
     } else {
         vec![scale(100_000).max(10), scale(1_000_000).max(10)]
     };
+    // (in flight, with a snapshot)
+    let cases = [(false, false), (false, true), (true, false), (true, true)];
     for sagas in sizes {
-        let events = sagas * 10;
-        for with_snapshot in [false, true] {
+        for (parked, with_snapshot) in cases {
+            let events = sagas * if parked { 4 } else { 10 };
             let dir = scratch_dir();
-            let states = write_history(dir.path(), sagas, with_snapshot);
+            let states = write_history(dir.path(), sagas, parked, with_snapshot);
             if with_snapshot {
                 let end = events + 1;
                 let store =
@@ -151,9 +191,10 @@ fn main() {
             let ready = open_and_accept(&runtime, dir.path());
             let folded = if with_snapshot { 0 } else { events };
             println!(
-                "{:>11} {:>9} {:>10} {:>12.3} s {:>16} {:>10.3} s",
+                "{:>11} {:>9} {:>10} {:>10} {:>12.3} s {:>16} {:>10.3} s",
                 events,
                 sagas,
+                if parked { "in flight" } else { "completed" },
                 if with_snapshot { "yes" } else { "no" },
                 ready.as_secs_f64(),
                 if with_snapshot {

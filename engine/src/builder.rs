@@ -190,7 +190,7 @@ fn open_partitions(
             floor,
         )?;
         opened.recovered.extend(partition.unfinished());
-        let partition = partition.with_snapshots(options.snapshots, store);
+        let partition = partition.with_snapshots(options.snapshots, store, rebuilt.skipped);
         opened.tasks.push(tokio::spawn(partition.run()));
         opened.senders.push(tx);
     }

@@ -122,11 +122,14 @@ pub fn decode_snapshot(payload: &[u8]) -> Result<PartitionSnapshot, PayloadError
         .ok_or(PayloadError::Truncated(payload.len()))?;
     let count = u32::from_le_bytes(count_bytes.try_into().expect("4 bytes")) as usize;
     let chunks = split_chunks(payload, preamble, count)?;
-    let mut sagas = Vec::new();
-    for group in decode_chunks(&chunks, version) {
-        for chunk in group? {
-            sagas.extend(chunk);
-        }
+    let groups = decode_chunks(&chunks, version)
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()?;
+    // One move of each saga into a vector of the exact size.
+    let total = groups.iter().flatten().map(Vec::len).sum();
+    let mut sagas = Vec::with_capacity(total);
+    for chunk in groups.into_iter().flatten() {
+        sagas.extend(chunk);
     }
     if let Some(pair) = sagas.windows(2).find(|pair| pair[0].id >= pair[1].id) {
         return Err(PayloadError::Order(pair[1].id));

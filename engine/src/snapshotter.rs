@@ -10,11 +10,12 @@
 //! clone of what changed since the last snapshot, nothing more.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use skald_log::{Durability, Log};
-use skald_snapshot::SnapshotStore;
+use skald_snapshot::{Damage, SnapshotStore};
 use tokio::sync::mpsc;
 
 use skald_model::{SagaId, SagaState};
@@ -83,19 +84,34 @@ pub(crate) struct Delta {
 /// The background task of one partition. Its shadow starts as the state
 /// the open recovered (up to `open_end`), rebuilt here from the same
 /// snapshot and log rather than copied, so that the open does not pay for
-/// a second copy of every saga.
+/// a second copy of every saga; and rebuilt only when the first delta
+/// arrives, so that it does not take a CPU from the open's own recovery
+/// and resumption (the log up to `open_end` stays: only this task deletes
+/// segments). The snapshots the open found damaged are removed first.
 pub(crate) async fn run(
     partition: u16,
     log: Arc<Log>,
     store: SnapshotStore,
-    open_end: u64,
+    (open_end, damaged): (u64, Vec<(PathBuf, Damage)>),
     mut deltas: mpsc::Receiver<Delta>,
     inline: bool,
 ) {
+    remove_damaged(partition, &store, &damaged, inline).await;
+    let Some(first) = deltas.recv().await else {
+        return;
+    };
     let Some(mut shadow) = rebuild_shadow(partition, &log, &store, open_end, inline).await else {
         return;
     };
-    while let Some(delta) = deltas.recv().await {
+    let mut next = Some(first);
+    loop {
+        let delta = match next.take() {
+            Some(delta) => delta,
+            None => match deltas.recv().await {
+                Some(delta) => delta,
+                None => return,
+            },
+        };
         let (mut lsn, mut next_seq) = (delta.lsn, delta.next_seq);
         absorb(&mut shadow, delta);
         // Coalesce what queued up meanwhile: one snapshot at the latest.
@@ -164,9 +180,20 @@ async fn rebuild_shadow(
             return None;
         }
     };
-    // Snapshots found damaged at open would count towards the K kept and
-    // push a sound one out (found in review): remove them.
-    for (path, damage) in &rebuilt.skipped {
+    // Damaged since the open's recovery: removed as well.
+    remove_damaged(partition, store, &rebuilt.skipped, inline).await;
+    Some(rebuilt.sagas)
+}
+
+/// Snapshots found damaged would count towards the K kept and push a sound
+/// one out (found in review): they are removed.
+async fn remove_damaged(
+    partition: u16,
+    store: &SnapshotStore,
+    damaged: &[(PathBuf, Damage)],
+    inline: bool,
+) {
+    for (path, damage) in damaged {
         tracing::warn!(partition, path = %path.display(), %damage, "removing a damaged snapshot");
         let name = path.file_name().and_then(|n| n.to_str());
         if let Some(lsn) = name.and_then(skald_snapshot::parse_file_name) {
@@ -176,7 +203,6 @@ async fn rebuild_shadow(
             }
         }
     }
-    Some(rebuilt.sagas)
 }
 
 /// Writes the shadow as the snapshot at `lsn`, then deletes the log

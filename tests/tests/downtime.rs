@@ -145,3 +145,103 @@ fn downtime_counts_against_the_saga_deadline() {
         engine.shutdown().await.unwrap();
     });
 }
+
+/// More unfinished sagas than one turn resumes: the reopened engine takes
+/// new work at once and resumes the rest over the following turns. A
+/// cancel for a saga not resumed yet resumes it first: its attempt is
+/// recorded as resumed before the cancel and runs once, then the saga is
+/// compensated.
+#[test]
+fn a_command_for_a_saga_not_yet_resumed_resumes_it_first() {
+    /// Past what one turn of one partition resumes (4,096).
+    const SAGAS: u64 = 5_000;
+    type Seen = Arc<Mutex<Vec<(SagaId, bool)>>>;
+    fn reserve(seen: Seen, hang: bool) -> Saga<u64> {
+        let compensated = seen.clone();
+        let execute = move |ctx: StepContext<u64>| {
+            let seen = seen.clone();
+            async move {
+                seen.lock().push((ctx.saga_id(), false));
+                if hang {
+                    std::future::pending::<()>().await;
+                }
+                // Still running when the rest of the sagas resume.
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                Ok::<_, StepError>(())
+            }
+        };
+        let compensate = move |ctx: StepContext<u64>| {
+            let seen = compensated.clone();
+            async move {
+                seen.lock().push((ctx.saga_id(), true));
+                Ok(())
+            }
+        };
+        Saga::<u64>::new("batch")
+            .step(Step::new("reserve", execute).compensate(compensate))
+            .step(Step::new("confirm", |_ctx| async { Ok::<_, StepError>(()) }).pivot())
+            .timeout(Duration::from_secs(86_400))
+    }
+    simulate(14, |mut sim| async move {
+        let seen: Seen = Arc::default();
+        let options = sim.options().partitions(1);
+        let engine = Engine::builder(sim.dir())
+            .options(options)
+            .register(reserve(seen.clone(), true))
+            .unwrap()
+            .open()
+            .await
+            .unwrap();
+        let mut ids = Vec::new();
+        for n in 0..SAGAS {
+            ids.push(engine.start("batch", &n).await.unwrap());
+        }
+        while (seen.lock().len() as u64) < SAGAS {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        sim.crash();
+        drop(engine);
+        seen.lock().clear();
+        let options = sim.options().partitions(1).event_buffer(100_000);
+        let engine = Engine::builder(sim.dir())
+            .options(options)
+            .register(reserve(seen.clone(), false))
+            .unwrap()
+            .open()
+            .await
+            .unwrap();
+        let mut events = engine.subscribe();
+        let last = *ids.last().unwrap();
+        let outcome = engine.cancel(last, "changed my mind").await.unwrap();
+        assert_eq!(outcome, skald_engine::CancelOutcome::TurningBack);
+        for &id in &ids {
+            let view = engine.wait(id).await.unwrap();
+            let status = match id == last {
+                true => SagaStatus::Compensated,
+                false => SagaStatus::Completed,
+            };
+            assert_eq!(view.status, status, "{view:?}");
+            assert_eq!(view.steps[0].attempts, 1, "resumed, not retried: {view:?}");
+        }
+        let seen = seen.lock().clone();
+        let runs = |saga, compensation| seen.iter().filter(|&&s| s == (saga, compensation)).count();
+        for &id in &ids {
+            assert_eq!(runs(id, false), 1, "{id}: its attempt ran again once");
+        }
+        assert_eq!(runs(last, true), 1, "the cancelled saga was compensated");
+        assert_eq!(seen.len() as u64, SAGAS + 1);
+        // Its attempt was recorded as resumed before the cancel.
+        let mut kinds = Vec::new();
+        while let Ok(event) = events.try_recv() {
+            if event.event.saga == last {
+                kinds.push(event.event.kind.name());
+            }
+        }
+        assert_eq!(
+            kinds[..2],
+            ["AttemptResumed", "CancelRequested"],
+            "{kinds:?}"
+        );
+        engine.shutdown().await.unwrap();
+    });
+}

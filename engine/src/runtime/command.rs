@@ -105,6 +105,9 @@ impl Partition {
             command.refuse(&EngineError::ShutDown);
             return;
         }
+        if let Command::Cancel { saga, .. } | Command::Operator { saga, .. } = &command {
+            self.resume_first(*saga);
+        }
         match command {
             Command::Start {
                 definition,

@@ -69,6 +69,10 @@ const TURN_COMMANDS_MAX: usize = 4_096;
 /// Written batches a partition lets wait for durability at most; past it,
 /// the loop takes no new command until a flush completes.
 const BATCHES_IN_FLIGHT_MAX: usize = 64;
+/// Recovered sagas one turn resumes at most: an open with a million
+/// unfinished sagas takes new work within a turn, while the rest resume
+/// over the following turns.
+const RESUMES_PER_TURN_MAX: usize = 4_096;
 
 /// Shared by the partitions of one engine.
 pub(crate) struct Shared {
@@ -209,4 +213,7 @@ pub(crate) struct Partition {
     /// Consistency checks under way; shutdown waits for them, since they
     /// read the log.
     checks: Vec<JoinHandle<()>>,
+    /// Unfinished sagas recovered at open and not resumed yet (see
+    /// [`RESUMES_PER_TURN_MAX`]); a command for one resumes it first.
+    resuming: BTreeSet<SagaId>,
 }

@@ -14,7 +14,9 @@ use super::batch::{DurableWait, Effects};
 use super::command::Command;
 use super::retention::expires;
 use super::snapshots::Snapshots;
-use super::{Entry, Partition, Shared, BATCHES_IN_FLIGHT_MAX, TURN_COMMANDS_MAX};
+use super::{
+    Entry, Partition, Shared, BATCHES_IN_FLIGHT_MAX, RESUMES_PER_TURN_MAX, TURN_COMMANDS_MAX,
+};
 use crate::saga::Definition;
 use crate::EngineError;
 
@@ -77,6 +79,7 @@ impl Partition {
             shutdown: Vec::new(),
             snapshots: Snapshots::disabled(),
             checks: Vec::new(),
+            resuming: BTreeSet::new(),
         })
     }
 
@@ -90,17 +93,14 @@ impl Partition {
     }
 
     pub(crate) async fn run(mut self) {
-        // Resume every unfinished saga where it stood: an attempt that was
-        // in flight runs again, with a fresh deadline.
-        for id in self.unfinished() {
-            self.resume(id);
-            self.drive(id);
-        }
-        self.write_turn();
+        // Resume every unfinished saga where it stood, a slice per turn: an
+        // attempt that was in flight runs again, with a fresh deadline.
+        self.resuming = self.unfinished().into_iter().collect();
         loop {
             if !self.shutdown.is_empty() && self.in_flight.is_empty() {
                 break;
             }
+            self.resume_some();
             if !self.deferred.is_empty() {
                 self.deferred_turn();
             } else if !self.turn().await {
@@ -129,10 +129,18 @@ impl Partition {
             false => None,
         };
         let timer_at = next_timer.map(|at| self.shared.clock.instant_of(at));
-        let sleep_until = [timer_at, self.snapshot_due_at(), self.expiry_due_at()]
-            .into_iter()
-            .flatten()
-            .min();
+        // Sagas still to resume: take what is ready, wait for nothing.
+        let resuming =
+            (!self.resuming.is_empty() && self.shutdown.is_empty()).then(tokio::time::Instant::now);
+        let sleep_until = [
+            timer_at,
+            self.snapshot_due_at(),
+            self.expiry_due_at(),
+            resuming,
+        ]
+        .into_iter()
+        .flatten()
+        .min();
         // Too many batches waiting for the disk: take no new work until
         // one is durable (commands wait in the bounded queue, and callers
         // behind a full queue wait to send).
@@ -159,6 +167,31 @@ impl Partition {
         }
         self.expire();
         true
+    }
+
+    /// Resumes the next recovered sagas, at most [`RESUMES_PER_TURN_MAX`].
+    /// Shutting down, the rest stay as they are: the next open resumes them.
+    fn resume_some(&mut self) {
+        if !self.shutdown.is_empty() || self.failed.is_some() {
+            return;
+        }
+        for _ in 0..RESUMES_PER_TURN_MAX {
+            let Some(saga) = self.resuming.pop_first() else {
+                return;
+            };
+            self.resume(saga);
+            self.drive(saga);
+        }
+    }
+
+    /// Resumes `saga` now if it is still waiting to: a command that
+    /// changes a saga must find it resumed (its attempt in flight at the
+    /// crash recorded as resumed), never resume it behind the command.
+    pub(super) fn resume_first(&mut self, saga: SagaId) {
+        if self.resuming.remove(&saga) {
+            self.resume(saga);
+            self.drive(saga);
+        }
     }
 
     /// Results the partition produced itself (an open breaker, an input

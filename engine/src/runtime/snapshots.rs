@@ -2,8 +2,10 @@
 //! a snapshot is due, and handing their states to the snapshotter task
 //! through a bounded queue.
 
+use std::path::PathBuf;
+
 use skald_model::SagaId;
-use skald_snapshot::SnapshotStore;
+use skald_snapshot::{Damage, SnapshotStore};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -70,10 +72,13 @@ impl Snapshots {
 impl Partition {
     /// Starts the partition's snapshotter: `store` receives snapshots per
     /// `settings`; the snapshotter's shadow starts as the recovered state.
+    /// Starts the snapshotter, which first removes the snapshots the
+    /// open found `damaged`.
     pub(crate) fn with_snapshots(
         mut self,
         settings: SnapshotSettings,
         store: SnapshotStore,
+        damaged: Vec<(PathBuf, Damage)>,
     ) -> Partition {
         self.snapshots.store = Some(store.clone());
         if !settings.enabled() {
@@ -84,7 +89,7 @@ impl Partition {
             self.index,
             self.log.clone(),
             store,
-            self.log.next_lsn(),
+            (self.log.next_lsn(), damaged),
             receiver,
             self.shared.deterministic,
         ));
