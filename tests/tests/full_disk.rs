@@ -199,3 +199,100 @@ async fn a_full_ext4_disk_fail_stops_and_a_reopen_after_freeing_space_finishes_e
         Err(why) => println!("SKIPPED: cannot loop-mount ext4 here ({why}); run as root"),
     }
 }
+
+/// Every partition's newest segment file, the one a reopen writes into.
+fn newest_segments(dir: &Path) -> Vec<PathBuf> {
+    (0..2)
+        .map(|partition| {
+            let partition = skald_engine::inspect::partition_dir(dir, partition);
+            let mut segments: Vec<PathBuf> = std::fs::read_dir(&partition)
+                .unwrap()
+                .map(|entry| entry.unwrap().path())
+                .filter(|path| path.extension().is_some_and(|e| e == "seg"))
+                .collect();
+            segments.sort();
+            segments.pop().expect("a segment")
+        })
+        .collect()
+}
+
+/// Gives back the blocks of `path` from `from` to its end, keeping its
+/// size: the file a copy by a tool that makes files sparse would leave.
+fn punch_hole(path: &Path, from: u64) {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    let length = file.metadata().unwrap().len() - from;
+    let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+    // SAFETY: a plain syscall on a file descriptor the test owns.
+    let result = unsafe { libc::fallocate(file.as_raw_fd(), mode, from as i64, length as i64) };
+    assert_eq!(
+        result,
+        0,
+        "punch a hole: {}",
+        std::io::Error::last_os_error()
+    );
+}
+
+/// Fills the file system under `mount` with one file, to the last block.
+fn fill_disk(mount: &Path) -> PathBuf {
+    use std::io::Write;
+    let path = mount.join("ballast");
+    let mut file = std::fs::File::create(&path).unwrap();
+    let block = vec![0x5Au8; 64 << 10];
+    loop {
+        if let Err(error) = file.write_all(&block) {
+            assert_eq!(error.raw_os_error(), Some(ENOSPC), "{error}");
+            break;
+        }
+    }
+    // What is left is less than a block; take the bytes one by one.
+    while file.write_all(&[0x5A]).is_ok() {}
+    path
+}
+
+/// A segment with holes (copied to this disk by a sparse copy) would fault
+/// with SIGBUS on the first record written into a hole once the disk is
+/// full. The reopen reserves its blocks first: a full disk is an error that
+/// names the segment, and once space is freed every saga finishes.
+async fn sparse_segment_on_a_full_disk(fs: SmallFs) {
+    let dir = fs.mount.join("engine");
+    let engine = open(&dir).await.expect("the engine opens");
+    let mut acknowledged = BTreeSet::new();
+    for i in 0..40u64 {
+        acknowledged.insert(engine.start("plain", &i).await.unwrap());
+    }
+    engine.shutdown().await.unwrap();
+    drop(engine);
+    let segments = newest_segments(&dir);
+    for segment in &segments {
+        punch_hole(segment, SEGMENT_SIZE_BYTES / 2);
+    }
+    let ballast = fill_disk(&fs.mount);
+    let error = open(&dir).await.expect_err("no block for the holes");
+    let message = error.to_string();
+    assert!(message.contains("No space left on device"), "{message}");
+    assert!(
+        segments.iter().any(|s| message.contains(path(s))),
+        "names the segment: {message}"
+    );
+    std::fs::remove_file(&ballast).unwrap();
+    let engine = open(&dir).await.expect("the engine reopens");
+    for id in &acknowledged {
+        let view = engine.wait(*id).await.unwrap();
+        assert_eq!(view.status, SagaStatus::Completed, "{id}");
+    }
+    let more = engine.start("plain", &99u64).await.unwrap();
+    assert_eq!(
+        engine.wait(more).await.unwrap().status,
+        SagaStatus::Completed
+    );
+    engine.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sparse_segment_on_a_full_ext4_disk_is_refused_at_reopen_not_faulted() {
+    match SmallFs::ext4(16) {
+        Ok(fs) => sparse_segment_on_a_full_disk(fs).await,
+        Err(why) => println!("SKIPPED: cannot loop-mount ext4 here ({why}); run as root"),
+    }
+}
