@@ -18,9 +18,11 @@ use skald_log::{Durability, Log};
 use skald_snapshot::{Damage, SnapshotStore};
 use tokio::sync::mpsc;
 
+use skald_model::codec::encode_body;
 use skald_model::{SagaId, SagaState};
 
-use crate::recovery::{encode_partition, recover};
+use crate::payload::encode_partition_bodies;
+use crate::recovery::recover;
 use crate::runtime::off_thread;
 use crate::EngineError;
 
@@ -71,10 +73,20 @@ impl SnapshotSettings {
     }
 }
 
+/// The snapshotter's copy of a partition's sagas, each encoded (a body of
+/// the model's codec): a third of the memory of the states, and a
+/// snapshot is their concatenation, not an encoding of every saga.
+type Shadow = BTreeMap<SagaId, Box<[u8]>>;
+
 /// Sagas changed since the last delta, as of log position `lsn`.
 pub(crate) struct Delta {
     pub(crate) lsn: u64,
     pub(crate) sagas: Vec<SagaState>,
+    /// Changed sagas the partition already keeps encoded (finished ones in
+    /// their retention window): where each one's encoding is in
+    /// `encoded_bytes` (one allocation for all of them).
+    pub(crate) encoded: Vec<(SagaId, std::ops::Range<usize>)>,
+    pub(crate) encoded_bytes: Vec<u8>,
     /// Sagas that expired: left out of snapshots from this one on.
     pub(crate) removed: Vec<SagaId>,
     /// The partition's next saga sequence.
@@ -112,13 +124,13 @@ pub(crate) async fn run(
                 None => return,
             },
         };
-        let (mut lsn, mut next_seq) = (delta.lsn, delta.next_seq);
-        absorb(&mut shadow, delta);
         // Coalesce what queued up meanwhile: one snapshot at the latest.
+        let mut batch = vec![delta];
         while let Ok(delta) = deltas.try_recv() {
-            (lsn, next_seq) = (delta.lsn, delta.next_seq);
-            absorb(&mut shadow, delta);
+            batch.push(delta);
         }
+        let newest = batch.last().expect("at least the first");
+        let (lsn, next_seq) = (newest.lsn, newest.next_seq);
         // The snapshot may only cover durable records.
         let durable = if log.durability() == Durability::EveryBatch {
             log.wait_durable_async(lsn).await
@@ -131,7 +143,11 @@ pub(crate) async fn run(
             return;
         }
         let (log, store) = (log.clone(), store.clone());
+        // Encoding the changed sagas and writing: off the runtime's threads.
         let written = off_thread(inline, move || {
+            for delta in batch {
+                absorb(&mut shadow, delta);
+            }
             let result = write(partition, &log, &store, (lsn, next_seq), &shadow);
             (shadow, result)
         });
@@ -155,17 +171,23 @@ async fn rebuild_shadow(
     store: &SnapshotStore,
     open_end: u64,
     inline: bool,
-) -> Option<BTreeMap<SagaId, SagaState>> {
+) -> Option<Shadow> {
     let rebuilt = {
         let (log, store) = (log.clone(), store.clone());
         off_thread(inline, move || {
-            recover(partition, &log, &store, Some(open_end))
+            let mut rebuilt = recover(partition, &log, &store, Some(open_end))?;
+            let sagas = std::mem::take(&mut rebuilt.sagas);
+            let shadow: Shadow = sagas
+                .into_iter()
+                .map(|(id, state)| (id, encode_body(&state).into_boxed_slice()))
+                .collect();
+            Ok::<_, EngineError>((rebuilt, shadow))
         })
         .await
     };
-    let rebuilt = match rebuilt {
-        Ok(rebuilt) if rebuilt.end_lsn == open_end => rebuilt,
-        Ok(rebuilt) => {
+    let (rebuilt, shadow) = match rebuilt {
+        Ok((rebuilt, shadow)) if rebuilt.end_lsn == open_end => (rebuilt, shadow),
+        Ok((rebuilt, _)) => {
             let rebuilt_to = rebuilt.end_lsn;
             tracing::error!(
                 partition,
@@ -182,7 +204,7 @@ async fn rebuild_shadow(
     };
     // Damaged since the open's recovery: removed as well.
     remove_damaged(partition, store, &rebuilt.skipped, inline).await;
-    Some(rebuilt.sagas)
+    Some(shadow)
 }
 
 /// Snapshots found damaged would count towards the K kept and push a sound
@@ -213,18 +235,21 @@ fn write(
     log: &Log,
     store: &SnapshotStore,
     (lsn, next_seq): (u64, u64),
-    shadow: &BTreeMap<SagaId, SagaState>,
+    shadow: &Shadow,
 ) -> Result<(usize, usize), EngineError> {
-    let payload = encode_partition(partition, lsn, next_seq, shadow);
+    let payload = encode_partition_bodies(partition, lsn, next_seq, shadow);
     let kept = store.write(lsn, &payload)?;
     let oldest = kept.last().copied().unwrap_or(lsn);
     log.truncate_prefix(oldest)?;
     Ok((kept.len(), payload.len()))
 }
 
-fn absorb(shadow: &mut BTreeMap<SagaId, SagaState>, delta: Delta) {
+fn absorb(shadow: &mut Shadow, delta: Delta) {
     for state in delta.sagas {
-        shadow.insert(state.id, state);
+        shadow.insert(state.id, encode_body(&state).into_boxed_slice());
+    }
+    for (saga, range) in delta.encoded {
+        shadow.insert(saga, delta.encoded_bytes[range].into());
     }
     for saga in delta.removed {
         shadow.remove(&saga);

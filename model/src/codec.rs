@@ -61,6 +61,46 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     }
 }
 
+/// The body of `value`'s encoding: what [`encode`] writes after its
+/// version byte. A value kept encoded (a finished saga in its retention
+/// window) is kept this way, so that [`encode_bodies`] can put it in a
+/// sequence without encoding it again.
+pub fn encode_body<T: Serialize>(value: &T) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    encode_body_into(value, &mut bytes);
+    bytes
+}
+
+/// [`encode_body`], appended to `bytes`.
+pub fn encode_body_into<T: Serialize>(value: &T, bytes: &mut Vec<u8>) {
+    bincode::serde::encode_into_std_write(value, bytes, config())
+        .expect("engine values are bincode-encodable");
+}
+
+/// Decodes a body written by [`encode_body`] with this build's codec.
+pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, CodecError> {
+    let (value, used) = bincode::serde::decode_from_slice(body, decode_config())
+        .map_err(|error| CodecError::Malformed(MalformedPayload(Arc::new(error))))?;
+    if used != body.len() {
+        return Err(CodecError::TrailingBytes(body.len() - used));
+    }
+    Ok(value)
+}
+
+/// The encoding of a sequence of values given by their bodies (from
+/// [`encode_body`]): the same bytes as [`encode`] of the slice of values.
+pub fn encode_bodies<'a>(bodies: impl ExactSizeIterator<Item = &'a [u8]>) -> Vec<u8> {
+    let mut bytes = vec![CODEC_VERSION_BINCODE2];
+    // A sequence is its length (as a u64, in the configured integer
+    // encoding), then its elements.
+    bincode::serde::encode_into_std_write(bodies.len() as u64, &mut bytes, config())
+        .expect("a length encodes");
+    for body in bodies {
+        bytes.extend_from_slice(body);
+    }
+    bytes
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -114,6 +154,23 @@ mod tests {
         #[test]
         fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..64)) {
             let _ = decode::<Sample>(&bytes);
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn a_sequence_of_bodies_is_the_encoding_of_the_sequence(
+            values in prop::collection::vec(sample(), 0..4),
+            copies in prop::sample::select(vec![1usize, 2, 250, 251, 300, 65_536]),
+        ) {
+            let values: Vec<Sample> =
+                values.iter().cycle().take(values.len() * copies).cloned().collect();
+            let bodies: Vec<Vec<u8>> = values.iter().map(encode_body).collect();
+            let joined = encode_bodies(bodies.iter().map(Vec::as_slice));
+            prop_assert_eq!(&joined, &encode(&values));
+            for (body, value) in bodies.iter().zip(&values) {
+                prop_assert_eq!(&decode_body::<Sample>(body).unwrap(), value);
+            }
         }
     }
 

@@ -157,3 +157,66 @@ fn a_count_limit_keeps_the_newest_finished_sagas() {
         engine.shutdown().await.unwrap();
     });
 }
+
+/// A finished saga in its window is kept encoded, not as a live entry: it
+/// must look and answer exactly as it did when it ended, through every
+/// path (view, wait, list among live sagas, key, cancel, operator action,
+/// a start with its key), and across a restart.
+#[test]
+fn a_retained_saga_answers_as_it_did_when_it_ended() {
+    simulate(33, |sim| async move {
+        let engine = open(&sim, by_age()).await;
+        let failed = engine.start("job", &0u64).await.unwrap();
+        let done = engine.start_with_key("job", &7u64, "job-7").await.unwrap();
+        let ended = engine.wait(done).await.unwrap();
+        assert_eq!(ended.status, SagaStatus::Completed);
+        assert_eq!(
+            engine.wait(failed).await.unwrap().status,
+            SagaStatus::Failed
+        );
+        let later = engine.start("job", &8u64).await.unwrap();
+        engine.wait(later).await.unwrap();
+        // Every path, with the saga retained.
+        let check = |engine: Engine| {
+            let ended = ended.clone();
+            async move {
+                assert_eq!(engine.view(done).await.unwrap(), Some(ended.clone()));
+                assert_eq!(engine.wait(done).await.unwrap(), ended);
+                assert_eq!(engine.saga_by_key("job-7").await.unwrap(), Some(done));
+                let page = engine.list(ListFilter::default()).await.unwrap();
+                let ids: Vec<_> = page.sagas.iter().map(|s| s.id).collect();
+                let mut sorted = vec![failed, done, later];
+                sorted.sort();
+                assert_eq!(ids, sorted, "live and retained, in id order");
+                let completed = ListFilter {
+                    status: Some(SagaStatus::Completed),
+                    ..ListFilter::default()
+                };
+                let page = engine.list(completed).await.unwrap();
+                assert!(page.sagas.iter().all(|s| s.status == SagaStatus::Completed));
+                assert_eq!(page.sagas.len(), 2);
+                assert_eq!(
+                    engine.cancel(done, "too late").await.unwrap(),
+                    skald_engine::CancelOutcome::AlreadyEnded(SagaStatus::Completed)
+                );
+                let again = engine.start_with_key("job", &7u64, "job-7").await;
+                assert_eq!(again.unwrap(), done, "the same saga again");
+                let refused = engine
+                    .operate(done, OperatorAction::RetryCompensation, "ops", "why")
+                    .await;
+                assert!(
+                    matches!(refused, Err(skald_engine::EngineError::Refused(_))),
+                    "{refused:?}"
+                );
+                assert_eq!(engine.view(done).await.unwrap(), Some(ended));
+                assert!(engine.check_consistency().await.unwrap().is_consistent());
+                engine
+            }
+        };
+        let engine = check(engine).await;
+        engine.shutdown().await.unwrap();
+        // After a restart: retained again from the snapshot and the log.
+        let engine = check(open(&sim, by_age()).await).await;
+        engine.shutdown().await.unwrap();
+    });
+}

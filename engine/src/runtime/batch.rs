@@ -185,7 +185,8 @@ impl Partition {
             };
             // Its end is durable and its waiters are answered here: from
             // now on it may expire.
-            if super::retention::expires(&entry.state) {
+            let expires = super::retention::expires(&entry.state);
+            if expires {
                 self.finished.insert((entry.state.updated_at, saga));
             }
             if entry.state.status.is_final() && !entry.waiters.is_empty() {
@@ -193,6 +194,9 @@ impl Partition {
                 for waiter in entry.waiters.drain(..) {
                     let _ = waiter.send(Ok(view.clone()));
                 }
+            }
+            if expires {
+                self.retain(saga);
             }
         }
     }

@@ -24,6 +24,7 @@ impl Partition {
             .sagas
             .iter()
             .map(|(id, entry)| (*id, entry.state.clone()))
+            .chain(self.retained.range(SagaId(0)..))
             .collect();
         let target = self.log.next_lsn();
         let log = self.log.clone();

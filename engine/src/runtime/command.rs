@@ -106,6 +106,7 @@ impl Partition {
             return;
         }
         if let Command::Cancel { saga, .. } | Command::Operator { saga, .. } = &command {
+            self.hydrate(*saga);
             self.resume_first(*saga);
         }
         match command {
@@ -144,7 +145,7 @@ impl Partition {
                 self.effects.reply(reply, Ok(found));
             }
             Command::View { saga, reply } => {
-                let view = self.sagas.get(&saga).map(|entry| entry.view());
+                let view = self.view_of(saga);
                 self.effects.reply(reply, Ok(view));
             }
             Command::List { filter, reply } => self.list(filter, reply),
@@ -247,21 +248,41 @@ impl Partition {
             .collect()
     }
 
+    /// A page of live and retained sagas together, in id order.
     fn list(&mut self, filter: ListFilter, reply: Reply<Vec<SagaSummary>>) {
         let limit = filter.limit.clamp(1, usize::MAX - 1);
-        let range = match filter.after {
-            Some(after) => self.sagas.range(after..),
-            None => self.sagas.range(..),
-        };
-        let page = range
-            .filter(|(_, e)| filter.matches(&e.state))
-            .take(limit + 1)
-            .map(|(_, e)| SagaSummary::new(&e.state, e.is_parked()))
-            .collect();
+        let from = filter.after.unwrap_or(SagaId(0));
+        let mut live = self.sagas.range(from..).peekable();
+        let mut retained = self.retained.range(from..).peekable();
+        let mut page = Vec::new();
+        while page.len() <= limit {
+            let live_first = match (live.peek(), retained.peek()) {
+                (None, None) => break,
+                (Some((a, _)), Some((b, _))) => **a < *b,
+                (live, _) => live.is_some(),
+            };
+            let summary = match live_first {
+                true => live
+                    .next()
+                    .filter(|(_, e)| filter.matches(&e.state))
+                    .map(|(_, e)| SagaSummary::new(&e.state, e.is_parked())),
+                false => retained
+                    .next()
+                    .filter(|(_, state)| filter.matches(state))
+                    .map(|(_, state)| SagaSummary::new(&state, false)),
+            };
+            page.extend(summary);
+        }
         self.effects.reply(reply, Ok(page));
     }
 
     fn wait(&mut self, saga: SagaId, reply: Reply<SagaView>) {
+        if self.retained.contains(saga) {
+            // Finished: released once everything written so far is durable.
+            let view = self.view_of(saga).ok_or(EngineError::NoSuchSaga(saga));
+            self.effects.reply(reply, view);
+            return;
+        }
         match self.sagas.get_mut(&saga) {
             None => self
                 .effects

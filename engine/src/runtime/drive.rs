@@ -99,12 +99,20 @@ impl Partition {
         existing: SagaId,
         reply: Reply<SagaId>,
     ) {
-        let entry = &self.sagas[&existing];
-        if entry.state.definition != definition.spec().id {
+        let started_as = match self.sagas.get(&existing) {
+            Some(entry) => entry.state.definition.clone(),
+            None => {
+                let retained = self.retained.state(existing);
+                retained
+                    .expect("a key's saga is live or retained")
+                    .definition
+            }
+        };
+        if started_as != definition.spec().id {
             let conflict = EngineError::KeyConflict {
                 key: key.to_owned(),
                 saga: existing,
-                definition: entry.state.definition.clone(),
+                definition: started_as,
             };
             self.effects.reply(reply, Err(conflict));
         } else {

@@ -31,6 +31,7 @@ mod clock;
 mod command;
 mod drive;
 mod partition;
+mod retained;
 mod retention;
 mod snapshots;
 
@@ -216,4 +217,9 @@ pub(crate) struct Partition {
     /// Unfinished sagas recovered at open and not resumed yet (see
     /// [`RESUMES_PER_TURN_MAX`]); a command for one resumes it first.
     resuming: BTreeSet<SagaId>,
+    /// Finished sagas in their retention window, kept encoded (see
+    /// `retained.rs`); every other saga is in `sagas`.
+    retained: retained::RetainedSagas,
+    /// Finished sagas recovered at open, retained a slice per turn.
+    to_retain: Vec<SagaId>,
 }

@@ -54,6 +54,8 @@ impl Partition {
             entries.push((id, Box::new(Entry::new(state, definition, false))));
         }
         let written_end = log.next_lsn();
+        // Popped from the back: the oldest first.
+        let finished_ids = finished.iter().rev().map(|&(_, id)| id).collect();
         Ok(Partition {
             index,
             log,
@@ -80,6 +82,8 @@ impl Partition {
             snapshots: Snapshots::disabled(),
             checks: Vec::new(),
             resuming: BTreeSet::new(),
+            retained: Default::default(),
+            to_retain: finished_ids,
         })
     }
 
@@ -130,8 +134,8 @@ impl Partition {
         };
         let timer_at = next_timer.map(|at| self.shared.clock.instant_of(at));
         // Sagas still to resume: take what is ready, wait for nothing.
-        let resuming =
-            (!self.resuming.is_empty() && self.shutdown.is_empty()).then(tokio::time::Instant::now);
+        let recovering = !self.resuming.is_empty() || !self.to_retain.is_empty();
+        let resuming = (recovering && self.shutdown.is_empty()).then(tokio::time::Instant::now);
         let sleep_until = [
             timer_at,
             self.snapshot_due_at(),
@@ -175,6 +179,7 @@ impl Partition {
         if !self.shutdown.is_empty() || self.failed.is_some() {
             return;
         }
+        self.retain_recovered(RESUMES_PER_TURN_MAX);
         for _ in 0..RESUMES_PER_TURN_MAX {
             let Some(saga) = self.resuming.pop_first() else {
                 return;
@@ -264,7 +269,7 @@ pub(crate) struct Channels {
 /// per run of sagas that share it (most sagas share a few); the checks
 /// that depend on the saga itself run for every saga.
 #[derive(Default)]
-struct DefinitionCache {
+pub(super) struct DefinitionCache {
     last: Option<Resolved>,
 }
 
@@ -281,7 +286,7 @@ impl DefinitionCache {
     /// unfinished), or for a saga from before versions, version 1 with as
     /// many steps. `None`: the saga is parked (reported here) until its
     /// version is registered.
-    fn resolve(
+    pub(super) fn resolve(
         &mut self,
         shared: &Shared,
         state: &SagaState,

@@ -55,11 +55,15 @@ impl Partition {
     }
 
     fn forget(&mut self, saga: SagaId) {
-        let Some(entry) = self.sagas.remove(&saga) else {
-            return;
+        let state = match self.retained.remove(saga) {
+            Some(state) => state,
+            None => match self.sagas.remove(&saga) {
+                Some(entry) => entry.state,
+                None => return,
+            },
         };
-        debug_assert!(expires(&entry.state), "only finished sagas expire");
-        if let Some(key) = &entry.state.key {
+        debug_assert!(expires(&state), "only finished sagas expire");
+        if let Some(key) = &state.key {
             if self.keys.get(key) == Some(&saga) {
                 self.keys.remove(key);
             }

@@ -71,9 +71,8 @@ impl Snapshots {
 
 impl Partition {
     /// Starts the partition's snapshotter: `store` receives snapshots per
-    /// `settings`; the snapshotter's shadow starts as the recovered state.
-    /// Starts the snapshotter, which first removes the snapshots the
-    /// open found `damaged`.
+    /// `settings`; the snapshotter's shadow starts as the recovered state,
+    /// and the snapshots the open found `damaged` are removed first.
     pub(crate) fn with_snapshots(
         mut self,
         settings: SnapshotSettings,
@@ -142,10 +141,15 @@ impl Partition {
             return;
         }
         let mut sagas = Vec::with_capacity(snapshots.dirty.len());
+        let (mut encoded, mut encoded_bytes) = (Vec::new(), Vec::new());
         for id in snapshots.dirty.drain(..) {
             if let Some(entry) = self.sagas.get_mut(&id) {
                 entry.dirty = false;
                 sagas.push(entry.state.clone());
+            } else if let Some(body) = self.retained.body(id) {
+                let start = encoded_bytes.len();
+                encoded_bytes.extend_from_slice(body);
+                encoded.push((id, start..encoded_bytes.len()));
             }
         }
         snapshots.events_since = 0;
@@ -153,6 +157,8 @@ impl Partition {
         let delta = Delta {
             lsn: self.log.next_lsn(),
             sagas,
+            encoded,
+            encoded_bytes,
             removed: std::mem::take(&mut snapshots.removed),
             next_seq: self.next_seq,
         };
