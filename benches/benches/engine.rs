@@ -102,6 +102,7 @@ fn main() {
             durability,
             partitions: None,
             retention: None,
+            metrics: false,
         };
         let report = runtime
             .block_on(run(dir.path(), &options))

@@ -16,6 +16,7 @@ pub struct BenchArgs {
     pub durability: String,
     pub partitions: Option<usize>,
     pub retention: Option<Duration>,
+    pub metrics: bool,
     pub data: Option<PathBuf>,
     pub json: bool,
 }
@@ -84,6 +85,7 @@ pub fn run_bench(args: BenchArgs, out: &mut Out) -> Result<()> {
             durability,
             partitions: args.partitions,
             retention: args.retention,
+            metrics: args.metrics,
         },
     ))?;
     if args.json {

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use parking_lot::Mutex;
+use prometheus_client::registry::Registry;
 use skald_engine::{Engine, EngineOptions, SagaStatus};
 use skald_examples::order::{order_saga, Faults, OrderRequest, Shop, DECLINED_CARD, ORDER_SAGA};
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
@@ -20,6 +21,7 @@ pub struct DemoArgs {
     pub sagas: u64,
     pub fail_rate: f64,
     pub concurrency: usize,
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 #[derive(Default)]
@@ -81,12 +83,20 @@ async fn demo(args: DemoArgs, out: &mut Out) -> Result<()> {
             ..Faults::default()
         },
     );
-    let engine = Engine::builder(&args.data)
-        .options(EngineOptions::default())
+    let registry = Arc::new(Mutex::new(Registry::default()));
+    let mut builder = Engine::builder(&args.data).options(EngineOptions::default());
+    if args.metrics.is_some() {
+        builder = builder.metrics(&mut registry.lock());
+    }
+    let engine = builder
         .register(order_saga(shop))?
         .open()
         .await
         .with_context(|| format!("opening the engine in {}", args.data.display()))?;
+    if let Some(address) = args.metrics {
+        let bound = crate::metrics::serve(address, registry).await?;
+        out.line(&format!("metrics at http://{bound}/metrics"))?;
+    }
     let recovered = engine.recovered_sagas().to_vec();
     out.line(&format!(
         "engine in {} ({} partitions): {}",
@@ -191,6 +201,10 @@ async fn demo(args: DemoArgs, out: &mut Out) -> Result<()> {
     }
     let elapsed = started.elapsed();
     progress.finish_and_clear();
+    if args.metrics.is_some() {
+        out.line("orders done; still serving metrics until Ctrl-C")?;
+        tokio::signal::ctrl_c().await?;
+    }
     engine.shutdown().await?;
     let _ = stop_counting.send(());
     let events = counter.await.context("the event counter panicked")?;

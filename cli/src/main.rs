@@ -13,6 +13,7 @@ mod bench;
 mod demo;
 mod dump;
 mod inspect;
+mod metrics;
 mod stats;
 mod verify;
 
@@ -44,7 +45,7 @@ enum Command {
     /// releases the inventory and cancels the order. Running it again on the
     /// same directory first finishes what an earlier run left.
     #[command(
-        after_help = "Examples:\n  skald demo\n  skald demo --sagas 100000 --fail-rate 0.2\n  skald demo --data /var/tmp/skald --sagas 0    # only finish what an earlier run left"
+        after_help = "Examples:\n  skald demo\n  skald demo --sagas 100000 --fail-rate 0.2\n  skald demo --data /var/tmp/skald --sagas 0    # only finish what an earlier run left\n  skald demo --metrics 127.0.0.1:9464          # and serve Prometheus metrics until Ctrl-C"
     )]
     Demo {
         /// Engine directory (created if missing; an existing one is resumed).
@@ -59,6 +60,11 @@ enum Command {
         /// Orders in flight at once.
         #[arg(long, default_value_t = 256)]
         concurrency: usize,
+        /// Serve the engine's Prometheus metrics at http://ADDR/metrics
+        /// (e.g. 127.0.0.1:9464) and keep serving after the orders, until
+        /// Ctrl-C.
+        #[arg(long, value_name = "ADDR")]
+        metrics: Option<std::net::SocketAddr>,
     },
     /// Print the log's records, one line each (or a saga's state at a position).
     ///
@@ -159,6 +165,9 @@ enum Command {
         /// short one makes a long run sustained, its memory flat.
         #[arg(long, value_parser = humantime::parse_duration)]
         retention: Option<std::time::Duration>,
+        /// Record the engine's Prometheus metrics (to measure their cost).
+        #[arg(long)]
+        metrics: bool,
         /// A directory to create for the run (kept afterwards).
         #[arg(long)]
         data: Option<PathBuf>,
@@ -227,12 +236,14 @@ fn main() -> ExitCode {
             sagas,
             fail_rate,
             concurrency,
+            metrics,
         } => demo::run(
             demo::DemoArgs {
                 data,
                 sagas,
                 fail_rate,
                 concurrency,
+                metrics,
             },
             &mut out,
         ),
@@ -283,6 +294,7 @@ fn main() -> ExitCode {
             durability,
             partitions,
             retention,
+            metrics,
             data,
             json,
         } => bench::run_bench(
@@ -293,6 +305,7 @@ fn main() -> ExitCode {
                 durability,
                 partitions,
                 retention,
+                metrics,
                 data,
                 json,
             },

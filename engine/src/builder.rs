@@ -8,6 +8,7 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
+use prometheus_client::registry::Registry;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use serde::de::DeserializeOwned;
@@ -20,6 +21,7 @@ use tokio::task::JoinHandle;
 
 use crate::engine::{Engine, Inner};
 use crate::error::OptionsError;
+use crate::metrics::Metrics;
 use crate::recovery::{recover_sorted, snapshot_dir};
 use crate::runtime::{
     Channels, Clock, Command, Definitions, Partition, Shared, COMMANDS_QUEUED_MAX,
@@ -33,6 +35,7 @@ pub struct EngineBuilder {
     pub(crate) dir: PathBuf,
     pub(crate) options: EngineOptions,
     pub(crate) definitions: Definitions,
+    pub(crate) metrics: Option<Arc<Metrics>>,
 }
 
 /// What the open builds, partition by partition.
@@ -47,6 +50,17 @@ impl EngineBuilder {
     /// Replaces the options.
     pub fn options(mut self, options: EngineOptions) -> EngineBuilder {
         self.options = options;
+        self
+    }
+
+    /// Registers the engine's Prometheus metrics into `registry` (under the
+    /// `skald_` prefix; METRICS.md lists them) and records into them. The
+    /// host serves the registry as it serves its own metrics
+    /// ([`crate::metrics::render`] gives the text exposition). Give each
+    /// engine its own registry: a second engine in the same one would
+    /// register the same names again.
+    pub fn metrics(mut self, registry: &mut Registry) -> EngineBuilder {
+        self.metrics = Some(Arc::new(Metrics::register(registry)));
         self
     }
 
@@ -78,6 +92,7 @@ impl EngineBuilder {
             dir,
             options,
             definitions,
+            metrics,
         } = self;
         check_options(&options)?;
         let storage: Arc<dyn Storage> = match &options.storage {
@@ -85,7 +100,13 @@ impl EngineBuilder {
             None => Arc::new(FsStorage::default()),
         };
         let partitions = crate::dir::prepare(&dir, storage.as_ref(), options.partitions)?;
-        let shared = shared(&options, definitions, partitions);
+        if let Some(metrics) = &metrics {
+            metrics.open(&definitions, partitions);
+        }
+        let shared = shared(&options, definitions, metrics, partitions);
+        if let Some(metrics) = &shared.metrics {
+            *metrics.live.shared.lock() = Some(Arc::downgrade(&shared));
+        }
         let opened = open_partitions(&dir, &options, &storage, &shared, partitions)?;
         if !opened.recovered.is_empty() {
             let recovered = opened.recovered.len();
@@ -121,11 +142,17 @@ fn check_options(options: &EngineOptions) -> Result<(), EngineError> {
     Ok(())
 }
 
-fn shared(options: &EngineOptions, definitions: Definitions, partitions: usize) -> Arc<Shared> {
+fn shared(
+    options: &EngineOptions,
+    definitions: Definitions,
+    metrics: Option<Arc<Metrics>>,
+    partitions: usize,
+) -> Arc<Shared> {
     let log_options = LogOptions::default().segment_size_bytes(options.segment_size_bytes);
     let record_bytes_max = log_options.record_size_bytes_max();
     Arc::new(Shared {
         definitions,
+        metrics,
         breakers: Mutex::new(HashMap::new()),
         breaker_settings: options.breaker,
         breaker_overrides: options.breaker_overrides.clone(),
@@ -166,6 +193,7 @@ fn open_partitions(
         let log = Log::open(&path, log_options(options, storage))?;
         let keep = options.snapshots.keep;
         let store = SnapshotStore::open_with(snapshot_dir(&path), keep, storage.clone())?;
+        let began = std::time::Instant::now();
         let (states, rebuilt) = recover_sorted(index as u16, &log, &store, None)?;
         if let Some((lsn, file)) = &rebuilt.snapshot {
             tracing::info!(partition = index, snapshot = %file.display(), lsn,
@@ -174,6 +202,10 @@ fn open_partitions(
         let (tx, rx) = mpsc::channel(COMMANDS_QUEUED_MAX);
         let rng = StdRng::seed_from_u64(rand::Rng::random(&mut seeds));
         let log = Arc::new(log);
+        if let Some(metrics) = &shared.metrics {
+            metrics.recovered(index as u16, began.elapsed(), rebuilt.replayed);
+            metrics.live.logs.lock().push(log.clone());
+        }
         let channels = Channels {
             rx,
             tx: tx.downgrade(),

@@ -92,6 +92,7 @@ impl Engine {
             dir: dir.as_ref().to_path_buf(),
             options: EngineOptions::default(),
             definitions: HashMap::new(),
+            metrics: None,
         }
     }
 

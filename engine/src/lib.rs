@@ -81,6 +81,7 @@ mod dir;
 mod engine;
 mod error;
 pub mod inspect;
+pub mod metrics;
 mod options;
 mod payload;
 mod recovery;

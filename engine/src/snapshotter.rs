@@ -21,6 +21,7 @@ use tokio::sync::mpsc;
 use skald_model::codec::encode_body;
 use skald_model::{SagaId, SagaState};
 
+use crate::metrics::Metrics;
 use crate::payload::encode_partition_bodies;
 use crate::recovery::recover;
 use crate::runtime::off_thread;
@@ -106,7 +107,7 @@ pub(crate) async fn run(
     store: SnapshotStore,
     (open_end, damaged): (u64, Vec<(PathBuf, Damage)>),
     mut deltas: mpsc::Receiver<Delta>,
-    inline: bool,
+    (inline, metrics): (bool, Option<Arc<Metrics>>),
 ) {
     remove_damaged(partition, &store, &damaged, inline).await;
     let Some(first) = deltas.recv().await else {
@@ -144,6 +145,7 @@ pub(crate) async fn run(
         }
         let (log, store) = (log.clone(), store.clone());
         // Encoding the changed sagas and writing: off the runtime's threads.
+        let began = std::time::Instant::now();
         let written = off_thread(inline, move || {
             for delta in batch {
                 absorb(&mut shadow, delta);
@@ -153,6 +155,10 @@ pub(crate) async fn run(
         });
         let result;
         (shadow, result) = written.await;
+        if let Some(metrics) = &metrics {
+            let bytes = result.as_ref().ok().map(|&(_, bytes)| bytes);
+            metrics.snapshot_written(partition, began.elapsed(), bytes);
+        }
         match result {
             Ok((kept, bytes)) => tracing::debug!(partition, lsn, bytes, kept, "snapshot written"),
             // The log still holds everything: a failed snapshot costs

@@ -42,6 +42,9 @@ pub struct BenchOptions {
     /// How long finished sagas stay (default: the engine's, 24 hours). A
     /// short one makes a long run sustained: memory should stay flat.
     pub retention: Option<Duration>,
+    /// Records Prometheus metrics (into a registry of the run's own,
+    /// rendered once at the end as a scrape would): what they cost.
+    pub metrics: bool,
 }
 
 /// Latency and step-gap samples kept at most per run, so that a run of
@@ -222,8 +225,12 @@ pub async fn run(dir: &Path, options: &BenchOptions) -> Result<BenchReport, Engi
             finished_max: None,
         });
     }
-    let engine = Engine::builder(dir)
-        .options(engine_options)
+    let mut registry = prometheus_client::registry::Registry::default();
+    let mut builder = Engine::builder(dir).options(engine_options);
+    if options.metrics {
+        builder = builder.metrics(&mut registry);
+    }
+    let engine = builder
         .register(bench_saga(options.steps.max(1), gaps.clone()))?
         .open()
         .await?;
@@ -270,6 +277,10 @@ pub async fn run(dir: &Path, options: &BenchOptions) -> Result<BenchReport, Engi
     let _ = sampler.await;
     let samples = std::mem::take(&mut *samples.lock());
     let partitions = engine.partitions();
+    if options.metrics {
+        // One scrape, as a Prometheus server would make.
+        let _ = skald_engine::metrics::render(&registry);
+    }
     engine.shutdown().await?;
 
     let mut latencies = std::mem::take(&mut *latencies.lock());

@@ -168,6 +168,13 @@ impl Log {
         self.shared.segments.read().len()
     }
 
+    /// Bytes the segment files take: each is preallocated at its full
+    /// size (spares being prepared are not counted).
+    pub fn disk_bytes(&self) -> u64 {
+        let segments = self.shared.segments.read();
+        segments.iter().map(|segment| segment.size_bytes()).sum()
+    }
+
     /// Appends one record and returns its LSN once it is durable under the
     /// log's [`Durability`].
     pub fn append(&self, payload: &[u8]) -> Result<Lsn, LogError> {

@@ -85,5 +85,14 @@ pub(crate) fn with_breaker<T>(
         let settings = shared.breaker_settings_of(service);
         breakers.insert(service.to_owned(), CircuitBreaker::new(settings));
     }
-    work(breakers.get_mut(service).expect("inserted above"))
+    let breaker = breakers.get_mut(service).expect("inserted above");
+    let before = std::mem::discriminant(&breaker.state());
+    let result = work(breaker);
+    if let Some(metrics) = &shared.metrics {
+        let after = breaker.state();
+        if std::mem::discriminant(&after) != before {
+            metrics.breaker_moved(service, after);
+        }
+    }
+    result
 }

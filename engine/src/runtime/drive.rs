@@ -12,6 +12,7 @@ use super::attempt::AttemptResult;
 use super::breakers::BreakerCall;
 use super::command::Reply;
 use super::{Entry, Partition};
+use crate::metrics::InFlight;
 use crate::saga::{Definition, StepError};
 use crate::EngineError;
 
@@ -81,6 +82,10 @@ impl Partition {
         self.pending_events.push(event);
         if let Some(key) = key {
             self.keys.insert(key, id);
+        }
+        if let Some(metrics) = &self.shared.metrics {
+            metrics.saga_started(&spec.id);
+            metrics.in_flight_moved(&spec.id, None, InFlight::of(&state, false));
         }
         let entry = Entry::new(state, Some(definition), true);
         self.sagas.insert(id, Box::new(entry));
@@ -220,10 +225,11 @@ impl Partition {
             kind,
         };
         // On a copy: a refused event leaves the live state as it was.
-        match apply(Some(&entry.state), &event) {
-            Ok(next) => entry.state = next,
-            Err(error) => return Err(EngineError::Refused(error)),
+        let next = apply(Some(&entry.state), &event).map_err(EngineError::Refused)?;
+        if let Some(metrics) = &self.shared.metrics {
+            metrics.recorded(&entry.state, &next, entry.definition.is_none(), &event);
         }
+        entry.state = next;
         if !entry.dirty {
             entry.dirty = true;
             self.snapshots.mark_dirty(saga);

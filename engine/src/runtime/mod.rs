@@ -79,6 +79,8 @@ const RESUMES_PER_TURN_MAX: usize = 4_096;
 pub(crate) struct Shared {
     /// Registered definitions by id, then version.
     pub(crate) definitions: Definitions,
+    /// The engine's metrics, if the host asked for them.
+    pub(crate) metrics: Option<Arc<crate::metrics::Metrics>>,
     pub(crate) breakers: Mutex<HashMap<String, CircuitBreaker>>,
     /// Breaker settings of services that have their own.
     pub(crate) breaker_overrides: HashMap<String, skald_model::BreakerSettings>,

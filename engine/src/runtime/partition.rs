@@ -17,6 +17,7 @@ use super::snapshots::Snapshots;
 use super::{
     Entry, Partition, Shared, BATCHES_IN_FLIGHT_MAX, RESUMES_PER_TURN_MAX, TURN_COMMANDS_MAX,
 };
+use crate::metrics::InFlight;
 use crate::saga::Definition;
 use crate::EngineError;
 
@@ -51,6 +52,10 @@ impl Partition {
                 keys.insert(key.clone(), id);
             }
             let definition = definitions.resolve(&shared, &state)?;
+            if let Some(metrics) = &shared.metrics {
+                let status = InFlight::of(&state, definition.is_none());
+                metrics.in_flight_moved(&state.definition, None, status);
+            }
             entries.push((id, Box::new(Entry::new(state, definition, false))));
         }
         let written_end = log.next_lsn();

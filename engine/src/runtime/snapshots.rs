@@ -90,7 +90,7 @@ impl Partition {
             store,
             (self.log.next_lsn(), damaged),
             receiver,
-            self.shared.deterministic,
+            (self.shared.deterministic, self.shared.metrics.clone()),
         ));
         self.snapshots.settings = settings;
         self.snapshots.deltas = Some(deltas);
