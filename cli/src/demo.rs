@@ -94,8 +94,10 @@ async fn demo(args: DemoArgs, out: &mut Out) -> Result<()> {
         .await
         .with_context(|| format!("opening the engine in {}", args.data.display()))?;
     if let Some(address) = args.metrics {
-        let bound = crate::metrics::serve(address, registry).await?;
-        out.line(&format!("metrics at http://{bound}/metrics"))?;
+        let bound = crate::metrics::serve(address, registry, engine.clone()).await?;
+        out.line(&format!(
+            "metrics at http://{bound}/metrics, health at http://{bound}/api/health"
+        ))?;
     }
     let recovered = engine.recovered_sagas().to_vec();
     out.line(&format!(

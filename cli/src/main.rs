@@ -60,8 +60,9 @@ enum Command {
         /// Orders in flight at once.
         #[arg(long, default_value_t = 256)]
         concurrency: usize,
-        /// Serve the engine's Prometheus metrics at http://ADDR/metrics
-        /// (e.g. 127.0.0.1:9464) and keep serving after the orders, until
+        /// Serve the engine's Prometheus metrics at http://ADDR/metrics and
+        /// its health at /api/health, /api/health/live, /api/health/ready
+        /// (e.g. 127.0.0.1:9464), and keep serving after the orders, until
         /// Ctrl-C.
         #[arg(long, value_name = "ADDR")]
         metrics: Option<std::net::SocketAddr>,

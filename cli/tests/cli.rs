@@ -553,3 +553,63 @@ fn dump_follow_prints_records_as_another_process_writes_them() {
     follow.kill().unwrap();
     follow.wait().unwrap();
 }
+
+/// `GET path` from `address`: (status line, body). The servers here answer
+/// small responses with a length, not in chunks.
+fn http_get(address: &str, path: &str) -> (String, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    let status = head.lines().next().unwrap().to_owned();
+    (status, body.to_owned())
+}
+
+#[test]
+fn demo_serves_its_metrics_and_health_until_interrupted() {
+    use std::io::BufRead;
+    let work = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_skald"))
+        .args(["demo", "--sagas", "500", "--metrics", "127.0.0.1:0"])
+        .current_dir(work.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut address = None;
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if let Some(rest) = line.strip_prefix("metrics at http://") {
+            address = rest.split_once("/metrics").map(|(a, _)| a.to_owned());
+        }
+        if line.starts_with("orders done") {
+            break;
+        }
+    }
+    let address = address.expect("the demo said where it serves");
+    let (status, metrics) = http_get(&address, "/metrics");
+    assert!(status.contains("200"), "{status}");
+    assert!(
+        metrics.contains("skald_sagas_started_total{definition=\"order\"} 500\n"),
+        "{metrics}"
+    );
+    let (status, body) = http_get(&address, "/api/health/ready");
+    assert!(status.contains("200"), "{status}: {body}");
+    let health: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(health["ready"], true, "{body}");
+    let interrupt = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(interrupt.success());
+    let rest: Vec<String> = lines.map(|line| line.unwrap()).collect();
+    assert!(child.wait().unwrap().success(), "{rest:?}");
+    assert!(rest.iter().any(|l| l.contains("500 started")), "{rest:?}");
+}

@@ -164,6 +164,10 @@ fn shared(
         batch_bytes_max: (options.segment_size_bytes / 2).max(record_bytes_max),
         deterministic: options.deterministic.is_some(),
         retention: options.retention,
+        failed: (0..partitions).map(|_| Mutex::new(None)).collect(),
+        disk_free_min_bytes: options
+            .disk_free_min_bytes
+            .unwrap_or(options.segment_size_bytes.saturating_mul(4)),
     })
 }
 

@@ -72,6 +72,7 @@ pub struct EngineOptions {
     pub(crate) snapshots: SnapshotSettings,
     pub(crate) deterministic: Option<Millis>,
     pub(crate) retention: Retention,
+    pub(crate) disk_free_min_bytes: Option<u64>,
     /// The simulation's power switch for this engine: off once it cut the
     /// power (see `sim`); `None` outside simulations.
     pub(crate) power: Option<Arc<std::sync::atomic::AtomicBool>>,
@@ -94,6 +95,7 @@ impl Default for EngineOptions {
             snapshots: SnapshotSettings::default(),
             deterministic: None,
             retention: Retention::default(),
+            disk_free_min_bytes: None,
             power: None,
         }
     }
@@ -129,6 +131,14 @@ impl EngineOptions {
     /// trade that for speed (see skald-log).
     pub fn durability(mut self, durability: Durability) -> EngineOptions {
         self.durability = durability;
+        self
+    }
+
+    /// Free space below which [`crate::Engine::health`] reports the engine
+    /// not ready (the disk nearly full). Default: four segments, room to
+    /// roll the log and write snapshots for a while.
+    pub fn disk_free_min_bytes(mut self, bytes: u64) -> EngineOptions {
+        self.disk_free_min_bytes = Some(bytes);
         self
     }
 

@@ -150,6 +150,24 @@ async fn eio_on_a_flush_fail_stops_and_a_restart_recovers_every_acknowledged_sag
     // Fail-stop: later calls fail at once, with the same cause.
     let later = engine.start("plain", &1u64).await.unwrap_err();
     assert!(named(&later), "{later}");
+    // Health: still live (the tasks run), not ready, the partition named.
+    let health = engine.health();
+    assert!(health.live && !health.ready, "{health:?}");
+    let failed: Vec<_> = health
+        .problems
+        .iter()
+        .filter_map(|problem| match problem {
+            skald_engine::HealthProblem::PartitionFailed { partition, error } => {
+                Some((*partition, error.clone()))
+            }
+            _ => None,
+        })
+        .collect();
+    assert!(!failed.is_empty(), "{health:?}");
+    assert!(
+        failed.iter().all(|(p, e)| *p < 2 && e.contains("flush")),
+        "{failed:?}"
+    );
     assert!(
         engine.shutdown().await.is_err(),
         "shutdown reports the failure"

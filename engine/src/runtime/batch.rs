@@ -228,6 +228,7 @@ impl Partition {
         if let Some(metrics) = &self.shared.metrics {
             metrics.partition_failed(self.index);
         }
+        *self.shared.failed[self.index as usize].lock() = Some(error.to_string());
         let mut all: Vec<Effects> = self.in_flight.drain(..).map(|(_, e)| e).collect();
         all.push(effects);
         all.push(std::mem::take(&mut self.effects));

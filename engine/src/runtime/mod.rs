@@ -96,6 +96,10 @@ pub(crate) struct Shared {
     pub(crate) deterministic: bool,
     /// How long finished sagas stay.
     pub(crate) retention: crate::Retention,
+    /// Each partition's fail-stop error, once it stopped (for health).
+    pub(crate) failed: Vec<Mutex<Option<String>>>,
+    /// Free disk space below which the engine is not ready.
+    pub(crate) disk_free_min_bytes: u64,
 }
 
 /// Registered definitions by id, then version (the newest last).
