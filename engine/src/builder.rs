@@ -192,6 +192,8 @@ fn open_partitions(
         (None, Some(_)) => StdRng::seed_from_u64(0),
         (None, None) => StdRng::from_os_rng(),
     };
+    // Spawned only once every partition admitted its resumed attempts.
+    let mut ready = Vec::with_capacity(partitions);
     for index in 0..partitions {
         let path = crate::dir::partition_dir(dir, index);
         let log = Log::open(&path, log_options(options, storage))?;
@@ -216,7 +218,7 @@ fn open_partitions(
             events: opened.events.clone(),
         };
         let floor = rebuilt.next_seq;
-        let partition = Partition::new(
+        let mut partition = Partition::new(
             index as u16,
             log,
             shared.clone(),
@@ -226,9 +228,13 @@ fn open_partitions(
             floor,
         )?;
         opened.recovered.extend(partition.unfinished());
+        partition.prepare_resumption();
         let partition = partition.with_snapshots(options.snapshots, store, rebuilt.skipped);
-        opened.tasks.push(tokio::spawn(partition.run()));
+        ready.push(partition);
         opened.senders.push(tx);
+    }
+    for partition in ready {
+        opened.tasks.push(tokio::spawn(partition.run()));
     }
     Ok(opened)
 }

@@ -89,11 +89,12 @@ impl Engine {
     pub fn health(&self) -> Health {
         let inner = &self.inner;
         let mut problems = Vec::new();
-        if inner.events.lock().is_none() {
+        let shut_down = inner.events.lock().is_none();
+        if shut_down {
             problems.push(HealthProblem::ShutDown);
         }
         for (partition, task) in inner.tasks.lock().iter().enumerate() {
-            if task.is_finished() && problems.is_empty() {
+            if task.is_finished() && !shut_down {
                 let partition = partition as u16;
                 problems.push(HealthProblem::PartitionStopped { partition });
             }

@@ -463,3 +463,26 @@ fn inline_flush_makes_every_append_durable_without_a_flusher_thread() {
         Err(LogError::InvalidOptions(_))
     ));
 }
+
+/// A crash between creating the next segment's file and reserving its
+/// blocks leaves an empty file under a segment's name, on a real file
+/// system. The open removes it as a torn creation (posix_fallocate of
+/// length 0 is an error: the open must not ask for it).
+#[test]
+fn an_empty_segment_file_left_by_a_torn_creation_is_removed_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = || LogOptions::default().segment_size_bytes(256 * 1024);
+    let log = Log::open(dir.path(), options()).unwrap();
+    let lsn = log.append(b"kept").unwrap();
+    drop(log); // a crash: no clean close
+    let torn = dir
+        .path()
+        .join(skald_log::format::segment_file_name(lsn + 1));
+    std::fs::File::create(&torn).unwrap();
+    let log = Log::open(dir.path(), options()).unwrap();
+    assert!(!torn.exists(), "the empty file was removed");
+    let mut reader = log.read_from(lsn).unwrap();
+    assert_eq!(reader.read_next().unwrap().unwrap().payload, b"kept");
+    assert_eq!(log.append(b"next").unwrap(), lsn + 1);
+    log.close().unwrap();
+}

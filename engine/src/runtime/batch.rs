@@ -248,6 +248,8 @@ impl Partition {
         self.payloads.clear();
         self.pending_events.clear();
         self.deferred.clear();
+        self.resuming.clear();
+        self.to_retain.clear();
         self.durable_wait = None;
         self.failed = Some(error);
     }

@@ -346,38 +346,65 @@ impl Partition {
 
     /// At open: the attempt that was in flight when the engine stopped gets
     /// a fresh deadline, so that it runs again (same attempt, same
-    /// idempotency key) however long the engine was down.
+    /// idempotency key) however long the engine was down. Its breaker call
+    /// was admitted when the partition started ([`Partition::admit_resumed`]).
     pub(super) fn resume(&mut self, saga: SagaId) {
-        let Some(entry) = self.sagas.get(&saga) else {
+        let Some((kind, run)) = self.resumed_attempt(saga) else {
             return;
         };
-        let Some(definition) = entry.definition.clone() else {
-            return;
-        };
-        let now = self.shared.clock.now();
-        let Some(kind) = resume(&entry.state, definition.spec(), now) else {
-            return;
-        };
-        // Breakers start closed at open: the call is admitted now, before
-        // any resumed attempt could open a breaker, and waits for the spawn.
-        if let EventKind::AttemptResumed {
-            step,
-            attempt,
-            compensation,
-            deadline,
-        } = kind
-        {
-            let run = Run {
+        if let Some(run) = run {
+            let entry = self.sagas.get(&saga);
+            if entry.is_some_and(|e| e.call.is_none()) {
+                self.admit_resumed(saga, run);
+            }
+        }
+        if let Err(error) = self.record(saga, kind) {
+            tracing::error!(%saga, %error, "an attempt in flight could not be resumed");
+        }
+    }
+
+    /// What resuming `saga` records now, and the attempt it runs again.
+    fn resumed_attempt(&self, saga: SagaId) -> Option<(EventKind, Option<Run>)> {
+        let entry = self.sagas.get(&saga)?;
+        let definition = entry.definition.as_ref()?;
+        let kind = resume(&entry.state, definition.spec(), self.shared.clock.now())?;
+        let run = match kind {
+            EventKind::AttemptResumed {
                 step,
                 attempt,
                 compensation,
                 deadline,
-            };
-            // Refused (only if a breaker opened meanwhile): the spawn asks again.
-            let _ = self.reserve_call(saga, definition.spec(), run, now);
-        }
-        if let Err(error) = self.record(saga, kind) {
-            tracing::error!(%saga, %error, "an attempt in flight could not be resumed");
+            } => Some(Run {
+                step,
+                attempt,
+                compensation,
+                deadline,
+            }),
+            _ => None,
+        };
+        Some((kind, run))
+    }
+
+    /// Admits the breaker call of `saga`'s attempt in flight at the stop.
+    /// Breakers start closed at open: every such attempt is admitted when
+    /// the partition starts, before any of them runs (resumption goes on
+    /// over several turns) and could open a breaker. Refused (a breaker
+    /// opened meanwhile), the spawn asks again.
+    pub(super) fn admit_resumed(&mut self, saga: SagaId, run: Run) {
+        let Some(definition) = self.sagas.get(&saga).and_then(|e| e.definition.clone()) else {
+            return;
+        };
+        let now = self.shared.clock.now();
+        let _ = self.reserve_call(saga, definition.spec(), run, now);
+    }
+
+    /// [`Partition::admit_resumed`] for every saga still to resume.
+    pub(super) fn admit_all_resumed(&mut self) {
+        let sagas: Vec<SagaId> = self.resuming.iter().copied().collect();
+        for saga in sagas {
+            if let Some((_, Some(run))) = self.resumed_attempt(saga) {
+                self.admit_resumed(saga, run);
+            }
         }
     }
 

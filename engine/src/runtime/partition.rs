@@ -101,10 +101,19 @@ impl Partition {
             .collect()
     }
 
-    pub(crate) async fn run(mut self) {
-        // Resume every unfinished saga where it stood, a slice per turn: an
-        // attempt that was in flight runs again, with a fresh deadline.
+    /// Before any partition runs: lists the unfinished sagas to resume
+    /// (where they stood, a slice per turn: an attempt that was in flight
+    /// runs again, with a fresh deadline) and admits their attempts in
+    /// flight with their breakers, which start closed. Breakers are shared
+    /// by the partitions: every partition admits before any starts, or the
+    /// first one's resumed attempts could open a breaker against the
+    /// others' (found under load: a whole partition's attempts in doubt).
+    pub(crate) fn prepare_resumption(&mut self) {
         self.resuming = self.unfinished().into_iter().collect();
+        self.admit_all_resumed();
+    }
+
+    pub(crate) async fn run(mut self) {
         loop {
             if !self.shutdown.is_empty() && self.in_flight.is_empty() {
                 break;
@@ -139,8 +148,7 @@ impl Partition {
         };
         let timer_at = next_timer.map(|at| self.shared.clock.instant_of(at));
         // Sagas still to resume: take what is ready, wait for nothing.
-        let recovering = !self.resuming.is_empty() || !self.to_retain.is_empty();
-        let resuming = (recovering && self.shutdown.is_empty()).then(tokio::time::Instant::now);
+        let resuming = self.recovering().then(tokio::time::Instant::now);
         let sleep_until = [
             timer_at,
             self.snapshot_due_at(),
@@ -178,10 +186,21 @@ impl Partition {
         true
     }
 
+    /// Whether recovered sagas wait to be resumed (or retained) and may be
+    /// now: not shutting down or failed, and not while as many batches as
+    /// allowed wait for the disk.
+    fn recovering(&self) -> bool {
+        let pending = !self.resuming.is_empty() || !self.to_retain.is_empty();
+        pending
+            && self.shutdown.is_empty()
+            && self.failed.is_none()
+            && self.in_flight.len() < BATCHES_IN_FLIGHT_MAX
+    }
+
     /// Resumes the next recovered sagas, at most [`RESUMES_PER_TURN_MAX`].
     /// Shutting down, the rest stay as they are: the next open resumes them.
     fn resume_some(&mut self) {
-        if !self.shutdown.is_empty() || self.failed.is_some() {
+        if !self.recovering() {
             return;
         }
         self.retain_recovered(RESUMES_PER_TURN_MAX);

@@ -126,7 +126,13 @@ impl RetainedSagas {
         let filling = at + 1 == self.chunks.len();
         let chunk = &mut self.chunks[at];
         chunk.live -= 1;
-        if chunk.live > 0 || filling {
+        if chunk.live > 0 {
+            return;
+        }
+        if filling {
+            // Nothing in it is retained any more: fill it again from the
+            // start.
+            chunk.bytes.clear();
             return;
         }
         chunk.bytes = Vec::new();

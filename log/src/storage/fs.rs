@@ -142,14 +142,17 @@ impl Storage for FsStorage {
 
     fn open_segment(&self, path: &Path, writable: bool) -> io::Result<Box<dyn SegmentFile>> {
         let file = OpenOptions::new().read(true).write(writable).open(path)?;
-        if writable {
+        let size_bytes = file.metadata()?.len();
+        // An empty file (a creation torn before its blocks were reserved)
+        // is left for the open to remove: posix_fallocate refuses length 0.
+        if writable && size_bytes > 0 {
             // A segment may have holes: copied to another disk by a tool
             // that makes files sparse, or written by a build from before
             // blocks were reserved. Writing into a hole through the map on
             // a full disk would fault (SIGBUS): reserve every block now,
             // so that a full disk is ENOSPC here. Cheap when none is
             // missing.
-            fallocate(&file, file.metadata()?.len())?;
+            fallocate(&file, size_bytes)?;
         }
         map_segment(&file, writable).map(|s| Box::new(s) as Box<dyn SegmentFile>)
     }
