@@ -227,8 +227,7 @@ fn open_partitions(
             rng,
             floor,
         )?;
-        opened.recovered.extend(partition.unfinished());
-        partition.prepare_resumption();
+        opened.recovered.extend(partition.prepare_resumption());
         let partition = partition.with_snapshots(options.snapshots, store, rebuilt.skipped);
         ready.push(partition);
         opened.senders.push(tx);

@@ -151,9 +151,11 @@ impl Metrics {
         step_handles.recorded(&event.kind, ran);
     }
 
-    pub(crate) fn saga_started(&self, definition: &str) {
-        if let Some(handles) = self.definition(definition) {
+    /// A saga started: counted, and in flight.
+    pub(crate) fn saga_started(&self, state: &SagaState) {
+        if let Some(handles) = self.definition(&state.definition) {
             handles.started.inc();
+            handles.in_flight_moved(None, InFlight::of(state, false));
         }
     }
 

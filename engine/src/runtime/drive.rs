@@ -12,7 +12,6 @@ use super::attempt::AttemptResult;
 use super::breakers::BreakerCall;
 use super::command::Reply;
 use super::{Entry, Partition};
-use crate::metrics::InFlight;
 use crate::saga::{Definition, StepError};
 use crate::EngineError;
 
@@ -84,8 +83,7 @@ impl Partition {
             self.keys.insert(key, id);
         }
         if let Some(metrics) = &self.shared.metrics {
-            metrics.saga_started(&spec.id);
-            metrics.in_flight_moved(&spec.id, None, InFlight::of(&state, false));
+            metrics.saga_started(&state);
         }
         let entry = Entry::new(state, Some(definition), true);
         self.sagas.insert(id, Box::new(entry));
@@ -398,10 +396,9 @@ impl Partition {
         let _ = self.reserve_call(saga, definition.spec(), run, now);
     }
 
-    /// [`Partition::admit_resumed`] for every saga still to resume.
-    pub(super) fn admit_all_resumed(&mut self) {
-        let sagas: Vec<SagaId> = self.resuming.iter().copied().collect();
-        for saga in sagas {
+    /// [`Partition::admit_resumed`] for each of `sagas`.
+    pub(super) fn admit_resumed_attempts(&mut self, sagas: &[SagaId]) {
+        for &saga in sagas {
             if let Some((_, Some(run))) = self.resumed_attempt(saga) {
                 self.admit_resumed(saga, run);
             }

@@ -108,9 +108,12 @@ impl Partition {
     /// by the partitions: every partition admits before any starts, or the
     /// first one's resumed attempts could open a breaker against the
     /// others' (found under load: a whole partition's attempts in doubt).
-    pub(crate) fn prepare_resumption(&mut self) {
-        self.resuming = self.unfinished().into_iter().collect();
-        self.admit_all_resumed();
+    /// Returns the unfinished sagas, in id order.
+    pub(crate) fn prepare_resumption(&mut self) -> Vec<SagaId> {
+        let unfinished = self.unfinished();
+        self.admit_resumed_attempts(&unfinished);
+        self.resuming = unfinished.iter().copied().collect();
+        unfinished
     }
 
     pub(crate) async fn run(mut self) {
