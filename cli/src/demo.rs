@@ -10,18 +10,59 @@ use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use parking_lot::Mutex;
 use prometheus_client::registry::Registry;
-use skald_engine::{Engine, EngineOptions, SagaStatus};
+use skald_engine::{Engine, EngineOptions, SagaStatus, Tracing};
 use skald_examples::order::{order_saga, Faults, OrderRequest, Shop, DECLINED_CARD, ORDER_SAGA};
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
 use crate::Out;
 
+#[derive(clap::Args)]
 pub struct DemoArgs {
+    /// Engine directory (created if missing; an existing one is resumed).
+    #[arg(long, default_value = "skald-data")]
     pub data: PathBuf,
+    /// New orders to run.
+    #[arg(long, default_value_t = 20_000)]
     pub sagas: u64,
+    /// Fraction of orders whose card is declined (0 to 1).
+    #[arg(long, default_value_t = 0.1)]
     pub fail_rate: f64,
+    /// Orders in flight at once.
+    #[arg(long, default_value_t = 256)]
     pub concurrency: usize,
+    /// Serve the engine's Prometheus metrics at http://ADDR/metrics and
+    /// its health at /api/health, /api/health/live, /api/health/ready
+    /// (e.g. 127.0.0.1:9464), and keep serving after the orders, until
+    /// Ctrl-C.
+    #[arg(long, value_name = "ADDR")]
     pub metrics: Option<std::net::SocketAddr>,
+    /// Export a trace per saga (a span per saga, step attempt and
+    /// compensation) over OTLP/HTTP to a collector, Jaeger or Tempo: its
+    /// base URL (http://127.0.0.1:4318) or full traces URL.
+    #[arg(long, value_name = "ENDPOINT", conflicts_with = "zipkin")]
+    pub otlp: Option<String>,
+    /// Export the traces to Zipkin's JSON API instead
+    /// (http://127.0.0.1:9411/api/v2/spans).
+    #[arg(long, value_name = "ENDPOINT")]
+    pub zipkin: Option<String>,
+    /// The share of sagas traced, 0 to 1.
+    #[arg(long, value_name = "RATIO", default_value_t = 1.0)]
+    pub trace_sample: f64,
+}
+
+impl DemoArgs {
+    /// The trace export the flags ask for, if any.
+    fn tracing(&self) -> Result<Option<Tracing>> {
+        if !(0.0..=1.0).contains(&self.trace_sample) {
+            bail!("--trace-sample {} is not within 0..=1", self.trace_sample);
+        }
+        let tracing = match (&self.otlp, &self.zipkin) {
+            (Some(endpoint), _) => Tracing::otlp(endpoint, "skald-demo")?,
+            (None, Some(endpoint)) => Tracing::zipkin(endpoint, "skald-demo")?,
+            (None, None) => return Ok(None),
+        };
+        Ok(Some(tracing.sample_ratio(self.trace_sample)))
+    }
 }
 
 #[derive(Default)]
@@ -88,6 +129,9 @@ async fn demo(args: DemoArgs, out: &mut Out) -> Result<()> {
     if args.metrics.is_some() {
         builder = builder.metrics(&mut registry.lock());
     }
+    if let Some(tracing) = args.tracing()? {
+        builder = builder.tracing(tracing);
+    }
     let engine = builder
         .register(order_saga(shop))?
         .open()
@@ -97,6 +141,12 @@ async fn demo(args: DemoArgs, out: &mut Out) -> Result<()> {
         let bound = crate::metrics::serve(address, registry, engine.clone()).await?;
         out.line(&format!(
             "metrics at http://{bound}/metrics, health at http://{bound}/api/health"
+        ))?;
+    }
+    if let Some(endpoint) = args.otlp.as_ref().or(args.zipkin.as_ref()) {
+        out.line(&format!(
+            "traces to {endpoint} ({:.0}% of sagas sampled)",
+            args.trace_sample * 100.0
         ))?;
     }
     let recovered = engine.recovered_sagas().to_vec();

@@ -158,6 +158,9 @@ impl Dumper<'_> {
             match &event.kind {
                 EventKind::Started {
                     definition, steps, ..
+                }
+                | EventKind::StartedV2 {
+                    definition, steps, ..
                 } => {
                     self.definitions.insert(event.saga, definition.clone());
                     let ids = steps.iter().map(|s| s.id.clone()).collect();

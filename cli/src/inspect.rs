@@ -159,6 +159,34 @@ pub enum Field {
     Payload(Vec<u8>),
 }
 
+/// A versioned start's fields: its steps, and its trace context if any.
+fn started_fields(
+    version: u32,
+    steps: &[skald_engine::StepSignature],
+    (input, deadline, key): (&[u8], Millis, &Option<String>),
+    trace: Option<&skald_engine::TraceContext>,
+) -> Vec<(&'static str, Field)> {
+    let ids: Vec<&str> = steps.iter().map(|s| s.id.as_str()).collect();
+    let mut fields = vec![
+        ("version", Field::Num(u64::from(version))),
+        ("steps", Field::Text(ids.join(","))),
+        ("deadline", Field::Time(deadline)),
+    ];
+    if let Some(key) = key {
+        fields.push(("key", Field::Text(key.clone())));
+    }
+    if let Some(trace) = trace {
+        fields.push(("trace", Field::Text(hex(&trace.trace_id))));
+        fields.push(("span", Field::Text(hex(&trace.span))));
+        if let Some(parent) = &trace.parent_span {
+            fields.push(("parent_span", Field::Text(hex(parent))));
+        }
+        fields.push(("sampled", Field::Bool(trace.sampled())));
+    }
+    fields.push(("input", Field::Payload(input.to_vec())));
+    fields
+}
+
 pub fn fields(kind: &EventKind) -> Vec<(&'static str, Field)> {
     use Field::*;
     match kind {
@@ -179,26 +207,23 @@ pub fn fields(kind: &EventKind) -> Vec<(&'static str, Field)> {
             fields.push(("input", Payload(input.clone())));
             fields
         }
-        EventKind::Started {
+        EventKind::StartedV2 {
             version,
             steps,
             input,
             deadline,
             key,
             ..
-        } => {
-            let ids: Vec<&str> = steps.iter().map(|s| s.id.as_str()).collect();
-            let mut fields = vec![
-                ("version", Num(u64::from(*version))),
-                ("steps", Text(ids.join(","))),
-                ("deadline", Time(*deadline)),
-            ];
-            if let Some(key) = key {
-                fields.push(("key", Text(key.clone())));
-            }
-            fields.push(("input", Payload(input.clone())));
-            fields
-        }
+        } => started_fields(*version, steps, (input, *deadline, key), None),
+        EventKind::Started {
+            version,
+            steps,
+            input,
+            deadline,
+            key,
+            trace,
+            ..
+        } => started_fields(*version, steps, (input, *deadline, key), trace.as_ref()),
         EventKind::StepStarted {
             step,
             attempt,

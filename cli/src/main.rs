@@ -45,28 +45,9 @@ enum Command {
     /// releases the inventory and cancels the order. Running it again on the
     /// same directory first finishes what an earlier run left.
     #[command(
-        after_help = "Examples:\n  skald demo\n  skald demo --sagas 100000 --fail-rate 0.2\n  skald demo --data /var/tmp/skald --sagas 0    # only finish what an earlier run left\n  skald demo --metrics 127.0.0.1:9464          # and serve Prometheus metrics until Ctrl-C"
+        after_help = "Examples:\n  skald demo\n  skald demo --sagas 100000 --fail-rate 0.2\n  skald demo --data /var/tmp/skald --sagas 0    # only finish what an earlier run left\n  skald demo --metrics 127.0.0.1:9464          # and serve Prometheus metrics until Ctrl-C\n  skald demo --otlp http://127.0.0.1:4318      # and export a trace per saga over OTLP"
     )]
-    Demo {
-        /// Engine directory (created if missing; an existing one is resumed).
-        #[arg(long, default_value = "skald-data")]
-        data: PathBuf,
-        /// New orders to run.
-        #[arg(long, default_value_t = 20_000)]
-        sagas: u64,
-        /// Fraction of orders whose card is declined (0 to 1).
-        #[arg(long, default_value_t = 0.1)]
-        fail_rate: f64,
-        /// Orders in flight at once.
-        #[arg(long, default_value_t = 256)]
-        concurrency: usize,
-        /// Serve the engine's Prometheus metrics at http://ADDR/metrics and
-        /// its health at /api/health, /api/health/live, /api/health/ready
-        /// (e.g. 127.0.0.1:9464), and keep serving after the orders, until
-        /// Ctrl-C.
-        #[arg(long, value_name = "ADDR")]
-        metrics: Option<std::net::SocketAddr>,
-    },
+    Demo(demo::DemoArgs),
     /// Print the log's records, one line each (or a saga's state at a position).
     ///
     /// Each line: partition:LSN, time, saga, definition, event type, fields.
@@ -232,22 +213,7 @@ fn main() -> ExitCode {
         stdout: std::io::stdout().lock(),
     };
     let result = match cli.command {
-        Command::Demo {
-            data,
-            sagas,
-            fail_rate,
-            concurrency,
-            metrics,
-        } => demo::run(
-            demo::DemoArgs {
-                data,
-                sagas,
-                fail_rate,
-                concurrency,
-                metrics,
-            },
-            &mut out,
-        ),
+        Command::Demo(args) => demo::run(args, &mut out),
         Command::Dump {
             dir,
             from,

@@ -613,3 +613,94 @@ fn demo_serves_its_metrics_and_health_until_interrupted() {
     assert!(child.wait().unwrap().success(), "{rest:?}");
     assert!(rest.iter().any(|l| l.contains("500 started")), "{rest:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_exports_a_trace_per_saga_over_otlp() {
+    use skald_tests::collector::Collector;
+    let collector = Collector::otlp().await;
+    let work = tempfile::tempdir().unwrap();
+    let endpoint = collector.base_url();
+    let output = tokio::task::spawn_blocking(move || {
+        let output = skald(
+            &[
+                "demo",
+                "--sagas",
+                "40",
+                "--fail-rate",
+                "0.25",
+                "--otlp",
+                &endpoint,
+            ],
+            work.path(),
+        );
+        drop(work);
+        output
+    })
+    .await
+    .unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(
+        stdout(&output).contains("traces to "),
+        "{}",
+        stdout(&output)
+    );
+    // The demo shuts its engine down, which exports every span.
+    let spans = collector.spans();
+    let roots: Vec<_> = spans.iter().filter(|s| s.name == "saga order").collect();
+    assert_eq!(roots.len(), 40, "a root span per saga");
+    for root in &roots {
+        assert_eq!(root.parent_span_id, None);
+        let children: Vec<_> = spans
+            .iter()
+            .filter(|s| s.trace_id == root.trace_id && s.span_id != root.span_id)
+            .collect();
+        assert!(!children.is_empty());
+        for child in &children {
+            assert_eq!(child.parent_span_id.as_deref(), Some(root.span_id.as_str()));
+        }
+        let names: Vec<&str> = children.iter().map(|s| s.name.as_str()).collect();
+        match root.attribute("skald.saga.outcome") {
+            "completed" => assert!(names.contains(&"step confirm-order"), "{names:?}"),
+            "compensated" => assert!(names.contains(&"compensate create-order"), "{names:?}"),
+            other => panic!("outcome {other}"),
+        }
+    }
+    let declined = roots
+        .iter()
+        .filter(|r| r.attribute("skald.saga.outcome") == "compensated")
+        .count();
+    assert!(declined > 0, "a quarter of the cards are declined");
+}
+
+#[test]
+fn demo_refuses_a_bad_trace_endpoint_or_ratio() {
+    let work = tempfile::tempdir().unwrap();
+    let output = skald(
+        &["demo", "--sagas", "1", "--otlp", "localhost:4318"],
+        work.path(),
+    );
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("expected an http:// or https:// URL"),
+        "{}",
+        stderr(&output)
+    );
+    let output = skald(
+        &[
+            "demo",
+            "--sagas",
+            "1",
+            "--otlp",
+            "http://127.0.0.1:1",
+            "--trace-sample",
+            "2",
+        ],
+        work.path(),
+    );
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("--trace-sample 2 is not within 0..=1"),
+        "{}",
+        stderr(&output)
+    );
+}

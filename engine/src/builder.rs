@@ -36,6 +36,7 @@ pub struct EngineBuilder {
     pub(crate) options: EngineOptions,
     pub(crate) definitions: Definitions,
     pub(crate) metrics: Option<Arc<Metrics>>,
+    pub(crate) tracing: Option<crate::Tracing>,
 }
 
 /// What the open builds, partition by partition.
@@ -61,6 +62,15 @@ impl EngineBuilder {
     /// register the same names again.
     pub fn metrics(mut self, registry: &mut Registry) -> EngineBuilder {
         self.metrics = Some(Arc::new(Metrics::register(registry)));
+        self
+    }
+
+    /// Exports a span per saga, step attempt, compensation and operator
+    /// action through `tracing`'s span processor (see [`crate::Tracing`]).
+    /// Without it, sagas record no trace context unless their caller gives
+    /// one, and nothing is exported.
+    pub fn tracing(mut self, tracing: crate::Tracing) -> EngineBuilder {
+        self.tracing = Some(tracing);
         self
     }
 
@@ -93,8 +103,19 @@ impl EngineBuilder {
             options,
             definitions,
             metrics,
+            tracing,
         } = self;
         check_options(&options)?;
+        let tracer = match tracing {
+            Some(tracing) if !(0.0..=1.0).contains(&tracing.ratio()) => {
+                let ratio = tracing.ratio();
+                return Err(EngineError::InvalidOptions(OptionsError::SampleRatio {
+                    ratio,
+                }));
+            }
+            Some(tracing) => Some(Arc::new(crate::trace::Tracer::new(tracing))),
+            None => None,
+        };
         let storage: Arc<dyn Storage> = match &options.storage {
             Some(storage) => storage.clone(),
             None => Arc::new(FsStorage::default()),
@@ -103,7 +124,7 @@ impl EngineBuilder {
         if let Some(metrics) = &metrics {
             metrics.open(&definitions, partitions);
         }
-        let shared = shared(&options, definitions, metrics, partitions);
+        let shared = shared(&options, definitions, (metrics, tracer), partitions);
         if let Some(metrics) = &shared.metrics {
             *metrics.live.shared.lock() = Some(Arc::downgrade(&shared));
         }
@@ -145,7 +166,7 @@ fn check_options(options: &EngineOptions) -> Result<(), EngineError> {
 fn shared(
     options: &EngineOptions,
     definitions: Definitions,
-    metrics: Option<Arc<Metrics>>,
+    (metrics, tracer): (Option<Arc<Metrics>>, Option<Arc<crate::trace::Tracer>>),
     partitions: usize,
 ) -> Arc<Shared> {
     let log_options = LogOptions::default().segment_size_bytes(options.segment_size_bytes);
@@ -153,6 +174,7 @@ fn shared(
     Arc::new(Shared {
         definitions,
         metrics,
+        tracer,
         breakers: Mutex::new(HashMap::new()),
         breaker_settings: options.breaker,
         breaker_overrides: options.breaker_overrides.clone(),

@@ -14,6 +14,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::runtime::{Command, Reply, Shared};
+use crate::trace::TraceParent;
 use crate::view::{
     BreakerView, CancelOutcome, ConsistencyReport, EngineEvent, ListFilter, SagaPage, SagaView,
     VersionCount,
@@ -93,6 +94,7 @@ impl Engine {
             options: EngineOptions::default(),
             definitions: HashMap::new(),
             metrics: None,
+            tracing: None,
         }
     }
 
@@ -124,7 +126,8 @@ impl Engine {
         definition: &str,
         input: &I,
     ) -> Result<SagaId, EngineError> {
-        self.start_inner(definition, input, None).await
+        self.start_with(definition, input, StartOptions::default())
+            .await
     }
 
     /// Like [`Engine::start`], deduplicated by `key`: a start with a key
@@ -137,15 +140,26 @@ impl Engine {
         input: &I,
         key: impl Into<String>,
     ) -> Result<SagaId, EngineError> {
-        self.start_inner(definition, input, Some(key.into())).await
+        self.start_with(definition, input, StartOptions::default().key(key))
+            .await
     }
 
-    async fn start_inner<I: Serialize>(
+    /// Starts a saga with [`StartOptions`]: a deduplication key (as
+    /// [`Engine::start_with_key`]) and the caller's trace context, which
+    /// becomes the parent of the saga's span. With tracing on and no
+    /// context given, the current OpenTelemetry context's span is the
+    /// parent, if there is one.
+    pub async fn start_with<I: Serialize>(
         &self,
         definition: &str,
         input: &I,
-        key: Option<String>,
+        options: StartOptions,
     ) -> Result<SagaId, EngineError> {
+        let StartOptions { key, trace_parent } = options;
+        let trace_parent = match (trace_parent, &self.inner.shared.tracer) {
+            (None, Some(_)) => TraceParent::from_context(&opentelemetry::Context::current()),
+            (given, _) => given,
+        };
         // New starts use the newest version.
         let found = self
             .inner
@@ -174,6 +188,7 @@ impl Engine {
             definition: found,
             input,
             key,
+            trace_parent,
             reply,
         })
         .await
@@ -373,6 +388,11 @@ impl Engine {
         for task in tasks {
             let _ = task.await;
         }
+        if let Some(tracer) = self.inner.shared.tracer.clone() {
+            // Exports what is still queued (a blocking call).
+            let inline = self.inner.shared.deterministic;
+            crate::runtime::off_thread(inline, move || tracer.shutdown()).await;
+        }
         match first_error {
             Some(error) => Err(error),
             None => Ok(()),
@@ -416,5 +436,30 @@ impl Engine {
             .await
             .map_err(|_| EngineError::ShutDown)?;
         answer.await.map_err(|_| EngineError::ShutDown)?
+    }
+}
+
+/// How [`Engine::start_with`] starts a saga.
+#[derive(Debug, Clone, Default)]
+pub struct StartOptions {
+    key: Option<String>,
+    trace_parent: Option<TraceParent>,
+}
+
+impl StartOptions {
+    /// Deduplicates the start by `key` (see [`Engine::start_with_key`]).
+    pub fn key(mut self, key: impl Into<String>) -> StartOptions {
+        self.key = Some(key.into());
+        self
+    }
+
+    /// The caller's trace context (a W3C `traceparent`, parsed with
+    /// `str::parse`, or [`TraceParent::from_context`]): the saga's span
+    /// becomes its child, and the context is recorded with the start, so
+    /// every later span of the saga joins the caller's trace. Recorded
+    /// even with tracing off, for a later run that has it on.
+    pub fn trace_parent(mut self, parent: TraceParent) -> StartOptions {
+        self.trace_parent = Some(parent);
+        self
     }
 }

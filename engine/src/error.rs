@@ -250,7 +250,7 @@ pub enum NotEngineReason {
 }
 
 /// Engine options that cannot work ([`EngineError::InvalidOptions`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, Copy, PartialEq, thiserror::Error)]
 pub enum OptionsError {
     /// A partition count outside `1..=PARTITIONS_MAX`.
     #[error("partitions must be within 1..={}, not {asked}", crate::PARTITIONS_MAX)]
@@ -261,6 +261,12 @@ pub enum OptionsError {
     /// Breaker settings that cannot work.
     #[error("{0}")]
     Breaker(#[source] BreakerSettingsError),
+    /// A trace sample ratio outside 0..=1.
+    #[error("the trace sample ratio must be within 0..=1, not {ratio}")]
+    SampleRatio {
+        /// What was asked for.
+        ratio: f64,
+    },
 }
 
 impl From<skald_log::LogError> for EngineError {

@@ -10,7 +10,7 @@ pub use crate::engine::partition_of_key;
 pub use crate::recovery::{
     decode_checked, decode_snapshot, encode_partition, encode_snapshot, fold_log, recover,
     snapshot_dir, Folded, PartitionSnapshot, PayloadError, Recovered, SNAPSHOT_DIR,
-    SNAPSHOT_PAYLOAD_VERSION, SNAPSHOT_PAYLOAD_VERSION_1,
+    SNAPSHOT_PAYLOAD_VERSION, SNAPSHOT_PAYLOAD_VERSION_1, SNAPSHOT_PAYLOAD_VERSION_2,
 };
 /// The pure model beneath the engine: states, the fold, `decide`, the
 /// codec.

@@ -91,16 +91,18 @@ mod saga;
 #[cfg(feature = "sim")]
 pub mod sim;
 mod snapshotter;
+mod trace;
 mod view;
 
 pub use crate::builder::EngineBuilder;
-pub use crate::engine::Engine;
+pub use crate::engine::{Engine, StartOptions};
 pub use crate::error::{Corruption, EngineError, NotEngineReason, OptionsError};
 pub use crate::health::{Health, HealthProblem};
 pub use crate::options::{EngineOptions, Retention, PARTITIONS_MAX, RETENTION_DEFAULT};
 pub use crate::runtime::COMMANDS_QUEUED_MAX;
 pub use crate::saga::{Saga, Step, StepContext, StepError};
 pub use crate::snapshotter::SnapshotSettings;
+pub use crate::trace::{ParseTraceParentError, TraceExportError, TraceParent, Tracing};
 pub use crate::view::{
     BreakerView, CancelOutcome, ConsistencyReport, EngineEvent, ListFilter, PartitionCheck,
     SagaPage, SagaSummary, SagaView, StepView, VersionCount,
@@ -109,5 +111,6 @@ pub use skald_log::Durability;
 pub use skald_model::{
     ApplyError, Backoff, BreakerSettings, BreakerSettingsError, BreakerState, DefinitionError,
     Event, EventKind, Millis, OperatorAction, ParseSagaIdError, RetryPolicy, RetryPolicyError,
-    SagaId, SagaStatus, StepIndex, StepKind, StepPhase, StepRule, StepSignature, Timer, STEPS_MAX,
+    SagaId, SagaStatus, StepIndex, StepKind, StepPhase, StepRule, StepSignature, Timer,
+    TraceContext, STEPS_MAX,
 };

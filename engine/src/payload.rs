@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use skald_model::legacy::SagaStateV1;
+use skald_model::legacy::{SagaStateV1, SagaStateV2};
 use skald_model::{codec, SagaId, SagaState};
 
 /// A partition's state as a snapshot holds it.
@@ -23,8 +23,12 @@ pub struct PartitionSnapshot {
 }
 
 /// The layout version of snapshot payloads this build writes (see
-/// FORMAT.md). Version 2 added each step's in-doubt attempts.
-pub const SNAPSHOT_PAYLOAD_VERSION: u8 = 2;
+/// FORMAT.md). Version 2 added each step's in-doubt attempts and the
+/// partition's next saga sequence; version 3 each saga's trace context.
+pub const SNAPSHOT_PAYLOAD_VERSION: u8 = 3;
+/// Version 2, still read: its sagas decode as
+/// [`skald_model::legacy::SagaStateV2`] and convert.
+pub const SNAPSHOT_PAYLOAD_VERSION_2: u8 = 2;
 /// The first version, still read: its sagas decode as
 /// [`skald_model::legacy::SagaStateV1`] and convert.
 pub const SNAPSHOT_PAYLOAD_VERSION_1: u8 = 1;
@@ -124,7 +128,12 @@ pub fn decode_snapshot(payload: &[u8]) -> Result<PartitionSnapshot, PayloadError
         return Err(PayloadError::Truncated(payload.len()));
     }
     let version = payload[0];
-    if version != SNAPSHOT_PAYLOAD_VERSION && version != SNAPSHOT_PAYLOAD_VERSION_1 {
+    let known = [
+        SNAPSHOT_PAYLOAD_VERSION,
+        SNAPSHOT_PAYLOAD_VERSION_2,
+        SNAPSHOT_PAYLOAD_VERSION_1,
+    ];
+    if !known.contains(&version) {
         return Err(PayloadError::Version(version));
     }
     let partition = u16::from_le_bytes([payload[1], payload[2]]);
@@ -222,11 +231,17 @@ fn decode_chunks(chunks: &[&[u8]], version: u8) -> Vec<ChunkGroup> {
 
 /// One chunk's sagas, in the layout of payload `version`.
 fn decode_chunk(chunk: &[u8], version: u8) -> Result<Vec<SagaState>, codec::CodecError> {
-    if version == SNAPSHOT_PAYLOAD_VERSION_1 {
-        let old: Vec<SagaStateV1> = codec::decode(chunk)?;
-        return Ok(old.into_iter().map(SagaState::from).collect());
+    match version {
+        SNAPSHOT_PAYLOAD_VERSION_1 => {
+            let old: Vec<SagaStateV1> = codec::decode(chunk)?;
+            Ok(old.into_iter().map(SagaState::from).collect())
+        }
+        SNAPSHOT_PAYLOAD_VERSION_2 => {
+            let old: Vec<SagaStateV2> = codec::decode(chunk)?;
+            Ok(old.into_iter().map(SagaState::from).collect())
+        }
+        _ => codec::decode(chunk),
     }
-    codec::decode(chunk)
 }
 
 #[cfg(test)]

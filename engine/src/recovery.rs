@@ -15,7 +15,7 @@ use skald_snapshot::{Damage, SnapshotStore};
 
 pub use crate::payload::{
     decode_snapshot, encode_partition, encode_snapshot, PartitionSnapshot, PayloadError,
-    SNAPSHOT_PAYLOAD_VERSION, SNAPSHOT_PAYLOAD_VERSION_1,
+    SNAPSHOT_PAYLOAD_VERSION, SNAPSHOT_PAYLOAD_VERSION_1, SNAPSHOT_PAYLOAD_VERSION_2,
 };
 use crate::{Corruption, EngineError};
 

@@ -22,7 +22,7 @@ use serde::Serialize;
 use skald_model::{Millis, RetryPolicy, Run, SagaId, SagaSpec, StepIndex, StepKind, StepSpec};
 
 use crate::cancel::CancelSignal;
-use crate::EngineError;
+use crate::{EngineError, TraceParent};
 
 /// A boxed, sendable future: what handlers are stored as.
 pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
@@ -105,6 +105,7 @@ pub struct StepContext<I> {
     input: Arc<I>,
     outputs: Arc<Outputs>,
     undo: Arc<[u32]>,
+    trace: Option<TraceParent>,
 }
 
 /// Everything one attempt's handler is called with, its input type erased.
@@ -116,11 +117,13 @@ pub(crate) struct AttemptContext {
     pub(crate) cancel: Arc<CancelSignal>,
     /// For a compensation: the step's attempts that may have been applied.
     pub(crate) undo: Arc<[u32]>,
+    /// The attempt's span, if the saga has a trace context.
+    pub(crate) trace: Option<TraceParent>,
 }
 
 /// The idempotency key of attempt `attempt` of step `step_id` (or of its
 /// compensation) in `saga`.
-fn key(saga: SagaId, step_id: &str, compensation: bool, attempt: u32) -> String {
+pub(crate) fn key(saga: SagaId, step_id: &str, compensation: bool, attempt: u32) -> String {
     let what = match compensation {
         true => "compensate",
         false => "execute",
@@ -129,6 +132,30 @@ fn key(saga: SagaId, step_id: &str, compensation: bool, attempt: u32) -> String 
 }
 
 impl<I> StepContext<I> {
+    /// This attempt's trace context: the attempt's span in the saga's
+    /// trace, if the saga has one (tracing on, or the caller gave one).
+    /// The same for the same attempt after a restart.
+    pub fn trace_parent(&self) -> Option<TraceParent> {
+        self.trace
+    }
+
+    /// The W3C `traceparent` header value to send with a call to a
+    /// service, so that its spans join the saga's trace as children of
+    /// this attempt.
+    pub fn traceparent(&self) -> Option<String> {
+        self.trace.map(|parent| parent.to_string())
+    }
+
+    /// This attempt's span as an OpenTelemetry context (empty without a
+    /// trace context): the parent for spans the step makes itself (with
+    /// tracing-opentelemetry, `span.set_parent(context.otel_context())`).
+    pub fn otel_context(&self) -> opentelemetry::Context {
+        match self.trace {
+            Some(parent) => parent.to_context(),
+            None => opentelemetry::Context::new(),
+        }
+    }
+
     /// The saga instance.
     pub fn saga_id(&self) -> SagaId {
         self.saga
@@ -487,6 +514,7 @@ where
             outputs,
             cancel,
             undo,
+            trace,
         } = context;
         let Ok(input) = input.downcast::<I>() else {
             return Box::pin(async { Err(StepError::permanent("saga input of the wrong type")) });
@@ -502,6 +530,7 @@ where
             input,
             outputs,
             undo,
+            trace,
         };
         if run.compensation {
             match &step.compensate {

@@ -16,6 +16,7 @@ use crate::event::{Event, EventKind, Millis, OperatorAction, StepIndex, Timer};
 use crate::state::{
     DefinitionVersion, SagaState, SagaStatus, StepPhase, StepState, IN_DOUBT_ATTEMPTS_MAX,
 };
+use crate::trace::TraceContext;
 use crate::STEPS_MAX;
 
 /// Folds one event into a saga's state (`None` before `Started`). The
@@ -51,7 +52,7 @@ pub fn apply_mut(state: &mut SagaState, event: &Event) -> Result<(), ApplyError>
         });
     }
     match &event.kind {
-        EventKind::Started { .. } | EventKind::StartedV1 { .. } => {
+        EventKind::Started { .. } | EventKind::StartedV2 { .. } | EventKind::StartedV1 { .. } => {
             return Err(ApplyError::AlreadyStarted { saga: state.id })
         }
         EventKind::CancelRequested { reason } => {
@@ -87,36 +88,93 @@ pub fn apply_mut(state: &mut SagaState, event: &Event) -> Result<(), ApplyError>
     Ok(())
 }
 
+/// What a start event of any version records.
+struct Start<'a> {
+    definition: &'a String,
+    steps: usize,
+    input: &'a Vec<u8>,
+    deadline: Millis,
+    key: &'a Option<String>,
+    version: Option<DefinitionVersion>,
+    trace: Option<TraceContext>,
+}
+
+impl<'a> Start<'a> {
+    fn of(kind: &'a EventKind) -> Option<Start<'a>> {
+        let versioned = |number: u32, steps: &[_]| DefinitionVersion {
+            number,
+            fingerprint: fingerprint(steps),
+        };
+        Some(match kind {
+            EventKind::StartedV1 {
+                definition,
+                steps,
+                input,
+                deadline,
+                key,
+            } => Start {
+                definition,
+                steps: usize::from(*steps),
+                input,
+                deadline: *deadline,
+                key,
+                version: None,
+                trace: None,
+            },
+            EventKind::StartedV2 {
+                definition,
+                version,
+                steps,
+                input,
+                deadline,
+                key,
+            } => Start {
+                definition,
+                steps: steps.len(),
+                input,
+                deadline: *deadline,
+                key,
+                version: Some(versioned(*version, steps)),
+                trace: None,
+            },
+            EventKind::Started {
+                definition,
+                version,
+                steps,
+                input,
+                deadline,
+                key,
+                trace,
+            } => Start {
+                definition,
+                steps: steps.len(),
+                input,
+                deadline: *deadline,
+                key,
+                version: Some(versioned(*version, steps)),
+                trace: *trace,
+            },
+            _ => return None,
+        })
+    }
+}
+
 /// The first event of a saga.
 fn start(event: &Event) -> Result<SagaState, ApplyError> {
-    let (definition, steps, input, deadline, key, version) = match &event.kind {
-        EventKind::StartedV1 {
-            definition,
-            steps,
-            input,
-            deadline,
-            key,
-        } => (definition, usize::from(*steps), input, deadline, key, None),
-        EventKind::Started {
-            definition,
-            version,
-            steps,
-            input,
-            deadline,
-            key,
-        } => {
-            let version = DefinitionVersion {
-                number: *version,
-                fingerprint: fingerprint(steps),
-            };
-            (definition, steps.len(), input, deadline, key, Some(version))
-        }
-        _ => {
-            return Err(ApplyError::NotStarted {
-                saga: event.saga,
-                event: event.kind.name(),
-            })
-        }
+    let Some(Start {
+        definition,
+        steps,
+        input,
+        deadline,
+        key,
+        version,
+        trace,
+    }) = Start::of(&event.kind)
+    else {
+        return Err(ApplyError::NotStarted {
+            saga: event.saga,
+            event: event.kind.name(),
+        });
     };
     if steps > STEPS_MAX || steps == 0 {
         return Err(ApplyError::BadStepCount {
@@ -132,13 +190,14 @@ fn start(event: &Event) -> Result<SagaState, ApplyError> {
         status: SagaStatus::Running,
         steps: (0..steps).map(|_| StepState::new()).collect(),
         started_at: event.at,
-        deadline: *deadline,
+        deadline,
         deadline_passed: false,
         cancel_reason: None,
         failure: None,
         operator_actions: Vec::new(),
         updated_at: event.at,
         version,
+        trace,
     })
 }
 

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::codec::{self, CodecError};
 use crate::definition::StepSignature;
 use crate::error::ParseSagaIdError;
+use crate::trace::TraceContext;
 
 /// Milliseconds since the Unix epoch, as recorded by the engine.
 pub type Millis = u64;
@@ -208,6 +209,23 @@ pub enum EventKind {
         /// When it starts.
         until: Millis,
     },
+    /// The saga was started, by a build from before trace contexts (as
+    /// [`EventKind::Started`] without `trace`). Still read; no longer
+    /// written.
+    StartedV2 {
+        /// The definition's id.
+        definition: String,
+        /// The definition's version.
+        version: u32,
+        /// The version's steps (ids and kinds), in order.
+        steps: Vec<StepSignature>,
+        /// The caller's input, serialised.
+        input: Vec<u8>,
+        /// The saga's deadline.
+        deadline: Millis,
+        /// The caller's deduplication key, if any.
+        key: Option<String>,
+    },
     /// The saga was started (durable before `start` returns), on one
     /// version of its definition, whose steps it records: the saga runs
     /// to its end on exactly these steps. Appended last: existing logs
@@ -225,6 +243,9 @@ pub enum EventKind {
         deadline: Millis,
         /// The caller's deduplication key, if any.
         key: Option<String>,
+        /// The saga's trace context (`None`: tracing was off and the
+        /// caller gave none).
+        trace: Option<TraceContext>,
     },
 }
 
@@ -285,7 +306,9 @@ impl EventKind {
     /// The kind's name, for errors, logs and tools (`StepStarted`, ...).
     pub fn name(&self) -> &'static str {
         match self {
-            EventKind::Started { .. } | EventKind::StartedV1 { .. } => "Started",
+            EventKind::Started { .. }
+            | EventKind::StartedV2 { .. }
+            | EventKind::StartedV1 { .. } => "Started",
             EventKind::StepStarted { .. } => "StepStarted",
             EventKind::StepSucceeded { .. } => "StepSucceeded",
             EventKind::StepFailed { .. } => "StepFailed",

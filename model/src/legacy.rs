@@ -4,7 +4,7 @@
 use serde::Deserialize;
 
 use crate::event::{Millis, SagaId};
-use crate::state::{SagaState, SagaStatus, StepPhase, StepState};
+use crate::state::{DefinitionVersion, SagaState, SagaStatus, StepPhase, StepState};
 
 /// [`SagaState`] as snapshot payload version 1 encoded it: steps without
 /// in-doubt attempts (none were recorded then).
@@ -55,6 +55,7 @@ impl From<SagaStateV1> for SagaState {
             operator_actions: old.operator_actions,
             updated_at: old.updated_at,
             version: None,
+            trace: None,
         }
     }
 }
@@ -73,6 +74,48 @@ impl From<StepStateV1> for StepState {
             in_doubt: Vec::new(),
             budget_from: 0,
             compensation_budget_from: 0,
+        }
+    }
+}
+
+/// [`SagaState`] as snapshot payload version 2 encoded it: without a trace
+/// context (none was recorded then).
+#[derive(Debug, Deserialize)]
+pub struct SagaStateV2 {
+    id: SagaId,
+    definition: String,
+    input: Vec<u8>,
+    key: Option<String>,
+    status: SagaStatus,
+    steps: Vec<StepState>,
+    started_at: Millis,
+    deadline: Millis,
+    deadline_passed: bool,
+    cancel_reason: Option<String>,
+    failure: Option<String>,
+    operator_actions: Vec<(String, String)>,
+    updated_at: Millis,
+    version: Option<DefinitionVersion>,
+}
+
+impl From<SagaStateV2> for SagaState {
+    fn from(old: SagaStateV2) -> SagaState {
+        SagaState {
+            id: old.id,
+            definition: old.definition,
+            input: old.input,
+            key: old.key,
+            status: old.status,
+            steps: old.steps,
+            started_at: old.started_at,
+            deadline: old.deadline,
+            deadline_passed: old.deadline_passed,
+            cancel_reason: old.cancel_reason,
+            failure: old.failure,
+            operator_actions: old.operator_actions,
+            updated_at: old.updated_at,
+            version: old.version,
+            trace: None,
         }
     }
 }

@@ -36,6 +36,7 @@ mod fold;
 pub mod legacy;
 mod retry;
 mod state;
+mod trace;
 
 pub use crate::apply::{apply, apply_mut};
 pub use crate::breaker::{BreakerSettings, BreakerState, CircuitBreaker, TRIAL_WAIT_MS_MAX};
@@ -51,3 +52,4 @@ pub use crate::retry::{Backoff, RetryPolicy, ATTEMPTS_MAX};
 pub use crate::state::{
     DefinitionVersion, SagaState, SagaStatus, StepPhase, StepState, IN_DOUBT_ATTEMPTS_MAX,
 };
+pub use crate::trace::TraceContext;

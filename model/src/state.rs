@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::event::{Millis, SagaId};
+use crate::trace::TraceContext;
 
 /// Where a saga stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -177,6 +178,9 @@ pub struct SagaState {
     /// The definition version it started on (`None`: started by a build
     /// from before versions).
     pub version: Option<DefinitionVersion>,
+    /// Its trace context, recorded with its start (`None`: tracing was off
+    /// and the caller gave none, or a build from before trace contexts).
+    pub trace: Option<TraceContext>,
 }
 
 /// A definition version as a saga recorded it at its start.

@@ -5,6 +5,9 @@
 //! Each body must never panic on any input, and checks that whatever the
 //! decoder accepts is really sound (never garbage returned as a record).
 
+#[cfg(feature = "collector")]
+pub mod collector;
+
 use std::path::Path;
 use std::sync::Arc;
 

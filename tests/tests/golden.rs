@@ -12,9 +12,11 @@ use std::path::PathBuf;
 
 use skald_engine::inspect::{
     decode_snapshot, encode_partition, partition_count, SNAPSHOT_PAYLOAD_VERSION,
-    SNAPSHOT_PAYLOAD_VERSION_1,
+    SNAPSHOT_PAYLOAD_VERSION_1, SNAPSHOT_PAYLOAD_VERSION_2,
 };
-use skald_engine::{Engine, EngineOptions, Event, EventKind, OperatorAction, SagaId, Timer};
+use skald_engine::{
+    Engine, EngineOptions, Event, EventKind, OperatorAction, SagaId, Timer, TraceContext,
+};
 use skald_model::{
     DefinitionVersion, SagaState, SagaStatus, StepKind, StepPhase, StepSignature, StepState,
 };
@@ -230,7 +232,7 @@ fn events() -> Vec<(&'static str, EventKind)> {
         ),
         (
             "started-versioned",
-            EventKind::Started {
+            EventKind::StartedV2 {
                 definition: "order".into(),
                 version: 3,
                 steps: vec![
@@ -250,6 +252,42 @@ fn events() -> Vec<(&'static str, EventKind)> {
                 input: br#"{"order_id":7}"#.to_vec(),
                 deadline: AT + 3_600_000,
                 key: Some("order-7".into()),
+            },
+        ),
+        (
+            "started-traced",
+            EventKind::Started {
+                definition: "order".into(),
+                version: 4,
+                steps: vec![
+                    StepSignature {
+                        id: "reserve".into(),
+                        kind: StepKind::Compensatable,
+                    },
+                    StepSignature {
+                        id: "charge".into(),
+                        kind: StepKind::Pivot,
+                    },
+                ],
+                input: br#"{"order_id":8}"#.to_vec(),
+                deadline: AT + 3_600_000,
+                key: Some("order-8".into()),
+                trace: Some(trace_context()),
+            },
+        ),
+        (
+            "started-untraced",
+            EventKind::Started {
+                definition: "order".into(),
+                version: 4,
+                steps: vec![StepSignature {
+                    id: "reserve".into(),
+                    kind: StepKind::Compensatable,
+                }],
+                input: Vec::new(),
+                deadline: AT + 60_000,
+                key: None,
+                trace: None,
             },
         ),
         (
@@ -293,10 +331,25 @@ fn kind_number(kind: &EventKind) -> usize {
         EventKind::AttemptResumed { .. } => 14,
         EventKind::StepInDoubt { .. } => 15,
         EventKind::AttemptDelayed { .. } => 16,
-        EventKind::Started { .. } => 17,
+        EventKind::StartedV2 { .. } => 17,
+        EventKind::Started { .. } => 18,
     }
 }
-const KINDS: usize = 18;
+const KINDS: usize = 19;
+
+/// A trace context under a caller's span (the W3C specification's
+/// example ids), sampled.
+fn trace_context() -> TraceContext {
+    TraceContext {
+        trace_id: [
+            0x0a, 0xf7, 0x65, 0x19, 0x16, 0xcd, 0x43, 0xdd, 0x84, 0x48, 0xeb, 0x21, 0x1c, 0x80,
+            0x31, 0x9c,
+        ],
+        span: [0x53, 0x99, 0x5c, 0x3f, 0x42, 0xcd, 0x8a, 0xd8],
+        parent_span: Some([0xb7, 0xad, 0x6b, 0x71, 0x69, 0x20, 0x33, 0x31]),
+        flags: 1,
+    }
+}
 
 #[test]
 fn every_event_kind_decodes_from_its_checked_in_bytes_and_re_encodes_identically() {
@@ -364,6 +417,7 @@ fn snapshot_sagas(in_doubt: bool) -> Vec<SagaState> {
         operator_actions: Vec::new(),
         updated_at: AT + 3,
         version: None,
+        trace: None,
     };
     let mut compensating = step(
         StepPhase::WaitingCompensationRetry {
@@ -425,20 +479,37 @@ fn snapshot_sagas(in_doubt: bool) -> Vec<SagaState> {
         operator_actions: vec![("ops".into(), "ledger is back".into())],
         updated_at: AT + 10,
         version: None,
+        trace: None,
     };
     let failed = SagaState { version, ..failed };
     vec![completed, failed]
 }
 
 #[test]
-fn a_snapshot_file_decodes_from_its_checked_in_bytes_and_re_encodes_identically() {
+fn a_version_2_snapshot_written_by_an_earlier_build_still_decodes() {
+    // Written before sagas recorded trace contexts: it decodes, each saga
+    // with none.
     const LSN: u64 = 12;
-    let sagas = snapshot_sagas(true);
+    let name = format!("v2/{}", skald_snapshot::file_name(LSN));
+    let bytes = std::fs::read(golden(&name)).unwrap();
+    let read = skald_snapshot::decode(&bytes, LSN).expect("the checked-in snapshot file is sound");
+    assert_eq!(read[0], SNAPSHOT_PAYLOAD_VERSION_2);
+    let decoded = decode_snapshot(read).expect("a version 2 payload decodes");
+    assert_eq!((decoded.partition, decoded.lsn), (3, LSN));
+    assert_eq!(decoded.next_seq, 9);
+    assert_eq!(decoded.sagas, snapshot_sagas(true));
+}
+
+#[test]
+fn a_snapshot_file_decodes_from_its_checked_in_bytes_and_re_encodes_identically() {
+    const LSN: u64 = 13;
+    let mut sagas = snapshot_sagas(true);
+    sagas[1].trace = Some(trace_context());
     let map = sagas.iter().map(|s| (s.id, s.clone())).collect();
     let payload = encode_partition(3, LSN, 9, &map);
     assert_eq!(payload[0], SNAPSHOT_PAYLOAD_VERSION);
     let file = skald_snapshot::encode(LSN, &payload);
-    let name = format!("v2/{}", skald_snapshot::file_name(LSN));
+    let name = format!("v3/{}", skald_snapshot::file_name(LSN));
     let bytes = checked_in(&name, &file);
     let read = skald_snapshot::decode(&bytes, LSN).expect("the checked-in snapshot file is sound");
     let decoded = decode_snapshot(read).expect("its payload decodes");

@@ -34,7 +34,7 @@ impl SagaOutcome {
         })
     }
 
-    pub(super) fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             SagaOutcome::Completed => "completed",
             SagaOutcome::Compensated => "compensated",
@@ -103,7 +103,7 @@ impl FailureReason {
         }
     }
 
-    pub(super) fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             FailureReason::Cancel => "cancel",
             FailureReason::SagaTimeout => "saga_timeout",
@@ -153,7 +153,7 @@ impl InFlight {
         }
     }
 
-    pub(super) fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             InFlight::Running => "running",
             InFlight::Waiting => "waiting",
@@ -206,7 +206,7 @@ impl AttemptOutcome {
         }
     }
 
-    pub(super) fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             AttemptOutcome::Ok => "ok",
             AttemptOutcome::RetryableError => "retryable_error",

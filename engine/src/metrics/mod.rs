@@ -30,7 +30,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use skald_model::{BreakerState, Event, SagaState};
 
-pub(crate) use classes::InFlight;
+pub(crate) use classes::{AttemptOutcome, InFlight, SagaOutcome};
 pub(crate) use collector::LiveSources;
 use handles::{DefinitionHandles, PartitionHandles};
 use labels::{

@@ -97,6 +97,7 @@ impl Partition {
                 outputs,
                 cancel: cancel.clone(),
                 undo,
+                trace: crate::trace::attempt_parent(entry.state.trace.as_ref(), &run),
             },
         };
         let task = tokio::spawn(attempt.run(call, tx)).abort_handle();

@@ -35,6 +35,9 @@ pub(super) struct Effects {
     pub(super) spawn: Vec<(SagaId, Run)>,
     pub(super) ended: Vec<SagaId>,
     pub(super) events: Vec<(u64, Event)>,
+    /// Finished spans (tracing on), exported once their events are
+    /// durable.
+    pub(super) spans: Vec<opentelemetry_sdk::trace::SpanData>,
     /// When its batch was written (with metrics on, one batch in eight):
     /// how long durability took is measured at the release.
     pub(super) written_at: Option<std::time::Instant>,
@@ -47,6 +50,7 @@ impl Effects {
             && self.spawn.is_empty()
             && self.ended.is_empty()
             && self.events.is_empty()
+            && self.spans.is_empty()
     }
 
     /// Queues `value` for `reply`; if the batch fails instead, the caller
@@ -70,6 +74,7 @@ impl Effects {
         self.spawn.extend(from.spawn);
         self.ended.extend(from.ended);
         self.events.extend(from.events);
+        self.spans.extend(from.spans);
     }
 
     /// Tells every caller waiting on these effects that their batch failed.
@@ -177,6 +182,9 @@ impl Partition {
     }
 
     fn apply_effects(&mut self, effects: Effects) {
+        if let Some(tracer) = &self.shared.tracer {
+            tracer.export(effects.spans);
+        }
         for (lsn, event) in effects.events {
             let _ = self.events.send(Arc::new(EngineEvent {
                 partition: self.index,

@@ -23,6 +23,7 @@ pub(crate) enum Command {
         definition: Arc<dyn Definition>,
         input: Vec<u8>,
         key: Option<String>,
+        trace_parent: Option<crate::TraceParent>,
         reply: Reply<SagaId>,
     },
     Finished {
@@ -114,8 +115,9 @@ impl Partition {
                 definition,
                 input,
                 key,
+                trace_parent,
                 reply,
-            } => self.start(definition, input, key, reply),
+            } => self.start(definition, (input, key, trace_parent), reply),
             Command::Finished { saga, run, result } => self.finished(saga, run, result),
             Command::Cancel {
                 saga,

@@ -34,8 +34,7 @@ impl Partition {
     pub(super) fn start(
         &mut self,
         definition: Arc<dyn Definition>,
-        input: Vec<u8>,
-        key: Option<String>,
+        (input, key, trace_parent): (Vec<u8>, Option<String>, Option<crate::TraceParent>),
         reply: Reply<SagaId>,
     ) {
         if let Some(key) = &key {
@@ -47,6 +46,11 @@ impl Partition {
         let id = SagaId(self.next_seq * self.shared.partitions + u64::from(self.index));
         let now = self.shared.clock.now();
         let spec = definition.spec();
+        let trace = match (&self.shared.tracer, trace_parent) {
+            (Some(tracer), parent) => Some(tracer.context(parent, &mut self.rng)),
+            (None, Some(parent)) => Some(crate::trace::child_of(parent, &mut self.rng)),
+            (None, None) => None,
+        };
         let event = Event {
             saga: id,
             at: now,
@@ -57,6 +61,7 @@ impl Partition {
                 input,
                 deadline: now.saturating_add(millis(spec.timeout)),
                 key: key.clone(),
+                trace,
             },
         };
         let state = match apply(None, &event) {
@@ -226,6 +231,12 @@ impl Partition {
         let next = apply(Some(&entry.state), &event).map_err(EngineError::Refused)?;
         if let Some(metrics) = &self.shared.metrics {
             metrics.recorded(&entry.state, &next, entry.definition.is_none(), &event);
+        }
+        if let Some(tracer) = &self.shared.tracer {
+            let steps = entry.definition.as_ref().map(|d| &d.step_ids()[..]);
+            let states = (&entry.state, &next);
+            let spans = &mut self.effects.spans;
+            self.traces.recorded(tracer, states, &event, steps, spans);
         }
         entry.state = next;
         if !entry.dirty {

@@ -81,6 +81,8 @@ pub(crate) struct Shared {
     pub(crate) definitions: Definitions,
     /// The engine's metrics, if the host asked for them.
     pub(crate) metrics: Option<Arc<crate::metrics::Metrics>>,
+    /// The engine's span export, if the host asked for traces.
+    pub(crate) tracer: Option<Arc<crate::trace::Tracer>>,
     pub(crate) breakers: Mutex<HashMap<String, CircuitBreaker>>,
     /// Breaker settings of services that have their own.
     pub(crate) breaker_overrides: HashMap<String, skald_model::BreakerSettings>,
@@ -228,4 +230,7 @@ pub(crate) struct Partition {
     retained: retained::RetainedSagas,
     /// Finished sagas recovered at open, retained a slice per turn.
     to_retain: Vec<SagaId>,
+    /// Span events of sampled sagas, until their spans are exported (only
+    /// with tracing on).
+    traces: crate::trace::SagaTraces,
 }

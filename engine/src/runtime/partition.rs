@@ -89,6 +89,7 @@ impl Partition {
             resuming: BTreeSet::new(),
             retained: Default::default(),
             to_retain: finished_ids,
+            traces: Default::default(),
         })
     }
 
