@@ -103,6 +103,7 @@ fn main() {
             partitions: None,
             retention: None,
             metrics: false,
+            trace: false,
         };
         let report = runtime
             .block_on(run(dir.path(), &options))

@@ -17,6 +17,7 @@ pub struct BenchArgs {
     pub partitions: Option<usize>,
     pub retention: Option<Duration>,
     pub metrics: bool,
+    pub trace: bool,
     pub data: Option<PathBuf>,
     pub json: bool,
 }
@@ -86,6 +87,7 @@ pub fn run_bench(args: BenchArgs, out: &mut Out) -> Result<()> {
             partitions: args.partitions,
             retention: args.retention,
             metrics: args.metrics,
+            trace: args.trace,
         },
     ))?;
     if args.json {

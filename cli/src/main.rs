@@ -150,6 +150,10 @@ enum Command {
         /// Record the engine's Prometheus metrics (to measure their cost).
         #[arg(long)]
         metrics: bool,
+        /// Trace every saga, its spans dropped by the exporter (to measure
+        /// what tracing costs the engine).
+        #[arg(long)]
+        trace: bool,
         /// A directory to create for the run (kept afterwards).
         #[arg(long)]
         data: Option<PathBuf>,
@@ -262,6 +266,7 @@ fn main() -> ExitCode {
             partitions,
             retention,
             metrics,
+            trace,
             data,
             json,
         } => bench::run_bench(
@@ -273,6 +278,7 @@ fn main() -> ExitCode {
                 partitions,
                 retention,
                 metrics,
+                trace,
                 data,
                 json,
             },

@@ -45,6 +45,23 @@ pub struct BenchOptions {
     /// Records Prometheus metrics (into a registry of the run's own,
     /// rendered once at the end as a scrape would): what they cost.
     pub metrics: bool,
+    /// Traces every saga: its spans built and handed to OpenTelemetry's
+    /// batch span processor, whose exporter drops them (what the engine's
+    /// side of tracing costs, without a network).
+    pub trace: bool,
+}
+
+/// An exporter that drops every batch.
+#[derive(Debug)]
+struct Dropped;
+
+impl opentelemetry_sdk::trace::SpanExporter for Dropped {
+    async fn export(
+        &self,
+        _batch: Vec<opentelemetry_sdk::trace::SpanData>,
+    ) -> opentelemetry_sdk::error::OTelSdkResult {
+        Ok(())
+    }
 }
 
 /// Latency and step-gap samples kept at most per run, so that a run of
@@ -229,6 +246,10 @@ pub async fn run(dir: &Path, options: &BenchOptions) -> Result<BenchReport, Engi
     let mut builder = Engine::builder(dir).options(engine_options);
     if options.metrics {
         builder = builder.metrics(&mut registry);
+    }
+    if options.trace {
+        let processor = opentelemetry_sdk::trace::BatchSpanProcessor::builder(Dropped).build();
+        builder = builder.tracing(skald_engine::Tracing::new(processor));
     }
     let engine = builder
         .register(bench_saga(options.steps.max(1), gaps.clone()))?
