@@ -59,6 +59,9 @@ impl DemoArgs {
         let tracing = match (&self.otlp, &self.zipkin) {
             (Some(endpoint), _) => Tracing::otlp(endpoint, "skald-demo")?,
             (None, Some(endpoint)) => Tracing::zipkin(endpoint, "skald-demo")?,
+            (None, None) if self.trace_sample != 1.0 => {
+                bail!("--trace-sample needs --otlp or --zipkin (where to send the traces)")
+            }
             (None, None) => return Ok(None),
         };
         Ok(Some(tracing.sample_ratio(self.trace_sample)))

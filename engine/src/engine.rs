@@ -147,8 +147,10 @@ impl Engine {
     /// Starts a saga with [`StartOptions`]: a deduplication key (as
     /// [`Engine::start_with_key`]) and the caller's trace context, which
     /// becomes the parent of the saga's span. With tracing on and no
-    /// context given, the current OpenTelemetry context's span is the
-    /// parent, if there is one.
+    /// context given, `opentelemetry::Context::current()`'s span is the
+    /// parent, if there is one (a `tracing` span's context, with
+    /// tracing-opentelemetry, is given explicitly:
+    /// `TraceParent::from_context(&span.context())`).
     pub async fn start_with<I: Serialize>(
         &self,
         definition: &str,

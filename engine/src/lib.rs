@@ -102,7 +102,9 @@ pub use crate::options::{EngineOptions, Retention, PARTITIONS_MAX, RETENTION_DEF
 pub use crate::runtime::COMMANDS_QUEUED_MAX;
 pub use crate::saga::{Saga, Step, StepContext, StepError};
 pub use crate::snapshotter::SnapshotSettings;
-pub use crate::trace::{ParseTraceParentError, TraceExportError, TraceParent, Tracing};
+#[cfg(any(feature = "otlp", feature = "zipkin"))]
+pub use crate::trace::TraceExportError;
+pub use crate::trace::{ParseTraceParentError, TraceParent, Tracing};
 pub use crate::view::{
     BreakerView, CancelOutcome, ConsistencyReport, EngineEvent, ListFilter, PartitionCheck,
     SagaPage, SagaSummary, SagaView, StepView, VersionCount,

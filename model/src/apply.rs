@@ -458,7 +458,11 @@ fn change_step(state: &mut SagaState, index: usize, at: Millis, kind: &EventKind
     if !change_forward(target, at, kind) {
         change_backward(target, kind);
     }
-    target.updated_at = Some(at);
+    // A resumed attempt is the same attempt, in the same phase since it
+    // started: its start stays when it began.
+    if !matches!(kind, EventKind::AttemptResumed { .. }) {
+        target.updated_at = Some(at);
+    }
 }
 
 /// The change of a forward (or either-way) step event; `false` if `kind`

@@ -103,7 +103,8 @@ pub struct StepState {
     pub last_error: Option<String>,
     /// When its first attempt started.
     pub started_at: Option<Millis>,
-    /// When it last changed phase.
+    /// When it last changed phase (for a running attempt: when it
+    /// started; a resume after a restart changes nothing here).
     pub updated_at: Option<Millis>,
     /// Attempts that ended without a definite answer (timed out, panicked),
     /// oldest first, at most [`IN_DOUBT_ATTEMPTS_MAX`] (the newest kept):

@@ -151,6 +151,10 @@ async fn a_saga_crashed_and_resumed_in_another_process_is_one_trace() {
         format!("{saga}/charge/execute/1")
     );
     assert_eq!(charge.events, ["resumed after a restart"]);
+    assert!(
+        charge.start_ms < killed_at_ms,
+        "the resumed attempt's span starts when the attempt began, before the crash"
+    );
     assert_eq!(
         parent_after,
         format!("00-{TRACE}-{}-01", charge.span_id),

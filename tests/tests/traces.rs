@@ -34,6 +34,15 @@ impl SpanProcessor for Caught {
     }
 }
 
+/// No two spans share an id (a backend would merge or flag them).
+fn assert_unique_ids(spans: &[SpanData]) {
+    let mut ids = std::collections::HashSet::new();
+    for span in spans {
+        let id = (span.span_context.trace_id(), span.span_context.span_id());
+        assert!(ids.insert(id), "two spans with id {id:?}: {spans:#?}");
+    }
+}
+
 fn attribute(span: &SpanData, key: &str) -> String {
     span.attributes
         .iter()
@@ -209,6 +218,7 @@ fn every_saga_is_one_trace_of_its_attempts_compensations_and_events() {
             assert_eq!(root.status, status, "{id}");
         }
         assert_eq!(spans.len(), 4 + 5 + 4 + 5 + 4, "no other spans");
+        assert_unique_ids(&spans);
         let traces: std::collections::HashSet<_> =
             spans.iter().map(|s| s.span_context.trace_id()).collect();
         assert_eq!(traces.len(), 5, "a trace per saga");
@@ -324,7 +334,133 @@ fn an_operator_action_and_a_cancel_join_the_saga_trace() {
                 row("saga fragile", "failed", &["cancel requested"]),
             ]
         );
+        assert_unique_ids(&spans);
     });
+}
+
+/// A pivot that panics until `fixed`: in doubt, the saga fails and waits
+/// for an operator.
+fn doubtful(fixed: Arc<std::sync::atomic::AtomicBool>) -> Saga<u64> {
+    use std::sync::atomic::Ordering;
+    Saga::<u64>::new("doubtful")
+        .step(
+            Step::new("reserve", |_ctx: StepContext<u64>| async { Ok(()) })
+                .compensate(|_ctx| async { Ok(()) }),
+        )
+        .step(
+            Step::new("pay", move |_ctx: StepContext<u64>| {
+                let fixed = fixed.load(Ordering::SeqCst);
+                async move {
+                    assert!(fixed, "the gateway crashed");
+                    Ok(())
+                }
+            })
+            .pivot()
+            .retry(RetryPolicy {
+                attempts_max: 1,
+                ..RetryPolicy::default()
+            }),
+        )
+}
+
+#[test]
+fn a_saga_resumed_by_an_operator_has_one_root_and_the_rest_under_it() {
+    simulate(46, |sim| async move {
+        let caught = Caught::default();
+        let fixed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let engine = Engine::builder(sim.dir())
+            .options(sim.options())
+            .tracing(Tracing::new(caught.clone()))
+            .register(doubtful(fixed.clone()))
+            .unwrap()
+            .open()
+            .await
+            .unwrap();
+        let id = engine.start("doubtful", &0u64).await.unwrap();
+        assert_eq!(engine.wait(id).await.unwrap().status, SagaStatus::Failed);
+        fixed.store(true, std::sync::atomic::Ordering::SeqCst);
+        let resume = OperatorAction::ResumeStep { step: 1 };
+        engine
+            .operate(id, resume, "ops", "gateway fixed")
+            .await
+            .unwrap();
+        assert_eq!(engine.wait(id).await.unwrap().status, SagaStatus::Completed);
+        engine.shutdown().await.unwrap();
+        let spans = caught.0.lock().clone();
+        let all: Vec<&SpanData> = spans.iter().collect();
+        assert_eq!(
+            summary(&all),
+            [
+                row("step reserve", "ok", &[]),
+                row("step pay", "panic", &[]),
+                row("saga doubtful", "failed", &[]),
+                row("operator ResumeStep { step: 1 }", "", &[]),
+                row("step pay", "ok", &[]),
+                row("saga doubtful ended", "completed", &[]),
+            ]
+        );
+        assert_unique_ids(&spans);
+        let root = &spans[2];
+        for span in spans.iter().filter(|s| s.name != "saga doubtful") {
+            assert_eq!(
+                span.parent_span_id,
+                root.span_context.span_id(),
+                "{}",
+                span.name
+            );
+        }
+    });
+}
+
+/// Spans describe durable history: the span of a result whose batch
+/// failed to flush (the partition fail-stops) is never exported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_span_of_a_result_that_never_became_durable_is_not_exported() {
+    use skald_log::{SimFault, SimStorage};
+    let storage = SimStorage::new();
+    let caught = Caught::default();
+    let (running_tx, running_rx) = std::sync::mpsc::channel::<()>();
+    let release = Arc::new(tokio::sync::Notify::new());
+    let saga = {
+        let release = release.clone();
+        let running_tx = Mutex::new(running_tx);
+        Saga::<u64>::new("held").step(
+            Step::new("a", move |_ctx: StepContext<u64>| {
+                let _ = running_tx.lock().send(());
+                let release = release.clone();
+                async move {
+                    release.notified().await;
+                    Ok(())
+                }
+            })
+            .pivot(),
+        )
+    };
+    let options = skald_engine::EngineOptions::default()
+        .partitions(1)
+        .storage(Arc::new(storage.clone()));
+    let engine = Engine::builder("/engine")
+        .options(options)
+        .tracing(Tracing::new(caught.clone()))
+        .register(saga)
+        .unwrap()
+        .open()
+        .await
+        .unwrap();
+    let id = engine.start("held", &1u64).await.unwrap();
+    tokio::task::spawn_blocking(move || running_rx.recv().unwrap())
+        .await
+        .unwrap();
+    storage.inject(SimFault::FlushEio);
+    release.notify_one();
+    let outcome = engine.wait(id).await;
+    assert!(outcome.is_err(), "the partition fail-stopped: {outcome:?}");
+    let _ = engine.shutdown().await;
+    let names: Vec<String> = caught.0.lock().iter().map(|s| s.name.to_string()).collect();
+    assert!(
+        names.is_empty(),
+        "spans of events that are not durable: {names:?}"
+    );
 }
 
 /// The trace context of each saga's `Started` event, from the event

@@ -63,10 +63,6 @@ impl Partition {
                 return;
             }
         };
-        let outputs = Arc::new(Outputs {
-            ids: definition.step_ids().clone(),
-            values: entry.state.steps.iter().map(|s| s.output.clone()).collect(),
-        });
         let now = self.shared.clock.now();
         let service = &definition.spec().steps[run.step as usize].service;
         let call = match admitted(&self.shared, reserved, run, service, now) {
@@ -82,11 +78,9 @@ impl Partition {
         };
         let timeout = Duration::from_millis(run.deadline.saturating_sub(now));
         let cancel = CancelSignal::new();
-        let step = &entry.state.steps[run.step as usize];
-        let undo: Arc<[u32]> = match run.compensation {
-            true => may_be_applied(step).into(),
-            false => Arc::new([]),
-        };
+        let (outputs, undo) = handler_inputs(entry, &definition, &run);
+        let traced = self.shared.tracer.is_some();
+        let trace = crate::trace::attempt_parent(entry.state.trace.as_ref(), &run, traced);
         let attempt = Attempt {
             definition,
             timeout,
@@ -97,12 +91,30 @@ impl Partition {
                 outputs,
                 cancel: cancel.clone(),
                 undo,
-                trace: crate::trace::attempt_parent(entry.state.trace.as_ref(), &run),
+                trace,
             },
         };
         let task = tokio::spawn(attempt.run(call, tx)).abort_handle();
         entry.running = Some(Running { run, task, cancel });
     }
+}
+
+/// What a handler reads besides the input: the steps' outputs so far and,
+/// for a compensation, the attempts that may have been applied.
+fn handler_inputs(
+    entry: &Entry,
+    definition: &Arc<dyn Definition>,
+    run: &Run,
+) -> (Arc<Outputs>, Arc<[u32]>) {
+    let outputs = Arc::new(Outputs {
+        ids: definition.step_ids().clone(),
+        values: entry.state.steps.iter().map(|s| s.output.clone()).collect(),
+    });
+    let undo: Arc<[u32]> = match run.compensation {
+        true => may_be_applied(&entry.state.steps[run.step as usize]).into(),
+        false => Arc::new([]),
+    };
+    (outputs, undo)
 }
 
 /// The saga's input for its handlers, decoded once; the error says why it

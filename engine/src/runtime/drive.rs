@@ -47,8 +47,8 @@ impl Partition {
         let now = self.shared.clock.now();
         let spec = definition.spec();
         let trace = match (&self.shared.tracer, trace_parent) {
-            (Some(tracer), parent) => Some(tracer.context(parent, &mut self.rng)),
-            (None, Some(parent)) => Some(crate::trace::child_of(parent, &mut self.rng)),
+            (Some(tracer), parent) => Some(tracer.context(parent, &mut self.trace_rng)),
+            (None, Some(parent)) => Some(crate::trace::child_of(parent, &mut self.trace_rng)),
             (None, None) => None,
         };
         let event = Event {

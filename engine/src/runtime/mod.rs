@@ -200,6 +200,10 @@ pub(crate) struct Partition {
     /// `Engine` closes the channel and ends the task.
     tx: mpsc::WeakSender<Command>,
     rng: StdRng,
+    /// Trace and span ids of new sagas: from the OS (globally unique),
+    /// or in deterministic mode from the partition and its next saga
+    /// sequence at open; never from `rng`, whose draws decide jitter.
+    trace_rng: StdRng,
     /// Subscribers' stream; dropped with the partition, which (with the
     /// engine's own sender taken at shutdown) closes it.
     events: broadcast::Sender<Arc<EngineEvent>>,

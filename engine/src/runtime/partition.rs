@@ -35,6 +35,7 @@ impl Partition {
     ) -> Result<Partition, EngineError> {
         let Channels { rx, tx, events } = channels;
         let partitions = shared.partitions;
+        let shared_deterministic = shared.deterministic;
         // At least what the snapshot recorded: the newest sagas may have
         // expired, and their ids are never given out again.
         let mut next_seq = next_seq_floor.max(1);
@@ -74,6 +75,7 @@ impl Partition {
             rx,
             tx,
             rng,
+            trace_rng: trace_rng(shared_deterministic, index, next_seq),
             events,
             deferred: VecDeque::new(),
             payloads: Vec::new(),
@@ -391,5 +393,17 @@ async fn sleep(until: Option<tokio::time::Instant>) {
     match until {
         Some(until) => tokio::time::sleep_until(until).await,
         None => std::future::pending().await,
+    }
+}
+
+/// The generator of a partition's trace and span ids (see `trace_rng` in
+/// `Partition`).
+fn trace_rng(deterministic: bool, index: u16, next_seq: u64) -> StdRng {
+    use rand::SeedableRng;
+    match deterministic {
+        true => StdRng::seed_from_u64(
+            next_seq.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ u64::from(index) ^ 0x7472_6163_6520,
+        ),
+        false => StdRng::from_os_rng(),
     }
 }

@@ -3,10 +3,17 @@
 //! Zipkin (JSON v2) exporter.
 
 use opentelemetry::KeyValue;
-use opentelemetry_sdk::trace::{BatchSpanProcessor, SpanExporter, SpanProcessor};
+use opentelemetry_sdk::trace::{
+    BatchConfigBuilder, BatchSpanProcessor, SpanExporter, SpanProcessor,
+};
 use opentelemetry_sdk::Resource;
 
 use super::Tracing;
+
+/// Spans the batch processor queues at most, unless
+/// `OTEL_BSP_MAX_QUEUE_SIZE` says otherwise: some 13,000 sagas of four
+/// steps between two exports.
+const QUEUE_SPANS: usize = 65_536;
 
 /// Why an export could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -88,7 +95,16 @@ fn batched(exporter: impl SpanExporter + 'static, service: &str) -> Tracing {
         .with_service_name(service.to_owned())
         .with_attribute(KeyValue::new("process.pid", i64::from(std::process::id())))
         .build();
-    let mut processor = BatchSpanProcessor::builder(exporter).build();
+    // OpenTelemetry's default queue (2,048 spans, some 400 sagas) drops
+    // spans under a busy engine's load; OTEL_BSP_MAX_QUEUE_SIZE still
+    // decides when set.
+    let mut config = BatchConfigBuilder::default();
+    if std::env::var_os("OTEL_BSP_MAX_QUEUE_SIZE").is_none() {
+        config = config.with_max_queue_size(QUEUE_SPANS);
+    }
+    let mut processor = BatchSpanProcessor::builder(exporter)
+        .with_batch_config(config.build())
+        .build();
     processor.set_resource(&resource);
     Tracing::new(processor)
 }

@@ -15,6 +15,7 @@
 //! holds. Tracing off (no [`Tracing`] given) costs one branch per event;
 //! a saga not sampled costs one more.
 
+#[cfg(any(feature = "otlp", feature = "zipkin"))]
 mod export;
 mod parent;
 mod spans;
@@ -26,6 +27,7 @@ use opentelemetry::InstrumentationScope;
 use opentelemetry_sdk::trace::{SpanData, SpanProcessor};
 use skald_model::{Run, TraceContext};
 
+#[cfg(any(feature = "otlp", feature = "zipkin"))]
 pub use export::TraceExportError;
 pub use parent::{ParseTraceParentError, TraceParent};
 pub(crate) use spans::SagaTraces;
@@ -37,7 +39,11 @@ pub(crate) use spans::SagaTraces;
 /// The engine builds its spans itself, with ids derived from the log, and
 /// hands each finished span to the processor; give it its own processor
 /// (with the host's resource set on it, `SpanProcessor::set_resource`),
-/// not the one inside the host's tracer provider.
+/// not the one inside the host's tracer provider, and one per engine (the
+/// engine's shutdown shuts it down). `on_end` is called on a partition's
+/// thread: the processor must not block there (OpenTelemetry's
+/// `BatchSpanProcessor` queues; a `SimpleSpanProcessor` around a network
+/// exporter would stall the partition on every span).
 ///
 /// ```no_run
 /// # fn doc(exporter: impl opentelemetry_sdk::trace::SpanExporter + 'static) {
@@ -46,7 +52,6 @@ pub(crate) use spans::SagaTraces;
 ///     .sample_ratio(0.25);
 /// # }
 /// ```
-#[derive(Clone)]
 pub struct Tracing {
     processor: Arc<dyn SpanProcessor>,
     sample_ratio: f64,
@@ -91,6 +96,7 @@ pub(crate) struct Tracer {
     /// Trace ids whose low 63 bits fall below this are sampled.
     threshold: u64,
     scope: InstrumentationScope,
+    shut: std::sync::atomic::AtomicBool,
 }
 
 impl Tracer {
@@ -102,6 +108,7 @@ impl Tracer {
             scope: InstrumentationScope::builder("skald")
                 .with_version(env!("CARGO_PKG_VERSION"))
                 .build(),
+            shut: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -134,10 +141,11 @@ impl Tracer {
         }
     }
 
-    /// Exports what the processor still holds, and shuts it down.
+    /// Exports what the processor still holds and shuts it down (once:
+    /// a second engine shutdown does nothing here).
     pub(crate) fn shutdown(&self) {
-        if let Err(error) = self.processor.force_flush() {
-            tracing::warn!(%error, "flushing the span processor failed");
+        if self.shut.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            return;
         }
         if let Err(error) = self.processor.shutdown() {
             tracing::warn!(%error, "shutting the span processor down failed");
@@ -152,7 +160,8 @@ pub(crate) fn child_of(parent: TraceParent, rng: &mut impl rand::Rng) -> TraceCo
         trace_id: parent.trace_id,
         span: nonzero(|| rng.random::<[u8; 8]>(), [0; 8]),
         parent_span: Some(parent.span_id),
-        flags: parent.flags,
+        // Only the flags W3C defines are handed on (sampled, random).
+        flags: parent.flags & 0b11,
     }
 }
 
@@ -185,12 +194,23 @@ pub(crate) fn attempt_span(
     x.to_be_bytes()
 }
 
-/// The `traceparent` of an attempt, if its saga has a trace context: the
-/// context a step hands on.
-pub(crate) fn attempt_parent(context: Option<&TraceContext>, run: &Run) -> Option<TraceParent> {
-    context.map(|context| TraceParent {
+/// The `traceparent` a step of a saga with a trace context hands on: its
+/// attempt's span when the engine exports spans (`traced`); without
+/// tracing, the caller's span (the attempt's span would never be
+/// exported, and the service's spans would hang off nothing).
+pub(crate) fn attempt_parent(
+    context: Option<&TraceContext>,
+    run: &Run,
+    traced: bool,
+) -> Option<TraceParent> {
+    let context = context?;
+    let span_id = match traced {
+        true => attempt_span(context, run.step, run.attempt, run.compensation),
+        false => context.parent_span?,
+    };
+    Some(TraceParent {
         trace_id: context.trace_id,
-        span_id: attempt_span(context, run.step, run.attempt, run.compensation),
+        span_id,
         flags: context.flags,
     })
 }

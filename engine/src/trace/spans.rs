@@ -82,7 +82,7 @@ impl SagaTraces {
                     KeyValue::new("skald.operator.who", who.clone()),
                     KeyValue::new("skald.operator.why", why.clone()),
                 ]);
-                let id = nonzero_span(event.at, context);
+                let id = operator_span(context, after.operator_actions.len(), false);
                 let span = source.child(format!("operator {action:?}"), id);
                 let at = time(event.at);
                 out.push(span.build((at, at), attributes, Status::Unset, Vec::new(), 0));
@@ -94,7 +94,7 @@ impl SagaTraces {
             },
         }
         if after.status.is_final() && before.status != after.status {
-            self.saga_ended(&source, before.status, event.at, out);
+            self.saga_ended(&source, event.at, out);
         }
     }
 
@@ -140,8 +140,9 @@ impl SagaTraces {
         };
         let (mut events, attempt_dropped) = self.take_attempt_events(event.saga);
         if outcome == AttemptOutcome::Timeout {
-            // By the attempt's own timer or the partition's deadline timer:
-            // either way its outcome says so.
+            // A forward attempt, by its own timer or the partition's
+            // deadline timer: either way its outcome says so. (A
+            // compensation's timeout is recorded as a retryable failure.)
             let reason = vec![KeyValue::new("skald.reason", error.unwrap_or_default())];
             events.push(SpanEvent::new("timed out", time(event.at), reason, 0));
         }
@@ -155,13 +156,7 @@ impl SagaTraces {
         out.push(span.build(times, attributes, status, events, attempt_dropped));
     }
 
-    fn saga_ended(
-        &mut self,
-        source: &Source<'_>,
-        was: SagaStatus,
-        at: Millis,
-        out: &mut Vec<SpanData>,
-    ) {
+    fn saga_ended(&mut self, source: &Source<'_>, at: Millis, out: &mut Vec<SpanData>) {
         let state = source.state;
         let outcome = SagaOutcome::of(state).map_or("unknown", SagaOutcome::name);
         let mut attributes = source.saga_attributes();
@@ -185,10 +180,13 @@ impl SagaTraces {
             saga_dropped,
             ..
         } = self.pending.remove(&state.id).unwrap_or_default();
-        if was == SagaStatus::Failed {
-            // Its span ended when it failed; what an operator made of it
-            // joins the trace as a child.
-            let id = nonzero_span(at ^ 0x5a5a, source.context);
+        // Operator actions apply only to a Failed saga: after one, the
+        // saga's span was exported when it first failed, and each later
+        // end (resolved, or completed or compensated after a resume, or
+        // failed again) joins the trace as a child of it.
+        let actions = state.operator_actions.len();
+        if actions > 0 {
+            let id = operator_span(source.context, actions, true);
             let span = source.child(format!("saga {} ended", state.definition), id);
             out.push(span.build(
                 (time(at), time(at)),
@@ -407,14 +405,12 @@ impl SpanBuilder<'_> {
     }
 }
 
-/// A span id for a one-off child (an operator action at `at`).
-fn nonzero_span(at: Millis, context: &TraceContext) -> [u8; 8] {
-    attempt_span(
-        context,
-        u16::MAX,
-        (at & 0xffff_ffff) as u32,
-        at >> 32 & 1 == 1,
-    )
+/// The span id of the saga's `actions`-th operator action (or, `ended`,
+/// of the end that followed it): unique within the saga, as no step has
+/// index `u16::MAX` (at most `STEPS_MAX` steps).
+fn operator_span(context: &TraceContext, actions: usize, ended: bool) -> [u8; 8] {
+    let actions = u32::try_from(actions).unwrap_or(u32::MAX);
+    attempt_span(context, u16::MAX, actions, ended)
 }
 
 fn time(at: Millis) -> SystemTime {

@@ -1,4 +1,4 @@
-//! A host process for the trace tests (`tests/tests/traces_crash.rs`):
+//! A host process for the trace tests (`tests/tests/otlp.rs`):
 //! opens an engine on a directory with spans exported over OTLP and runs
 //! one saga whose second step hangs until the process is killed.
 //!
