@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use parking_lot::Mutex;
 use prometheus_client::registry::Registry;
-use skald_engine::{Engine, EngineOptions, SagaStatus, Tracing};
+use skald_engine::{Engine, EngineOptions, SagaId, SagaStatus, Tracing};
 use skald_examples::order::{order_saga, Faults, OrderRequest, Shop, DECLINED_CARD, ORDER_SAGA};
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
@@ -48,6 +48,13 @@ pub struct DemoArgs {
     /// The share of sagas traced, 0 to 1.
     #[arg(long, value_name = "RATIO", default_value_t = 1.0)]
     pub trace_sample: f64,
+    /// Serve the HTTP API (sagas, histories, actions, breakers, metrics,
+    /// health, audit) at ADDR, and keep starting orders, ten a second,
+    /// until Ctrl-C. A non-loopback ADDR needs --keys.
+    #[arg(long, value_name = "ADDR")]
+    pub serve: Option<std::net::SocketAddr>,
+    #[command(flatten)]
+    pub serve_options: crate::serve::ServeOptions,
 }
 
 impl DemoArgs {
@@ -119,39 +126,9 @@ pub fn run(args: DemoArgs, out: &mut Out) -> Result<()> {
 }
 
 async fn demo(args: DemoArgs, out: &mut Out) -> Result<()> {
-    // Stock for any run; a few payment timeouts, retried, for realism.
-    let shop = Shop::new(
-        &[("kettle", i64::MAX / 4), ("mug", i64::MAX / 4)],
-        Faults {
-            payment_flakiness: 0.02,
-            ..Faults::default()
-        },
-    );
     let registry = Arc::new(Mutex::new(Registry::default()));
-    let mut builder = Engine::builder(&args.data).options(EngineOptions::default());
-    if args.metrics.is_some() {
-        builder = builder.metrics(&mut registry.lock());
-    }
-    if let Some(tracing) = args.tracing()? {
-        builder = builder.tracing(tracing);
-    }
-    let engine = builder
-        .register(order_saga(shop))?
-        .open()
-        .await
-        .with_context(|| format!("opening the engine in {}", args.data.display()))?;
-    if let Some(address) = args.metrics {
-        let bound = crate::metrics::serve(address, registry, engine.clone()).await?;
-        out.line(&format!(
-            "metrics at http://{bound}/metrics, health at http://{bound}/api/health"
-        ))?;
-    }
-    if let Some(endpoint) = args.otlp.as_ref().or(args.zipkin.as_ref()) {
-        out.line(&format!(
-            "traces to {endpoint} ({:.0}% of sagas sampled)",
-            args.trace_sample * 100.0
-        ))?;
-    }
+    let engine = open_engine(&args, &registry).await?;
+    let serving = start_servers(&args, &engine, &registry, out).await?;
     let recovered = engine.recovered_sagas().to_vec();
     out.line(&format!(
         "engine in {} ({} partitions): {}",
@@ -162,50 +139,140 @@ async fn demo(args: DemoArgs, out: &mut Out) -> Result<()> {
             n => format!("recovered {n} unfinished saga(s) from an earlier run; finishing them"),
         }
     ))?;
-    let (stop_counting, stop) = tokio::sync::oneshot::channel::<()>();
-    let counter = {
-        let mut subscription = engine.subscribe();
-        tokio::spawn(async move {
-            let mut events = 0u64;
-            let mut stop = stop;
-            loop {
-                tokio::select! {
-                    received = subscription.recv() => match received {
-                        Ok(_) => events += 1,
-                        Err(RecvError::Lagged(missed)) => events += missed,
-                        Err(RecvError::Closed) => return events,
-                    },
-                    _ = &mut stop => break,
-                }
-            }
-            // Everything was announced before the engine stopped: drain it.
-            loop {
-                match subscription.try_recv() {
-                    Ok(_) => events += 1,
-                    Err(TryRecvError::Lagged(missed)) => events += missed,
-                    Err(_) => return events,
-                }
-            }
-        })
-    };
-    let total = args.sagas + recovered.len() as u64;
-    let progress = if total >= 2_000 {
-        let bar = ProgressBar::new(total);
-        bar.set_style(
-            ProgressStyle::with_template(
-                "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} sagas ({per_sec}, {eta} left)",
-            )
-            .expect("a valid template"),
-        );
-        bar.enable_steady_tick(Duration::from_millis(100));
-        bar
-    } else {
-        ProgressBar::hidden()
-    };
-    let tally = Arc::new(Mutex::new(Tally::default()));
+    let (stop_counting, counter) = count_events(&engine);
     let started = Instant::now();
+    let tally = run_orders(&args, &engine, &recovered).await?;
+    let elapsed = started.elapsed();
+    if serving {
+        out.line("orders done; still serving until Ctrl-C")?;
+        match args.serve {
+            // A trickle of new orders, so that the dashboard moves.
+            Some(_) => tokio::select! {
+                result = trickle(&args, &engine) => result?,
+                interrupted = tokio::signal::ctrl_c() => interrupted?,
+            },
+            None => tokio::signal::ctrl_c().await?,
+        }
+    }
+    engine.shutdown().await?;
+    let _ = stop_counting.send(());
+    let events = counter.await.context("the event counter panicked")?;
+    report(&args, recovered.len(), tally, events, elapsed, out)
+}
+
+/// The demo's engine, with metrics and traces as the flags ask.
+async fn open_engine(args: &DemoArgs, registry: &Arc<Mutex<Registry>>) -> Result<Engine> {
+    // Stock for any run; a few payment timeouts, retried, for realism.
+    let shop = Shop::new(
+        &[("kettle", i64::MAX / 4), ("mug", i64::MAX / 4)],
+        Faults {
+            payment_flakiness: 0.02,
+            ..Faults::default()
+        },
+    );
+    let mut builder = Engine::builder(&args.data).options(EngineOptions::default());
+    if args.metrics.is_some() || args.serve.is_some() {
+        builder = builder.metrics(&mut registry.lock());
+    }
+    if let Some(tracing) = args.tracing()? {
+        builder = builder.tracing(tracing);
+    }
+    builder
+        .register(order_saga(shop))?
+        .open()
+        .await
+        .with_context(|| format!("opening the engine in {}", args.data.display()))
+}
+
+/// The metrics endpoint and the API, if asked for; whether any serves.
+async fn start_servers(
+    args: &DemoArgs,
+    engine: &Engine,
+    registry: &Arc<Mutex<Registry>>,
+    out: &mut Out,
+) -> Result<bool> {
+    if let Some(address) = args.metrics {
+        let bound = crate::metrics::serve(address, registry.clone(), engine.clone()).await?;
+        out.line(&format!(
+            "metrics at http://{bound}/metrics, health at http://{bound}/api/health"
+        ))?;
+    }
+    if let Some(address) = args.serve {
+        let bound = crate::serve::start(address, &args.serve_options, engine, registry).await?;
+        out.line(&format!(
+            "api at http://{bound}/api (OpenAPI at http://{bound}/api/openapi.json)"
+        ))?;
+    }
+    if let Some(endpoint) = args.otlp.as_ref().or(args.zipkin.as_ref()) {
+        out.line(&format!(
+            "traces to {endpoint} ({:.0}% of sagas sampled)",
+            args.trace_sample * 100.0
+        ))?;
+    }
+    Ok(args.metrics.is_some() || args.serve.is_some())
+}
+
+/// Counts every event the engine announces until told to stop.
+fn count_events(
+    engine: &Engine,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<u64>,
+) {
+    let (stop_counting, mut stop) = tokio::sync::oneshot::channel::<()>();
+    let mut subscription = engine.subscribe();
+    let counter = tokio::spawn(async move {
+        let mut events = 0u64;
+        loop {
+            tokio::select! {
+                received = subscription.recv() => match received {
+                    Ok(_) => events += 1,
+                    Err(RecvError::Lagged(missed)) => events += missed,
+                    Err(RecvError::Closed) => return events,
+                },
+                _ = &mut stop => break,
+            }
+        }
+        // Everything was announced before the engine stopped: drain it.
+        loop {
+            match subscription.try_recv() {
+                Ok(_) => events += 1,
+                Err(TryRecvError::Lagged(missed)) => events += missed,
+                Err(_) => return events,
+            }
+        }
+    });
+    (stop_counting, counter)
+}
+
+fn progress_bar(total: u64) -> ProgressBar {
+    if total < 2_000 {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(total);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} sagas ({per_sec}, {eta} left)",
+        )
+        .expect("a valid template"),
+    );
+    bar.enable_steady_tick(Duration::from_millis(100));
+    bar
+}
+
+/// Order ids from the clock, so that runs never collide.
+fn order_base() -> Result<u64> {
+    Ok(std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as u64
+        * 1_000)
+}
+
+/// Finishes what an earlier run left and runs `args.sagas` new orders.
+async fn run_orders(args: &DemoArgs, engine: &Engine, recovered: &[SagaId]) -> Result<Tally> {
+    let progress = progress_bar(args.sagas + recovered.len() as u64);
+    let tally = Arc::new(Mutex::new(Tally::default()));
     let mut tasks = Vec::new();
-    // What an earlier run left.
     for id in recovered.iter().copied() {
         let (engine, tally, progress) = (engine.clone(), tally.clone(), progress.clone());
         tasks.push(tokio::spawn(async move {
@@ -215,11 +282,7 @@ async fn demo(args: DemoArgs, out: &mut Out) -> Result<()> {
             Ok::<(), anyhow::Error>(())
         }));
     }
-    // New orders, numbered from the clock so runs never collide.
-    let base = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_millis() as u64
-        * 1_000;
+    let base = order_base()?;
     let next = Arc::new(AtomicU64::new(0));
     for _ in 0..args.concurrency.min(args.sagas.max(1) as usize) {
         let (engine, tally, progress, next) = (
@@ -254,16 +317,34 @@ async fn demo(args: DemoArgs, out: &mut Out) -> Result<()> {
     for task in tasks {
         task.await.context("a demo task panicked")??;
     }
-    let elapsed = started.elapsed();
     progress.finish_and_clear();
-    if args.metrics.is_some() {
-        out.line("orders done; still serving metrics until Ctrl-C")?;
-        tokio::signal::ctrl_c().await?;
+    let tally = std::mem::take(&mut *tally.lock());
+    Ok(tally)
+}
+
+/// New orders, ten a second, until the caller stops waiting.
+async fn trickle(args: &DemoArgs, engine: &Engine) -> Result<()> {
+    let base = order_base()?;
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    for index in 0.. {
+        tick.tick().await;
+        let order_id = base + index;
+        let key = format!("order-{order_id}");
+        engine
+            .start_with_key(ORDER_SAGA, &order(order_id, args.fail_rate), key)
+            .await?;
     }
-    engine.shutdown().await?;
-    let _ = stop_counting.send(());
-    let events = counter.await.context("the event counter panicked")?;
-    let mut tally = std::mem::take(&mut *tally.lock());
+    Ok(())
+}
+
+fn report(
+    args: &DemoArgs,
+    recovered: usize,
+    mut tally: Tally,
+    events: u64,
+    elapsed: Duration,
+    out: &mut Out,
+) -> Result<()> {
     tally.latencies.sort_unstable();
     let percentile = |p: f64| {
         let sorted = &tally.latencies;
@@ -274,9 +355,8 @@ async fn demo(args: DemoArgs, out: &mut Out) -> Result<()> {
     };
     let ended = tally.completed + tally.compensated + tally.failed;
     out.line(&format!(
-        "sagas        {} started, {} recovered, {ended} ended",
-        args.sagas,
-        recovered.len()
+        "sagas        {} started, {recovered} recovered, {ended} ended",
+        args.sagas
     ))?;
     out.line(&format!("completed    {}", tally.completed))?;
     out.line(&format!(

@@ -14,6 +14,7 @@ mod demo;
 mod dump;
 mod inspect;
 mod metrics;
+mod serve;
 mod stats;
 mod verify;
 
@@ -34,6 +35,21 @@ use skald_engine::SagaId;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Subcommand)]
+enum KeyCommand {
+    /// A new random key for PRINCIPAL in ROLE, and the keys-file entry
+    /// that grants it (the file stores only the key's SHA-256).
+    #[command(after_help = "Examples:\n  skald key new --principal alice --role operator")]
+    New {
+        /// Who holds the key (recorded with every action they take).
+        #[arg(long)]
+        principal: String,
+        /// viewer, operator or admin.
+        #[arg(long)]
+        role: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -109,6 +125,28 @@ enum Command {
         #[arg(long)]
         allow_torn_tail: bool,
     },
+    /// List the audit trail: every mutating API call, allowed or denied.
+    ///
+    /// Reads the directory without changing it (also while an engine runs).
+    #[command(
+        after_help = "Examples:\n  skald audit skald-data\n  skald audit skald-data --json --after 120"
+    )]
+    Audit {
+        /// Engine directory.
+        dir: PathBuf,
+        /// Only entries after this position.
+        #[arg(long)]
+        after: Option<u64>,
+        /// At most this many entries.
+        #[arg(long, default_value_t = 1_000)]
+        limit: usize,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make API keys for `skald demo --serve --keys FILE`.
+    #[command(subcommand)]
+    Key(KeyCommand),
     /// Segments, records, bytes, LSN ranges, snapshots and sagas by state.
     #[command(
         after_help = "Examples:\n  skald stats skald-data\n  skald stats skald-data --json | jq .sagas"
@@ -258,6 +296,15 @@ fn main() -> ExitCode {
             Err(error) => Err(error),
         },
         Command::Stats { dir, json } => stats::run(&dir, json, &mut out),
+        Command::Audit {
+            dir,
+            after,
+            limit,
+            json,
+        } => serve::audit(&dir, after, limit, json, &mut out),
+        Command::Key(KeyCommand::New { principal, role }) => {
+            serve::new_key(&principal, &role, &mut out)
+        }
         Command::Bench {
             sagas,
             steps,

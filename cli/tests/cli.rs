@@ -704,3 +704,148 @@ fn demo_refuses_a_bad_trace_endpoint_or_ratio() {
         stderr(&output)
     );
 }
+
+/// `method path` on `address` with an API key and a JSON body: (status
+/// line, body).
+fn http_call(
+    address: &str,
+    method: &str,
+    path: &str,
+    key: &str,
+    body: Option<&str>,
+) -> (String, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let body = body.unwrap_or("");
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\nX-Api-Key: {key}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    (head.lines().next().unwrap().to_owned(), body.to_owned())
+}
+
+#[test]
+fn demo_serves_the_api_with_keys_and_audits_what_it_refuses() {
+    use std::io::BufRead;
+    let work = tempfile::tempdir().unwrap();
+    let mut entries = Vec::new();
+    let mut keys = Vec::new();
+    for (who, role) in [("vera", "viewer"), ("otto", "operator")] {
+        let made = skald(
+            &["key", "new", "--principal", who, "--role", role],
+            work.path(),
+        );
+        assert!(made.status.success(), "{}", stderr(&made));
+        let text = stdout(&made);
+        let key = text
+            .lines()
+            .find_map(|l| l.strip_prefix("key    "))
+            .unwrap()
+            .to_owned();
+        let entry = text
+            .lines()
+            .find_map(|l| l.strip_prefix("entry  "))
+            .unwrap()
+            .to_owned();
+        keys.push(key);
+        entries.push(entry);
+    }
+    let keys_file = work.path().join("keys.json");
+    std::fs::write(&keys_file, format!("{{\"keys\": [{}]}}", entries.join(","))).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_skald"))
+        .args(["demo", "--sagas", "30", "--serve", "127.0.0.1:0", "--keys"])
+        .arg(&keys_file)
+        .current_dir(work.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut address = None;
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if let Some(rest) = line.strip_prefix("api at http://") {
+            address = rest.split_once("/api").map(|(a, _)| a.to_owned());
+        }
+        if line.starts_with("orders done") {
+            break;
+        }
+    }
+    let address = address.expect("the demo said where it serves");
+    let (status, body) = http_call(&address, "GET", "/api/sagas?limit=5", &keys[0], None);
+    assert!(status.contains("200"), "{status}: {body}");
+    let page: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let first = page["sagas"][0]["id"].as_u64().expect("a saga");
+    let cancel = r#"{"reason": "testing the viewer"}"#;
+    let path = format!("/api/sagas/{first}/cancel");
+    let (status, body) = http_call(&address, "POST", &path, &keys[0], Some(cancel));
+    assert!(status.contains("403"), "{status}: {body}");
+    let (status, body) = http_call(&address, "POST", &path, &keys[1], Some(cancel));
+    assert!(status.contains("200"), "{status}: {body}");
+    let (status, _) = http_call(&address, "GET", "/api/sagas", "not-a-key", None);
+    assert!(status.contains("401"), "{status}");
+    let interrupt = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(interrupt.success());
+    let rest: Vec<String> = lines.map(|line| line.unwrap()).collect();
+    assert!(child.wait().unwrap().success(), "{rest:?}");
+
+    let audit = skald(&["audit", "skald-data", "--json"], work.path());
+    assert!(audit.status.success(), "{}", stderr(&audit));
+    let entries = json_lines(&stdout(&audit));
+    let seen: Vec<(String, bool)> = entries
+        .iter()
+        .map(|e| {
+            let entry = &e["entry"];
+            (
+                entry["principal"].as_str().unwrap().to_owned(),
+                entry["allowed"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [("vera".to_owned(), false), ("otto".to_owned(), true)]
+    );
+    let text = stdout(&skald(&["audit", "skald-data"], work.path()));
+    assert!(text.contains("vera (viewer)  cancel saga-"), "{text}");
+    assert!(
+        text.contains("DENIED (vera (role viewer) may not cancel)"),
+        "{text}"
+    );
+}
+
+#[test]
+fn serving_an_open_address_without_keys_is_refused() {
+    let work = tempfile::tempdir().unwrap();
+    let output = skald(
+        &["demo", "--sagas", "1", "--serve", "0.0.0.0:0"],
+        work.path(),
+    );
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("refusing to serve 0.0.0.0:0 without API keys"),
+        "{}",
+        stderr(&output)
+    );
+    let output = skald(
+        &["key", "new", "--principal", "x", "--role", "root"],
+        work.path(),
+    );
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("--role \"root\""),
+        "{}",
+        stderr(&output)
+    );
+}

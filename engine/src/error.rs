@@ -224,6 +224,9 @@ pub enum Corruption {
     /// The snapshot's payload does not decode.
     #[error("the snapshot's payload does not decode: {0}")]
     SnapshotPayload(#[source] PayloadError),
+    /// An audit record is not an audit entry's JSON.
+    #[error("does not decode as an audit entry: {0}")]
+    Audit(String),
     /// The snapshot's payload belongs elsewhere.
     #[error("the snapshot says partition {partition} at LSN {lsn}")]
     SnapshotMismatch {

@@ -75,6 +75,8 @@
 
 #![warn(missing_docs)]
 
+pub mod access;
+pub mod audit;
 mod builder;
 mod cancel;
 mod dir;

@@ -1,0 +1,115 @@
+//! The HTTP API for `skald demo --serve`, `skald audit` (the audit trail
+//! of an engine directory) and `skald key new` (an API key and the line
+//! that configures it).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use parking_lot::Mutex;
+use prometheus_client::registry::Registry;
+use skald_engine::access::Role;
+use skald_engine::audit::{read_audit, AuditLog};
+use skald_engine::Engine;
+use skald_http::{Auth, HttpConfig};
+
+use crate::Out;
+
+#[derive(clap::Args, Debug, Default)]
+pub struct ServeOptions {
+    /// API keys (JSON: {"keys": [{"principal", "role", "sha256"}], "roles":
+    /// [...]}; `skald key new` makes one); else SKALD_API_KEYS; else none,
+    /// and only a loopback address is served.
+    #[arg(long, value_name = "FILE", requires = "serve")]
+    pub keys: Option<PathBuf>,
+    /// Refuse every action through the API (view only).
+    #[arg(long, requires = "serve")]
+    pub read_only: bool,
+}
+
+/// Serves `engine`'s API at `address` in the background; returns the
+/// address bound (ADDR may name port 0).
+pub async fn start(
+    address: SocketAddr,
+    options: &ServeOptions,
+    engine: &Engine,
+    registry: &Arc<Mutex<Registry>>,
+) -> Result<SocketAddr> {
+    let auth = match &options.keys {
+        Some(path) => Auth::from_file(path)?,
+        None => Auth::from_env()?.unwrap_or_default(),
+    };
+    let listener = skald_http::bind(address, !auth.is_empty())
+        .await
+        .with_context(|| format!("--serve {address}"))?;
+    let bound = listener.local_addr()?;
+    let audit = AuditLog::open(engine.dir())
+        .with_context(|| format!("opening the audit trail in {}", engine.dir().display()))?;
+    let config = HttpConfig {
+        auth,
+        read_only: options.read_only,
+        audit: Some(Arc::new(audit)),
+        registry: Some(registry.clone()),
+    };
+    let engine = engine.clone();
+    tokio::spawn(async move {
+        let stopped = skald_http::serve(listener, engine, config, std::future::pending()).await;
+        if let Err(error) = stopped {
+            eprintln!("the API server stopped: {error}");
+        }
+    });
+    Ok(bound)
+}
+
+/// `skald audit DIR`: the audit trail, oldest first.
+pub fn audit(
+    dir: &Path,
+    after: Option<u64>,
+    limit: usize,
+    json: bool,
+    out: &mut Out,
+) -> Result<()> {
+    crate::inspect::EngineDir::open(dir)?;
+    let from = after.map_or(0, |after| after + 1);
+    let entries = read_audit(dir, from, limit)
+        .with_context(|| format!("reading the audit trail of {}", dir.display()))?;
+    for (position, entry) in entries {
+        if json {
+            let line = serde_json::json!({ "position": position, "entry": entry });
+            out.line(&line.to_string())?;
+            continue;
+        }
+        let verdict = match &entry.denied {
+            None => "allowed".to_owned(),
+            Some(why) => format!("DENIED ({why})"),
+        };
+        out.line(&format!(
+            "{position:>6}  {}  {} ({})  {} {}  {verdict}  reason: {:?}",
+            crate::inspect::time(entry.at),
+            entry.principal,
+            entry.role,
+            entry.action,
+            entry.target,
+            entry.reason,
+        ))?;
+    }
+    Ok(())
+}
+
+/// `skald key new`: a random key, and the entry of a keys file that
+/// grants it (only its hash is stored).
+pub fn new_key(principal: &str, role: &str, out: &mut Out) -> Result<()> {
+    if Role::built_in(role).is_none() {
+        bail!("--role {role:?}: one of viewer, operator, admin (or a role the keys file defines: edit the line)");
+    }
+    let key = skald_http::auth::new_key();
+    let entry = serde_json::json!({
+        "principal": principal,
+        "role": role,
+        "sha256": skald_http::auth::hash_key(&key),
+    });
+    out.line(&format!("key    {key}"))?;
+    out.line(&format!("entry  {entry}"))?;
+    out.line("(the key is shown once: give it to its holder; the entry goes into the keys file's \"keys\" list)")
+}

@@ -1,0 +1,386 @@
+//! Who may do what: permissions, roles (viewer, operator, admin, or the
+//! host's own, optionally scoped to definitions), principals, and the one
+//! check that both the HTTP API and a host's own code ([`Guarded`]) use.
+//! Every mutating call through [`Guarded`], allowed or denied, is written
+//! to the audit trail ([`crate::audit`]) when one is given.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use skald_model::{OperatorAction, SagaId};
+
+use crate::audit::{AuditEntry, AuditLog};
+use crate::view::{BreakerView, CancelOutcome, ListFilter, SagaPage, SagaView};
+use crate::{Engine, EngineError, StartOptions};
+
+/// One kind of operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Permission {
+    /// See sagas, their histories, breakers, metrics and health.
+    View,
+    /// Start sagas.
+    Start,
+    /// Cancel sagas.
+    Cancel,
+    /// Operator actions on Failed sagas (retry compensation, resume a
+    /// step, mark resolved, turn back).
+    Act,
+    /// Actions on many sagas at once, by filter.
+    Bulk,
+    /// Reset a circuit breaker.
+    ResetBreaker,
+    /// Read the audit trail.
+    Audit,
+}
+
+impl Permission {
+    /// Every permission.
+    pub const ALL: [Permission; 7] = [
+        Permission::View,
+        Permission::Start,
+        Permission::Cancel,
+        Permission::Act,
+        Permission::Bulk,
+        Permission::ResetBreaker,
+        Permission::Audit,
+    ];
+
+    /// Its name in configuration files and errors (`reset_breaker`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Permission::View => "view",
+            Permission::Start => "start",
+            Permission::Cancel => "cancel",
+            Permission::Act => "act",
+            Permission::Bulk => "bulk",
+            Permission::ResetBreaker => "reset_breaker",
+            Permission::Audit => "audit",
+        }
+    }
+}
+
+impl fmt::Display for Permission {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A named set of permissions, optionally only over some definitions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Role {
+    /// Its name (`viewer`, `operator`, `admin`, or the host's own).
+    pub name: String,
+    /// What it may do.
+    pub permissions: BTreeSet<Permission>,
+    /// Only sagas of these definitions (`None`: every definition).
+    #[serde(default)]
+    pub definitions: Option<BTreeSet<String>>,
+}
+
+impl Role {
+    /// Sees everything, changes nothing.
+    pub fn viewer() -> Role {
+        Role::of("viewer", &[Permission::View])
+    }
+
+    /// Sees, starts, cancels, acts on failed sagas, resets breakers.
+    pub fn operator() -> Role {
+        use Permission::*;
+        Role::of("operator", &[View, Start, Cancel, Act, ResetBreaker])
+    }
+
+    /// Everything, bulk actions and the audit trail included.
+    pub fn admin() -> Role {
+        Role::of("admin", &Permission::ALL)
+    }
+
+    /// A built-in role by name.
+    pub fn built_in(name: &str) -> Option<Role> {
+        match name {
+            "viewer" => Some(Role::viewer()),
+            "operator" => Some(Role::operator()),
+            "admin" => Some(Role::admin()),
+            _ => None,
+        }
+    }
+
+    fn of(name: &str, permissions: &[Permission]) -> Role {
+        Role {
+            name: name.to_owned(),
+            permissions: permissions.iter().copied().collect(),
+            definitions: None,
+        }
+    }
+
+    /// Limits the role to sagas of `definitions`.
+    pub fn only(mut self, definitions: impl IntoIterator<Item = impl Into<String>>) -> Role {
+        self.definitions = Some(definitions.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Whether it covers sagas of `definition`.
+    pub fn covers(&self, definition: &str) -> bool {
+        self.definitions
+            .as_ref()
+            .is_none_or(|only| only.contains(definition))
+    }
+}
+
+/// Who is calling, and in which role.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// A name for the audit trail and operator actions (`alice`,
+    /// `billing-service`).
+    pub name: String,
+    /// What they may do.
+    pub role: Role,
+}
+
+/// A call the principal's role does not allow.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{principal} (role {role}) may not {permission}{}", .definition.as_ref().map(|d| format!(" sagas of {d:?}")).unwrap_or_default())]
+pub struct Denied {
+    /// Who.
+    pub principal: String,
+    /// Their role.
+    pub role: String,
+    /// What they asked for.
+    pub permission: Permission,
+    /// The definition concerned, if the role is scoped and it is not among
+    /// its definitions.
+    pub definition: Option<String>,
+}
+
+impl Principal {
+    /// A principal in `role`.
+    pub fn new(name: impl Into<String>, role: Role) -> Principal {
+        Principal {
+            name: name.into(),
+            role,
+        }
+    }
+
+    /// The check: may this principal do `permission`, on sagas of
+    /// `definition` if the call concerns one?
+    pub fn check(&self, permission: Permission, definition: Option<&str>) -> Result<(), Denied> {
+        let denied = |definition: Option<&str>| Denied {
+            principal: self.name.clone(),
+            role: self.role.name.clone(),
+            permission,
+            definition: definition.map(str::to_owned),
+        };
+        if !self.role.permissions.contains(&permission) {
+            return Err(denied(None));
+        }
+        match definition {
+            Some(definition) if !self.role.covers(definition) => Err(denied(Some(definition))),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Why a guarded call did not happen.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum GuardError {
+    /// The principal may not.
+    #[error(transparent)]
+    Denied(#[from] Denied),
+    /// The engine refused or failed.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// The call was allowed but its audit record could not be written, so
+    /// it was not made.
+    #[error("the audit trail could not record the call: {0}")]
+    Audit(EngineError),
+}
+
+/// An [`Engine`] as one principal sees it: every call checked against the
+/// principal's role, every mutating call (allowed or denied) written to
+/// the audit trail before it is made.
+#[derive(Clone)]
+pub struct Guarded {
+    engine: Engine,
+    principal: Principal,
+    audit: Option<Arc<AuditLog>>,
+}
+
+impl Guarded {
+    /// `engine` as `principal` sees it.
+    pub fn new(engine: Engine, principal: Principal) -> Guarded {
+        Guarded {
+            engine,
+            principal,
+            audit: None,
+        }
+    }
+
+    /// Records every mutating call in `audit`.
+    pub fn with_audit(mut self, audit: Arc<AuditLog>) -> Guarded {
+        self.audit = Some(audit);
+        self
+    }
+
+    /// The principal.
+    pub fn principal(&self) -> &Principal {
+        &self.principal
+    }
+
+    /// The engine underneath (unchecked).
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// A saga's view; a saga of a definition outside a scoped role is
+    /// denied, not hidden.
+    pub async fn view(&self, saga: SagaId) -> Result<Option<SagaView>, GuardError> {
+        self.principal.check(Permission::View, None)?;
+        let view = self.engine.view(saga).await?;
+        if let Some(view) = &view {
+            self.principal
+                .check(Permission::View, Some(&view.definition))?;
+        }
+        Ok(view)
+    }
+
+    /// A page of sagas; a scoped role must name one of its definitions
+    /// (`filter.definition`), so that pages stay whole.
+    pub async fn list(&self, filter: ListFilter) -> Result<SagaPage, GuardError> {
+        let definition = match (&self.principal.role.definitions, &filter.definition) {
+            (Some(_), None) => Some("(every definition)"),
+            (_, given) => given.as_deref(),
+        };
+        self.principal.check(Permission::View, definition)?;
+        Ok(self.engine.list(filter).await?)
+    }
+
+    /// The circuit breakers.
+    pub fn breakers(&self) -> Result<Vec<BreakerView>, GuardError> {
+        self.principal.check(Permission::View, None)?;
+        Ok(self.engine.breakers())
+    }
+
+    /// Starts a saga (see [`Engine::start_with`]).
+    pub async fn start(
+        &self,
+        definition: &str,
+        input: &serde_json::Value,
+        options: StartOptions,
+    ) -> Result<SagaId, GuardError> {
+        let target = format!("definition {definition}");
+        self.guard(Permission::Start, Some(definition), &target, "")
+            .await?;
+        Ok(self.engine.start_with(definition, input, options).await?)
+    }
+
+    /// Cancels a saga (see [`Engine::cancel`]).
+    pub async fn cancel(&self, saga: SagaId, reason: &str) -> Result<CancelOutcome, GuardError> {
+        let definition = self.definition_of(saga).await?;
+        self.guard(
+            Permission::Cancel,
+            definition.as_deref(),
+            &saga.to_string(),
+            reason,
+        )
+        .await?;
+        Ok(self.engine.cancel(saga, reason).await?)
+    }
+
+    /// An operator action on a Failed saga, recorded as by this principal
+    /// (see [`Engine::operate`]).
+    pub async fn operate(
+        &self,
+        saga: SagaId,
+        action: OperatorAction,
+        why: &str,
+    ) -> Result<(), GuardError> {
+        let definition = self.definition_of(saga).await?;
+        let target = format!("{saga} {action:?}");
+        self.guard(Permission::Act, definition.as_deref(), &target, why)
+            .await?;
+        let who = self.principal.name.clone();
+        Ok(self.engine.operate(saga, action, who, why).await?)
+    }
+
+    /// Resets a circuit breaker (see [`Engine::reset_breaker`]).
+    pub async fn reset_breaker(&self, service: &str, why: &str) -> Result<bool, GuardError> {
+        let target = format!("breaker {service}");
+        self.guard(Permission::ResetBreaker, None, &target, why)
+            .await?;
+        Ok(self.engine.reset_breaker(service))
+    }
+
+    /// The saga's definition, for the check (`None`: no such saga, which
+    /// the engine's own call reports).
+    async fn definition_of(&self, saga: SagaId) -> Result<Option<String>, GuardError> {
+        Ok(self.engine.view(saga).await?.map(|view| view.definition))
+    }
+
+    /// Checks a mutating call and writes its audit record (allowed or
+    /// denied) before it is made.
+    async fn guard(
+        &self,
+        permission: Permission,
+        definition: Option<&str>,
+        target: &str,
+        reason: &str,
+    ) -> Result<(), GuardError> {
+        let verdict = self.principal.check(permission, definition);
+        if let Some(audit) = &self.audit {
+            let entry = AuditEntry::new(&self.principal, permission, target, reason, &verdict);
+            audit.record(&entry).await.map_err(GuardError::Audit)?;
+        }
+        Ok(verdict?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn built_in_roles_allow_what_they_say() {
+        use Permission::*;
+        let table = [
+            (Role::viewer(), vec![View]),
+            (
+                Role::operator(),
+                vec![View, Start, Cancel, Act, ResetBreaker],
+            ),
+            (Role::admin(), Permission::ALL.to_vec()),
+        ];
+        for (role, allowed) in table {
+            let principal = Principal::new("p", role.clone());
+            for permission in Permission::ALL {
+                let verdict = principal.check(permission, Some("order"));
+                assert_eq!(
+                    verdict.is_ok(),
+                    allowed.contains(&permission),
+                    "{} {permission}",
+                    role.name
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_scoped_role_covers_only_its_definitions_and_says_which() {
+        let principal = Principal::new("rita", Role::operator().only(["refund"]));
+        assert!(principal.check(Permission::Cancel, Some("refund")).is_ok());
+        assert!(principal.check(Permission::Cancel, None).is_ok());
+        let denied = principal
+            .check(Permission::Cancel, Some("order"))
+            .unwrap_err();
+        assert_eq!(
+            denied.to_string(),
+            "rita (role operator) may not cancel sagas of \"order\""
+        );
+        let denied = principal
+            .check(Permission::Audit, Some("refund"))
+            .unwrap_err();
+        assert_eq!(denied.to_string(), "rita (role operator) may not audit");
+    }
+}

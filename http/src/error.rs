@@ -1,0 +1,104 @@
+//! API errors: a JSON body `{"error": {"code", "message"}}` with a stable
+//! code and a status that says whose fault it is.
+
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use skald_engine::access::GuardError;
+use skald_engine::EngineError;
+
+/// An error the API answers with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    /// The HTTP status.
+    pub status: StatusCode,
+    /// A stable, machine-readable code (`saga_not_found`, `forbidden`).
+    pub code: &'static str,
+    /// What is wrong, for a person.
+    pub message: String,
+}
+
+impl ApiError {
+    /// An error of `status` with `code`.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// A 400 for input that is not what the route takes.
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, code, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({
+            "error": { "code": self.code, "message": self.message }
+        });
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(error: EngineError) -> ApiError {
+        use StatusCode as S;
+        let (status, code) = match &error {
+            EngineError::NoSuchSaga(_) => (S::NOT_FOUND, "saga_not_found"),
+            EngineError::UnknownDefinition { .. } => (S::NOT_FOUND, "definition_not_found"),
+            EngineError::InvalidInput { .. } => (S::BAD_REQUEST, "invalid_input"),
+            EngineError::KeyConflict { .. } => (S::CONFLICT, "key_conflict"),
+            EngineError::Refused(_) => (S::CONFLICT, "not_applicable"),
+            EngineError::SagaParked { .. } => (S::CONFLICT, "saga_parked"),
+            EngineError::TooLarge { .. } => (S::PAYLOAD_TOO_LARGE, "too_large"),
+            EngineError::ShutDown => (S::SERVICE_UNAVAILABLE, "shut_down"),
+            EngineError::Log(_) => (S::SERVICE_UNAVAILABLE, "partition_stopped"),
+            _ => (S::INTERNAL_SERVER_ERROR, "internal"),
+        };
+        ApiError::new(status, code, error.to_string())
+    }
+}
+
+impl From<GuardError> for ApiError {
+    fn from(error: GuardError) -> ApiError {
+        match error {
+            GuardError::Denied(denied) => {
+                ApiError::new(StatusCode::FORBIDDEN, "forbidden", denied.to_string())
+            }
+            GuardError::Engine(error) => error.into(),
+            GuardError::Audit(error) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "audit_unavailable",
+                format!("the audit trail could not record the call, so it was not made: {error}"),
+            ),
+        }
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> ApiError {
+        let status = rejection.status();
+        let code = match status {
+            StatusCode::PAYLOAD_TOO_LARGE => "body_too_large",
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => "not_json",
+            _ => "malformed_body",
+        };
+        ApiError::new(status, code, rejection.body_text())
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(rejection: QueryRejection) -> ApiError {
+        ApiError::bad_request("malformed_query", rejection.body_text())
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(rejection: PathRejection) -> ApiError {
+        ApiError::bad_request("malformed_path", rejection.body_text())
+    }
+}

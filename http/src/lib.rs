@@ -1,0 +1,162 @@
+//! Skald's HTTP API: `router(engine, config)` gives an axum `Router` that a
+//! host mounts in its own app (or [`serve`] runs alone). JSON in and out,
+//! every route documented in `openapi.json` (served at
+//! `/api/openapi.json`); errors are `{"error": {"code", "message"}}`.
+//!
+//! Every call is authenticated ([`auth`]: API keys, each a principal in a
+//! role) and checked by the engine's own access policy
+//! ([`skald_engine::access`]); every mutating call, allowed or denied, is
+//! written to the audit trail first when one is configured. Health and the
+//! OpenAPI document need no key.
+//!
+//! ```no_run
+//! # async fn doc(engine: skald_engine::Engine) -> Result<(), Box<dyn std::error::Error>> {
+//! let api = skald_http::router(engine, skald_http::HttpConfig::default());
+//! let app = axum::Router::new().merge(api); // beside the host's own routes
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+//! axum::serve(listener, app).await?;
+//! # Ok(()) }
+//! ```
+
+pub mod auth;
+mod error;
+mod history;
+mod ops;
+mod sagas;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::HeaderMap;
+use axum::routing::{get, post};
+use axum::Router;
+use parking_lot::Mutex;
+use prometheus_client::registry::Registry;
+use skald_engine::access::Guarded;
+use skald_engine::audit::AuditLog;
+use skald_engine::Engine;
+
+pub use crate::auth::{Auth, KeysError};
+pub use crate::error::ApiError;
+
+/// Request bodies larger than this are refused (413).
+pub const BODY_BYTES_MAX: usize = 1 << 20;
+
+/// How the API is served.
+#[derive(Default)]
+pub struct HttpConfig {
+    /// The API keys (none: every caller is the local administrator, and
+    /// [`serve`] binds only loopback addresses).
+    pub auth: Auth,
+    /// Every mutating route answers 403 `read_only`.
+    pub read_only: bool,
+    /// Where mutating calls are audited (`AuditLog::open(engine_dir)`).
+    pub audit: Option<Arc<AuditLog>>,
+    /// The registry the engine's metrics are in, for `/metrics`.
+    pub registry: Option<Arc<Mutex<Registry>>>,
+}
+
+/// What every handler shares.
+pub(crate) struct AppState {
+    engine: Engine,
+    config: HttpConfig,
+}
+
+pub(crate) type State = Arc<AppState>;
+
+impl AppState {
+    /// The engine as the caller may use it.
+    pub(crate) fn guarded(&self, headers: &HeaderMap) -> Result<Guarded, ApiError> {
+        let principal = self.config.auth.authenticate(headers)?;
+        let guarded = Guarded::new(self.engine.clone(), principal);
+        Ok(match &self.config.audit {
+            Some(audit) => guarded.with_audit(audit.clone()),
+            None => guarded,
+        })
+    }
+
+    /// [`AppState::guarded`] for a mutating route: refused in read-only
+    /// mode.
+    pub(crate) fn guarded_for_change(&self, headers: &HeaderMap) -> Result<Guarded, ApiError> {
+        let guarded = self.guarded(headers)?;
+        if self.config.read_only {
+            return Err(ApiError::new(
+                axum::http::StatusCode::FORBIDDEN,
+                "read_only",
+                "this server is read-only: no action can be taken through it",
+            ));
+        }
+        Ok(guarded)
+    }
+}
+
+/// The API's routes over `engine`.
+pub fn router(engine: Engine, config: HttpConfig) -> Router {
+    let state = Arc::new(AppState { engine, config });
+    Router::new()
+        .route("/api/sagas", get(sagas::list).post(sagas::start))
+        .route("/api/sagas/{id}", get(sagas::view))
+        .route("/api/sagas/{id}/events", get(history::events))
+        .route("/api/sagas/{id}/at/{lsn}", get(history::at))
+        .route("/api/sagas/{id}/cancel", post(sagas::cancel))
+        .route("/api/sagas/{id}/actions", post(sagas::act))
+        .route("/api/breakers", get(ops::breakers))
+        .route("/api/breakers/{service}/reset", post(ops::reset_breaker))
+        .route("/api/metrics", get(ops::summary))
+        .route("/metrics", get(ops::prometheus))
+        .route("/api/health", get(ops::health))
+        .route("/api/health/live", get(ops::live))
+        .route("/api/health/ready", get(ops::ready))
+        .route("/api/audit", get(ops::audit))
+        .route("/api/openapi.json", get(ops::openapi))
+        .fallback(ops::not_found)
+        .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
+        .with_state(state)
+}
+
+/// Why the server will not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// A non-loopback address without API keys.
+    #[error(
+        "refusing to serve {0} without API keys: anyone who reaches it could act on every saga \
+         (bind a loopback address such as 127.0.0.1, or configure keys)"
+    )]
+    Unauthenticated(SocketAddr),
+    /// The address could not be bound.
+    #[error("binding {address}: {error}")]
+    Bind {
+        /// The address.
+        address: SocketAddr,
+        /// What the OS said.
+        error: std::io::Error,
+    },
+}
+
+/// Binds `address` for `router` (built with `config`'s auth): a
+/// non-loopback address needs API keys. Returns the bound address and
+/// the server, to be awaited.
+pub async fn bind(
+    address: SocketAddr,
+    auth_configured: bool,
+) -> Result<tokio::net::TcpListener, ServeError> {
+    if !address.ip().is_loopback() && !auth_configured {
+        return Err(ServeError::Unauthenticated(address));
+    }
+    tokio::net::TcpListener::bind(address)
+        .await
+        .map_err(|error| ServeError::Bind { address, error })
+}
+
+/// Serves `engine`'s API on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    engine: Engine,
+    config: HttpConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(engine, config))
+        .with_graceful_shutdown(shutdown)
+        .await
+}

@@ -1,0 +1,167 @@
+//! Breakers, metrics, health, the audit trail and the OpenAPI document.
+
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use skald_engine::access::Permission;
+use skald_engine::audit::AUDIT_PAGE_MAX;
+
+use crate::error::ApiError;
+
+/// The OpenAPI document, checked into the repository.
+pub const OPENAPI: &str = include_str!("../openapi.json");
+
+pub(crate) async fn breakers(
+    State(state): State<crate::State>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let guarded = state.guarded(&headers)?;
+    let breakers = guarded.breakers()?;
+    Ok(Json(json!({ "breakers": breakers })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ResetBody {
+    reason: String,
+}
+
+pub(crate) async fn reset_breaker(
+    State(state): State<crate::State>,
+    headers: HeaderMap,
+    service: Result<Path<String>, PathRejection>,
+    body: Result<Json<ResetBody>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Path(service) = service?;
+    let Json(body) = body?;
+    let guarded = state.guarded_for_change(&headers)?;
+    if !guarded.reset_breaker(&service, &body.reason).await? {
+        let message = format!("no circuit breaker for service {service:?} (none has run yet)");
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "breaker_not_found",
+            message,
+        ));
+    }
+    Ok(Json(json!({ "service": service, "reset": true })))
+}
+
+/// `GET /api/metrics`: what an operator's overview needs, as JSON.
+pub(crate) async fn summary(
+    State(state): State<crate::State>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let guarded = state.guarded(&headers)?;
+    let breakers = guarded.breakers()?;
+    let engine = guarded.engine();
+    let versions = engine.versions().await.map_err(ApiError::from)?;
+    Ok(Json(json!({
+        "partitions": engine.partitions(),
+        "health": engine.health(),
+        "in_flight_by_version": versions,
+        "breakers": breakers,
+    })))
+}
+
+/// `GET /metrics`: the Prometheus text exposition.
+pub(crate) async fn prometheus(
+    State(state): State<crate::State>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    state
+        .guarded(&headers)?
+        .principal()
+        .check(Permission::View, None)
+        .map_err(|d| ApiError::from(skald_engine::access::GuardError::Denied(d)))?;
+    let Some(registry) = &state.config.registry else {
+        let message = "this server has no metrics registry (the engine was opened without metrics)";
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "no_metrics", message));
+    };
+    let text = skald_engine::metrics::render(&registry.lock());
+    let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+    Ok(([(header::CONTENT_TYPE, content_type)], text).into_response())
+}
+
+fn health_answer(up: bool, health: skald_engine::Health) -> (StatusCode, Json<Value>) {
+    let status = match up {
+        true => StatusCode::OK,
+        false => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    (
+        status,
+        Json(serde_json::to_value(health).expect("health encodes")),
+    )
+}
+
+pub(crate) async fn health(State(state): State<crate::State>) -> (StatusCode, Json<Value>) {
+    let health = state.engine.health();
+    health_answer(health.ready, health)
+}
+
+pub(crate) async fn live(State(state): State<crate::State>) -> (StatusCode, Json<Value>) {
+    let health = state.engine.health();
+    health_answer(health.live, health)
+}
+
+pub(crate) async fn ready(State(state): State<crate::State>) -> (StatusCode, Json<Value>) {
+    let health = state.engine.health();
+    health_answer(health.ready, health)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AuditQuery {
+    /// Only entries after this position (the previous page's `next_after`).
+    after: Option<u64>,
+    limit: Option<usize>,
+}
+
+pub(crate) async fn audit(
+    State(state): State<crate::State>,
+    headers: HeaderMap,
+    query: Result<Query<AuditQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(query) = query?;
+    let guarded = state.guarded(&headers)?;
+    guarded
+        .principal()
+        .check(Permission::Audit, None)
+        .map_err(|d| ApiError::from(skald_engine::access::GuardError::Denied(d)))?;
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=AUDIT_PAGE_MAX).contains(&limit) {
+        let message = format!("limit {limit} is not within 1..={AUDIT_PAGE_MAX}");
+        return Err(ApiError::bad_request("bad_limit", message));
+    }
+    let Some(log) = state.config.audit.clone() else {
+        return Ok(Json(json!({ "entries": [], "next_after": null })));
+    };
+    let from = query.after.map_or(0, |after| after + 1);
+    let entries = tokio::task::spawn_blocking(move || log.list(from, limit))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+        .map_err(ApiError::from)?;
+    let next_after = (entries.len() == limit).then(|| entries[limit - 1].0);
+    let entries: Vec<Value> = entries
+        .into_iter()
+        .map(|(position, entry)| json!({ "position": position, "entry": entry }))
+        .collect();
+    Ok(Json(
+        json!({ "entries": entries, "next_after": next_after }),
+    ))
+}
+
+pub(crate) async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
+pub(crate) async fn not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "no_route",
+        "no such route (see /api/openapi.json)",
+    )
+}

@@ -1,0 +1,221 @@
+//! `/api/sagas`: list, view, start, cancel, operator actions.
+
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use skald_engine::{ListFilter, OperatorAction, SagaId, SagaStatus, StartOptions, TraceParent};
+
+use crate::error::ApiError;
+
+/// Sagas a list page holds at most.
+pub const PAGE_MAX: usize = 1_000;
+
+/// `GET /api/sagas` filters.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ListQuery {
+    definition: Option<String>,
+    status: Option<String>,
+    /// The previous page's `next_after`.
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+pub(crate) async fn list(
+    State(state): State<crate::State>,
+    headers: HeaderMap,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(query) = query?;
+    let guarded = state.guarded(&headers)?;
+    let status = query.status.as_deref().map(parse_status).transpose()?;
+    let after = query.after.as_deref().map(parse_id).transpose()?;
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=PAGE_MAX).contains(&limit) {
+        let message = format!("limit {limit} is not within 1..={PAGE_MAX}");
+        return Err(ApiError::bad_request("bad_limit", message));
+    }
+    let filter = ListFilter {
+        definition: query.definition,
+        status,
+        after,
+        limit,
+    };
+    let page = guarded.list(filter).await?;
+    Ok(Json(serde_json::to_value(page).expect("a page encodes")))
+}
+
+pub(crate) async fn view(
+    State(state): State<crate::State>,
+    headers: HeaderMap,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Path(id) = id?;
+    let id = parse_id(&id)?;
+    let guarded = state.guarded(&headers)?;
+    match guarded.view(id).await? {
+        Some(view) => Ok(Json(serde_json::to_value(view).expect("a view encodes"))),
+        None => Err(no_saga(id)),
+    }
+}
+
+/// `POST /api/sagas`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct StartBody {
+    definition: String,
+    input: Value,
+    /// Deduplication key.
+    key: Option<String>,
+    /// The caller's W3C traceparent.
+    traceparent: Option<String>,
+}
+
+pub(crate) async fn start(
+    State(state): State<crate::State>,
+    headers: HeaderMap,
+    body: Result<Json<StartBody>, JsonRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let Json(body) = body?;
+    let guarded = state.guarded_for_change(&headers)?;
+    let mut options = StartOptions::default();
+    if let Some(key) = body.key {
+        options = options.key(key);
+    }
+    if let Some(text) = body.traceparent {
+        let parent: TraceParent =
+            text.parse()
+                .map_err(|e: skald_engine::ParseTraceParentError| {
+                    ApiError::bad_request("bad_traceparent", e.to_string())
+                })?;
+        options = options.trace_parent(parent);
+    }
+    let id = guarded
+        .start(&body.definition, &body.input, options)
+        .await?;
+    Ok((StatusCode::CREATED, Json(json!({ "id": id }))))
+}
+
+/// `POST /api/sagas/{id}/cancel`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CancelBody {
+    reason: String,
+}
+
+pub(crate) async fn cancel(
+    State(state): State<crate::State>,
+    headers: HeaderMap,
+    id: Result<Path<String>, PathRejection>,
+    body: Result<Json<CancelBody>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Path(id) = id?;
+    let id = parse_id(&id)?;
+    let Json(body) = body?;
+    let reason = required_reason(&body.reason)?;
+    let guarded = state.guarded_for_change(&headers)?;
+    let outcome = guarded.cancel(id, reason).await?;
+    Ok(Json(json!({ "outcome": outcome })))
+}
+
+/// `POST /api/sagas/{id}/actions`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ActionBody {
+    /// `retry_compensation`, `resume_step`, `mark_resolved` or
+    /// `turn_back`.
+    action: String,
+    /// The step, for `resume_step` and `turn_back` (its index).
+    step: Option<u16>,
+    /// Why (required: it is recorded with the action).
+    reason: String,
+}
+
+pub(crate) async fn act(
+    State(state): State<crate::State>,
+    headers: HeaderMap,
+    id: Result<Path<String>, PathRejection>,
+    body: Result<Json<ActionBody>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Path(id) = id?;
+    let id = parse_id(&id)?;
+    let Json(body) = body?;
+    let reason = required_reason(&body.reason)?;
+    let action = parse_action(&body.action, body.step)?;
+    let guarded = state.guarded_for_change(&headers)?;
+    guarded.operate(id, action, reason).await?;
+    let view = guarded.view(id).await?;
+    Ok(Json(json!({ "status": view.map(|v| v.status) })))
+}
+
+fn parse_action(name: &str, step: Option<u16>) -> Result<OperatorAction, ApiError> {
+    let needs_step = || {
+        step.ok_or_else(|| {
+            ApiError::bad_request(
+                "missing_step",
+                format!("action {name:?} needs \"step\" (the step's index)"),
+            )
+        })
+    };
+    Ok(match name {
+        "retry_compensation" => OperatorAction::RetryCompensation,
+        "mark_resolved" => OperatorAction::MarkResolved,
+        "resume_step" => OperatorAction::ResumeStep { step: needs_step()? },
+        "turn_back" => OperatorAction::TurnBack { step: needs_step()? },
+        other => {
+            return Err(ApiError::bad_request(
+                "unknown_action",
+                format!(
+                    "no action {other:?} (one of retry_compensation, resume_step, mark_resolved, turn_back)"
+                ),
+            ))
+        }
+    })
+}
+
+fn required_reason(reason: &str) -> Result<&str, ApiError> {
+    let reason = reason.trim();
+    if reason.is_empty() {
+        return Err(ApiError::bad_request(
+            "missing_reason",
+            "a reason is required: it is recorded with the action",
+        ));
+    }
+    Ok(reason)
+}
+
+pub(crate) fn parse_id(text: &str) -> Result<SagaId, ApiError> {
+    text.parse().map_err(|e: skald_engine::ParseSagaIdError| {
+        ApiError::bad_request("bad_saga_id", e.to_string())
+    })
+}
+
+pub(crate) fn no_saga(id: SagaId) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "saga_not_found",
+        format!("no saga {id}"),
+    )
+}
+
+fn parse_status(text: &str) -> Result<SagaStatus, ApiError> {
+    Ok(match text.to_ascii_lowercase().as_str() {
+        "running" => SagaStatus::Running,
+        "compensating" => SagaStatus::Compensating,
+        "completed" => SagaStatus::Completed,
+        "compensated" => SagaStatus::Compensated,
+        "failed" => SagaStatus::Failed,
+        "resolved" => SagaStatus::Resolved,
+        other => {
+            return Err(ApiError::bad_request(
+                "bad_status",
+                format!(
+                    "no status {other:?} (one of running, compensating, completed, compensated, failed, resolved)"
+                ),
+            ))
+        }
+    })
+}
