@@ -118,9 +118,9 @@ impl Auth {
     }
 
     /// The caller, from `Authorization: Bearer <key>` or `X-Api-Key`.
-    pub(crate) fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, ApiError> {
+    pub(crate) fn authenticate(&self, headers: &HeaderMap) -> Result<(Principal, Via), ApiError> {
         if self.is_empty() {
-            return Ok(Principal::new("local", Role::admin()));
+            return Ok((Principal::new("local", Role::admin()), Via::Local));
         }
         let bearer = headers
             .get("authorization")
@@ -135,9 +135,21 @@ impl Auth {
         })?;
         self.by_hash
             .get(&digest(key.trim()))
-            .cloned()
+            .map(|principal| (principal.clone(), Via::Key))
             .ok_or_else(|| unauthorized("the API key is not valid"))
     }
+}
+
+/// How a caller was authenticated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Via {
+    /// No keys are configured (loopback only): the local administrator.
+    Local,
+    /// An API key in a header.
+    Key,
+    /// A browser session's cookie; mutating calls must carry its CSRF
+    /// token.
+    Session { csrf: String },
 }
 
 /// A new random API key (`sk_` and 64 hex digits).
@@ -186,7 +198,7 @@ mod tests {
         let auth = Auth::from_json(&text, "keys.json").unwrap();
         let mut headers = HeaderMap::new();
         headers.insert("x-api-key", key.parse().unwrap());
-        let alice = auth.authenticate(&headers).unwrap();
+        let (alice, _) = auth.authenticate(&headers).unwrap();
         assert_eq!(alice.name, "alice");
         assert!(alice
             .check(skald_engine::access::Permission::Cancel, Some("order"))

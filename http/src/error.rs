@@ -35,6 +35,31 @@ impl ApiError {
     }
 }
 
+/// `limit` (default `default`) if it is within `1..=max`.
+pub(crate) fn page_limit(
+    limit: Option<usize>,
+    default: usize,
+    max: usize,
+) -> Result<usize, ApiError> {
+    let limit = limit.unwrap_or(default);
+    if !(1..=max).contains(&limit) {
+        let message = format!("limit {limit} is not within 1..={max}");
+        return Err(ApiError::bad_request("bad_limit", message));
+    }
+    Ok(limit)
+}
+
+/// The caller's role allows `permission` (on no saga in particular).
+pub(crate) fn require(
+    guarded: &skald_engine::access::Guarded,
+    permission: skald_engine::access::Permission,
+) -> Result<(), ApiError> {
+    guarded
+        .principal()
+        .check(permission, None)
+        .map_err(|denied| GuardError::Denied(denied).into())
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = serde_json::json!({

@@ -17,7 +17,7 @@ use skald_engine::inspect::partition_dir;
 use skald_engine::{Event, SagaId};
 use skald_log::{Log, LogOptions};
 
-use crate::error::ApiError;
+use crate::error::{page_limit, ApiError};
 use crate::sagas::{no_saga, parse_id};
 
 /// Events a page holds at most.
@@ -40,11 +40,7 @@ pub(crate) async fn events(
     let Path(id) = id?;
     let id = parse_id(&id)?;
     let Query(query) = query?;
-    let limit = query.limit.unwrap_or(200);
-    if !(1..=EVENTS_PAGE_MAX).contains(&limit) {
-        let message = format!("limit {limit} is not within 1..={EVENTS_PAGE_MAX}");
-        return Err(ApiError::bad_request("bad_limit", message));
-    }
+    let limit = page_limit(query.limit, 200, EVENTS_PAGE_MAX)?;
     let guarded = state.guarded(&headers)?;
     if guarded.view(id).await?.is_none() {
         return Err(no_saga(id));

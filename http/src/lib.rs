@@ -18,11 +18,16 @@
 //! # Ok(()) }
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod auth;
+mod dashboard;
 mod error;
 mod history;
 mod ops;
 mod sagas;
+pub mod session;
+mod stream;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -61,6 +66,7 @@ pub struct HttpConfig {
 pub(crate) struct AppState {
     engine: Engine,
     config: HttpConfig,
+    sessions: session::Sessions,
 }
 
 pub(crate) type State = Arc<AppState>;
@@ -68,18 +74,37 @@ pub(crate) type State = Arc<AppState>;
 impl AppState {
     /// The engine as the caller may use it.
     pub(crate) fn guarded(&self, headers: &HeaderMap) -> Result<Guarded, ApiError> {
-        let principal = self.config.auth.authenticate(headers)?;
+        Ok(self.authenticated(headers)?.0)
+    }
+
+    /// The caller by key, else by session cookie.
+    fn authenticated(&self, headers: &HeaderMap) -> Result<(Guarded, auth::Via), ApiError> {
+        let (principal, via) = self.config.auth.authenticate(headers).or_else(|error| {
+            let session = self.sessions.of(headers).ok_or(error)?;
+            Ok::<_, ApiError>((session.0, auth::Via::Session { csrf: session.1 }))
+        })?;
         let guarded = Guarded::new(self.engine.clone(), principal);
-        Ok(match &self.config.audit {
+        let guarded = match &self.config.audit {
             Some(audit) => guarded.with_audit(audit.clone()),
             None => guarded,
-        })
+        };
+        Ok((guarded, via))
     }
 
     /// [`AppState::guarded`] for a mutating route: refused in read-only
-    /// mode.
+    /// mode, and from a browser session without its CSRF token.
     pub(crate) fn guarded_for_change(&self, headers: &HeaderMap) -> Result<Guarded, ApiError> {
-        let guarded = self.guarded(headers)?;
+        let (guarded, via) = self.authenticated(headers)?;
+        if let auth::Via::Session { csrf } = via {
+            let sent = headers.get("x-csrf-token").and_then(|v| v.to_str().ok());
+            if sent != Some(csrf.as_str()) {
+                return Err(ApiError::new(
+                    axum::http::StatusCode::FORBIDDEN,
+                    "csrf",
+                    "a browser session's action needs its X-CSRF-Token header",
+                ));
+            }
+        }
         if self.config.read_only {
             return Err(ApiError::new(
                 axum::http::StatusCode::FORBIDDEN,
@@ -93,10 +118,25 @@ impl AppState {
 
 /// The API's routes over `engine`.
 pub fn router(engine: Engine, config: HttpConfig) -> Router {
-    let state = Arc::new(AppState { engine, config });
+    let state = Arc::new(AppState {
+        engine,
+        config,
+        sessions: session::Sessions::default(),
+    });
     Router::new()
+        .route(
+            "/api/session",
+            get(session::current)
+                .post(session::login)
+                .delete(session::logout),
+        )
+        .route("/api/events/stream", get(stream::events))
+        .route("/", get(dashboard::home))
+        .route("/dashboard", get(dashboard::page))
+        .route("/dashboard/{asset}", get(dashboard::asset))
         .route("/api/sagas", get(sagas::list).post(sagas::start))
         .route("/api/sagas/{id}", get(sagas::view))
+        .route("/api/sagas/by-key/{key}", get(sagas::by_key))
         .route("/api/sagas/{id}/events", get(history::events))
         .route("/api/sagas/{id}/at/{lsn}", get(history::at))
         .route("/api/sagas/{id}/cancel", post(sagas::cancel))

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use skald_engine::access::Permission;
 use skald_engine::audit::AUDIT_PAGE_MAX;
 
-use crate::error::ApiError;
+use crate::error::{page_limit, require, ApiError};
 
 /// The OpenAPI document, checked into the repository.
 pub const OPENAPI: &str = include_str!("../openapi.json");
@@ -72,11 +72,7 @@ pub(crate) async fn prometheus(
     State(state): State<crate::State>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    state
-        .guarded(&headers)?
-        .principal()
-        .check(Permission::View, None)
-        .map_err(|d| ApiError::from(skald_engine::access::GuardError::Denied(d)))?;
+    require(&state.guarded(&headers)?, Permission::View)?;
     let Some(registry) = &state.config.registry else {
         let message = "this server has no metrics registry (the engine was opened without metrics)";
         return Err(ApiError::new(StatusCode::NOT_FOUND, "no_metrics", message));
@@ -127,15 +123,8 @@ pub(crate) async fn audit(
 ) -> Result<Json<Value>, ApiError> {
     let Query(query) = query?;
     let guarded = state.guarded(&headers)?;
-    guarded
-        .principal()
-        .check(Permission::Audit, None)
-        .map_err(|d| ApiError::from(skald_engine::access::GuardError::Denied(d)))?;
-    let limit = query.limit.unwrap_or(100);
-    if !(1..=AUDIT_PAGE_MAX).contains(&limit) {
-        let message = format!("limit {limit} is not within 1..={AUDIT_PAGE_MAX}");
-        return Err(ApiError::bad_request("bad_limit", message));
-    }
+    require(&guarded, Permission::Audit)?;
+    let limit = page_limit(query.limit, 100, AUDIT_PAGE_MAX)?;
     let Some(log) = state.config.audit.clone() else {
         return Ok(Json(json!({ "entries": [], "next_after": null })));
     };

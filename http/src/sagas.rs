@@ -8,7 +8,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use skald_engine::{ListFilter, OperatorAction, SagaId, SagaStatus, StartOptions, TraceParent};
 
-use crate::error::ApiError;
+use crate::error::{page_limit, ApiError};
 
 /// Sagas a list page holds at most.
 pub const PAGE_MAX: usize = 1_000;
@@ -33,11 +33,7 @@ pub(crate) async fn list(
     let guarded = state.guarded(&headers)?;
     let status = query.status.as_deref().map(parse_status).transpose()?;
     let after = query.after.as_deref().map(parse_id).transpose()?;
-    let limit = query.limit.unwrap_or(100);
-    if !(1..=PAGE_MAX).contains(&limit) {
-        let message = format!("limit {limit} is not within 1..={PAGE_MAX}");
-        return Err(ApiError::bad_request("bad_limit", message));
-    }
+    let limit = page_limit(query.limit, 100, PAGE_MAX)?;
     let filter = ListFilter {
         definition: query.definition,
         status,
@@ -46,6 +42,29 @@ pub(crate) async fn list(
     };
     let page = guarded.list(filter).await?;
     Ok(Json(serde_json::to_value(page).expect("a page encodes")))
+}
+
+/// `GET /api/sagas/by-key/{key}`: the saga a deduplication key started.
+pub(crate) async fn by_key(
+    State(state): State<crate::State>,
+    headers: HeaderMap,
+    key: Result<Path<String>, PathRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Path(key) = key?;
+    let guarded = state.guarded(&headers)?;
+    let found = guarded.engine().saga_by_key(&key).await?;
+    let Some(id) = found else {
+        let message = format!("no saga was started with key {key:?}");
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "key_not_found",
+            message,
+        ));
+    };
+    match guarded.view(id).await? {
+        Some(view) => Ok(Json(serde_json::to_value(view).expect("a view encodes"))),
+        None => Err(no_saga(id)),
+    }
 }
 
 pub(crate) async fn view(

@@ -138,6 +138,9 @@ impl Server {
         }
         let response = request.send().await.unwrap();
         let status = response.status();
+        if status.is_success() && path.starts_with("/api/events/stream") {
+            return (status, Value::Null); // an endless stream
+        }
         let text = response.text().await.unwrap();
         let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
         (status, value)
@@ -204,6 +207,13 @@ fn routes(server: &Server) -> Vec<(Method, String, Option<Value>, &'static str)>
             "reset_breaker",
         ),
         (Method::GET, format!("/api/sagas/{running}"), None, "view"),
+        (
+            Method::GET,
+            "/api/sagas/by-key/none-such".into(),
+            None,
+            "view",
+        ),
+        (Method::GET, "/api/events/stream".into(), None, "view"),
     ]
 }
 
@@ -583,6 +593,9 @@ async fn the_openapi_document_lists_every_route() {
     ] {
         routes.push(("get".into(), path.into()));
     }
+    for method in ["get", "post", "delete"] {
+        routes.push((method.into(), "/api/session".into()));
+    }
     for (method, path) in &routes {
         assert!(
             paths.get(path).and_then(|p| p.get(method)).is_some(),
@@ -609,6 +622,8 @@ fn templated(path: &str) -> String {
         .map(|(i, part)| {
             let before = path.split('/').nth(i.wrapping_sub(1)).unwrap_or("");
             match (before, part) {
+                ("by-key", _) => "{key}".into(),
+                ("sagas", "by-key") => "by-key".into(),
                 ("sagas", p) if !p.is_empty() => "{id}".into(),
                 ("at", _) => "{lsn}".into(),
                 ("breakers", p) if p != "reset" && !p.is_empty() => "{service}".into(),
@@ -617,4 +632,85 @@ fn templated(path: &str) -> String {
         })
         .collect();
     parts.join("/")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_session_needs_its_csrf_token_to_act() {
+    let server = Server::start(false).await;
+    let url = |path: &str| format!("{}{path}", server.base);
+    let login = server
+        .client
+        .post(url("/api/session"))
+        .json(&json!({"key": OPERATOR}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(login.status(), StatusCode::OK);
+    let cookie = login.headers()["set-cookie"].to_str().unwrap().to_owned();
+    for attribute in ["HttpOnly", "SameSite=Strict", "Secure", "Path=/"] {
+        assert!(cookie.contains(attribute), "{cookie}");
+    }
+    let session = cookie.split(';').next().unwrap().to_owned();
+    let me: Value = login.json().await.unwrap();
+    assert_eq!(me["principal"], "otto");
+    let csrf = me["csrf"].as_str().unwrap().to_owned();
+    let cancel = format!("/api/sagas/{}/cancel", server.running);
+    let with = |token: Option<&str>| {
+        let request = server
+            .client
+            .post(url(&cancel))
+            .header("cookie", &session)
+            .json(&json!({"reason": "customer asked"}));
+        match token {
+            Some(token) => request.header("x-csrf-token", token),
+            None => request,
+        }
+    };
+    for wrong in [None, Some("sk_forged")] {
+        let response = with(wrong).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::FORBIDDEN);
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(code(&body), "csrf");
+        assert_eq!(server.status_of(server.running).await, SagaStatus::Running);
+    }
+    // Reading needs no token; acting with it works.
+    let view = server
+        .client
+        .get(url(&format!("/api/sagas/{}", server.running)));
+    let view = view.header("cookie", &session).send().await.unwrap();
+    assert_eq!(view.status(), StatusCode::OK);
+    let response = with(Some(&csrf)).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let view = server
+        .engine
+        .view(skald_engine::SagaId(server.running))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(view.cancel_reason.as_deref(), Some("customer asked"));
+    // After logging out the cookie is worth nothing.
+    let out = server
+        .client
+        .delete(url("/api/session"))
+        .header("cookie", &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), StatusCode::NO_CONTENT);
+    let view = server
+        .client
+        .get(url("/api/sagas"))
+        .header("cookie", &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(view.status(), StatusCode::UNAUTHORIZED);
+    let bad = server
+        .client
+        .post(url("/api/session"))
+        .json(&json!({"key": "sk_nope"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), StatusCode::UNAUTHORIZED);
 }
