@@ -9,7 +9,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use parking_lot::Mutex;
 use prometheus_client::registry::Registry;
-use skald_engine::access::Role;
+use skald_engine::access::{Permission, Role};
 use skald_engine::audit::{read_audit, AuditLog};
 use skald_engine::Engine;
 use skald_http::{Auth, HttpConfig};
@@ -26,6 +26,17 @@ pub struct ServeOptions {
     /// Refuse every action through the API (view only).
     #[arg(long, requires = "serve")]
     pub read_only: bool,
+    /// Switch these actions off: start, cancel, act, bulk, reset_breaker
+    /// (comma-separated).
+    #[arg(long, value_name = "ACTIONS", value_delimiter = ',', value_parser = parse_permission, requires = "serve")]
+    pub disable: Vec<Permission>,
+}
+
+fn parse_permission(text: &str) -> Result<Permission, String> {
+    Permission::ALL
+        .into_iter()
+        .find(|p| p.name() == text)
+        .ok_or_else(|| format!("no action {text:?} (start, cancel, act, bulk, reset_breaker)"))
 }
 
 /// Serves `engine`'s API at `address` in the background; returns the
@@ -51,6 +62,7 @@ pub async fn start(
         read_only: options.read_only,
         audit: Some(Arc::new(audit)),
         registry: Some(registry.clone()),
+        disabled: options.disable.iter().copied().collect(),
     };
     let engine = engine.clone();
     tokio::spawn(async move {

@@ -196,6 +196,56 @@ pub enum GuardError {
     /// it was not made.
     #[error("the audit trail could not record the call: {0}")]
     Audit(EngineError),
+    /// A bulk action matched more sagas than one call acts on.
+    #[error("more than {max} sagas match: narrow the filter (by definition or status)")]
+    TooMany {
+        /// [`BULK_MAX`].
+        max: usize,
+    },
+}
+
+/// Sagas one bulk call acts on at most.
+pub const BULK_MAX: usize = 10_000;
+
+/// What a bulk call does to each saga.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BulkAction {
+    /// Cancel it.
+    Cancel,
+    /// An operator action (on Failed sagas).
+    Operator(OperatorAction),
+}
+
+impl BulkAction {
+    /// The permission the action itself needs.
+    pub fn permission(self) -> Permission {
+        match self {
+            BulkAction::Cancel => Permission::Cancel,
+            BulkAction::Operator(_) => Permission::Act,
+        }
+    }
+}
+
+/// What a bulk call found and did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BulkOutcome {
+    /// Sagas the filter matched.
+    pub matching: usize,
+    /// Sagas the action was recorded for (0 for a dry run).
+    pub done: usize,
+    /// Sagas whose action the engine refused, and why (an operator action
+    /// on a saga that is not Failed, say).
+    pub refused: Vec<(SagaId, String)>,
+}
+
+impl BulkOutcome {
+    fn counted(matching: usize) -> BulkOutcome {
+        BulkOutcome {
+            matching,
+            done: 0,
+            refused: Vec::new(),
+        }
+    }
 }
 
 /// An [`Engine`] as one principal sees it: every call checked against the
@@ -313,6 +363,77 @@ impl Guarded {
         Ok(self.engine.reset_breaker(service))
     }
 
+    /// One action on every saga `filter` matches (its `after` and `limit`
+    /// are ignored), at most [`BULK_MAX`]: needs [`Permission::Bulk`] and
+    /// the action's own permission. With `dry_run`, only counts them (and
+    /// records nothing). One audit record for the whole call; each saga's
+    /// action is in its own log as usual.
+    pub async fn bulk(
+        &self,
+        filter: ListFilter,
+        action: BulkAction,
+        why: &str,
+        dry_run: bool,
+    ) -> Result<BulkOutcome, GuardError> {
+        let definition = filter.definition.clone();
+        let scope = definition.as_deref().unwrap_or("any");
+        let verdict = self
+            .principal
+            .check(Permission::Bulk, definition.as_deref())
+            .and_then(|()| {
+                self.principal
+                    .check(action.permission(), definition.as_deref())
+            });
+        if let Err(denied) = verdict {
+            if !dry_run {
+                let target = format!("bulk {action:?} (definition {scope:?})");
+                self.record(Permission::Bulk, &target, why, &Err(denied.clone()))
+                    .await?;
+            }
+            return Err(denied.into());
+        }
+        let matching = self.matching(filter).await?;
+        if dry_run {
+            return Ok(BulkOutcome::counted(matching.len()));
+        }
+        let count = matching.len();
+        let target = format!("bulk {action:?} of {count} saga(s) (definition {scope:?})");
+        self.record(Permission::Bulk, &target, why, &Ok(())).await?;
+        let mut outcome = BulkOutcome::counted(matching.len());
+        for saga in matching {
+            let result = match action {
+                BulkAction::Cancel => self.engine.cancel(saga, why).await.map(|_| ()),
+                BulkAction::Operator(action) => {
+                    let who = self.principal.name.clone();
+                    self.engine.operate(saga, action, who, why).await
+                }
+            };
+            match result {
+                Ok(()) => outcome.done += 1,
+                Err(error) => outcome.refused.push((saga, error.to_string())),
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// Every saga `filter` matches, refusing more than [`BULK_MAX`].
+    async fn matching(&self, mut filter: ListFilter) -> Result<Vec<SagaId>, GuardError> {
+        filter.after = None;
+        filter.limit = 1_000;
+        let mut found = Vec::new();
+        loop {
+            let page = self.engine.list(filter.clone()).await?;
+            found.extend(page.sagas.iter().map(|s| s.id));
+            if found.len() > BULK_MAX {
+                return Err(GuardError::TooMany { max: BULK_MAX });
+            }
+            match page.next_after {
+                Some(after) => filter.after = Some(after),
+                None => return Ok(found),
+            }
+        }
+    }
+
     /// The saga's definition, for the check (`None`: no such saga, which
     /// the engine's own call reports).
     async fn definition_of(&self, saga: SagaId) -> Result<Option<String>, GuardError> {
@@ -329,11 +450,23 @@ impl Guarded {
         reason: &str,
     ) -> Result<(), GuardError> {
         let verdict = self.principal.check(permission, definition);
+        self.record(permission, target, reason, &verdict).await?;
+        Ok(verdict?)
+    }
+
+    /// Writes the audit record of a call (if there is an audit trail).
+    async fn record(
+        &self,
+        permission: Permission,
+        target: &str,
+        reason: &str,
+        verdict: &Result<(), Denied>,
+    ) -> Result<(), GuardError> {
         if let Some(audit) = &self.audit {
-            let entry = AuditEntry::new(&self.principal, permission, target, reason, &verdict);
+            let entry = AuditEntry::new(&self.principal, permission, target, reason, verdict);
             audit.record(&entry).await.map_err(GuardError::Audit)?;
         }
-        Ok(verdict?)
+        Ok(())
     }
 }
 

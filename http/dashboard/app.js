@@ -270,6 +270,37 @@ async function loadList(append) {
 }
 $('more').addEventListener('click', () => loadList(true));
 
+function bulkBody(dryRun) {
+  const body = { action: $('bulk-action').value, reason: $('bulk-reason').value.trim(), dry_run: dryRun };
+  if (state.filter.definition) body.definition = state.filter.definition;
+  if (state.filter.status) body.status = state.filter.status;
+  return body;
+}
+
+$('bulk').addEventListener('submit', async (event) => {
+  event.preventDefault();
+  $('bulk-apply').hidden = true;
+  if (!can('bulk')) { say(`your role (${state.me.role}) may not act in bulk`, true); return; }
+  try {
+    const counted = await api('POST', '/api/sagas/bulk', bulkBody(true));
+    say(`${counted.matching} saga(s) match the filter`);
+    $('bulk-apply').textContent = `Apply to ${counted.matching} saga(s)`;
+    $('bulk-apply').hidden = counted.matching === 0;
+  } catch (error) { say(`${error.code || 'error'}: ${error.message}`, true); }
+});
+
+$('bulk-apply').addEventListener('click', async () => {
+  const body = bulkBody(false);
+  if (!body.reason) { say('a reason is required', true); return; }
+  if (!window.confirm(`${body.action} every matching saga?`)) return;
+  try {
+    const done = await api('POST', '/api/sagas/bulk', body);
+    say(`${done.done} of ${done.matching} done; ${done.refused.length} refused`);
+    $('bulk-apply').hidden = true;
+    loadList();
+  } catch (error) { say(`${error.code || 'error'}: ${error.message}`, true); }
+});
+
 // --- saga detail -----------------------------------------------------------
 
 function phaseClass(phase, step) {

@@ -88,6 +88,10 @@ impl From<EngineError> for ApiError {
     }
 }
 
+fn error_text(error: &GuardError) -> String {
+    error.to_string()
+}
+
 impl From<GuardError> for ApiError {
     fn from(error: GuardError) -> ApiError {
         match error {
@@ -95,6 +99,7 @@ impl From<GuardError> for ApiError {
                 ApiError::new(StatusCode::FORBIDDEN, "forbidden", denied.to_string())
             }
             GuardError::Engine(error) => error.into(),
+            GuardError::TooMany { .. } => ApiError::bad_request("too_many", error_text(&error)),
             GuardError::Audit(error) => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "audit_unavailable",

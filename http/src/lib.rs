@@ -38,7 +38,9 @@ use axum::routing::{get, post};
 use axum::Router;
 use parking_lot::Mutex;
 use prometheus_client::registry::Registry;
-use skald_engine::access::Guarded;
+use std::collections::BTreeSet;
+
+use skald_engine::access::{Guarded, Permission};
 use skald_engine::audit::AuditLog;
 use skald_engine::Engine;
 
@@ -56,6 +58,9 @@ pub struct HttpConfig {
     pub auth: Auth,
     /// Every mutating route answers 403 `read_only`.
     pub read_only: bool,
+    /// Actions switched off on this server (403 `action_disabled`), as
+    /// Temporal's UI switches off its buttons one by one.
+    pub disabled: BTreeSet<Permission>,
     /// Where mutating calls are audited (`AuditLog::open(engine_dir)`).
     pub audit: Option<Arc<AuditLog>>,
     /// The registry the engine's metrics are in, for `/metrics`.
@@ -91,9 +96,14 @@ impl AppState {
         Ok((guarded, via))
     }
 
-    /// [`AppState::guarded`] for a mutating route: refused in read-only
-    /// mode, and from a browser session without its CSRF token.
-    pub(crate) fn guarded_for_change(&self, headers: &HeaderMap) -> Result<Guarded, ApiError> {
+    /// [`AppState::guarded`] for a mutating route that needs `permission`:
+    /// refused in read-only mode, when the action is switched off, and
+    /// from a browser session without its CSRF token.
+    pub(crate) fn guarded_for(
+        &self,
+        headers: &HeaderMap,
+        permission: Permission,
+    ) -> Result<Guarded, ApiError> {
         let (guarded, via) = self.authenticated(headers)?;
         if let auth::Via::Session { csrf } = via {
             let sent = headers.get("x-csrf-token").and_then(|v| v.to_str().ok());
@@ -110,6 +120,13 @@ impl AppState {
                 axum::http::StatusCode::FORBIDDEN,
                 "read_only",
                 "this server is read-only: no action can be taken through it",
+            ));
+        }
+        if self.config.disabled.contains(&permission) {
+            return Err(ApiError::new(
+                axum::http::StatusCode::FORBIDDEN,
+                "action_disabled",
+                format!("{permission} is switched off on this server"),
             ));
         }
         Ok(guarded)
@@ -137,6 +154,7 @@ pub fn router(engine: Engine, config: HttpConfig) -> Router {
         .route("/api/sagas", get(sagas::list).post(sagas::start))
         .route("/api/sagas/{id}", get(sagas::view))
         .route("/api/sagas/by-key/{key}", get(sagas::by_key))
+        .route("/api/sagas/bulk", post(sagas::bulk))
         .route("/api/sagas/{id}/events", get(history::events))
         .route("/api/sagas/{id}/at/{lsn}", get(history::at))
         .route("/api/sagas/{id}/cancel", post(sagas::cancel))

@@ -38,7 +38,7 @@ pub(crate) async fn reset_breaker(
 ) -> Result<Json<Value>, ApiError> {
     let Path(service) = service?;
     let Json(body) = body?;
-    let guarded = state.guarded_for_change(&headers)?;
+    let guarded = state.guarded_for(&headers, Permission::ResetBreaker)?;
     if !guarded.reset_breaker(&service, &body.reason).await? {
         let message = format!("no circuit breaker for service {service:?} (none has run yet)");
         return Err(ApiError::new(

@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 use skald_engine::{ListFilter, OperatorAction, SagaId, SagaStatus, StartOptions, TraceParent};
 
 use crate::error::{page_limit, ApiError};
+use skald_engine::access::{BulkAction, Permission};
 
 /// Sagas a list page holds at most.
 pub const PAGE_MAX: usize = 1_000;
@@ -99,7 +100,7 @@ pub(crate) async fn start(
     body: Result<Json<StartBody>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let Json(body) = body?;
-    let guarded = state.guarded_for_change(&headers)?;
+    let guarded = state.guarded_for(&headers, Permission::Start)?;
     let mut options = StartOptions::default();
     if let Some(key) = body.key {
         options = options.key(key);
@@ -135,7 +136,7 @@ pub(crate) async fn cancel(
     let id = parse_id(&id)?;
     let Json(body) = body?;
     let reason = required_reason(&body.reason)?;
-    let guarded = state.guarded_for_change(&headers)?;
+    let guarded = state.guarded_for(&headers, Permission::Cancel)?;
     let outcome = guarded.cancel(id, reason).await?;
     Ok(Json(json!({ "outcome": outcome })))
 }
@@ -164,7 +165,7 @@ pub(crate) async fn act(
     let Json(body) = body?;
     let reason = required_reason(&body.reason)?;
     let action = parse_action(&body.action, body.step)?;
-    let guarded = state.guarded_for_change(&headers)?;
+    let guarded = state.guarded_for(&headers, Permission::Act)?;
     guarded.operate(id, action, reason).await?;
     let view = guarded.view(id).await?;
     Ok(Json(json!({ "status": view.map(|v| v.status) })))
@@ -237,4 +238,60 @@ fn parse_status(text: &str) -> Result<SagaStatus, ApiError> {
             ))
         }
     })
+}
+
+/// `POST /api/sagas/bulk`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct BulkBody {
+    definition: Option<String>,
+    status: Option<String>,
+    /// `cancel`, `retry_compensation` or `mark_resolved`.
+    action: String,
+    reason: String,
+    /// Only count the matching sagas (the default: acting needs an
+    /// explicit `false`).
+    #[serde(default = "yes")]
+    dry_run: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+pub(crate) async fn bulk(
+    State(state): State<crate::State>,
+    headers: HeaderMap,
+    body: Result<Json<BulkBody>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Json(body) = body?;
+    let reason = required_reason(&body.reason)?;
+    let action = match body.action.as_str() {
+        "cancel" => BulkAction::Cancel,
+        "retry_compensation" => BulkAction::Operator(OperatorAction::RetryCompensation),
+        "mark_resolved" => BulkAction::Operator(OperatorAction::MarkResolved),
+        other => {
+            let message = format!(
+                "no bulk action {other:?} (one of cancel, retry_compensation, mark_resolved)"
+            );
+            return Err(ApiError::bad_request("unknown_action", message));
+        }
+    };
+    let guarded = match body.dry_run {
+        true => state.guarded(&headers)?,
+        false => state.guarded_for(&headers, Permission::Bulk)?,
+    };
+    let filter = ListFilter {
+        definition: body.definition,
+        status: body.status.as_deref().map(parse_status).transpose()?,
+        after: None,
+        limit: PAGE_MAX,
+    };
+    let outcome = guarded.bulk(filter, action, reason, body.dry_run).await?;
+    Ok(Json(json!({
+        "dry_run": body.dry_run,
+        "matching": outcome.matching,
+        "done": outcome.done,
+        "refused": outcome.refused.iter().map(|(id, why)| json!({"id": id, "error": why})).collect::<Vec<_>>(),
+    })))
 }

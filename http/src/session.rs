@@ -97,12 +97,27 @@ pub(crate) struct LoginBody {
     key: String,
 }
 
-fn who(principal: &Principal, csrf: &str) -> serde_json::Value {
+fn who(state: &crate::AppState, principal: &Principal, csrf: &str) -> serde_json::Value {
+    // What this caller can do here: their role's permissions, less what
+    // the server switched off.
+    let config = &state.config;
+    let permissions: Vec<_> = principal
+        .role
+        .permissions
+        .iter()
+        .filter(|p| {
+            **p == skald_engine::access::Permission::View
+                || **p == skald_engine::access::Permission::Audit
+                || (!config.read_only && !config.disabled.contains(p))
+        })
+        .collect();
     json!({
         "principal": principal.name,
         "role": principal.role.name,
-        "permissions": principal.role.permissions,
+        "permissions": permissions,
         "definitions": principal.role.definitions,
+        "read_only": config.read_only,
+        "disabled": config.disabled,
         "csrf": csrf,
     })
 }
@@ -127,7 +142,7 @@ pub(crate) async fn login(
         "{COOKIE}={token}; HttpOnly; SameSite=Strict; Secure; Path=/; Max-Age={}",
         SESSION_TTL.as_secs()
     );
-    let mut response = Json(who(&principal, &csrf)).into_response();
+    let mut response = Json(who(&state, &principal, &csrf)).into_response();
     let cookie = HeaderValue::from_str(&cookie).expect("a cookie of hex digits");
     response.headers_mut().insert(header::SET_COOKIE, cookie);
     Ok(response)
@@ -148,7 +163,7 @@ pub(crate) async fn current(
         crate::auth::Via::Session { csrf } => csrf,
         _ => String::new(),
     };
-    Ok(Json(who(&principal, &csrf)))
+    Ok(Json(who(&state, &principal, &csrf)))
 }
 
 pub(crate) async fn logout(State(state): State<crate::State>, headers: HeaderMap) -> Response {

@@ -67,6 +67,13 @@ struct Server {
 
 impl Server {
     async fn start(read_only: bool) -> Server {
+        Server::start_with(read_only, Default::default()).await
+    }
+
+    async fn start_with(
+        read_only: bool,
+        disabled: std::collections::BTreeSet<skald_engine::access::Permission>,
+    ) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let release = Arc::new(tokio::sync::Notify::new());
         let mut registry = prometheus_client::registry::Registry::default();
@@ -99,6 +106,7 @@ impl Server {
             read_only,
             audit: Some(Arc::new(AuditLog::open(dir.path()).unwrap())),
             registry: Some(Arc::new(Mutex::new(registry))),
+            disabled,
         };
         let listener = skald_http::bind("127.0.0.1:0".parse().unwrap(), true)
             .await
@@ -214,6 +222,14 @@ fn routes(server: &Server) -> Vec<(Method, String, Option<Value>, &'static str)>
             "view",
         ),
         (Method::GET, "/api/events/stream".into(), None, "view"),
+        (
+            Method::POST,
+            "/api/sagas/bulk".into(),
+            Some(
+                json!({"status": "running", "action": "mark_resolved", "reason": "tidy", "dry_run": false}),
+            ),
+            "bulk",
+        ),
     ]
 }
 
@@ -624,6 +640,7 @@ fn templated(path: &str) -> String {
             match (before, part) {
                 ("by-key", _) => "{key}".into(),
                 ("sagas", "by-key") => "by-key".into(),
+                ("sagas", "bulk") => "bulk".into(),
                 ("sagas", p) if !p.is_empty() => "{id}".into(),
                 ("at", _) => "{lsn}".into(),
                 ("breakers", p) if p != "reset" && !p.is_empty() => "{service}".into(),
@@ -713,4 +730,109 @@ async fn a_browser_session_needs_its_csrf_token_to_act() {
         .await
         .unwrap();
     assert_eq!(bad.status(), StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_actions_count_first_and_need_their_permissions() {
+    let server = Server::start(false).await;
+    for _ in 0..3 {
+        let id = server.engine.start("order", &2u64).await.unwrap();
+        server.engine.wait(id).await.unwrap();
+    }
+    let body = |dry_run: bool| {
+        Some(json!({
+            "definition": "order", "status": "failed", "action": "mark_resolved",
+            "reason": "refunded by hand", "dry_run": dry_run
+        }))
+    };
+    // A dry run counts (four failed: the fixture's and three more), and
+    // changes nothing.
+    let (status, answer) = server
+        .call(Method::POST, "/api/sagas/bulk", Some(ADMIN), body(true))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(
+        (answer["matching"].as_u64(), answer["done"].as_u64()),
+        (Some(4), Some(0))
+    );
+    assert_eq!(server.status_of(server.failed).await, SagaStatus::Failed);
+    // An operator may act on one saga but not in bulk.
+    let (status, answer) = server
+        .call(Method::POST, "/api/sagas/bulk", Some(OPERATOR), body(false))
+        .await;
+    assert_eq!(
+        (status, code(&answer)),
+        (StatusCode::FORBIDDEN, "forbidden"),
+        "{answer}"
+    );
+    assert_eq!(server.status_of(server.failed).await, SagaStatus::Failed);
+    let (status, answer) = server
+        .call(Method::POST, "/api/sagas/bulk", Some(ADMIN), body(false))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(
+        (answer["matching"].as_u64(), answer["done"].as_u64()),
+        (Some(4), Some(4))
+    );
+    assert_eq!(server.status_of(server.failed).await, SagaStatus::Resolved);
+    let (_, again) = server
+        .call(Method::POST, "/api/sagas/bulk", Some(ADMIN), body(true))
+        .await;
+    assert_eq!(again["matching"].as_u64(), Some(0));
+    // Running sagas refuse an operator action: named, not fatal.
+    let running = Some(
+        json!({"status": "running", "action": "mark_resolved", "reason": "x", "dry_run": false}),
+    );
+    let (_, answer) = server
+        .call(Method::POST, "/api/sagas/bulk", Some(ADMIN), running)
+        .await;
+    assert_eq!(
+        answer["refused"][0]["id"].as_u64(),
+        Some(server.running),
+        "{answer}"
+    );
+    let (_, audit) = server
+        .call(Method::GET, "/api/audit", Some(ADMIN), None)
+        .await;
+    let bulk: Vec<&Value> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["entry"]["action"] == "bulk")
+        .collect();
+    assert_eq!(
+        bulk.len(),
+        3,
+        "the operator's denied call and the admin's two: {audit}"
+    );
+    assert!(bulk[1]["entry"]["target"]
+        .as_str()
+        .unwrap()
+        .contains("4 saga(s)"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_switched_off_action_is_refused_for_everyone() {
+    use skald_engine::access::Permission;
+    let disabled = [Permission::Cancel].into_iter().collect();
+    let server = Server::start_with(false, disabled).await;
+    let path = format!("/api/sagas/{}/cancel", server.running);
+    let body = Some(json!({"reason": "stop"}));
+    let (status, answer) = server.call(Method::POST, &path, Some(ADMIN), body).await;
+    assert_eq!(
+        (status, code(&answer)),
+        (StatusCode::FORBIDDEN, "action_disabled")
+    );
+    assert_eq!(server.status_of(server.running).await, SagaStatus::Running);
+    // Other actions still work, and the session says what is off.
+    let act = Some(json!({"action": "mark_resolved", "reason": "done by hand"}));
+    let path = format!("/api/sagas/{}/actions", server.failed);
+    let (status, _) = server.call(Method::POST, &path, Some(ADMIN), act).await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, me) = server
+        .call(Method::GET, "/api/session", Some(ADMIN), None)
+        .await;
+    assert_eq!(me["disabled"], json!(["cancel"]));
+    let permissions = me["permissions"].as_array().unwrap();
+    assert!(!permissions.contains(&json!("cancel")) && permissions.contains(&json!("act")));
 }

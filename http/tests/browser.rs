@@ -179,6 +179,7 @@ async fn serve(
         read_only: false,
         audit: Some(Arc::new(AuditLog::open(dir).unwrap())),
         registry: Some(registry),
+        disabled: Default::default(),
     };
     let listener = skald_http::bind("127.0.0.1:0".parse().unwrap(), true)
         .await
