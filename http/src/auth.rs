@@ -26,6 +26,9 @@ struct KeysFile {
     /// Roles of the host's own, beside viewer, operator and admin.
     #[serde(default)]
     roles: Vec<Role>,
+    /// JWT bearer tokens from the host's identity provider.
+    #[serde(default)]
+    jwt: Option<crate::jwt::JwtConfig>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -51,6 +54,9 @@ pub struct KeysError {
 #[derive(Debug, Clone, Default)]
 pub struct Auth {
     by_hash: HashMap<[u8; 32], Principal>,
+    jwt: Option<std::sync::Arc<crate::jwt::Jwt>>,
+    /// The keys file's own roles, for tokens that name them.
+    roles: Vec<Role>,
 }
 
 impl Auth {
@@ -59,9 +65,9 @@ impl Auth {
         Auth::default()
     }
 
-    /// Whether no key is configured.
+    /// Whether no key (and no token issuer) is configured.
     pub fn is_empty(&self) -> bool {
-        self.by_hash.is_empty()
+        self.by_hash.is_empty() && self.jwt.is_none()
     }
 
     /// Adds `key` for `principal`.
@@ -114,6 +120,11 @@ impl Auth {
             auth.by_hash
                 .insert(hash, Principal::new(key.principal, role));
         }
+        if let Some(jwt) = file.jwt {
+            let jwt = crate::jwt::Jwt::new(jwt).map_err(fail)?;
+            auth.jwt = Some(std::sync::Arc::new(jwt));
+        }
+        auth.roles = file.roles;
         Ok(auth)
     }
 
@@ -133,6 +144,11 @@ impl Auth {
         let key = key.ok_or_else(|| {
             unauthorized("an API key is required (Authorization: Bearer <key>, or X-Api-Key)")
         })?;
+        if let (Some(jwt), Some(token)) = (&self.jwt, bearer) {
+            if token.matches('.').count() == 2 {
+                return Ok((jwt.verify(token.trim(), &self.roles)?, Via::Key));
+            }
+        }
         self.by_hash
             .get(&digest(key.trim()))
             .map(|principal| (principal.clone(), Via::Key))

@@ -24,6 +24,7 @@ pub mod auth;
 mod dashboard;
 mod error;
 mod history;
+mod jwt;
 mod ops;
 mod sagas;
 pub mod session;
