@@ -30,6 +30,17 @@ pub struct ServeOptions {
     /// (comma-separated).
     #[arg(long, value_name = "ACTIONS", value_delimiter = ',', value_parser = parse_permission, requires = "serve")]
     pub disable: Vec<Permission>,
+    /// Alert rules and a webhook (JSON: {"webhook", "every_ms", "rules":
+    /// [{"name", "kind": failed_sagas | failure_rate | no_progress |
+    /// partition_stopped | disk_nearly_full, ...}]}).
+    #[arg(long, value_name = "FILE", requires = "serve")]
+    pub alerts: Option<PathBuf>,
+}
+
+fn load_alerts(path: &Path) -> Result<skald_http::alerts::AlertsConfig> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("--alerts {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("--alerts {}", path.display()))
 }
 
 fn parse_permission(text: &str) -> Result<Permission, String> {
@@ -63,6 +74,10 @@ pub async fn start(
         audit: Some(Arc::new(audit)),
         registry: Some(registry.clone()),
         disabled: options.disable.iter().copied().collect(),
+        alerts: match &options.alerts {
+            Some(path) => Some(load_alerts(path)?),
+            None => None,
+        },
     };
     let engine = engine.clone();
     tokio::spawn(async move {

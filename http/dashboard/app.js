@@ -210,6 +210,8 @@ async function loadOverview() {
     $('health').className = summary.health.ready ? 'status-Completed' : 'status-Failed';
     $('partitions').textContent = summary.partitions;
     fill($('breakers'), summary.breakers.map((b) => [b.service, breakerText(b.state)]));
+    const alerts = await api('GET', '/api/alerts');
+    fill($('alerts'), alerts.alerts.map((a) => [a.name, a.status.toUpperCase(), a.summary, `since ${time(a.since)}`]));
     let text = '';
     try { text = await api('GET', '/metrics'); } catch (error) {
       if (error.code !== 'no_metrics') throw error;

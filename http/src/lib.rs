@@ -20,6 +20,7 @@
 
 #![warn(missing_docs)]
 
+pub mod alerts;
 pub mod auth;
 mod dashboard;
 mod error;
@@ -66,6 +67,9 @@ pub struct HttpConfig {
     pub audit: Option<Arc<AuditLog>>,
     /// The registry the engine's metrics are in, for `/metrics`.
     pub registry: Option<Arc<Mutex<Registry>>>,
+    /// Alert rules and their webhook (evaluated from the router's
+    /// creation on, in the runtime it is created in).
+    pub alerts: Option<alerts::AlertsConfig>,
 }
 
 /// What every handler shares.
@@ -73,6 +77,7 @@ pub(crate) struct AppState {
     engine: Engine,
     config: HttpConfig,
     sessions: session::Sessions,
+    alerts: Arc<alerts::Alerts>,
 }
 
 pub(crate) type State = Arc<AppState>;
@@ -134,12 +139,18 @@ impl AppState {
     }
 }
 
-/// The API's routes over `engine`.
-pub fn router(engine: Engine, config: HttpConfig) -> Router {
+/// The API's routes over `engine`. Call it within a tokio runtime when
+/// `config` has alert rules: their evaluation starts here.
+pub fn router(engine: Engine, mut config: HttpConfig) -> Router {
+    let alerts = Arc::new(alerts::Alerts::default());
+    if let Some(rules) = config.alerts.take() {
+        alerts::start(engine.clone(), rules, alerts.clone());
+    }
     let state = Arc::new(AppState {
         engine,
         config,
         sessions: session::Sessions::default(),
+        alerts,
     });
     Router::new()
         .route(
@@ -168,6 +179,7 @@ pub fn router(engine: Engine, config: HttpConfig) -> Router {
         .route("/api/health/live", get(ops::live))
         .route("/api/health/ready", get(ops::ready))
         .route("/api/audit", get(ops::audit))
+        .route("/api/alerts", get(ops::alerts))
         .route("/api/openapi.json", get(ops::openapi))
         .fallback(ops::not_found)
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))

@@ -143,6 +143,16 @@ pub(crate) async fn audit(
     ))
 }
 
+/// `GET /api/alerts`: every rule that fired, firing or resolved since.
+pub(crate) async fn alerts(
+    State(state): State<crate::State>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    require(&state.guarded(&headers)?, Permission::View)?;
+    let alerts: Vec<_> = state.alerts.current.lock().values().cloned().collect();
+    Ok(Json(json!({ "alerts": alerts })))
+}
+
 pub(crate) async fn openapi() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
 }

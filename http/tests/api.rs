@@ -107,6 +107,7 @@ impl Server {
             audit: Some(Arc::new(AuditLog::open(dir.path()).unwrap())),
             registry: Some(Arc::new(Mutex::new(registry))),
             disabled,
+            alerts: None,
         };
         let listener = skald_http::bind("127.0.0.1:0".parse().unwrap(), true)
             .await
@@ -222,6 +223,7 @@ fn routes(server: &Server) -> Vec<(Method, String, Option<Value>, &'static str)>
             "view",
         ),
         (Method::GET, "/api/events/stream".into(), None, "view"),
+        (Method::GET, "/api/alerts".into(), None, "view"),
         (
             Method::POST,
             "/api/sagas/bulk".into(),

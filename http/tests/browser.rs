@@ -180,6 +180,7 @@ async fn serve(
         audit: Some(Arc::new(AuditLog::open(dir).unwrap())),
         registry: Some(registry),
         disabled: Default::default(),
+        alerts: None,
     };
     let listener = skald_http::bind("127.0.0.1:0".parse().unwrap(), true)
         .await
