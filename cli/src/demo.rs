@@ -112,6 +112,9 @@ fn order(order_id: u64, fail_rate: f64) -> OrderRequest {
 }
 
 pub fn run(args: DemoArgs, out: &mut Out) -> Result<()> {
+    if args.serve.is_none() && args.serve_options.any() {
+        bail!("--keys, --read-only, --disable and --alerts apply to --serve: add --serve ADDR");
+    }
     if !(0.0..=1.0).contains(&args.fail_rate) {
         bail!("--fail-rate {} is not within 0..=1", args.fail_rate);
     }

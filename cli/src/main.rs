@@ -147,6 +147,20 @@ enum Command {
     /// Make API keys for `skald demo --serve --keys FILE`.
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Serve an engine directory's API and dashboard (no definitions:
+    /// unfinished sagas wait as they are).
+    #[command(
+        after_help = "Examples:\n  skald serve skald-data\n  skald serve skald-data --listen 0.0.0.0:8080 --keys keys.json --read-only"
+    )]
+    Serve {
+        /// Engine directory (not one a running engine holds).
+        dir: PathBuf,
+        /// Where to listen (a non-loopback address needs --keys).
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        #[command(flatten)]
+        options: serve::ServeOptions,
+    },
     /// Segments, records, bytes, LSN ranges, snapshots and sagas by state.
     #[command(
         after_help = "Examples:\n  skald stats skald-data\n  skald stats skald-data --json | jq .sagas"
@@ -302,6 +316,11 @@ fn main() -> ExitCode {
             limit,
             json,
         } => serve::audit(&dir, after, limit, json, &mut out),
+        Command::Serve {
+            dir,
+            listen,
+            options,
+        } => serve::serve_dir(&dir, listen, &options, &mut out),
         Command::Key(KeyCommand::New { principal, role }) => {
             serve::new_key(&principal, &role, &mut out)
         }

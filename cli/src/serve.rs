@@ -21,19 +21,19 @@ pub struct ServeOptions {
     /// API keys (JSON: {"keys": [{"principal", "role", "sha256"}], "roles":
     /// [...]}; `skald key new` makes one); else SKALD_API_KEYS; else none,
     /// and only a loopback address is served.
-    #[arg(long, value_name = "FILE", requires = "serve")]
+    #[arg(long, value_name = "FILE")]
     pub keys: Option<PathBuf>,
     /// Refuse every action through the API (view only).
-    #[arg(long, requires = "serve")]
+    #[arg(long)]
     pub read_only: bool,
     /// Switch these actions off: start, cancel, act, bulk, reset_breaker
     /// (comma-separated).
-    #[arg(long, value_name = "ACTIONS", value_delimiter = ',', value_parser = parse_permission, requires = "serve")]
+    #[arg(long, value_name = "ACTIONS", value_delimiter = ',', value_parser = parse_permission)]
     pub disable: Vec<Permission>,
     /// Alert rules and a webhook (JSON: {"webhook", "every_ms", "rules":
     /// [{"name", "kind": failed_sagas | failure_rate | no_progress |
     /// partition_stopped | disk_nearly_full, ...}]}).
-    #[arg(long, value_name = "FILE", requires = "serve")]
+    #[arg(long, value_name = "FILE")]
     pub alerts: Option<PathBuf>,
 }
 
@@ -87,6 +87,52 @@ pub async fn start(
         }
     });
     Ok(bound)
+}
+
+impl ServeOptions {
+    /// Whether any option was given (they need a server to apply to).
+    pub fn any(&self) -> bool {
+        self.keys.is_some() || self.read_only || !self.disable.is_empty() || self.alerts.is_some()
+    }
+}
+
+/// `skald serve DIR`: opens the engine directory (no definitions are
+/// registered, so unfinished sagas wait as they are: views, histories,
+/// time travel, the audit trail and the dashboard work; actions that need
+/// a definition are refused) and serves it until Ctrl-C.
+pub fn serve_dir(
+    dir: &Path,
+    listen: SocketAddr,
+    options: &ServeOptions,
+    out: &mut Out,
+) -> Result<()> {
+    crate::inspect::EngineDir::open(dir)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let registry = Arc::new(Mutex::new(Registry::default()));
+        let opened = Engine::builder(dir).metrics(&mut registry.lock()).open().await;
+        let engine = match opened {
+            Ok(engine) => engine,
+            Err(error) if error.to_string().contains("already open for writing by another process") => bail!(
+                "{}: a running engine holds it; serve it from that process (skald_http::router, or skald demo --serve); \
+                 serving a live directory read-only from another process is not built yet",
+                dir.display()
+            ),
+            Err(error) => return Err(error).with_context(|| format!("opening {}", dir.display())),
+        };
+        let bound = start(listen, options, &engine, &registry).await?;
+        out.line(&format!(
+            "serving {} at http://{bound}/dashboard (API at http://{bound}/api; {} unfinished saga(s) wait as they are) until Ctrl-C",
+            dir.display(),
+            engine.recovered()
+        ))?;
+        tokio::signal::ctrl_c().await?;
+        engine.shutdown().await?;
+        Ok(())
+    })
 }
 
 /// `skald audit DIR`: the audit trail, oldest first.

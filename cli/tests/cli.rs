@@ -849,3 +849,57 @@ fn serving_an_open_address_without_keys_is_refused() {
         stderr(&output)
     );
 }
+
+#[test]
+fn serve_opens_a_directory_for_its_dashboard_and_refuses_one_a_live_engine_holds() {
+    use std::io::BufRead;
+    let work = tempfile::tempdir().unwrap();
+    let demo = skald(&["demo", "--sagas", "20"], work.path());
+    assert!(demo.status.success(), "{}", stderr(&demo));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_skald"))
+        .args(["serve", "skald-data", "--listen", "127.0.0.1:0"])
+        .current_dir(work.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = lines.next().unwrap().unwrap();
+    let address = line
+        .split_once("http://")
+        .and_then(|(_, rest)| rest.split_once("/dashboard"))
+        .map(|(a, _)| a.to_owned())
+        .unwrap_or_else(|| panic!("no address in {line:?}"));
+    let (status, body) = http_get(&address, "/api/sagas?limit=100");
+    assert!(status.contains("200"), "{status}: {body}");
+    let page: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(page["sagas"].as_array().unwrap().len(), 20);
+    let (status, page) = http_get(&address, "/dashboard");
+    assert!(
+        status.contains("200") && page.contains("<title>Skald</title>"),
+        "{status}"
+    );
+    // While it holds the directory, a second server is refused, saying so.
+    let second = skald(
+        &["serve", "skald-data", "--listen", "127.0.0.1:0"],
+        work.path(),
+    );
+    assert!(!second.status.success());
+    assert!(
+        stderr(&second).contains("a running engine holds it"),
+        "{}",
+        stderr(&second)
+    );
+    let interrupt = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(interrupt.success());
+    assert!(child.wait().unwrap().success());
+    let lonely = skald(&["demo", "--sagas", "1", "--read-only"], work.path());
+    assert!(
+        stderr(&lonely).contains("apply to --serve"),
+        "{}",
+        stderr(&lonely)
+    );
+}
