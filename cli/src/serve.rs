@@ -113,7 +113,8 @@ pub fn serve_dir(
         .build()?;
     runtime.block_on(async {
         let registry = Arc::new(Mutex::new(Registry::default()));
-        let opened = Engine::builder(dir).metrics(&mut registry.lock()).open().await;
+        let builder = Engine::builder(dir).metrics(&mut registry.lock());
+        let opened = builder.open().await;
         let engine = match opened {
             Ok(engine) => engine,
             Err(error) if error.to_string().contains("already open for writing by another process") => bail!(
