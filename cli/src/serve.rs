@@ -145,7 +145,7 @@ pub fn audit(
     out: &mut Out,
 ) -> Result<()> {
     crate::inspect::EngineDir::open(dir)?;
-    let from = after.map_or(0, |after| after + 1);
+    let from = after.map_or(0, |after| after.saturating_add(1));
     let entries = read_audit(dir, from, limit)
         .with_context(|| format!("reading the audit trail of {}", dir.display()))?;
     for (position, entry) in entries {

@@ -299,12 +299,29 @@ impl Guarded {
     /// A page of sagas; a scoped role must name one of its definitions
     /// (`filter.definition`), so that pages stay whole.
     pub async fn list(&self, filter: ListFilter) -> Result<SagaPage, GuardError> {
-        let definition = match (&self.principal.role.definitions, &filter.definition) {
-            (Some(_), None) => Some("(every definition)"),
-            (_, given) => given.as_deref(),
-        };
+        let definition = self.scope_of(filter.definition.as_deref());
         self.principal.check(Permission::View, definition)?;
         Ok(self.engine.list(filter).await?)
+    }
+
+    /// The definition a call over many sagas concerns, for the check: a
+    /// role scoped to some definitions must name one of them (a call over
+    /// every definition is checked as one it does not cover).
+    fn scope_of<'a>(&self, named: Option<&'a str>) -> Option<&'a str> {
+        match (&self.principal.role.definitions, named) {
+            (Some(_), None) => Some("(every definition)"),
+            (_, named) => named,
+        }
+    }
+
+    /// Checks `permission` over the sagas of `definition` (or of every
+    /// definition), as [`Guarded::list`] does; for the event stream.
+    pub fn check_scope(
+        &self,
+        permission: Permission,
+        definition: Option<&str>,
+    ) -> Result<(), Denied> {
+        self.principal.check(permission, self.scope_of(definition))
     }
 
     /// The circuit breakers.
@@ -377,13 +394,11 @@ impl Guarded {
     ) -> Result<BulkOutcome, GuardError> {
         let definition = filter.definition.clone();
         let scope = definition.as_deref().unwrap_or("any");
+        let checked = self.scope_of(definition.as_deref());
         let verdict = self
             .principal
-            .check(Permission::Bulk, definition.as_deref())
-            .and_then(|()| {
-                self.principal
-                    .check(action.permission(), definition.as_deref())
-            });
+            .check(Permission::Bulk, checked)
+            .and_then(|()| self.principal.check(action.permission(), checked));
         if let Err(denied) = verdict {
             if !dry_run {
                 let target = format!("bulk {action:?} (definition {scope:?})");

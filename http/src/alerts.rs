@@ -105,32 +105,55 @@ struct Ends {
 }
 
 impl Ends {
-    fn rate(&mut self, window: Duration) -> (usize, f64) {
-        let cut = Instant::now().checked_sub(window);
-        if let Some(cut) = cut {
+    /// Forgets ends older than `window`.
+    fn trim(&mut self, window: Duration) {
+        if let Some(cut) = Instant::now().checked_sub(window) {
             while self.seen.front().is_some_and(|(at, _)| *at < cut) {
                 self.seen.pop_front();
             }
         }
-        let failed = self.seen.iter().filter(|(_, failed)| *failed).count();
-        let ended = self.seen.len();
-        (
-            ended,
-            if ended == 0 {
-                0.0
-            } else {
-                failed as f64 / ended as f64
-            },
-        )
+    }
+
+    /// Of the ends within `window` (not forgetting older ones, which a
+    /// wider rule may need): how many, and the share that failed.
+    fn rate(&self, window: Duration) -> (usize, f64) {
+        let cut = Instant::now().checked_sub(window);
+        let within = self
+            .seen
+            .iter()
+            .filter(|(at, _)| cut.is_none_or(|cut| *at >= cut));
+        let (ended, failed) = within.fold((0, 0), |(n, f), (_, failed)| {
+            (n + 1, f + usize::from(*failed))
+        });
+        let rate = if ended == 0 {
+            0.0
+        } else {
+            failed as f64 / ended as f64
+        };
+        (ended, rate)
     }
 }
 
 /// Starts evaluating `config`'s rules over `engine` in the background.
 pub(crate) fn start(engine: Engine, config: AlertsConfig, alerts: Arc<Alerts>) {
     let ends = Arc::new(Mutex::new(Ends::default()));
+    // Ends are kept only as long as the widest failure-rate window needs.
+    let keep = config
+        .rules
+        .iter()
+        .filter_map(|rule| match rule.condition {
+            Condition::FailureRate { window_seconds, .. } => {
+                Some(Duration::from_secs(window_seconds))
+            }
+            _ => None,
+        })
+        .max();
     let mut events = engine.subscribe();
     let counting = ends.clone();
     tokio::spawn(async move {
+        let Some(keep) = keep else {
+            return;
+        };
         loop {
             match events.recv().await {
                 Ok(event) => {
@@ -139,7 +162,9 @@ pub(crate) fn start(engine: Engine, config: AlertsConfig, alerts: Arc<Alerts>) {
                         "Compensated" | "Failed" => true,
                         _ => continue,
                     };
-                    counting.lock().seen.push_back((Instant::now(), failed));
+                    let mut ends = counting.lock();
+                    ends.seen.push_back((Instant::now(), failed));
+                    ends.trim(keep);
                 }
                 Err(RecvError::Lagged(_)) => continue,
                 Err(RecvError::Closed) => return,
@@ -203,7 +228,7 @@ async fn evaluate(
             let now = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64);
-            let cut = now.saturating_sub(for_seconds * 1_000);
+            let cut = now.saturating_sub(for_seconds.saturating_mul(1_000));
             let statuses = [SagaStatus::Running, SagaStatus::Compensating];
             let stuck = count(engine, &statuses, |updated| updated < cut).await;
             (

@@ -168,6 +168,37 @@ pub(crate) enum Via {
     Session { csrf: String },
 }
 
+/// Without keys (the local administrator), only requests addressed to a
+/// loopback name, and actions from no other origin: a web page elsewhere
+/// that rebinds its name to 127.0.0.1 (DNS rebinding) gets nothing.
+pub(crate) fn check_local(headers: &HeaderMap) -> Result<(), ApiError> {
+    let loopback = |host: &str| {
+        let name = match host.rsplit_once(':') {
+            Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+            _ => host,
+        };
+        matches!(name, "localhost" | "127.0.0.1" | "[::1]")
+    };
+    let refuse = |what: &str, value: &str| {
+        let message = format!(
+            "{what} {value:?} is not a loopback address: without API keys only local requests are served"
+        );
+        Err(ApiError::new(StatusCode::FORBIDDEN, "not_local", message))
+    };
+    if let Some(host) = headers.get("host").and_then(|v| v.to_str().ok()) {
+        if !loopback(host) {
+            return refuse("Host", host);
+        }
+    }
+    if let Some(origin) = headers.get("origin").and_then(|v| v.to_str().ok()) {
+        let host = origin.split_once("://").map_or(origin, |(_, rest)| rest);
+        if !loopback(host.trim_end_matches('/')) {
+            return refuse("Origin", origin);
+        }
+    }
+    Ok(())
+}
+
 /// A new random API key (`sk_` and 64 hex digits).
 pub fn new_key() -> String {
     let bytes: [u8; 32] = rand::random();

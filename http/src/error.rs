@@ -49,6 +49,16 @@ pub(crate) fn page_limit(
     Ok(limit)
 }
 
+/// The first position after `after` (the previous page's last).
+pub(crate) fn after(after: Option<u64>) -> Result<u64, ApiError> {
+    match after {
+        None => Ok(0),
+        Some(after) => after.checked_add(1).ok_or_else(|| {
+            ApiError::bad_request("bad_after", format!("after {after} is past every position"))
+        }),
+    }
+}
+
 /// The caller's role allows `permission` (on no saga in particular).
 pub(crate) fn require(
     guarded: &skald_engine::access::Guarded,

@@ -46,7 +46,7 @@ pub(crate) async fn events(
         return Err(no_saga(id));
     }
     let path = log_of(&state, id);
-    let from = query.after.map_or(0, |after| after + 1);
+    let from = crate::error::after(query.after)?;
     let found = off_thread(move || scan(&path, id, from, |_, _| true, limit + 1)).await?;
     let more = found.len() > limit;
     let page: Vec<Value> = found.iter().take(limit).map(event_json).collect();

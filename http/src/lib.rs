@@ -94,6 +94,9 @@ impl AppState {
             let session = self.sessions.of(headers).ok_or(error)?;
             Ok::<_, ApiError>((session.0, auth::Via::Session { csrf: session.1 }))
         })?;
+        if via == auth::Via::Local {
+            auth::check_local(headers)?;
+        }
         let guarded = Guarded::new(self.engine.clone(), principal);
         let guarded = match &self.config.audit {
             Some(audit) => guarded.with_audit(audit.clone()),
@@ -105,15 +108,49 @@ impl AppState {
     /// [`AppState::guarded`] for a mutating route that needs `permission`:
     /// refused in read-only mode, when the action is switched off, and
     /// from a browser session without its CSRF token.
-    pub(crate) fn guarded_for(
+    pub(crate) async fn guarded_for(
         &self,
         headers: &HeaderMap,
         permission: Permission,
     ) -> Result<Guarded, ApiError> {
         let (guarded, via) = self.authenticated(headers)?;
+        if let Err(refused) = self.allowed_here(headers, &via, permission) {
+            // Refused by the server's own settings: audited like a denial.
+            if let Some(audit) = &self.config.audit {
+                let denied = skald_engine::access::Denied {
+                    principal: guarded.principal().name.clone(),
+                    role: guarded.principal().role.name.clone(),
+                    permission,
+                    definition: None,
+                };
+                let entry = skald_engine::audit::AuditEntry::new(
+                    guarded.principal(),
+                    permission,
+                    "(refused by the server)",
+                    &refused.message,
+                    &Err(denied),
+                );
+                audit
+                    .record(&entry)
+                    .await
+                    .map_err(|e| ApiError::from(skald_engine::access::GuardError::Audit(e)))?;
+            }
+            return Err(refused);
+        }
+        Ok(guarded)
+    }
+
+    /// The server's own refusals: CSRF, read-only, switched-off actions.
+    fn allowed_here(
+        &self,
+        headers: &HeaderMap,
+        via: &auth::Via,
+        permission: Permission,
+    ) -> Result<(), ApiError> {
         if let auth::Via::Session { csrf } = via {
+            let csrf = csrf.as_str();
             let sent = headers.get("x-csrf-token").and_then(|v| v.to_str().ok());
-            if sent != Some(csrf.as_str()) {
+            if sent != Some(csrf) {
                 return Err(ApiError::new(
                     axum::http::StatusCode::FORBIDDEN,
                     "csrf",
@@ -135,7 +172,7 @@ impl AppState {
                 format!("{permission} is switched off on this server"),
             ));
         }
-        Ok(guarded)
+        Ok(())
     }
 }
 

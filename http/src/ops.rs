@@ -38,8 +38,11 @@ pub(crate) async fn reset_breaker(
 ) -> Result<Json<Value>, ApiError> {
     let Path(service) = service?;
     let Json(body) = body?;
-    let guarded = state.guarded_for(&headers, Permission::ResetBreaker)?;
-    if !guarded.reset_breaker(&service, &body.reason).await? {
+    let reason = crate::sagas::required_reason(&body.reason)?;
+    let guarded = state
+        .guarded_for(&headers, Permission::ResetBreaker)
+        .await?;
+    if !guarded.reset_breaker(&service, reason).await? {
         let message = format!("no circuit breaker for service {service:?} (none has run yet)");
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -128,7 +131,7 @@ pub(crate) async fn audit(
     let Some(log) = state.config.audit.clone() else {
         return Ok(Json(json!({ "entries": [], "next_after": null })));
     };
-    let from = query.after.map_or(0, |after| after + 1);
+    let from = crate::error::after(query.after)?;
     let entries = tokio::task::spawn_blocking(move || log.list(from, limit))
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?

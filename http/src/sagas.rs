@@ -53,6 +53,7 @@ pub(crate) async fn by_key(
 ) -> Result<Json<Value>, ApiError> {
     let Path(key) = key?;
     let guarded = state.guarded(&headers)?;
+    crate::error::require(&guarded, Permission::View)?;
     let found = guarded.engine().saga_by_key(&key).await?;
     let Some(id) = found else {
         let message = format!("no saga was started with key {key:?}");
@@ -100,7 +101,7 @@ pub(crate) async fn start(
     body: Result<Json<StartBody>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let Json(body) = body?;
-    let guarded = state.guarded_for(&headers, Permission::Start)?;
+    let guarded = state.guarded_for(&headers, Permission::Start).await?;
     let mut options = StartOptions::default();
     if let Some(key) = body.key {
         options = options.key(key);
@@ -136,7 +137,7 @@ pub(crate) async fn cancel(
     let id = parse_id(&id)?;
     let Json(body) = body?;
     let reason = required_reason(&body.reason)?;
-    let guarded = state.guarded_for(&headers, Permission::Cancel)?;
+    let guarded = state.guarded_for(&headers, Permission::Cancel).await?;
     let outcome = guarded.cancel(id, reason).await?;
     Ok(Json(json!({ "outcome": outcome })))
 }
@@ -165,7 +166,7 @@ pub(crate) async fn act(
     let Json(body) = body?;
     let reason = required_reason(&body.reason)?;
     let action = parse_action(&body.action, body.step)?;
-    let guarded = state.guarded_for(&headers, Permission::Act)?;
+    let guarded = state.guarded_for(&headers, Permission::Act).await?;
     guarded.operate(id, action, reason).await?;
     let view = guarded.view(id).await?;
     Ok(Json(json!({ "status": view.map(|v| v.status) })))
@@ -196,13 +197,24 @@ fn parse_action(name: &str, step: Option<u16>) -> Result<OperatorAction, ApiErro
     })
 }
 
-fn required_reason(reason: &str) -> Result<&str, ApiError> {
+/// Bytes a reason holds at most: it is recorded in the saga's log and
+/// the audit trail.
+pub const REASON_BYTES_MAX: usize = 1_024;
+
+pub(crate) fn required_reason(reason: &str) -> Result<&str, ApiError> {
     let reason = reason.trim();
     if reason.is_empty() {
         return Err(ApiError::bad_request(
             "missing_reason",
             "a reason is required: it is recorded with the action",
         ));
+    }
+    if reason.len() > REASON_BYTES_MAX {
+        let message = format!(
+            "the reason is {} bytes; at most {REASON_BYTES_MAX}",
+            reason.len()
+        );
+        return Err(ApiError::bad_request("reason_too_long", message));
     }
     Ok(reason)
 }
@@ -279,7 +291,11 @@ pub(crate) async fn bulk(
     };
     let guarded = match body.dry_run {
         true => state.guarded(&headers)?,
-        false => state.guarded_for(&headers, Permission::Bulk)?,
+        false => {
+            // The action itself may be switched off here, too.
+            state.guarded_for(&headers, action.permission()).await?;
+            state.guarded_for(&headers, Permission::Bulk).await?
+        }
     };
     let filter = ListFilter {
         definition: body.definition,

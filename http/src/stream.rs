@@ -38,6 +38,18 @@ pub(crate) async fn events(
     let guarded = state.guarded(&headers)?;
     require(&guarded, skald_engine::access::Permission::View)?;
     let saga = query.saga.as_deref().map(parse_id).transpose()?;
+    // A role scoped to some definitions sees one saga's stream, of a
+    // definition it covers, never every saga's.
+    let definition = match saga {
+        Some(id) => guarded.view(id).await?.map(|view| view.definition),
+        None => None,
+    };
+    guarded
+        .check_scope(
+            skald_engine::access::Permission::View,
+            definition.as_deref(),
+        )
+        .map_err(|d| ApiError::from(skald_engine::access::GuardError::Denied(d)))?;
     let types: Option<Vec<String>> = query
         .types
         .map(|t| t.split(',').map(|s| s.trim().to_owned()).collect());

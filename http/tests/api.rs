@@ -838,3 +838,145 @@ async fn a_switched_off_action_is_refused_for_everyone() {
     let permissions = me["permissions"].as_array().unwrap();
     assert!(!permissions.contains(&json!("cancel")) && permissions.contains(&json!("act")));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scoped_role_reaches_only_its_definitions_everywhere() {
+    let server = Server::start(false).await;
+    // REFUNDS is an operator over "refund" only.
+    let every = Some(json!({"action": "cancel", "reason": "all of them", "dry_run": true}));
+    let (status, answer) = server
+        .call(Method::POST, "/api/sagas/bulk", Some(REFUNDS), every)
+        .await;
+    assert_eq!(
+        (status, code(&answer)),
+        (StatusCode::FORBIDDEN, "forbidden"),
+        "{answer}"
+    );
+    let (status, _) = server
+        .call(Method::GET, "/api/sagas", Some(REFUNDS), None)
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::FORBIDDEN,
+        "a list over every definition"
+    );
+    let (status, _) = server
+        .call(
+            Method::GET,
+            "/api/sagas?definition=refund",
+            Some(REFUNDS),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = server
+        .call(Method::GET, "/api/events/stream", Some(REFUNDS), None)
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "every saga's events");
+    let path = format!("/api/events/stream?saga={}", server.running);
+    let (status, _) = server.call(Method::GET, &path, Some(REFUNDS), None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "an order saga's events");
+    let path = format!("/api/sagas/{}/events", server.running);
+    let (status, _) = server.call(Method::GET, &path, Some(REFUNDS), None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_switched_off_action_stays_off_in_bulk_and_refusals_are_audited() {
+    use skald_engine::access::Permission;
+    let server = Server::start_with(false, [Permission::Cancel].into_iter().collect()).await;
+    let body =
+        Some(json!({"status": "running", "action": "cancel", "reason": "stop", "dry_run": false}));
+    let (status, answer) = server
+        .call(Method::POST, "/api/sagas/bulk", Some(ADMIN), body)
+        .await;
+    assert_eq!(
+        (status, code(&answer)),
+        (StatusCode::FORBIDDEN, "action_disabled")
+    );
+    assert_eq!(server.status_of(server.running).await, SagaStatus::Running);
+    let (_, audit) = server
+        .call(Method::GET, "/api/audit", Some(ADMIN), None)
+        .await;
+    let entry = &audit["entries"][0]["entry"];
+    assert_eq!(
+        (entry["action"].as_str(), entry["allowed"].as_bool()),
+        (Some("cancel"), Some(false)),
+        "{audit}"
+    );
+    // Long reasons and positions past the end are refused, not stored.
+    let path = format!("/api/sagas/{}/actions", server.failed);
+    let (status, answer) = server
+        .call(
+            Method::POST,
+            &path,
+            Some(ADMIN),
+            Some(json!({"action": "mark_resolved", "reason": "y".repeat(2_000)})),
+        )
+        .await;
+    assert_eq!(
+        (status, code(&answer)),
+        (StatusCode::BAD_REQUEST, "reason_too_long")
+    );
+    let path = format!(
+        "/api/sagas/{}/events?after=18446744073709551615",
+        server.failed
+    );
+    let (status, answer) = server.call(Method::GET, &path, Some(ADMIN), None).await;
+    assert_eq!(
+        (status, code(&answer)),
+        (StatusCode::BAD_REQUEST, "bad_after")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_keys_only_loopback_names_and_origins_are_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::builder(dir.path())
+        .options(EngineOptions::default().partitions(1))
+        .register(refund())
+        .unwrap()
+        .open()
+        .await
+        .unwrap();
+    let listener = skald_http::bind("127.0.0.1:0".parse().unwrap(), false)
+        .await
+        .unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(skald_http::serve(
+        listener,
+        engine.clone(),
+        HttpConfig::default(),
+        std::future::pending(),
+    ));
+    let client = reqwest::Client::new();
+    let url = format!("http://{address}/api/sagas");
+    assert_eq!(
+        client.get(&url).send().await.unwrap().status(),
+        StatusCode::OK
+    );
+    // A page on another name rebinding it to 127.0.0.1 (DNS rebinding).
+    let rebound = client
+        .get(&url)
+        .header("host", "evil.example:80")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rebound.status(), StatusCode::FORBIDDEN);
+    let body: Value = rebound.json().await.unwrap();
+    assert_eq!(code(&body), "not_local");
+    let start = client
+        .post(&url)
+        .header("origin", "http://evil.example")
+        .json(&json!({"definition": "refund", "input": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(start.status(), StatusCode::FORBIDDEN);
+    let list = engine
+        .list(skald_engine::ListFilter::default())
+        .await
+        .unwrap();
+    assert!(list.sagas.is_empty(), "nothing was started");
+    engine.shutdown().await.unwrap();
+}
