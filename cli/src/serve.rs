@@ -46,6 +46,7 @@ fn load_alerts(path: &Path) -> Result<skald_http::alerts::AlertsConfig> {
 fn parse_permission(text: &str) -> Result<Permission, String> {
     Permission::ALL
         .into_iter()
+        .filter(|p| !matches!(p, Permission::View | Permission::Audit))
         .find(|p| p.name() == text)
         .ok_or_else(|| format!("no action {text:?} (start, cancel, act, bulk, reset_breaker)"))
 }

@@ -191,7 +191,9 @@ pub(crate) fn start(engine: Engine, config: AlertsConfig, alerts: Arc<Alerts>) {
                 let (firing, value, summary) = evaluate(&engine, &rule.condition, &ends).await;
                 let change = update(&alerts, rule, firing, value, summary);
                 if let (Some(alert), Some(url)) = (change, &config.webhook) {
-                    deliver(&client, url, &alert).await;
+                    // Off the evaluation loop: a slow webhook delays no rule.
+                    let (client, url) = (client.clone(), url.clone());
+                    tokio::spawn(async move { deliver(&client, &url, &alert).await });
                 }
             }
         }

@@ -47,6 +47,11 @@ pub(crate) async fn events(
     }
     let path = log_of(&state, id);
     let from = crate::error::after(query.after)?;
+    let _turn = state
+        .history
+        .acquire()
+        .await
+        .expect("the semaphore is never closed");
     let found = off_thread(move || scan(&path, id, from, |_, _| true, limit + 1)).await?;
     let more = found.len() > limit;
     let page: Vec<Value> = found.iter().take(limit).map(event_json).collect();
@@ -66,6 +71,11 @@ pub(crate) async fn at(
         return Err(no_saga(id));
     }
     let path = log_of(&state, id);
+    let _turn = state
+        .history
+        .acquire()
+        .await
+        .expect("the semaphore is never closed");
     let found = off_thread(move || scan(&path, id, 0, |at, _| at <= lsn, usize::MAX)).await?;
     let mut folded: Option<SagaState> = None;
     for (at_lsn, event) in &found {

@@ -130,6 +130,7 @@ impl Jwt {
         validation.set_issuer(&[&self.issuer]);
         validation.set_audience(&[&self.audience]);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        validation.validate_nbf = true;
         let claims = decode::<Claims>(token, key, &validation)
             .map_err(|error| {
                 refuse(match error.kind() {

@@ -49,6 +49,9 @@ use skald_engine::Engine;
 pub use crate::auth::{Auth, KeysError};
 pub use crate::error::ApiError;
 
+/// History reads (`/events`, `/at/{lsn}`) served at once at most.
+pub const HISTORY_READS_MAX: usize = 4;
+
 /// Request bodies larger than this are refused (413).
 pub const BODY_BYTES_MAX: usize = 1 << 20;
 
@@ -78,6 +81,9 @@ pub(crate) struct AppState {
     config: HttpConfig,
     sessions: session::Sessions,
     alerts: Arc<alerts::Alerts>,
+    /// History reads (each scans a partition's log) running at once at
+    /// most; more wait their turn.
+    history: tokio::sync::Semaphore,
 }
 
 pub(crate) type State = Arc<AppState>;
@@ -188,6 +194,7 @@ pub fn router(engine: Engine, mut config: HttpConfig) -> Router {
         config,
         sessions: session::Sessions::default(),
         alerts,
+        history: tokio::sync::Semaphore::new(HISTORY_READS_MAX),
     });
     Router::new()
         .route(
