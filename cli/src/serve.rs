@@ -40,7 +40,12 @@ pub struct ServeOptions {
 fn load_alerts(path: &Path) -> Result<skald_http::alerts::AlertsConfig> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("--alerts {}", path.display()))?;
-    serde_json::from_str(&text).with_context(|| format!("--alerts {}", path.display()))
+    let config: skald_http::alerts::AlertsConfig =
+        serde_json::from_str(&text).with_context(|| format!("--alerts {}", path.display()))?;
+    config
+        .check()
+        .map_err(|problem| anyhow::anyhow!("--alerts {}: {problem}", path.display()))?;
+    Ok(config)
 }
 
 fn parse_permission(text: &str) -> Result<Permission, String> {

@@ -37,6 +37,7 @@ pub(crate) async fn events(
     id: Result<Path<String>, PathRejection>,
     query: Result<Query<EventsQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    state.guarded(&headers)?; // who asks, before what they sent
     let Path(id) = id?;
     let id = parse_id(&id)?;
     let Query(query) = query?;
@@ -64,6 +65,7 @@ pub(crate) async fn at(
     headers: HeaderMap,
     path: Result<Path<(String, u64)>, PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    state.guarded(&headers)?; // who asks, before what they sent
     let Path((id, lsn)) = path?;
     let id = parse_id(&id)?;
     let guarded = state.guarded(&headers)?;

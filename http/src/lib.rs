@@ -187,7 +187,10 @@ impl AppState {
 pub fn router(engine: Engine, mut config: HttpConfig) -> Router {
     let alerts = Arc::new(alerts::Alerts::default());
     if let Some(rules) = config.alerts.take() {
-        alerts::start(engine.clone(), rules, alerts.clone());
+        match rules.check() {
+            Ok(()) => alerts::start(engine.clone(), rules, alerts.clone()),
+            Err(problem) => tracing::error!(%problem, "alert rules not started"),
+        }
     }
     let state = Arc::new(AppState {
         engine,

@@ -36,6 +36,7 @@ pub(crate) async fn reset_breaker(
     service: Result<Path<String>, PathRejection>,
     body: Result<Json<ResetBody>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    state.guarded(&headers)?; // who asks, before what they sent
     let Path(service) = service?;
     let Json(body) = body?;
     let reason = crate::sagas::required_reason(&body.reason)?;
@@ -124,6 +125,7 @@ pub(crate) async fn audit(
     headers: HeaderMap,
     query: Result<Query<AuditQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    state.guarded(&headers)?; // who asks, before what they sent
     let Query(query) = query?;
     let guarded = state.guarded(&headers)?;
     require(&guarded, Permission::Audit)?;

@@ -30,6 +30,7 @@ pub(crate) async fn list(
     headers: HeaderMap,
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    state.guarded(&headers)?; // who asks, before what they sent
     let Query(query) = query?;
     let guarded = state.guarded(&headers)?;
     let status = query.status.as_deref().map(parse_status).transpose()?;
@@ -74,6 +75,7 @@ pub(crate) async fn view(
     headers: HeaderMap,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    state.guarded(&headers)?; // who asks, before what they sent
     let Path(id) = id?;
     let id = parse_id(&id)?;
     let guarded = state.guarded(&headers)?;
@@ -100,6 +102,7 @@ pub(crate) async fn start(
     headers: HeaderMap,
     body: Result<Json<StartBody>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
+    state.guarded(&headers)?; // who asks, before what they sent
     let Json(body) = body?;
     let guarded = state.guarded_for(&headers, Permission::Start).await?;
     let mut options = StartOptions::default();
@@ -133,6 +136,7 @@ pub(crate) async fn cancel(
     id: Result<Path<String>, PathRejection>,
     body: Result<Json<CancelBody>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    state.guarded(&headers)?; // who asks, before what they sent
     let Path(id) = id?;
     let id = parse_id(&id)?;
     let Json(body) = body?;
@@ -161,6 +165,7 @@ pub(crate) async fn act(
     id: Result<Path<String>, PathRejection>,
     body: Result<Json<ActionBody>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    state.guarded(&headers)?; // who asks, before what they sent
     let Path(id) = id?;
     let id = parse_id(&id)?;
     let Json(body) = body?;
@@ -277,6 +282,7 @@ pub(crate) async fn bulk(
     headers: HeaderMap,
     body: Result<Json<BulkBody>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    state.guarded(&headers)?; // who asks, before what they sent
     let Json(body) = body?;
     let reason = required_reason(&body.reason)?;
     let action = match body.action.as_str() {

@@ -26,6 +26,9 @@ pub const COOKIE: &str = "skald_session";
 pub const SESSION_TTL: Duration = Duration::from_secs(8 * 3600);
 /// Sessions held at most; the oldest goes first.
 const SESSIONS_MAX: usize = 10_000;
+/// Sessions one principal holds at most; their oldest goes first (so no
+/// key can log everyone else out by logging in many times).
+const SESSIONS_PER_PRINCIPAL_MAX: usize = 32;
 
 pub(crate) struct Session {
     pub(crate) principal: Principal,
@@ -46,6 +49,16 @@ impl Sessions {
         let mut open = self.open.lock();
         let now = Instant::now();
         open.retain(|_, session| session.expires > now);
+        let theirs: Vec<(Instant, String)> = open
+            .iter()
+            .filter(|(_, s)| s.principal.name == principal.name)
+            .map(|(token, s)| (s.expires, token.clone()))
+            .collect();
+        if theirs.len() >= SESSIONS_PER_PRINCIPAL_MAX {
+            if let Some((_, oldest)) = theirs.into_iter().min() {
+                open.remove(&oldest);
+            }
+        }
         if open.len() >= SESSIONS_MAX {
             let oldest = open
                 .iter()
@@ -173,4 +186,26 @@ pub(crate) async fn logout(State(state): State<crate::State>, headers: HeaderMap
     let cookie = HeaderValue::from_str(&expired).expect("a cookie");
     response.headers_mut().insert(header::SET_COOKIE, cookie);
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use skald_engine::access::Role;
+
+    #[test]
+    fn one_principal_logging_in_again_and_again_evicts_only_its_own_sessions() {
+        let sessions = Sessions::default();
+        let (bob, _) = sessions.create(Principal::new("bob", Role::viewer()));
+        for _ in 0..100 {
+            sessions.create(Principal::new("mallory", Role::viewer()));
+        }
+        let open = sessions.open.lock();
+        assert!(open.contains_key(&bob), "bob's session survives");
+        let mallory = open
+            .values()
+            .filter(|s| s.principal.name == "mallory")
+            .count();
+        assert_eq!(mallory, SESSIONS_PER_PRINCIPAL_MAX);
+    }
 }

@@ -34,6 +34,7 @@ pub(crate) async fn events(
     headers: HeaderMap,
     query: Result<Query<StreamQuery>, QueryRejection>,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
+    state.guarded(&headers)?; // who asks, before what they sent
     let Query(query) = query?;
     let guarded = state.guarded(&headers)?;
     require(&guarded, skald_engine::access::Permission::View)?;

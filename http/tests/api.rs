@@ -489,6 +489,15 @@ async fn bad_input_gets_a_clear_4xx() {
         );
         assert!(!answer["error"]["message"].as_str().unwrap().is_empty());
     }
+    // Who asks comes before what they sent: no key, a bad body, 401.
+    let response = server
+        .client
+        .post(format!("{}/api/sagas", server.base))
+        .body("{")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
     // Not JSON, and too large.
     let url = format!("{}/api/sagas", server.base);
     let response = server
