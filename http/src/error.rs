@@ -59,6 +59,18 @@ pub(crate) fn after(after: Option<u64>) -> Result<u64, ApiError> {
     }
 }
 
+/// The caller's role allows `permission` over every definition: for
+/// views that aggregate all of them (metrics, alerts), which a role
+/// scoped to some definitions does not get.
+pub(crate) fn require_all(
+    guarded: &skald_engine::access::Guarded,
+    permission: skald_engine::access::Permission,
+) -> Result<(), ApiError> {
+    guarded
+        .check_scope(permission, None)
+        .map_err(|denied| GuardError::Denied(denied).into())
+}
+
 /// The caller's role allows `permission` (on no saga in particular).
 pub(crate) fn require(
     guarded: &skald_engine::access::Guarded,

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use skald_engine::access::Permission;
 use skald_engine::audit::AUDIT_PAGE_MAX;
 
-use crate::error::{page_limit, require, ApiError};
+use crate::error::{page_limit, require_all, ApiError};
 
 /// The OpenAPI document, checked into the repository.
 pub const OPENAPI: &str = include_str!("../openapi.json");
@@ -60,6 +60,7 @@ pub(crate) async fn summary(
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     let guarded = state.guarded(&headers)?;
+    require_all(&guarded, Permission::View)?;
     let breakers = guarded.breakers()?;
     let engine = guarded.engine();
     let versions = engine.versions().await.map_err(ApiError::from)?;
@@ -76,7 +77,7 @@ pub(crate) async fn prometheus(
     State(state): State<crate::State>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    require(&state.guarded(&headers)?, Permission::View)?;
+    require_all(&state.guarded(&headers)?, Permission::View)?;
     let Some(registry) = &state.config.registry else {
         let message = "this server has no metrics registry (the engine was opened without metrics)";
         return Err(ApiError::new(StatusCode::NOT_FOUND, "no_metrics", message));
@@ -128,7 +129,7 @@ pub(crate) async fn audit(
     state.guarded(&headers)?; // who asks, before what they sent
     let Query(query) = query?;
     let guarded = state.guarded(&headers)?;
-    require(&guarded, Permission::Audit)?;
+    require_all(&guarded, Permission::Audit)?;
     let limit = page_limit(query.limit, 100, AUDIT_PAGE_MAX)?;
     let Some(log) = state.config.audit.clone() else {
         return Ok(Json(json!({ "entries": [], "next_after": null })));
@@ -153,7 +154,7 @@ pub(crate) async fn alerts(
     State(state): State<crate::State>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    require(&state.guarded(&headers)?, Permission::View)?;
+    require_all(&state.guarded(&headers)?, Permission::View)?;
     let alerts: Vec<_> = state.alerts.current.lock().values().cloned().collect();
     Ok(Json(json!({ "alerts": alerts })))
 }

@@ -888,6 +888,15 @@ async fn a_scoped_role_reaches_only_its_definitions_everywhere() {
     let path = format!("/api/sagas/{}/events", server.running);
     let (status, _) = server.call(Method::GET, &path, Some(REFUNDS), None).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
+    // Views over every definition at once.
+    for path in ["/api/metrics", "/metrics", "/api/alerts"] {
+        let (status, answer) = server.call(Method::GET, path, Some(REFUNDS), None).await;
+        assert_eq!(
+            (status, code(&answer)),
+            (StatusCode::FORBIDDEN, "forbidden"),
+            "{path}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
