@@ -554,6 +554,68 @@ fn dump_follow_prints_records_as_another_process_writes_them() {
     follow.wait().unwrap();
 }
 
+/// A `skald` process serving on a loopback port, for the tests that talk
+/// to it over HTTP.
+struct Serving {
+    child: std::process::Child,
+    lines: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+    /// `host:port`, from the first line naming an `http://` address.
+    address: String,
+}
+
+impl Serving {
+    /// Runs `skald args` in `cwd` and reads its output up to the first line
+    /// that starts with `until` (or, without one, to the address).
+    fn start<A: AsRef<std::ffi::OsStr>>(
+        args: impl IntoIterator<Item = A>,
+        cwd: &Path,
+        until: Option<&str>,
+    ) -> Serving {
+        use std::io::BufRead;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_skald"))
+            .args(args)
+            .current_dir(cwd)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut address = None;
+        for line in lines.by_ref() {
+            let line = line.unwrap();
+            if address.is_none() {
+                address = line
+                    .split_once("http://")
+                    .and_then(|(_, rest)| rest.split_once('/'))
+                    .map(|(address, _)| address.to_owned());
+            }
+            match until {
+                Some(until) if line.starts_with(until) => break,
+                None if address.is_some() => break,
+                _ => {}
+            }
+        }
+        let address = address.expect("skald said where it serves");
+        Serving {
+            child,
+            lines,
+            address,
+        }
+    }
+
+    /// Ctrl-C: the process ends cleanly; returns what it printed after.
+    fn interrupt(mut self) -> Vec<String> {
+        let interrupt = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(interrupt.success());
+        let rest: Vec<String> = self.lines.map(|line| line.unwrap()).collect();
+        assert!(self.child.wait().unwrap().success(), "{rest:?}");
+        rest
+    }
+}
+
 /// `GET path` from `address`: (status line, body). The servers here answer
 /// small responses with a length, not in chunks.
 fn http_get(address: &str, path: &str) -> (String, String) {
@@ -573,27 +635,10 @@ fn http_get(address: &str, path: &str) -> (String, String) {
 
 #[test]
 fn demo_serves_its_metrics_and_health_until_interrupted() {
-    use std::io::BufRead;
     let work = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_skald"))
-        .args(["demo", "--sagas", "500", "--metrics", "127.0.0.1:0"])
-        .current_dir(work.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut address = None;
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        if let Some(rest) = line.strip_prefix("metrics at http://") {
-            address = rest.split_once("/metrics").map(|(a, _)| a.to_owned());
-        }
-        if line.starts_with("orders done") {
-            break;
-        }
-    }
-    let address = address.expect("the demo said where it serves");
+    let args = ["demo", "--sagas", "500", "--metrics", "127.0.0.1:0"];
+    let serving = Serving::start(args, work.path(), Some("orders done"));
+    let address = serving.address.clone();
     let (status, metrics) = http_get(&address, "/metrics");
     assert!(status.contains("200"), "{status}");
     assert!(
@@ -604,13 +649,7 @@ fn demo_serves_its_metrics_and_health_until_interrupted() {
     assert!(status.contains("200"), "{status}: {body}");
     let health: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(health["ready"], true, "{body}");
-    let interrupt = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(interrupt.success());
-    let rest: Vec<String> = lines.map(|line| line.unwrap()).collect();
-    assert!(child.wait().unwrap().success(), "{rest:?}");
+    let rest = serving.interrupt();
     assert!(rest.iter().any(|l| l.contains("500 started")), "{rest:?}");
 }
 
@@ -734,7 +773,6 @@ fn http_call(
 
 #[test]
 fn demo_serves_the_api_with_keys_and_audits_what_it_refuses() {
-    use std::io::BufRead;
     let work = tempfile::tempdir().unwrap();
     let mut entries = Vec::new();
     let mut keys = Vec::new();
@@ -760,26 +798,18 @@ fn demo_serves_the_api_with_keys_and_audits_what_it_refuses() {
     }
     let keys_file = work.path().join("keys.json");
     std::fs::write(&keys_file, format!("{{\"keys\": [{}]}}", entries.join(","))).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_skald"))
-        .args(["demo", "--sagas", "30", "--serve", "127.0.0.1:0", "--keys"])
-        .arg(&keys_file)
-        .current_dir(work.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut address = None;
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        if let Some(rest) = line.strip_prefix("api at http://") {
-            address = rest.split_once("/api").map(|(a, _)| a.to_owned());
-        }
-        if line.starts_with("orders done") {
-            break;
-        }
-    }
-    let address = address.expect("the demo said where it serves");
+    let keys_file = keys_file.to_str().unwrap();
+    let args = [
+        "demo",
+        "--sagas",
+        "30",
+        "--serve",
+        "127.0.0.1:0",
+        "--keys",
+        keys_file,
+    ];
+    let serving = Serving::start(args, work.path(), Some("orders done"));
+    let address = serving.address.clone();
     let (status, body) = http_call(&address, "GET", "/api/sagas?limit=5", &keys[0], None);
     assert!(status.contains("200"), "{status}: {body}");
     let page: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -792,13 +822,7 @@ fn demo_serves_the_api_with_keys_and_audits_what_it_refuses() {
     assert!(status.contains("200"), "{status}: {body}");
     let (status, _) = http_call(&address, "GET", "/api/sagas", "not-a-key", None);
     assert!(status.contains("401"), "{status}");
-    let interrupt = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(interrupt.success());
-    let rest: Vec<String> = lines.map(|line| line.unwrap()).collect();
-    assert!(child.wait().unwrap().success(), "{rest:?}");
+    serving.interrupt();
 
     let audit = skald(&["audit", "skald-data", "--json"], work.path());
     assert!(audit.status.success(), "{}", stderr(&audit));
@@ -852,24 +876,12 @@ fn serving_an_open_address_without_keys_is_refused() {
 
 #[test]
 fn serve_opens_a_directory_for_its_dashboard_and_refuses_one_a_live_engine_holds() {
-    use std::io::BufRead;
     let work = tempfile::tempdir().unwrap();
     let demo = skald(&["demo", "--sagas", "20"], work.path());
     assert!(demo.status.success(), "{}", stderr(&demo));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_skald"))
-        .args(["serve", "skald-data", "--listen", "127.0.0.1:0"])
-        .current_dir(work.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = lines.next().unwrap().unwrap();
-    let address = line
-        .split_once("http://")
-        .and_then(|(_, rest)| rest.split_once("/dashboard"))
-        .map(|(a, _)| a.to_owned())
-        .unwrap_or_else(|| panic!("no address in {line:?}"));
+    let args = ["serve", "skald-data", "--listen", "127.0.0.1:0"];
+    let serving = Serving::start(args, work.path(), None);
+    let address = serving.address.clone();
     let (status, body) = http_get(&address, "/api/sagas?limit=100");
     assert!(status.contains("200"), "{status}: {body}");
     let page: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -890,12 +902,7 @@ fn serve_opens_a_directory_for_its_dashboard_and_refuses_one_a_live_engine_holds
         "{}",
         stderr(&second)
     );
-    let interrupt = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(interrupt.success());
-    assert!(child.wait().unwrap().success());
+    serving.interrupt();
     let lonely = skald(&["demo", "--sagas", "1", "--read-only"], work.path());
     assert!(
         stderr(&lonely).contains("apply to --serve"),

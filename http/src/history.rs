@@ -18,7 +18,7 @@ use skald_engine::{Event, SagaId};
 use skald_log::{Log, LogOptions};
 
 use crate::error::{page_limit, ApiError};
-use crate::sagas::{no_saga, parse_id};
+use crate::sagas::{no_saga, parse_id, SagaPath};
 
 /// Events a page holds at most.
 pub const EVENTS_PAGE_MAX: usize = 1_000;
@@ -34,15 +34,13 @@ pub(crate) struct EventsQuery {
 pub(crate) async fn events(
     State(state): State<crate::State>,
     headers: HeaderMap,
-    id: Result<Path<String>, PathRejection>,
+    id: Result<SagaPath, ApiError>,
     query: Result<Query<EventsQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    state.guarded(&headers)?; // who asks, before what they sent
-    let Path(id) = id?;
-    let id = parse_id(&id)?;
+    let guarded = state.guarded(&headers)?;
+    let SagaPath(id) = id?;
     let Query(query) = query?;
     let limit = page_limit(query.limit, 200, EVENTS_PAGE_MAX)?;
-    let guarded = state.guarded(&headers)?;
     if guarded.view(id).await?.is_none() {
         return Err(no_saga(id));
     }
@@ -65,10 +63,9 @@ pub(crate) async fn at(
     headers: HeaderMap,
     path: Result<Path<(String, u64)>, PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    state.guarded(&headers)?; // who asks, before what they sent
+    let guarded = state.guarded(&headers)?;
     let Path((id, lsn)) = path?;
     let id = parse_id(&id)?;
-    let guarded = state.guarded(&headers)?;
     if guarded.view(id).await?.is_none() {
         return Err(no_saga(id));
     }

@@ -36,13 +36,12 @@ pub(crate) async fn reset_breaker(
     service: Result<Path<String>, PathRejection>,
     body: Result<Json<ResetBody>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    state.guarded(&headers)?; // who asks, before what they sent
-    let Path(service) = service?;
-    let Json(body) = body?;
-    let reason = crate::sagas::required_reason(&body.reason)?;
     let guarded = state
         .guarded_for(&headers, Permission::ResetBreaker)
         .await?;
+    let Path(service) = service?;
+    let Json(body) = body?;
+    let reason = crate::sagas::required_reason(&body.reason)?;
     if !guarded.reset_breaker(&service, reason).await? {
         let message = format!("no circuit breaker for service {service:?} (none has run yet)");
         return Err(ApiError::new(
@@ -126,9 +125,8 @@ pub(crate) async fn audit(
     headers: HeaderMap,
     query: Result<Query<AuditQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    state.guarded(&headers)?; // who asks, before what they sent
-    let Query(query) = query?;
     let guarded = state.guarded(&headers)?;
+    let Query(query) = query?;
     require_all(&guarded, Permission::Audit)?;
     let limit = page_limit(query.limit, 100, AUDIT_PAGE_MAX)?;
     let Some(log) = state.config.audit.clone() else {

@@ -30,9 +30,8 @@ pub(crate) async fn list(
     headers: HeaderMap,
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    state.guarded(&headers)?; // who asks, before what they sent
-    let Query(query) = query?;
     let guarded = state.guarded(&headers)?;
+    let Query(query) = query?;
     let status = query.status.as_deref().map(parse_status).transpose()?;
     let after = query.after.as_deref().map(parse_id).transpose()?;
     let limit = page_limit(query.limit, 100, PAGE_MAX)?;
@@ -73,12 +72,10 @@ pub(crate) async fn by_key(
 pub(crate) async fn view(
     State(state): State<crate::State>,
     headers: HeaderMap,
-    id: Result<Path<String>, PathRejection>,
+    id: Result<SagaPath, ApiError>,
 ) -> Result<Json<Value>, ApiError> {
-    state.guarded(&headers)?; // who asks, before what they sent
-    let Path(id) = id?;
-    let id = parse_id(&id)?;
     let guarded = state.guarded(&headers)?;
+    let SagaPath(id) = id?;
     match guarded.view(id).await? {
         Some(view) => Ok(Json(serde_json::to_value(view).expect("a view encodes"))),
         None => Err(no_saga(id)),
@@ -102,9 +99,8 @@ pub(crate) async fn start(
     headers: HeaderMap,
     body: Result<Json<StartBody>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    state.guarded(&headers)?; // who asks, before what they sent
-    let Json(body) = body?;
     let guarded = state.guarded_for(&headers, Permission::Start).await?;
+    let Json(body) = body?;
     let mut options = StartOptions::default();
     if let Some(key) = body.key {
         options = options.key(key);
@@ -133,15 +129,13 @@ pub(crate) struct CancelBody {
 pub(crate) async fn cancel(
     State(state): State<crate::State>,
     headers: HeaderMap,
-    id: Result<Path<String>, PathRejection>,
+    id: Result<SagaPath, ApiError>,
     body: Result<Json<CancelBody>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    state.guarded(&headers)?; // who asks, before what they sent
-    let Path(id) = id?;
-    let id = parse_id(&id)?;
+    let guarded = state.guarded_for(&headers, Permission::Cancel).await?;
+    let SagaPath(id) = id?;
     let Json(body) = body?;
     let reason = required_reason(&body.reason)?;
-    let guarded = state.guarded_for(&headers, Permission::Cancel).await?;
     let outcome = guarded.cancel(id, reason).await?;
     Ok(Json(json!({ "outcome": outcome })))
 }
@@ -162,16 +156,14 @@ pub(crate) struct ActionBody {
 pub(crate) async fn act(
     State(state): State<crate::State>,
     headers: HeaderMap,
-    id: Result<Path<String>, PathRejection>,
+    id: Result<SagaPath, ApiError>,
     body: Result<Json<ActionBody>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    state.guarded(&headers)?; // who asks, before what they sent
-    let Path(id) = id?;
-    let id = parse_id(&id)?;
+    let guarded = state.guarded_for(&headers, Permission::Act).await?;
+    let SagaPath(id) = id?;
     let Json(body) = body?;
     let reason = required_reason(&body.reason)?;
     let action = parse_action(&body.action, body.step)?;
-    let guarded = state.guarded_for(&headers, Permission::Act).await?;
     guarded.operate(id, action, reason).await?;
     // The outcome, also for a role that may act but not view.
     let view = guarded.engine().view(id).await?;
@@ -223,6 +215,21 @@ pub(crate) fn required_reason(reason: &str) -> Result<&str, ApiError> {
         return Err(ApiError::bad_request("reason_too_long", message));
     }
     Ok(reason)
+}
+
+/// A saga id as a route's only path parameter (`saga-42` or `42`).
+pub(crate) struct SagaPath(pub(crate) SagaId);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for SagaPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<SagaPath, ApiError> {
+        let Path(text) = Path::<String>::from_request_parts(parts, state).await?;
+        parse_id(&text).map(SagaPath)
+    }
 }
 
 pub(crate) fn parse_id(text: &str) -> Result<SagaId, ApiError> {
@@ -282,7 +289,7 @@ pub(crate) async fn bulk(
     headers: HeaderMap,
     body: Result<Json<BulkBody>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    state.guarded(&headers)?; // who asks, before what they sent
+    let caller = state.guarded(&headers)?; // who asks, before what they sent
     let Json(body) = body?;
     let reason = required_reason(&body.reason)?;
     let action = match body.action.as_str() {
@@ -297,7 +304,7 @@ pub(crate) async fn bulk(
         }
     };
     let guarded = match body.dry_run {
-        true => state.guarded(&headers)?,
+        true => caller,
         false => {
             // The action itself may be switched off here, too.
             state.guarded_for(&headers, action.permission()).await?;

@@ -34,9 +34,8 @@ pub(crate) async fn events(
     headers: HeaderMap,
     query: Result<Query<StreamQuery>, QueryRejection>,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
-    state.guarded(&headers)?; // who asks, before what they sent
-    let Query(query) = query?;
     let guarded = state.guarded(&headers)?;
+    let Query(query) = query?;
     require(&guarded, skald_engine::access::Permission::View)?;
     let saga = query.saga.as_deref().map(parse_id).transpose()?;
     // A role scoped to some definitions sees one saga's stream, of a

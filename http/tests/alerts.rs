@@ -2,6 +2,8 @@
 //! test: a saga that fails fires `failed_sagas` and `failure_rate`; an
 //! operator resolving it resolves the first; `GET /api/alerts` shows both.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -94,16 +96,7 @@ async fn rules_fire_and_resolve_and_reach_the_webhook() {
         alerts: Some(serde_json::from_value(rules).unwrap()),
         ..HttpConfig::default()
     };
-    let listener = skald_http::bind("127.0.0.1:0".parse().unwrap(), false)
-        .await
-        .unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(skald_http::serve(
-        listener,
-        engine.clone(),
-        config,
-        std::future::pending(),
-    ));
+    let base = common::serve(&engine, config).await;
 
     let ok = engine.start("order", &0u64).await.unwrap();
     engine.wait(ok).await.unwrap();

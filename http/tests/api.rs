@@ -3,6 +3,8 @@
 //! wrong key), denied calls change nothing and are audited, bad input gets
 //! a 4xx with a stable code, and the OpenAPI document lists every route.
 
+mod common;
+
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -109,17 +111,7 @@ impl Server {
             disabled,
             alerts: None,
         };
-        let listener = skald_http::bind("127.0.0.1:0".parse().unwrap(), true)
-            .await
-            .unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let server = engine.clone();
-        tokio::spawn(skald_http::serve(
-            listener,
-            server,
-            config,
-            std::future::pending(),
-        ));
+        let base = common::serve(&engine, config).await;
         Server {
             base,
             client: reqwest::Client::new(),
@@ -957,16 +949,8 @@ async fn without_keys_only_loopback_names_and_origins_are_served() {
         .open()
         .await
         .unwrap();
-    let listener = skald_http::bind("127.0.0.1:0".parse().unwrap(), false)
-        .await
-        .unwrap();
-    let address = listener.local_addr().unwrap();
-    tokio::spawn(skald_http::serve(
-        listener,
-        engine.clone(),
-        HttpConfig::default(),
-        std::future::pending(),
-    ));
+    let base = common::serve(&engine, HttpConfig::default()).await;
+    let address = base.trim_start_matches("http://").to_owned();
     let client = reqwest::Client::new();
     let url = format!("http://{address}/api/sagas");
     assert_eq!(

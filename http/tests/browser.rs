@@ -7,6 +7,8 @@
 //! `target/screenshots/`. Without chromedriver the test says SKIPPED,
 //! except under `CI=true`, where it fails.
 
+mod common;
+
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -182,16 +184,7 @@ async fn serve(
         disabled: Default::default(),
         alerts: None,
     };
-    let listener = skald_http::bind("127.0.0.1:0".parse().unwrap(), true)
-        .await
-        .unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(skald_http::serve(
-        listener,
-        engine.clone(),
-        config,
-        std::future::pending(),
-    ));
+    let base = common::serve(engine, config).await;
     base
 }
 

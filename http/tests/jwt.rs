@@ -3,6 +3,8 @@
 //! audience, names its principal and role; a tampered, expired, foreign,
 //! unsigned or role-less token is refused with 401 and says why.
 
+mod common;
+
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
@@ -61,16 +63,7 @@ async fn tokens_are_verified_and_name_a_principal_in_a_role() {
         auth,
         ..HttpConfig::default()
     };
-    let listener = skald_http::bind("127.0.0.1:0".parse().unwrap(), true)
-        .await
-        .unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(skald_http::serve(
-        listener,
-        engine.clone(),
-        config,
-        std::future::pending(),
-    ));
+    let base = common::serve(&engine, config).await;
     let client = reqwest::Client::new();
     let get = |token: String| {
         let request = client.get(format!("{base}/api/sagas")).bearer_auth(token);
