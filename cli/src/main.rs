@@ -148,13 +148,18 @@ enum Command {
     #[command(subcommand)]
     Key(KeyCommand),
     /// Serve an engine directory's API and dashboard (no definitions:
-    /// unfinished sagas wait as they are).
+    /// unfinished sagas wait as they are). A directory a running engine
+    /// holds is followed read-only: what it records shows up live.
     #[command(
-        after_help = "Examples:\n  skald serve skald-data\n  skald serve skald-data --listen 0.0.0.0:8080 --keys keys.json --read-only"
+        after_help = "Examples:\n  skald serve skald-data\n  skald serve skald-data --listen 0.0.0.0:8080 --keys keys.json --read-only\n  skald serve skald-data --follow   # beside the engine that runs it"
     )]
     Serve {
-        /// Engine directory (not one a running engine holds).
+        /// Engine directory.
         dir: PathBuf,
+        /// Follow the directory read-only even if no engine holds it now
+        /// (one may start later); without it, only when one does.
+        #[arg(long)]
+        follow: bool,
         /// Where to listen (a non-loopback address needs --keys).
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: std::net::SocketAddr,
@@ -319,8 +324,9 @@ fn main() -> ExitCode {
         Command::Serve {
             dir,
             listen,
+            follow,
             options,
-        } => serve::serve_dir(&dir, listen, &options, &mut out),
+        } => serve::serve_dir(&dir, listen, &options, follow, &mut out),
         Command::Key(KeyCommand::New { principal, role }) => {
             serve::new_key(&principal, &role, &mut out)
         }

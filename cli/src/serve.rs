@@ -72,12 +72,17 @@ pub async fn start(
         .await
         .with_context(|| format!("--serve {address}"))?;
     let bound = listener.local_addr()?;
-    let audit = AuditLog::open(engine.dir())
-        .with_context(|| format!("opening the audit trail in {}", engine.dir().display()))?;
+    // A follower leaves the trail to the engine that writes (and shows it).
+    let audit = match engine.is_follower() {
+        true => None,
+        false => Some(Arc::new(AuditLog::open(engine.dir()).with_context(
+            || format!("opening the audit trail in {}", engine.dir().display()),
+        )?)),
+    };
     let config = HttpConfig {
         auth,
         read_only: options.read_only,
-        audit: Some(Arc::new(audit)),
+        audit,
         registry: Some(registry.clone()),
         disabled: options.disable.iter().copied().collect(),
         alerts: match &options.alerts {
@@ -102,14 +107,21 @@ impl ServeOptions {
     }
 }
 
+/// How often `skald serve` looks for what a live engine wrote.
+const FOLLOW_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// `skald serve DIR`: opens the engine directory (no definitions are
 /// registered, so unfinished sagas wait as they are: views, histories,
 /// time travel, the audit trail and the dashboard work; actions that need
-/// a definition are refused) and serves it until Ctrl-C.
+/// a definition are refused) and serves it until Ctrl-C. A directory a
+/// running engine holds is followed read-only instead (`--follow` asks for
+/// that in any case): what that engine records shows up within
+/// `FOLLOW_EVERY`, and every action is refused.
 pub fn serve_dir(
     dir: &Path,
     listen: SocketAddr,
     options: &ServeOptions,
+    follow: bool,
     out: &mut Out,
 ) -> Result<()> {
     crate::inspect::EngineDir::open(dir)?;
@@ -118,28 +130,46 @@ pub fn serve_dir(
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let registry = Arc::new(Mutex::new(Registry::default()));
-        let builder = Engine::builder(dir).metrics(&mut registry.lock());
-        let opened = builder.open().await;
-        let engine = match opened {
-            Ok(engine) => engine,
-            Err(error) if error.to_string().contains("already open for writing by another process") => bail!(
-                "{}: a running engine holds it; serve it from that process (skald_http::router, or skald demo --serve); \
-                 serving a live directory read-only from another process is not built yet",
-                dir.display()
-            ),
-            Err(error) => return Err(error).with_context(|| format!("opening {}", dir.display())),
-        };
+        let (engine, registry) = open_to_serve(dir, follow).await?;
         let bound = start(listen, options, &engine, &registry).await?;
+        let how = match engine.is_follower() {
+            true => format!(
+                "following the engine that writes it, read-only, every {} ms",
+                FOLLOW_EVERY.as_millis()
+            ),
+            false => format!("{} unfinished saga(s) wait as they are", engine.recovered()),
+        };
         out.line(&format!(
-            "serving {} at http://{bound}/dashboard (API at http://{bound}/api; {} unfinished saga(s) wait as they are) until Ctrl-C",
+            "serving {} at http://{bound}/dashboard (API at http://{bound}/api; {how}) until Ctrl-C",
             dir.display(),
-            engine.recovered()
         ))?;
         tokio::signal::ctrl_c().await?;
         engine.shutdown().await?;
         Ok(())
     })
+}
+
+/// The engine `skald serve` serves and the registry of its metrics: the
+/// directory opened for writing, or followed when `follow` is asked for or
+/// a running engine holds it.
+async fn open_to_serve(dir: &Path, follow: bool) -> Result<(Engine, Arc<Mutex<Registry>>)> {
+    // Each try registers the metrics in a registry of its own.
+    let registry = Arc::new(Mutex::new(Registry::default()));
+    let builder = Engine::builder(dir).metrics(&mut registry.lock());
+    if follow {
+        let opened = builder.follow(FOLLOW_EVERY).open().await;
+        let engine = opened.with_context(|| format!("following {}", dir.display()))?;
+        return Ok((engine, registry));
+    }
+    match builder.open().await {
+        Ok(engine) => Ok((engine, registry)),
+        Err(skald_engine::EngineError::Log(error))
+            if matches!(*error, skald_log::LogError::Locked { .. }) =>
+        {
+            Box::pin(open_to_serve(dir, true)).await
+        }
+        Err(error) => Err(error).with_context(|| format!("opening {}", dir.display())),
+    }
 }
 
 /// `skald audit DIR`: the audit trail, oldest first.

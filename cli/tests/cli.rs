@@ -875,7 +875,7 @@ fn serving_an_open_address_without_keys_is_refused() {
 }
 
 #[test]
-fn serve_opens_a_directory_for_its_dashboard_and_refuses_one_a_live_engine_holds() {
+fn serve_opens_a_directory_for_its_dashboard() {
     let work = tempfile::tempdir().unwrap();
     let demo = skald(&["demo", "--sagas", "20"], work.path());
     assert!(demo.status.success(), "{}", stderr(&demo));
@@ -891,17 +891,6 @@ fn serve_opens_a_directory_for_its_dashboard_and_refuses_one_a_live_engine_holds
         status.contains("200") && page.contains("<title>Skald</title>"),
         "{status}"
     );
-    // While it holds the directory, a second server is refused, saying so.
-    let second = skald(
-        &["serve", "skald-data", "--listen", "127.0.0.1:0"],
-        work.path(),
-    );
-    assert!(!second.status.success());
-    assert!(
-        stderr(&second).contains("a running engine holds it"),
-        "{}",
-        stderr(&second)
-    );
     serving.interrupt();
     let lonely = skald(&["demo", "--sagas", "1", "--read-only"], work.path());
     assert!(
@@ -909,4 +898,55 @@ fn serve_opens_a_directory_for_its_dashboard_and_refuses_one_a_live_engine_holds
         "{}",
         stderr(&lonely)
     );
+}
+
+#[test]
+fn serve_follows_a_directory_a_live_engine_holds_read_only() {
+    let work = tempfile::tempdir().unwrap();
+    // The demo keeps starting orders (ten a second) while it serves.
+    let args = ["demo", "--sagas", "5", "--serve", "127.0.0.1:0"];
+    let live = Serving::start(args, work.path(), Some("orders done"));
+    let args = ["serve", "skald-data", "--listen", "127.0.0.1:0"];
+    let follower = Serving::start(args, work.path(), None);
+    let address = follower.address.clone();
+    let count = |address: &str| {
+        let (status, body) = http_get(address, "/api/sagas?limit=1000");
+        assert!(status.contains("200"), "{status}: {body}");
+        let page: serde_json::Value = serde_json::from_str(&body).unwrap();
+        page["sagas"].as_array().unwrap().len()
+    };
+    let first = count(&address);
+    assert!(first >= 5, "the follower sees what was there: {first}");
+    // What the live engine records shows up on the follower by itself.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while count(&address) < first + 5 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the follower saw no new saga"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (status, body) = http_get(&address, "/api/sagas?limit=1");
+    let page: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let id = page["sagas"][0]["id"].as_u64().unwrap();
+    let (status_view, view) = http_get(&address, &format!("/api/sagas/{id}"));
+    assert!(
+        status.contains("200") && status_view.contains("200"),
+        "{view}"
+    );
+    // It writes nothing: an action is refused, read-only.
+    let cancel = r#"{"reason": "from the follower"}"#;
+    let path = format!("/api/sagas/{id}/cancel");
+    let (status, body) = http_call(&address, "POST", &path, "", Some(cancel));
+    assert!(
+        status.contains("403") && body.contains("read_only"),
+        "{status}: {body}"
+    );
+    let (_, session) = http_get(&address, "/api/session");
+    assert!(session.contains("\"read_only\":true"), "{session}");
+    follower.interrupt();
+    live.interrupt();
+    // The follower left no trace: the directory verifies.
+    let verify = skald(&["verify", "skald-data"], work.path());
+    assert!(verify.status.success(), "{}", stderr(&verify));
 }

@@ -23,6 +23,7 @@ use crate::engine::{Engine, Inner};
 use crate::error::OptionsError;
 use crate::metrics::Metrics;
 use crate::recovery::{recover_sorted, snapshot_dir};
+use crate::runtime::follow::Follow;
 use crate::runtime::{
     Channels, Clock, Command, Definitions, Partition, Shared, COMMANDS_QUEUED_MAX,
 };
@@ -37,6 +38,7 @@ pub struct EngineBuilder {
     pub(crate) definitions: Definitions,
     pub(crate) metrics: Option<Arc<Metrics>>,
     pub(crate) tracing: Option<crate::Tracing>,
+    pub(crate) follow: Option<std::time::Duration>,
 }
 
 /// What the open builds, partition by partition.
@@ -74,6 +76,31 @@ impl EngineBuilder {
         self
     }
 
+    /// Opens the directory read-only as a follower of the engine that
+    /// writes it (in another process): every partition folds, each
+    /// `every`, the whole batches that engine has written since
+    /// ([`skald_log::Log::refresh`]). Views, lists, keys, waits, histories
+    /// and the event stream work; nothing runs (no attempt, timer or
+    /// snapshot), and starts, cancels and operator actions are refused
+    /// ([`EngineError::ReadOnly`]). It takes no lock, writes nothing, and
+    /// needs no definitions. A follower can show a batch from the moment
+    /// it is written, before the writer's msync: only a power cut (which
+    /// stops the follower too) could take it back.
+    ///
+    /// ```no_run
+    /// # async fn doc() -> Result<(), skald_engine::EngineError> {
+    /// let live = skald_engine::Engine::builder("/var/lib/orders")
+    ///     .follow(std::time::Duration::from_millis(200))
+    ///     .open()
+    ///     .await?;
+    /// let page = live.list(Default::default()).await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn follow(mut self, every: std::time::Duration) -> EngineBuilder {
+        self.follow = Some(every);
+        self
+    }
+
     /// Registers a definition, after [`Saga::validate`]. Sagas recovered
     /// from the log resume only if their definition is registered (with
     /// the same number of steps); the others are left as they are.
@@ -104,6 +131,7 @@ impl EngineBuilder {
             definitions,
             metrics,
             tracing,
+            follow,
         } = self;
         check_options(&options)?;
         let tracer = match tracing {
@@ -120,11 +148,16 @@ impl EngineBuilder {
             Some(storage) => storage.clone(),
             None => Arc::new(FsStorage::default()),
         };
-        let partitions = crate::dir::prepare(&dir, storage.as_ref(), options.partitions)?;
+        let partitions = match follow {
+            // What the directory holds, however many the options ask for.
+            Some(_) => crate::dir::read(&dir, storage.as_ref())?,
+            None => crate::dir::prepare(&dir, storage.as_ref(), options.partitions)?,
+        };
         if let Some(metrics) = &metrics {
             metrics.open(&definitions, partitions);
         }
-        let shared = shared(&options, definitions, (metrics, tracer), partitions);
+        let mut shared = shared(&options, definitions, (metrics, tracer), partitions);
+        Arc::get_mut(&mut shared).expect("not shared yet").following = follow;
         if let Some(metrics) = &shared.metrics {
             *metrics.live.shared.lock() = Some(Arc::downgrade(&shared));
         }
@@ -190,6 +223,7 @@ fn shared(
         disk_free_min_bytes: options
             .disk_free_min_bytes
             .unwrap_or(options.segment_size_bytes.saturating_mul(4)),
+        following: None,
     })
 }
 
@@ -218,9 +252,14 @@ fn open_partitions(
     let mut ready = Vec::with_capacity(partitions);
     for index in 0..partitions {
         let path = crate::dir::partition_dir(dir, index);
-        let log = Log::open(&path, log_options(options, storage))?;
+        let following = shared.following.is_some();
+        let log = Log::open(&path, log_options(options, storage).read_only(following))?;
         let keep = options.snapshots.keep;
-        let store = SnapshotStore::open_with(snapshot_dir(&path), keep, storage.clone())?;
+        let store = match (following, &options.storage) {
+            (true, None) => SnapshotStore::read_only(snapshot_dir(&path)),
+            // Kept files are never pruned by a follower, which writes none.
+            _ => SnapshotStore::open_with(snapshot_dir(&path), keep, storage.clone())?,
+        };
         let began = std::time::Instant::now();
         let (states, rebuilt) = recover_sorted(index as u16, &log, &store, None)?;
         if let Some((lsn, file)) = &rebuilt.snapshot {
@@ -249,8 +288,17 @@ fn open_partitions(
             rng,
             floor,
         )?;
-        opened.recovered.extend(partition.prepare_resumption());
-        let partition = partition.with_snapshots(options.snapshots, store, rebuilt.skipped);
+        let partition = match shared.following {
+            Some(every) => {
+                let follow_storage = options.storage.clone();
+                let next_lsn = rebuilt.end_lsn;
+                partition.following(Follow::new(every, next_lsn, follow_storage), store)
+            }
+            None => {
+                opened.recovered.extend(partition.prepare_resumption());
+                partition.with_snapshots(options.snapshots, store, rebuilt.skipped)
+            }
+        };
         ready.push(partition);
         opened.senders.push(tx);
     }

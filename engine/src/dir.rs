@@ -75,6 +75,28 @@ pub(crate) fn prepare(
     Ok(asked)
 }
 
+/// The partition count of an existing engine directory, through
+/// `storage`, changing nothing (a follower's open).
+pub(crate) fn read(dir: &Path, storage: &dyn Storage) -> Result<usize, EngineError> {
+    let file = dir.join(ENGINE_FILE);
+    let bytes = storage
+        .read_small_file(&file)
+        .map_err(|error| EngineError::Io {
+            path: file.clone(),
+            error: Arc::new(error),
+        })?;
+    let Some(bytes) = bytes else {
+        return Err(EngineError::NotEngine {
+            path: dir.to_path_buf(),
+            reason: NotEngineReason::NoEngineFile,
+        });
+    };
+    parse_engine_file(&bytes).ok_or(EngineError::NotEngine {
+        path: file,
+        reason: NotEngineReason::BadEngineFile,
+    })
+}
+
 /// The partition count of the engine directory `dir`, read from its
 /// `ENGINE` file without creating or changing anything (for tools that
 /// inspect a directory, possibly while an engine runs on it).

@@ -95,6 +95,7 @@ impl Engine {
             definitions: HashMap::new(),
             metrics: None,
             tracing: None,
+            follow: None,
         }
     }
 
@@ -157,6 +158,7 @@ impl Engine {
         input: &I,
         options: StartOptions,
     ) -> Result<SagaId, EngineError> {
+        self.refuse_if_following()?;
         let StartOptions { key, trace_parent } = options;
         let trace_parent = match (trace_parent, &self.inner.shared.tracer) {
             (None, Some(_)) => TraceParent::from_context(&opentelemetry::Context::current()),
@@ -248,6 +250,7 @@ impl Engine {
         saga: SagaId,
         reason: impl Into<String>,
     ) -> Result<CancelOutcome, EngineError> {
+        self.refuse_if_following()?;
         let reason = reason.into();
         self.ask(self.partition_of(saga), |reply| Command::Cancel {
             saga,
@@ -267,6 +270,7 @@ impl Engine {
         who: impl Into<String>,
         why: impl Into<String>,
     ) -> Result<(), EngineError> {
+        self.refuse_if_following()?;
         let (who, why) = (who.into(), why.into());
         self.ask(self.partition_of(saga), |reply| Command::Operator {
             saga,
@@ -276,6 +280,32 @@ impl Engine {
             reply,
         })
         .await
+    }
+
+    /// Whether this engine follows a directory another process writes
+    /// ([`crate::EngineBuilder::follow`]): it reads and never writes.
+    pub fn is_follower(&self) -> bool {
+        self.inner.shared.following.is_some()
+    }
+
+    /// On a follower: folds everything the writing engine has written by
+    /// now (rather than at the next periodic look), then returns. An engine
+    /// that writes returns at once: it is always current.
+    pub async fn catch_up(&self) -> Result<(), EngineError> {
+        for partition in 0..self.inner.senders.len() {
+            self.ask(partition, |reply| Command::CatchUp { reply })
+                .await?;
+        }
+        Ok(())
+    }
+
+    fn refuse_if_following(&self) -> Result<(), EngineError> {
+        match self.inner.shared.following {
+            Some(_) => Err(EngineError::ReadOnly {
+                dir: self.inner.dir.clone(),
+            }),
+            None => Ok(()),
+        }
     }
 
     /// A page of sagas matching `filter`, in id order.

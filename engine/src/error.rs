@@ -127,6 +127,14 @@ pub enum EngineError {
     #[error("no saga {0}")]
     NoSuchSaga(SagaId),
 
+    /// This engine follows a directory another process writes: it only
+    /// reads (see `EngineBuilder::follow`).
+    #[error("{dir} is followed read-only: only the engine that writes it starts, cancels or acts on sagas")]
+    ReadOnly {
+        /// The directory (or partition log) followed.
+        dir: PathBuf,
+    },
+
     /// The state machine refused the event (an operator action that does
     /// not apply, say).
     #[error("refused: {0}")]

@@ -104,6 +104,7 @@ impl From<EngineError> for ApiError {
             EngineError::TooLarge { .. } => (S::PAYLOAD_TOO_LARGE, "too_large"),
             EngineError::ShutDown => (S::SERVICE_UNAVAILABLE, "shut_down"),
             EngineError::Log(_) => (S::SERVICE_UNAVAILABLE, "partition_stopped"),
+            EngineError::ReadOnly { .. } => (S::FORBIDDEN, "read_only"),
             _ => (S::INTERNAL_SERVER_ERROR, "internal"),
         };
         ApiError::new(status, code, error.to_string())

@@ -185,6 +185,9 @@ impl AppState {
 /// The API's routes over `engine`. Call it within a tokio runtime when
 /// `config` has alert rules: their evaluation starts here.
 pub fn router(engine: Engine, mut config: HttpConfig) -> Router {
+    // A follower writes nothing: every action is off, and the dashboard
+    // says so.
+    config.read_only |= engine.is_follower();
     let alerts = Arc::new(alerts::Alerts::default());
     if let Some(rules) = config.alerts.take() {
         match rules.check() {

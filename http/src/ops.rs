@@ -129,11 +129,17 @@ pub(crate) async fn audit(
     let Query(query) = query?;
     require_all(&guarded, Permission::Audit)?;
     let limit = page_limit(query.limit, 100, AUDIT_PAGE_MAX)?;
-    let Some(log) = state.config.audit.clone() else {
-        return Ok(Json(json!({ "entries": [], "next_after": null })));
-    };
     let from = crate::error::after(query.after)?;
-    let entries = tokio::task::spawn_blocking(move || log.list(from, limit))
+    let list = match (state.config.audit.clone(), state.engine.is_follower()) {
+        (Some(log), _) => Box::new(move || log.list(from, limit)) as Box<dyn FnOnce() -> _ + Send>,
+        // A follower shows the trail the writing engine keeps.
+        (None, true) => {
+            let dir = state.engine.dir().to_path_buf();
+            Box::new(move || skald_engine::audit::read_audit(&dir, from, limit))
+        }
+        (None, false) => return Ok(Json(json!({ "entries": [], "next_after": null }))),
+    };
+    let entries = tokio::task::spawn_blocking(list)
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
         .map_err(ApiError::from)?;

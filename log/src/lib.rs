@@ -52,7 +52,7 @@ mod segment;
 pub mod storage;
 
 pub use crate::error::{EarlierFlushFailed, LogError};
-pub use crate::log::{Log, BATCH_RECORDS_MAX};
+pub use crate::log::{Log, Refreshed, BATCH_RECORDS_MAX};
 pub use crate::options::{
     Durability, LogOptions, SEGMENT_SIZE_BYTES_DEFAULT, SEGMENT_SIZE_BYTES_MAX,
     SEGMENT_SIZE_BYTES_MIN,

@@ -8,7 +8,9 @@
 //! LSN and wakes every waiter: one flush serves a whole batch of appenders.
 
 mod flush;
+mod follow;
 mod open;
+pub use follow::Refreshed;
 mod write;
 
 use std::any::Any;

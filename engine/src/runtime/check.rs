@@ -26,7 +26,8 @@ impl Partition {
             .map(|(id, entry)| (*id, entry.state.clone()))
             .chain(self.retained.range(SagaId(0)..))
             .collect();
-        let target = self.log.next_lsn();
+        // A follower: what it has folded, not what it has seen.
+        let target = self.followed_lsn().unwrap_or_else(|| self.log.next_lsn());
         let log = self.log.clone();
         let store = self.snapshots.store.clone();
         let partition = self.index;

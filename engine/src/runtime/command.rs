@@ -65,12 +65,23 @@ pub(crate) enum Command {
     Check {
         reply: Reply<PartitionCheck>,
     },
+    CatchUp {
+        reply: Reply<()>,
+    },
     Shutdown {
         reply: Reply<()>,
     },
 }
 
 impl Command {
+    /// Whether the command records events (a follower refuses it).
+    fn writes(&self) -> bool {
+        matches!(
+            self,
+            Command::Start { .. } | Command::Cancel { .. } | Command::Operator { .. }
+        )
+    }
+
     /// Answers the command with `error` instead of carrying it out.
     pub(super) fn refuse(self, error: &EngineError) {
         let error = error.clone();
@@ -85,6 +96,7 @@ impl Command {
             Command::Wait { reply, .. } => drop(reply.send(Err(error))),
             Command::Shutdown { reply } => drop(reply.send(Err(error))),
             Command::Check { reply } => drop(reply.send(Err(error))),
+            Command::CatchUp { reply } => drop(reply.send(Err(error))),
             Command::Finished { .. } => {}
         }
     }
@@ -98,6 +110,12 @@ impl Partition {
         }
         if let Some(error) = &self.failed {
             command.refuse(error);
+            return;
+        }
+        if self.follow.is_some() && command.writes() {
+            command.refuse(&EngineError::ReadOnly {
+                dir: self.log.dir().to_path_buf(),
+            });
             return;
         }
         if !self.shutdown.is_empty() && !matches!(command, Command::Finished { .. }) {
@@ -153,6 +171,7 @@ impl Partition {
             Command::List { filter, reply } => self.list(filter, reply),
             Command::Wait { saga, reply } => self.wait(saga, reply),
             Command::Check { reply } => self.check(reply),
+            Command::CatchUp { reply } => self.catch_up(reply),
             Command::Shutdown { .. } => unreachable!("handled above"),
         }
     }
@@ -295,7 +314,8 @@ impl Partition {
                 let view = entry.view();
                 self.effects.reply(reply, Ok(view));
             }
-            Some(entry) if entry.definition.is_none() => {
+            // A follower's sagas end by the writer's hand, parked or not.
+            Some(entry) if entry.definition.is_none() && self.follow.is_none() => {
                 let definition = entry.state.definition.clone();
                 let parked = EngineError::SagaParked { saga, definition };
                 self.effects.reply(reply, Err(parked));

@@ -21,6 +21,7 @@
 //! - [`breakers`]: the per-service circuit breakers around attempts;
 //! - [`snapshots`]: the partition's side of background snapshots;
 //! - [`check`]: the consistency check (re-fold the log, compare);
+//! - [`follow`]: a follower, folding a log another process writes;
 //! - [`clock`]: the engine's clock.
 
 mod attempt;
@@ -30,6 +31,7 @@ mod check;
 mod clock;
 mod command;
 mod drive;
+pub(crate) mod follow;
 mod partition;
 mod retained;
 mod retention;
@@ -102,6 +104,9 @@ pub(crate) struct Shared {
     pub(crate) failed: Vec<Mutex<Option<String>>>,
     /// Free disk space below which the engine is not ready.
     pub(crate) disk_free_min_bytes: u64,
+    /// A follower (read-only, of a directory another process writes):
+    /// how often it looks for new events.
+    pub(crate) following: Option<std::time::Duration>,
 }
 
 /// Registered definitions by id, then version (the newest last).
@@ -237,4 +242,6 @@ pub(crate) struct Partition {
     /// Span events of sampled sagas, until their spans are exported (only
     /// with tracing on).
     traces: crate::trace::SagaTraces,
+    /// A follower's position in its log (see `follow.rs`).
+    follow: Option<follow::Follow>,
 }

@@ -34,43 +34,18 @@ impl Partition {
         next_seq_floor: u64,
     ) -> Result<Partition, EngineError> {
         let Channels { rx, tx, events } = channels;
-        let partitions = shared.partitions;
         let shared_deterministic = shared.deterministic;
-        // At least what the snapshot recorded: the newest sagas may have
-        // expired, and their ids are never given out again.
-        let mut next_seq = next_seq_floor.max(1);
-        let mut keys = HashMap::new();
-        let mut entries = Vec::with_capacity(states.len());
-        let mut definitions = DefinitionCache::default();
-        let mut finished = BTreeSet::new();
-        for state in states {
-            if expires(&state) {
-                finished.insert((state.updated_at, state.id));
-            }
-            let id = state.id;
-            next_seq = u64::max(next_seq, id.0 / partitions + 1);
-            if let Some(key) = &state.key {
-                keys.insert(key.clone(), id);
-            }
-            let definition = definitions.resolve(&shared, &state)?;
-            if let Some(metrics) = &shared.metrics {
-                let status = InFlight::of(&state, definition.is_none());
-                metrics.in_flight_moved(&state.definition, None, status);
-            }
-            entries.push((id, Box::new(Entry::new(state, definition, false))));
-        }
+        let built = Built::from_states(&shared, states, next_seq_floor)?;
         let written_end = log.next_lsn();
-        // Popped from the back: the oldest first.
-        let finished_ids = finished.iter().rev().map(|&(_, id)| id).collect();
+        let next_seq = built.next_seq;
         Ok(Partition {
             index,
             log,
             shared,
-            // In id order already: a bulk build.
-            sagas: entries.into_iter().collect(),
-            keys,
+            sagas: built.sagas,
+            keys: built.keys,
             timers: BTreeSet::new(),
-            finished,
+            finished: built.finished,
             next_seq,
             rx,
             tx,
@@ -90,8 +65,9 @@ impl Partition {
             checks: Vec::new(),
             resuming: BTreeSet::new(),
             retained: Default::default(),
-            to_retain: finished_ids,
+            to_retain: built.to_retain,
             traces: Default::default(),
+            follow: None,
         })
     }
 
@@ -159,6 +135,7 @@ impl Partition {
             timer_at,
             self.snapshot_due_at(),
             self.expiry_due_at(),
+            self.follow_due_at(),
             resuming,
         ]
         .into_iter()
@@ -186,7 +163,10 @@ impl Partition {
                     self.handle(command);
                 }
             }
-            () = sleep(sleep_until), if sleep_until.is_some() => self.fire_timers(),
+            () = sleep(sleep_until), if sleep_until.is_some() => {
+                self.fire_timers();
+                self.follow_log();
+            }
         }
         self.expire();
         true
@@ -284,6 +264,59 @@ impl Partition {
     }
 }
 
+/// A partition's sagas as built from recovered states.
+pub(super) struct Built {
+    pub(super) sagas: std::collections::BTreeMap<SagaId, Box<Entry>>,
+    pub(super) keys: HashMap<String, SagaId>,
+    pub(super) finished: BTreeSet<(skald_model::Millis, SagaId)>,
+    pub(super) next_seq: u64,
+    /// Finished sagas to retain, popped from the back: the oldest first.
+    pub(super) to_retain: Vec<SagaId>,
+}
+
+impl Built {
+    /// Builds the sagas of `states` (in id order); `next_seq_floor` is
+    /// what the snapshot recorded: the newest sagas may have expired, and
+    /// their ids are never given out again.
+    pub(super) fn from_states(
+        shared: &Shared,
+        states: Vec<SagaState>,
+        next_seq_floor: u64,
+    ) -> Result<Built, EngineError> {
+        let partitions = shared.partitions;
+        let mut next_seq = next_seq_floor.max(1);
+        let mut keys = HashMap::new();
+        let mut entries = Vec::with_capacity(states.len());
+        let mut definitions = DefinitionCache::default();
+        let mut finished = BTreeSet::new();
+        for state in states {
+            if expires(&state) {
+                finished.insert((state.updated_at, state.id));
+            }
+            let id = state.id;
+            next_seq = u64::max(next_seq, id.0 / partitions + 1);
+            if let Some(key) = &state.key {
+                keys.insert(key.clone(), id);
+            }
+            let definition = definitions.resolve(shared, &state)?;
+            if let Some(metrics) = &shared.metrics {
+                let status = InFlight::of(&state, definition.is_none());
+                metrics.in_flight_moved(&state.definition, None, status);
+            }
+            entries.push((id, Box::new(Entry::new(state, definition, false))));
+        }
+        let to_retain = finished.iter().rev().map(|&(_, id)| id).collect();
+        Ok(Built {
+            // In id order already: a bulk build.
+            sagas: entries.into_iter().collect(),
+            keys,
+            finished,
+            next_seq,
+            to_retain,
+        })
+    }
+}
+
 /// A partition's ends of the engine's channels.
 pub(crate) struct Channels {
     /// Its commands.
@@ -340,6 +373,11 @@ impl DefinitionCache {
                 found
             }
         };
+        if shared.following.is_some() {
+            // A follower runs nothing: a definition only names the steps,
+            // and a saga without one is not waiting for it here.
+            return Ok(fits(state, registered).ok().flatten());
+        }
         let found = fits(state, registered)?;
         if found.is_none() && !state.status.is_final() {
             let version = state.version.map(|v| v.number);

@@ -1,0 +1,268 @@
+//! A follower partition: it reads, read-only, a log that another process
+//! writes (a live engine's directory), and folds each new event into its
+//! sagas exactly as recovery would. It runs nothing: no attempt, timer or
+//! snapshot; starts, cancels and operator actions are refused
+//! ([`EngineError::ReadOnly`]). Views, lists, keys, waits and the event
+//! stream work as on the engine that writes.
+//!
+//! Every `every` it refreshes the log ([`skald_log::Log::refresh`]: whole
+//! batches the writer has written) and folds what is new. A follower so far
+//! behind that the writer removed segments it had not read yet (after a
+//! snapshot) rebuilds from the newest snapshot and the log after it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use skald_log::{Log, LogError, LogOptions, Storage};
+use skald_model::{apply, Event, SagaId};
+use skald_snapshot::SnapshotStore;
+
+use super::partition::Built;
+use super::{Entry, Partition};
+use crate::metrics::InFlight;
+use crate::recovery::{recover_sorted, snapshot_dir};
+use crate::{Corruption, EngineError};
+
+/// Events one refresh folds at most, so that a follower far behind still
+/// answers queries between its catch-up turns.
+const FOLLOW_EVENTS_PER_TURN_MAX: usize = 16_384;
+
+/// What a follower partition keeps to follow its log.
+pub(crate) struct Follow {
+    every: Duration,
+    due: tokio::time::Instant,
+    /// The LSN of the next event to fold.
+    next_lsn: u64,
+    /// For reopening the log and its snapshots (a rebuild).
+    storage: Option<Arc<dyn Storage>>,
+}
+
+impl Follow {
+    pub(crate) fn new(every: Duration, next_lsn: u64, storage: Option<Arc<dyn Storage>>) -> Follow {
+        Follow {
+            every,
+            due: tokio::time::Instant::now() + every,
+            next_lsn,
+            storage,
+        }
+    }
+}
+
+impl Partition {
+    /// Makes this partition a follower of its (read-only) log; `store`
+    /// (read-only) serves consistency checks.
+    pub(crate) fn following(mut self, follow: Follow, store: SnapshotStore) -> Partition {
+        self.follow = Some(follow);
+        self.snapshots.store = Some(store);
+        self
+    }
+
+    /// A follower's position: the LSN of the next event to fold.
+    pub(super) fn followed_lsn(&self) -> Option<u64> {
+        self.follow.as_ref().map(|follow| follow.next_lsn)
+    }
+
+    /// When the next refresh is due (followers only).
+    pub(super) fn follow_due_at(&self) -> Option<tokio::time::Instant> {
+        match (&self.follow, &self.failed) {
+            (Some(follow), None) => Some(follow.due),
+            _ => None,
+        }
+    }
+
+    /// Refreshes the log and folds what is new, if a refresh is due.
+    pub(super) fn follow_log(&mut self) {
+        let Some(follow) = &mut self.follow else {
+            return;
+        };
+        let now = tokio::time::Instant::now();
+        if follow.due > now || self.failed.is_some() {
+            return;
+        }
+        follow.due = now + follow.every;
+        match self.refresh_and_fold() {
+            // More than one turn's worth waits: come back at once.
+            Ok(true) => {
+                if let Some(follow) = &mut self.follow {
+                    follow.due = now;
+                }
+            }
+            Ok(false) => {}
+            Err(error) => self.fail(error),
+        }
+    }
+
+    /// Folds everything the writer has written by now, then answers
+    /// (`Engine::catch_up`). An engine that writes is always caught up.
+    pub(super) fn catch_up(&mut self, reply: super::Reply<()>) {
+        if self.follow.is_some() {
+            loop {
+                match self.refresh_and_fold() {
+                    Ok(true) => continue,
+                    Ok(false) => break,
+                    Err(error) => {
+                        self.fail(error.clone());
+                        let _ = reply.send(Err(error));
+                        return;
+                    }
+                }
+            }
+        }
+        self.effects.reply(reply, Ok(()));
+    }
+
+    /// Refreshes the log and folds a turn's worth; `true` if more wait.
+    fn refresh_and_fold(&mut self) -> Result<bool, EngineError> {
+        match self.log.refresh() {
+            Ok(_) => self.fold_new(),
+            Err(LogError::Truncated { .. }) => self.rebuild(),
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    /// Folds the events after the last one folded, a turn's worth at most;
+    /// `true` if more wait.
+    fn fold_new(&mut self) -> Result<bool, EngineError> {
+        let from = self.follow.as_ref().map_or(0, |f| f.next_lsn);
+        let mut reader = match self.log.read_from(from) {
+            Ok(reader) => reader,
+            Err(LogError::Truncated { .. }) => return self.rebuild(),
+            Err(error) => return Err(error.into()),
+        };
+        let path = self.log.dir().to_path_buf();
+        let mut folded = 0;
+        while folded < FOLLOW_EVENTS_PER_TURN_MAX {
+            let Some(record) = reader.read_next()? else {
+                break;
+            };
+            let lsn = record.lsn;
+            let corrupt = |cause| EngineError::Corrupt {
+                path: path.clone(),
+                lsn,
+                cause,
+            };
+            let event = Event::decode(record.payload).map_err(|e| corrupt(Corruption::Event(e)))?;
+            self.observe(lsn, event)
+                .map_err(|e| corrupt(Corruption::Fold(e)))?;
+            folded += 1;
+        }
+        let next_lsn = reader.next_lsn();
+        drop(reader);
+        if let Some(follow) = &mut self.follow {
+            follow.next_lsn = next_lsn;
+        }
+        Ok(folded == FOLLOW_EVENTS_PER_TURN_MAX)
+    }
+
+    /// Folds one event the writer recorded, as [`super::drive`]'s `record`
+    /// does for its own: waiters and subscribers hear of it at the end of
+    /// the turn.
+    fn observe(&mut self, lsn: u64, event: Event) -> Result<(), skald_model::ApplyError> {
+        let saga = event.saga;
+        self.hydrate(saga);
+        let entry = self.sagas.get(&saga);
+        let next = apply(entry.map(|entry| &entry.state), &event)?;
+        if let (Some(metrics), Some(entry)) = (&self.shared.metrics, entry) {
+            let parked = entry.definition.is_none();
+            metrics.recorded(&entry.state, &next, parked, &event);
+        }
+        match self.sagas.get_mut(&saga) {
+            Some(entry) => {
+                if entry.state.status.is_final() {
+                    // Acted on after it ended: it no longer expires as it was.
+                    self.finished.remove(&(entry.state.updated_at, saga));
+                }
+                entry.state = next;
+            }
+            None => {
+                let partitions = self.shared.partitions;
+                self.next_seq = self.next_seq.max(saga.0 / partitions + 1);
+                if let Some(key) = &next.key {
+                    self.keys.insert(key.clone(), saga);
+                }
+                let definition = super::partition::DefinitionCache::default()
+                    .resolve(&self.shared, &next)
+                    .ok()
+                    .flatten();
+                if let Some(metrics) = &self.shared.metrics {
+                    let status = InFlight::of(&next, definition.is_none());
+                    metrics.in_flight_moved(&next.definition, None, status);
+                }
+                self.sagas
+                    .insert(saga, Box::new(Entry::new(next, definition, false)));
+            }
+        }
+        let state = &self.sagas[&saga].state;
+        if state.status.is_final() {
+            self.effects.ended.push(saga);
+        }
+        if self.events.receiver_count() > 0 {
+            self.effects.events.push((lsn, event));
+        }
+        Ok(())
+    }
+
+    /// The writer removed segments this follower had not read: starts over
+    /// from the newest snapshot and the log after it. Waiters stay.
+    fn rebuild(&mut self) -> Result<bool, EngineError> {
+        let Some(follow) = &self.follow else {
+            return Ok(false);
+        };
+        let path = self.log.dir().to_path_buf();
+        let mut options = LogOptions::default().read_only(true);
+        let mut store = SnapshotStore::read_only(snapshot_dir(&path));
+        if let Some(storage) = &follow.storage {
+            options = options.storage(storage.clone());
+            store = SnapshotStore::open_with(snapshot_dir(&path), usize::MAX, storage.clone())?;
+        }
+        let log = Log::open(&path, options)?;
+        self.snapshots.store = Some(store.clone());
+        let (states, rebuilt) = recover_sorted(self.index, &log, &store, None)?;
+        tracing::info!(partition = self.index, snapshot = ?rebuilt.snapshot,
+            replayed = rebuilt.replayed, "the follower fell behind the writer's retained log; rebuilt from its snapshot");
+        if let Some(metrics) = &self.shared.metrics {
+            for entry in self.sagas.values() {
+                let status = InFlight::of(&entry.state, true);
+                metrics.in_flight_moved(&entry.state.definition, status, None);
+            }
+        }
+        let built = Built::from_states(&self.shared, states, rebuilt.next_seq)?;
+        let mut waiting: Vec<(SagaId, Vec<_>)> = Vec::new();
+        for (saga, entry) in &mut self.sagas {
+            if !entry.waiters.is_empty() {
+                waiting.push((*saga, std::mem::take(&mut entry.waiters)));
+            }
+        }
+        self.sagas = built.sagas;
+        self.keys = built.keys;
+        self.finished = built.finished;
+        self.next_seq = built.next_seq;
+        self.to_retain = built.to_retain;
+        self.retained = Default::default();
+        for (saga, waiters) in waiting {
+            match self.sagas.get_mut(&saga) {
+                Some(entry) => {
+                    entry.waiters = waiters;
+                    self.effects.ended.push(saga);
+                }
+                // Expired by the writer meanwhile.
+                None => {
+                    for waiter in waiters {
+                        let _ = waiter.send(Err(EngineError::NoSuchSaga(saga)));
+                    }
+                }
+            }
+        }
+        let log = Arc::new(log);
+        if let Some(metrics) = &self.shared.metrics {
+            if let Some(slot) = metrics.live.logs.lock().get_mut(usize::from(self.index)) {
+                *slot = log.clone();
+            }
+        }
+        self.log = log;
+        if let Some(follow) = &mut self.follow {
+            follow.next_lsn = self.log.visible_lsn();
+        }
+        Ok(false)
+    }
+}
