@@ -155,7 +155,12 @@ pub fn serve_dir(
 async fn open_to_serve(dir: &Path, follow: bool) -> Result<(Engine, Arc<Mutex<Registry>>)> {
     // Each try registers the metrics in a registry of its own.
     let registry = Arc::new(Mutex::new(Registry::default()));
-    let builder = Engine::builder(dir).metrics(&mut registry.lock());
+    // The directory's own partition count, whatever this machine's default.
+    let partitions = skald_engine::inspect::partition_count(dir)?;
+    let options = skald_engine::EngineOptions::default().partitions(partitions);
+    let builder = Engine::builder(dir)
+        .options(options)
+        .metrics(&mut registry.lock());
     if follow {
         let opened = builder.follow(FOLLOW_EVERY).open().await;
         let engine = opened.with_context(|| format!("following {}", dir.display()))?;

@@ -261,7 +261,10 @@ fn open_partitions(
             _ => SnapshotStore::open_with(snapshot_dir(&path), keep, storage.clone())?,
         };
         let began = std::time::Instant::now();
-        let (states, rebuilt) = recover_sorted(index as u16, &log, &store, None)?;
+        let (states, rebuilt) = match following {
+            true => crate::runtime::follow::recover_following(index as u16, &log, &store)?,
+            false => recover_sorted(index as u16, &log, &store, None)?,
+        };
         if let Some((lsn, file)) = &rebuilt.snapshot {
             tracing::info!(partition = index, snapshot = %file.display(), lsn,
                 replayed = rebuilt.replayed, "recovered from a snapshot");
@@ -271,7 +274,7 @@ fn open_partitions(
         let log = Arc::new(log);
         if let Some(metrics) = &shared.metrics {
             metrics.recovered(index as u16, began.elapsed(), rebuilt.replayed);
-            metrics.live.logs.lock().push(log.clone());
+            metrics.live.logs.lock().push(Arc::downgrade(&log));
         }
         let channels = Channels {
             rx,

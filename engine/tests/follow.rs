@@ -243,6 +243,43 @@ async fn a_follower_behind_the_writers_retained_log_rebuilds_from_the_snapshot()
     follower.shutdown().await.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_looking_all_the_time_while_the_writer_works_agrees_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = EngineOptions::default()
+        .partitions(2)
+        .segment_size_bytes(16 * 1024)
+        .snapshots(SnapshotSettings {
+            every_events: Some(200),
+            ..SnapshotSettings::default()
+        });
+    let live = writer(dir.path(), options).await;
+    let follower = follower(dir.path(), Duration::from_millis(1)).await;
+    // Concurrent starts: batches of several events, segments rolled and
+    // removed behind snapshots, all while the follower reads.
+    let mut runs = Vec::new();
+    for lane in 0..8u64 {
+        let live = live.clone();
+        runs.push(tokio::spawn(async move {
+            run(&live, lane * 100 + 1..=lane * 100 + 60).await
+        }));
+    }
+    let mut started = Vec::new();
+    for run in runs {
+        started.extend(run.await.unwrap());
+    }
+    // Every saga's end reaches the follower by its own looks.
+    for id in &started {
+        let view = follower.wait(*id).await.unwrap();
+        assert!(view.status.is_final(), "{view:?}");
+    }
+    follower.catch_up().await.unwrap();
+    assert_eq!(everything(&follower).await, everything(&live).await);
+    assert!(follower.check_consistency().await.unwrap().is_consistent());
+    live.shutdown().await.unwrap();
+    follower.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn following_what_is_not_an_engine_directory_is_an_error_that_creates_nothing() {
     let dir = tempfile::tempdir().unwrap();

@@ -133,8 +133,9 @@ fn only_whole_batches_are_taken() {
     file.write_all(&bytes[boundary as usize..ends[1] as usize])
         .unwrap();
     assert_eq!(follower.refresh().unwrap().records, 0);
-    // The third, half of it: still nothing.
-    let half = (ends[1] + ends[2]) / 2;
+    // The third's header whole, its payload not: still nothing.
+    let half = ends[1] + skald_log::format::RECORD_HEADER_SIZE_BYTES + 4;
+    assert!(half < ends[2]);
     file.write_all(&bytes[ends[1] as usize..half as usize])
         .unwrap();
     assert_eq!(follower.refresh().unwrap().records, 0);

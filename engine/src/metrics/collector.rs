@@ -17,7 +17,8 @@ use crate::runtime::Shared;
 /// The logs and the breakers, once the engine is open.
 #[derive(Default)]
 pub(crate) struct LiveSources {
-    pub(crate) logs: Mutex<Vec<Arc<Log>>>,
+    /// Weak: the partitions own their logs and close them at shutdown.
+    pub(crate) logs: Mutex<Vec<Weak<Log>>>,
     pub(crate) shared: Mutex<Option<Weak<Shared>>>,
 }
 
@@ -42,14 +43,20 @@ pub(super) struct LiveCollector(pub(super) Arc<LiveSources>);
 
 impl Collector for LiveCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let logs = self.0.logs.lock().clone();
+        let logs: Vec<Option<Arc<Log>>> = self.0.logs.lock().iter().map(Weak::upgrade).collect();
         let mut segments = encoder.encode_descriptor(
             "log_segments",
             "Segment files of each partition's log",
             None,
             MetricType::Gauge,
         )?;
-        for (partition, log) in logs.iter().enumerate() {
+        // A log already closed (the engine shutting down) is left out.
+        let open = || {
+            logs.iter()
+                .enumerate()
+                .filter_map(|(p, log)| Some((p, log.as_ref()?)))
+        };
+        for (partition, log) in open() {
             let labels = partition_labels(partition as u16);
             let gauge = ConstGauge::new(log.segment_count() as i64);
             gauge.encode(segments.encode_family(&labels)?)?;
@@ -60,7 +67,7 @@ impl Collector for LiveCollector {
             None,
             MetricType::Gauge,
         )?;
-        for (partition, log) in logs.iter().enumerate() {
+        for (partition, log) in open() {
             let labels = partition_labels(partition as u16);
             let gauge = ConstGauge::new(log.disk_bytes() as i64);
             gauge.encode(disk.encode_family(&labels)?)?;

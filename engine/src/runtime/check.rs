@@ -17,6 +17,12 @@ const CHECK_ATTEMPTS_MAX: usize = 4;
 
 impl Partition {
     pub(super) fn check(&mut self, reply: Reply<PartitionCheck>) {
+        // A follower first folds what the writer has written by now, so
+        // that no snapshot the writer took is past what it has folded.
+        if let Err(error) = self.follow_to_end() {
+            let _ = reply.send(Err(error));
+            return;
+        }
         // Write what this turn folded so far: the live state must be
         // exactly what the log holds up to `target`.
         self.write_turn();

@@ -5,6 +5,13 @@
 //! ([`EngineError::ReadOnly`]). Views, lists, keys, waits and the event
 //! stream work as on the engine that writes.
 //!
+//! Known limits: a follower expires finished sagas under its own
+//! retention settings, not the writer's; a wait on a saga the writer holds
+//! parked ends only when the writer ends it; a writer that restarts with a
+//! larger segment size while its active segment is empty replaces that
+//! file, and the follower sees the new records only once the writer rolls
+//! (or the follower reopens).
+//!
 //! Every `every` it refreshes the log ([`skald_log::Log::refresh`]: whole
 //! batches the writer has written) and folds what is new. A follower so far
 //! behind that the writer removed segments it had not read yet (after a
@@ -26,6 +33,31 @@ use crate::{Corruption, EngineError};
 /// Events one refresh folds at most, so that a follower far behind still
 /// answers queries between its catch-up turns.
 const FOLLOW_EVENTS_PER_TURN_MAX: usize = 16_384;
+
+/// Recovers a follower's partition as the engine's open does; the
+/// writer may write a snapshot past what this log has seen, or remove
+/// segments, meanwhile: the log is refreshed and the recovery tried again
+/// (a few times) before such an error is reported.
+pub(crate) fn recover_following(
+    index: u16,
+    log: &Log,
+    store: &SnapshotStore,
+) -> Result<(Vec<skald_model::SagaState>, crate::recovery::Recovered), EngineError> {
+    let mut attempt = 0;
+    loop {
+        match recover_sorted(index, log, store, None) {
+            Err(
+                EngineError::SnapshotAhead { .. }
+                | EngineError::LogGap { .. }
+                | EngineError::Snapshot(_),
+            ) if attempt < 8 => {
+                attempt += 1;
+                log.refresh()?;
+            }
+            result => return result,
+        }
+    }
+}
 
 /// What a follower partition keeps to follow its log.
 pub(crate) struct Follow {
@@ -88,27 +120,41 @@ impl Partition {
                 }
             }
             Ok(false) => {}
-            Err(error) => self.fail(error),
+            // Damage stops the partition, as on the writer.
+            Err(error @ EngineError::Corrupt { .. }) => self.fail(error),
+            // Anything else may be a race with the writer (a segment or
+            // snapshot removed under the follower's feet): next time.
+            Err(error) => {
+                tracing::warn!(partition = self.index, %error, "following the log failed; trying again");
+            }
         }
     }
 
     /// Folds everything the writer has written by now, then answers
     /// (`Engine::catch_up`). An engine that writes is always caught up.
     pub(super) fn catch_up(&mut self, reply: super::Reply<()>) {
-        if self.follow.is_some() {
-            loop {
-                match self.refresh_and_fold() {
-                    Ok(true) => continue,
-                    Ok(false) => break,
-                    Err(error) => {
-                        self.fail(error.clone());
-                        let _ = reply.send(Err(error));
-                        return;
-                    }
+        match self.follow_to_end() {
+            Ok(()) => self.effects.reply(reply, Ok(())),
+            Err(error) => drop(reply.send(Err(error))),
+        }
+    }
+
+    /// On a follower, refreshes and folds until nothing more is written.
+    pub(super) fn follow_to_end(&mut self) -> Result<(), EngineError> {
+        if self.follow.is_none() {
+            return Ok(());
+        }
+        loop {
+            match self.refresh_and_fold() {
+                Ok(true) => continue,
+                Ok(false) => return Ok(()),
+                Err(error @ EngineError::Corrupt { .. }) => {
+                    self.fail(error.clone());
+                    return Err(error);
                 }
+                Err(error) => return Err(error),
             }
         }
-        self.effects.reply(reply, Ok(()));
     }
 
     /// Refreshes the log and folds a turn's worth; `true` if more wait.
@@ -124,6 +170,10 @@ impl Partition {
     /// `true` if more wait.
     fn fold_new(&mut self) -> Result<bool, EngineError> {
         let from = self.follow.as_ref().map_or(0, |f| f.next_lsn);
+        if from == self.log.visible_lsn() {
+            // Nothing new (a reader would walk the segment to get here).
+            return Ok(false);
+        }
         let mut reader = match self.log.read_from(from) {
             Ok(reader) => reader,
             Err(LogError::Truncated { .. }) => return self.rebuild(),
@@ -145,11 +195,10 @@ impl Partition {
             self.observe(lsn, event)
                 .map_err(|e| corrupt(Corruption::Fold(e)))?;
             folded += 1;
-        }
-        let next_lsn = reader.next_lsn();
-        drop(reader);
-        if let Some(follow) = &mut self.follow {
-            follow.next_lsn = next_lsn;
+            // Moved with each event: an error later leaves this one folded.
+            if let Some(follow) = &mut self.follow {
+                follow.next_lsn = lsn + 1;
+            }
         }
         Ok(folded == FOLLOW_EVENTS_PER_TURN_MAX)
     }
@@ -217,12 +266,12 @@ impl Partition {
         }
         let log = Log::open(&path, options)?;
         self.snapshots.store = Some(store.clone());
-        let (states, rebuilt) = recover_sorted(self.index, &log, &store, None)?;
+        let (states, rebuilt) = recover_following(self.index, &log, &store)?;
         tracing::info!(partition = self.index, snapshot = ?rebuilt.snapshot,
             replayed = rebuilt.replayed, "the follower fell behind the writer's retained log; rebuilt from its snapshot");
         if let Some(metrics) = &self.shared.metrics {
             for entry in self.sagas.values() {
-                let status = InFlight::of(&entry.state, true);
+                let status = InFlight::of(&entry.state, entry.definition.is_none());
                 metrics.in_flight_moved(&entry.state.definition, status, None);
             }
         }
@@ -256,7 +305,7 @@ impl Partition {
         let log = Arc::new(log);
         if let Some(metrics) = &self.shared.metrics {
             if let Some(slot) = metrics.live.logs.lock().get_mut(usize::from(self.index)) {
-                *slot = log.clone();
+                *slot = Arc::downgrade(&log);
             }
         }
         self.log = log;

@@ -59,12 +59,17 @@ impl Log {
         let next_lsn = self.shared.follow_writer(&on_disk)?;
         self.shared.forget_removed(&on_disk);
         if next_lsn > before {
-            self.shared.visible_lsn.store(next_lsn, Ordering::Release);
-            self.shared.durable_lsn.store(next_lsn, Ordering::Release);
+            // fetch_max: two refreshes at once never move it back.
+            self.shared
+                .visible_lsn
+                .fetch_max(next_lsn, Ordering::AcqRel);
+            self.shared
+                .durable_lsn
+                .fetch_max(next_lsn, Ordering::AcqRel);
             self.shared.tail_notify.notify_waiters();
         }
         Ok(Refreshed {
-            records: next_lsn - before,
+            records: next_lsn.saturating_sub(before),
             next_lsn,
             first_lsn: self.first_lsn(),
         })

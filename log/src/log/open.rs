@@ -52,7 +52,10 @@ impl Log {
             true => Some(lock_dir(&*storage, &dir)?),
             false => None,
         };
-        let recovered = recover(&*storage, &dir, &options)?;
+        let recovered = match writable {
+            true => recover(&*storage, &dir, &options)?,
+            false => recover_beside_writer(&*storage, &dir, &options)?,
+        };
         let report = recovered.report.clone();
         let shared = Arc::new(Shared::new(dir.clone(), storage, recovered, lock, options));
         let flusher = start_threads(&shared, writable)?;
@@ -61,6 +64,28 @@ impl Log {
             flusher,
             report,
         })
+    }
+}
+
+/// A read-only open may run while another process writes: it can stop at
+/// a batch being copied, and by the time it looks further the writer may
+/// have finished it and written a later record that seems to prove it
+/// durable. Such a race is gone at a second look; damage stays, and is
+/// reported after a few.
+fn recover_beside_writer(
+    storage: &dyn Storage,
+    dir: &Path,
+    options: &LogOptions,
+) -> Result<Recovered, LogError> {
+    let mut attempt = 0;
+    loop {
+        match recover(storage, dir, options) {
+            Err(LogError::CorruptRecord { .. }) if attempt < 3 => {
+                attempt += 1;
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            result => return result,
+        }
     }
 }
 
