@@ -10,6 +10,16 @@ use crate::Lsn;
 /// Everything that can go wrong in the log, with what a user needs to act.
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
+    /// Records copied from another log ([`crate::Log::append_copied`]) do
+    /// not follow this log or are not sound; nothing was written.
+    #[error("copied records refused at LSN {lsn}: {reason}")]
+    BadCopy {
+        /// The LSN of the first record refused.
+        lsn: Lsn,
+        /// What is wrong with it.
+        reason: String,
+    },
+
     /// An I/O operation failed before anything was acknowledged.
     #[error("{operation} {path}: {source}")]
     Io {

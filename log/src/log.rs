@@ -7,6 +7,7 @@
 //! last flush, issues one msync for all of it, publishes the new durable
 //! LSN and wakes every waiter: one flush serves a whole batch of appenders.
 
+mod copy;
 mod flush;
 mod follow;
 mod open;

@@ -9,8 +9,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use crate::format::{
-    check_record, peek_record_length, RecordCheck, RecordDamage, RECORD_HEADER_SIZE_BYTES,
-    SEGMENT_HEADER_SIZE_BYTES,
+    check_record, peek_record_length, record_size_bytes, RecordCheck, RecordDamage,
+    RECORD_HEADER_SIZE_BYTES, SEGMENT_HEADER_SIZE_BYTES,
 };
 use crate::log::Shared;
 use crate::segment::Segment;
@@ -23,6 +23,9 @@ pub struct Record<'a> {
     pub lsn: Lsn,
     /// The bytes that were appended.
     pub payload: &'a [u8],
+    /// The record as the segment holds it: header, payload and padding
+    /// (what [`crate::Log::append_copied`] takes).
+    pub bytes: &'a [u8],
 }
 
 /// Reads records in LSN order from a starting position. Every record's
@@ -126,7 +129,8 @@ impl LogReader {
             // read its length first and no further than the record.
             let header = self.segment.bytes(self.offset, RECORD_HEADER_SIZE_BYTES);
             let length = peek_record_length(header);
-            let record_length = (RECORD_HEADER_SIZE_BYTES + length).min(size - self.offset);
+            // Padding included: below the visible end, no one writes it.
+            let record_length = record_size_bytes(length).min(size - self.offset);
             self.segment.bytes(self.offset, record_length)
         };
         match check_record(bytes) {
@@ -137,6 +141,7 @@ impl LogReader {
                 Ok(Some(Record {
                     lsn: header.lsn,
                     payload,
+                    bytes: &bytes[..size_bytes as usize],
                 }))
             }
             RecordCheck::Valid { header, .. } => Err(damaged(RecordDamage::UnexpectedLsn {

@@ -104,7 +104,7 @@ impl Shared {
     /// that every earlier segment is complete on disk; under the other modes
     /// at most the segment before the last may be unfinished. Recovery
     /// therefore checks only the last two segments.
-    fn roll(&self, writer: &mut WriterState) -> Result<(), LogError> {
+    pub(super) fn roll(&self, writer: &mut WriterState) -> Result<(), LogError> {
         self.seal_active(writer)?;
         // Open replaced an empty last segment smaller than the configured
         // size, and a batch never exceeds the configured capacity: so the
