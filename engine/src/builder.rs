@@ -39,6 +39,7 @@ pub struct EngineBuilder {
     pub(crate) metrics: Option<Arc<Metrics>>,
     pub(crate) tracing: Option<crate::Tracing>,
     pub(crate) follow: Option<std::time::Duration>,
+    pub(crate) replication: Option<Arc<dyn crate::replication::Replication>>,
 }
 
 /// What the open builds, partition by partition.
@@ -47,6 +48,7 @@ struct Opened {
     senders: Vec<mpsc::Sender<Command>>,
     tasks: Vec<JoinHandle<()>>,
     recovered: Vec<SagaId>,
+    logs: Vec<std::sync::Weak<Log>>,
 }
 
 impl EngineBuilder {
@@ -101,6 +103,17 @@ impl EngineBuilder {
         self
     }
 
+    /// Makes every batch wait for `replication` as well as for its own
+    /// flush before anything it holds is released, and keeps the log a
+    /// replica still needs (see [`crate::replication`]).
+    pub fn replication(
+        mut self,
+        replication: Arc<dyn crate::replication::Replication>,
+    ) -> EngineBuilder {
+        self.replication = Some(replication);
+        self
+    }
+
     /// Registers a definition, after [`Saga::validate`]. Sagas recovered
     /// from the log resume only if their definition is registered (with
     /// the same number of steps); the others are left as they are.
@@ -132,6 +145,7 @@ impl EngineBuilder {
             metrics,
             tracing,
             follow,
+            replication,
         } = self;
         check_options(&options)?;
         let tracer = match tracing {
@@ -157,7 +171,9 @@ impl EngineBuilder {
             metrics.open(&definitions, partitions);
         }
         let mut shared = shared(&options, definitions, (metrics, tracer), partitions);
-        Arc::get_mut(&mut shared).expect("not shared yet").following = follow;
+        let unshared = Arc::get_mut(&mut shared).expect("not shared yet");
+        unshared.following = follow;
+        unshared.replication = replication;
         if let Some(metrics) = &shared.metrics {
             *metrics.live.shared.lock() = Some(Arc::downgrade(&shared));
         }
@@ -176,6 +192,7 @@ impl EngineBuilder {
                 recovered: opened.recovered,
                 events: Mutex::new(Some(opened.events)),
                 power: options.power.clone(),
+                logs: opened.logs,
             }),
         })
     }
@@ -224,6 +241,7 @@ fn shared(
             .disk_free_min_bytes
             .unwrap_or(options.segment_size_bytes.saturating_mul(4)),
         following: None,
+        replication: None,
     })
 }
 
@@ -241,6 +259,7 @@ fn open_partitions(
         senders: Vec::with_capacity(partitions),
         tasks: Vec::with_capacity(partitions),
         recovered: Vec::new(),
+        logs: Vec::with_capacity(partitions),
     };
     let mut seeds = match (options.seed, options.deterministic) {
         (Some(seed), _) => StdRng::seed_from_u64(seed),
@@ -272,6 +291,7 @@ fn open_partitions(
         let (tx, rx) = mpsc::channel(COMMANDS_QUEUED_MAX);
         let rng = StdRng::seed_from_u64(rand::Rng::random(&mut seeds));
         let log = Arc::new(log);
+        opened.logs.push(Arc::downgrade(&log));
         if let Some(metrics) = &shared.metrics {
             metrics.recovered(index as u16, began.elapsed(), rebuilt.replayed);
             metrics.live.logs.lock().push(Arc::downgrade(&log));

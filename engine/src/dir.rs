@@ -75,6 +75,13 @@ pub(crate) fn prepare(
     Ok(asked)
 }
 
+/// Creates an engine directory with `partitions` partitions, or checks
+/// that `dir` is one with as many (a replica's directory, made before any
+/// engine opens it).
+pub fn create_engine_dir(dir: &Path, partitions: usize) -> Result<usize, EngineError> {
+    prepare(dir, &skald_log::FsStorage::default(), partitions)
+}
+
 /// The partition count of an existing engine directory, through
 /// `storage`, changing nothing (a follower's open).
 pub(crate) fn read(dir: &Path, storage: &dyn Storage) -> Result<usize, EngineError> {

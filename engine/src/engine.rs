@@ -32,6 +32,8 @@ pub(crate) struct Inner {
     pub(crate) events: Mutex<Option<broadcast::Sender<Arc<EngineEvent>>>>,
     /// In a simulation: off once the power was cut under this engine.
     pub(crate) power: Option<Arc<std::sync::atomic::AtomicBool>>,
+    /// Each partition's log (weak: the partition owns and closes it).
+    pub(crate) logs: Vec<std::sync::Weak<skald_log::Log>>,
 }
 
 /// The partition that holds the saga a deduplication key started (of an
@@ -96,6 +98,7 @@ impl Engine {
             metrics: None,
             tracing: None,
             follow: None,
+            replication: None,
         }
     }
 
@@ -280,6 +283,14 @@ impl Engine {
             reply,
         })
         .await
+    }
+
+    /// Partition `partition`'s log, for the replicator to read (tail it,
+    /// ship its records' bytes). Never append to it: the partition is its
+    /// only writer. `None` once the engine shut down (or for a partition
+    /// that does not exist).
+    pub fn partition_log(&self, partition: usize) -> Option<Arc<skald_log::Log>> {
+        self.inner.logs.get(partition)?.upgrade()
     }
 
     /// Whether this engine follows a directory another process writes

@@ -5,7 +5,7 @@
 //!
 //! A host embedding the engine does not need this module.
 
-pub use crate::dir::{partition_count, partition_dir};
+pub use crate::dir::{create_engine_dir, partition_count, partition_dir};
 pub use crate::engine::partition_of_key;
 pub use crate::recovery::{
     decode_checked, decode_snapshot, encode_partition, encode_snapshot, fold_log, recover,

@@ -88,6 +88,7 @@ pub mod metrics;
 mod options;
 mod payload;
 mod recovery;
+pub mod replication;
 mod runtime;
 mod saga;
 #[cfg(feature = "sim")]

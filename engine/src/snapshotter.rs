@@ -108,6 +108,7 @@ pub(crate) async fn run(
     (open_end, damaged): (u64, Vec<(PathBuf, Damage)>),
     mut deltas: mpsc::Receiver<Delta>,
     (inline, metrics): (bool, Option<Arc<Metrics>>),
+    replication: Option<Arc<dyn crate::replication::Replication>>,
 ) {
     remove_damaged(partition, &store, &damaged, inline).await;
     let Some(first) = deltas.recv().await else {
@@ -144,13 +145,15 @@ pub(crate) async fn run(
             return;
         }
         let (log, store) = (log.clone(), store.clone());
+        // Never past what a replica still needs.
+        let needed = replication.as_ref().and_then(|r| r.needed_from(partition));
         // Encoding the changed sagas and writing: off the runtime's threads.
         let began = std::time::Instant::now();
         let written = off_thread(inline, move || {
             for delta in batch {
                 absorb(&mut shadow, delta);
             }
-            let result = write(partition, &log, &store, (lsn, next_seq), &shadow);
+            let result = write(partition, (&log, needed), &store, (lsn, next_seq), &shadow);
             (shadow, result)
         });
         let result;
@@ -238,7 +241,7 @@ async fn remove_damaged(
 /// payload's size.
 fn write(
     partition: u16,
-    log: &Log,
+    (log, needed): (&Log, Option<u64>),
     store: &SnapshotStore,
     (lsn, next_seq): (u64, u64),
     shadow: &Shadow,
@@ -246,7 +249,7 @@ fn write(
     let payload = encode_partition_bodies(partition, lsn, next_seq, shadow);
     let kept = store.write(lsn, &payload)?;
     let oldest = kept.last().copied().unwrap_or(lsn);
-    log.truncate_prefix(oldest)?;
+    log.truncate_prefix(needed.map_or(oldest, |needed| needed.min(oldest)))?;
     Ok((kept.len(), payload.len()))
 }
 

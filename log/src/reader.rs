@@ -225,6 +225,16 @@ impl Tailer {
         self.reader.next_lsn()
     }
 
+    /// Whether a record is ready to be read now, without waiting.
+    pub fn has_next(&self) -> bool {
+        self.reader.has_next()
+    }
+
+    /// The log's visible end now: records below it are readable.
+    pub fn visible_lsn(&self) -> Lsn {
+        self.reader.shared.visible_lsn.load(Ordering::Acquire)
+    }
+
     /// The next record, waiting for it to be appended if necessary.
     /// Returns [`LogError::Closed`] once the log is closed or dropped and
     /// every visible record was read.

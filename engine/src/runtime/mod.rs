@@ -107,6 +107,8 @@ pub(crate) struct Shared {
     /// A follower (read-only, of a directory another process writes):
     /// how often it looks for new events.
     pub(crate) following: Option<std::time::Duration>,
+    /// The replicator whose replicas each batch waits for, if any.
+    pub(crate) replication: Option<Arc<dyn crate::replication::Replication>>,
 }
 
 /// Registered definitions by id, then version (the newest last).

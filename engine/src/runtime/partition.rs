@@ -120,8 +120,14 @@ impl Partition {
         if self.durable_wait.is_none() {
             if let Some(&(end, _)) = self.in_flight.back() {
                 let log = self.log.clone();
+                let (index, replication) = (self.index, self.shared.replication.clone());
                 self.durable_wait = Some(Box::pin(async move {
-                    log.wait_durable_async(end).await.map(|()| end)
+                    log.wait_durable_async(end).await?;
+                    // Durable here; then on the replicas the mode asks for.
+                    if let Some(replication) = replication {
+                        replication.replicated(index, end).await;
+                    }
+                    Ok(end)
                 }));
             }
         }

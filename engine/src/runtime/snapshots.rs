@@ -91,6 +91,7 @@ impl Partition {
             (self.log.next_lsn(), damaged),
             receiver,
             (self.shared.deterministic, self.shared.metrics.clone()),
+            self.shared.replication.clone(),
         ));
         self.snapshots.settings = settings;
         self.snapshots.deltas = Some(deltas);

@@ -1,0 +1,289 @@
+//! The replica's side: one task per partition keeps a connection to the
+//! leader, appends what it ships at the same LSNs
+//! ([`skald_log::Log::append_copied`]: checked, durable before the ack) and
+//! acknowledges; it reconnects from its own durable end after any failure.
+//! The replica's directory is an engine directory: `skald verify`,
+//! `skald dump`, `skald stats` and a follower engine
+//! ([`skald_engine::EngineBuilder::follow`]) read it.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use skald_engine::inspect::{create_engine_dir, partition_dir};
+use skald_log::{Log, LogOptions};
+use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
+
+use crate::wire::{read_frame, write_frame, Frame, RefusalCode, WireError, PROTOCOL_VERSION};
+
+/// Waits between reconnections at first, doubling up to
+/// [`RECONNECT_MAX`].
+const RECONNECT_FIRST: Duration = Duration::from_millis(50);
+const RECONNECT_MAX: Duration = Duration::from_secs(2);
+
+/// How a replica runs.
+#[derive(Debug, Clone)]
+pub struct ReplicaOptions {
+    /// The leader's replication address (`host:port`).
+    pub leader: String,
+    /// The replica's engine directory (created if missing).
+    pub dir: PathBuf,
+    /// Its name, as the leader counts it: stable across restarts.
+    pub name: String,
+    /// Segment size of its logs: at least the leader's (a batch must fit).
+    pub segment_size_bytes: u64,
+}
+
+/// Where one partition's replica stands.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PartitionStatus {
+    /// The partition.
+    pub partition: u16,
+    /// Records below this are durable here.
+    pub durable_end: u64,
+    /// The leader's visible end at its last shipment.
+    pub leader_end: u64,
+    /// Connected to the leader now.
+    pub connected: bool,
+    /// Why it stopped for good, if it did (a refusal a retry cannot fix).
+    pub stopped: Option<String>,
+}
+
+/// A replica that failed to start.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicaError {
+    /// The leader could not be reached, or answered nonsense.
+    #[error("the leader at {leader}: {error}")]
+    Leader {
+        /// Its address.
+        leader: String,
+        /// What went wrong.
+        error: WireError,
+    },
+    /// The leader refused this replica.
+    #[error("the leader at {leader} refused: {message}")]
+    Refused {
+        /// Its address.
+        leader: String,
+        /// Its reason.
+        message: String,
+    },
+    /// The replica's directory is not (or cannot be) an engine directory.
+    #[error(transparent)]
+    Engine(#[from] skald_engine::EngineError),
+    /// A partition's log could not be opened or closed.
+    #[error(transparent)]
+    Log(#[from] skald_log::LogError),
+}
+
+/// A running replica: its partitions' tasks.
+pub struct Replica {
+    status: Arc<Mutex<Vec<PartitionStatus>>>,
+    tasks: Vec<JoinHandle<()>>,
+    logs: Vec<Arc<Log>>,
+}
+
+impl Replica {
+    /// Asks the leader how many partitions it has, prepares the directory
+    /// with as many, and starts following every partition.
+    pub async fn start(options: ReplicaOptions) -> Result<Replica, ReplicaError> {
+        let partitions = ask_partitions(&options).await?;
+        create_engine_dir(&options.dir, usize::from(partitions))?;
+        let status = Arc::new(Mutex::new(
+            (0..partitions)
+                .map(|partition| PartitionStatus {
+                    partition,
+                    ..Default::default()
+                })
+                .collect::<Vec<_>>(),
+        ));
+        let mut replica = Replica {
+            status: status.clone(),
+            tasks: Vec::new(),
+            logs: Vec::new(),
+        };
+        for partition in 0..partitions {
+            let path = partition_dir(&options.dir, usize::from(partition));
+            let log_options = LogOptions::default().segment_size_bytes(options.segment_size_bytes);
+            let log = Arc::new(Log::open(&path, log_options)?);
+            let (options, status) = (options.clone(), status.clone());
+            replica.logs.push(log.clone());
+            replica.tasks.push(tokio::spawn(follow_partition(
+                options, partition, log, status,
+            )));
+        }
+        Ok(replica)
+    }
+
+    /// Every partition's position.
+    pub fn status(&self) -> Vec<PartitionStatus> {
+        self.status.lock().clone()
+    }
+
+    /// Stops following and closes the logs.
+    pub async fn stop(self) -> Result<(), ReplicaError> {
+        for task in &self.tasks {
+            task.abort();
+        }
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        for log in self.logs {
+            if let Ok(log) = Arc::try_unwrap(log) {
+                log.close()?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The leader's partition count, from a hello for partition 0.
+async fn ask_partitions(options: &ReplicaOptions) -> Result<u16, ReplicaError> {
+    let leader = || options.leader.clone();
+    let failed = |error: WireError| ReplicaError::Leader {
+        leader: leader(),
+        error,
+    };
+    let mut stream = TcpStream::connect(&options.leader)
+        .await
+        .map_err(|e| failed(e.into()))?;
+    let hello = Frame::Hello {
+        version: PROTOCOL_VERSION,
+        partition: 0,
+        from_lsn: 1,
+        name: format!("{}-probe", options.name),
+    };
+    write_frame(&mut stream, &hello).await.map_err(failed)?;
+    match read_frame(&mut stream).await.map_err(failed)? {
+        Some(Frame::Welcome { partitions, .. }) => Ok(partitions),
+        // Truncated or ahead: a partition count is in the message only, so
+        // such a leader is asked again by the partitions' own hellos.
+        Some(Frame::Refused { message, .. }) => Err(ReplicaError::Refused {
+            leader: leader(),
+            message,
+        }),
+        _ => Err(failed(WireError::Malformed("no welcome"))),
+    }
+}
+
+/// Follows one partition for as long as the task runs.
+async fn follow_partition(
+    options: ReplicaOptions,
+    partition: u16,
+    log: Arc<Log>,
+    status: Arc<Mutex<Vec<PartitionStatus>>>,
+) {
+    let mut wait = RECONNECT_FIRST;
+    loop {
+        let result = follow_once(&options, partition, &log, &status).await;
+        status.lock()[usize::from(partition)].connected = false;
+        match result {
+            Err(Stop(message)) => {
+                tracing::error!(partition, %message, "the replica of this partition stopped");
+                status.lock()[usize::from(partition)].stopped = Some(message);
+                return;
+            }
+            Ok(Retry::After(error)) => {
+                tracing::info!(partition, %error, "reconnecting to the leader");
+            }
+            Ok(Retry::Progressed) => wait = RECONNECT_FIRST,
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(RECONNECT_MAX);
+    }
+}
+
+/// Why a connection ended and the replica tries again.
+enum Retry {
+    After(WireError),
+    Progressed,
+}
+
+/// A refusal no retry can fix.
+struct Stop(String);
+
+/// One connection: hello, then records appended and acknowledged.
+async fn follow_once(
+    options: &ReplicaOptions,
+    partition: u16,
+    log: &Arc<Log>,
+    status: &Mutex<Vec<PartitionStatus>>,
+) -> Result<Retry, Stop> {
+    let mut stream = match TcpStream::connect(&options.leader).await {
+        Ok(stream) => stream,
+        Err(error) => return Ok(Retry::After(error.into())),
+    };
+    let _ = stream.set_nodelay(true);
+    let from_lsn = log.durable_lsn();
+    let hello = Frame::Hello {
+        version: PROTOCOL_VERSION,
+        partition,
+        from_lsn,
+        name: options.name.clone(),
+    };
+    if let Err(error) = write_frame(&mut stream, &hello).await {
+        return Ok(Retry::After(error));
+    }
+    match read_frame(&mut stream).await {
+        Ok(Some(Frame::Welcome { .. })) => {}
+        Ok(Some(Frame::Refused {
+            code: RefusalCode::ShuttingDown,
+            message,
+        })) => return Ok(Retry::After(WireError::Io(std::io::Error::other(message)))),
+        Ok(Some(Frame::Refused { message, .. })) => return Err(Stop(message)),
+        Ok(_) => return Ok(Retry::After(WireError::Malformed("no welcome"))),
+        Err(error) => return Ok(Retry::After(error)),
+    }
+    status.lock()[usize::from(partition)].connected = true;
+    let mut progressed = false;
+    loop {
+        let frame = match read_frame(&mut stream).await {
+            Ok(Some(frame)) => frame,
+            Ok(None) => {
+                return Ok(if progressed {
+                    Retry::Progressed
+                } else {
+                    Retry::After(WireError::Malformed("closed"))
+                })
+            }
+            Err(error) => return Ok(Retry::After(error)),
+        };
+        let Frame::Records {
+            first_lsn,
+            leader_end,
+            bytes,
+            ..
+        } = frame
+        else {
+            return Ok(Retry::After(WireError::Malformed("expected records")));
+        };
+        if first_lsn != log.next_lsn() {
+            let message = format!(
+                "the leader shipped LSN {first_lsn}, this replica is at {}",
+                log.next_lsn()
+            );
+            return Err(Stop(message));
+        }
+        let appending = log.clone();
+        let appended = tokio::task::spawn_blocking(move || appending.append_copied(&bytes)).await;
+        let durable_end = match appended {
+            Ok(Ok(end)) => end,
+            Ok(Err(error)) => {
+                return Err(Stop(format!("appending what the leader shipped: {error}")))
+            }
+            Err(error) => return Err(Stop(format!("the append task failed: {error}"))),
+        };
+        {
+            let mut status = status.lock();
+            let entry = &mut status[usize::from(partition)];
+            entry.durable_end = durable_end;
+            entry.leader_end = leader_end;
+        }
+        progressed = true;
+        if let Err(error) = write_frame(&mut stream, &Frame::Ack { durable_end }).await {
+            return Ok(Retry::After(error));
+        }
+    }
+}

@@ -1,0 +1,352 @@
+//! The replication protocol, version 1 (FORMAT.md, "Replication"): frames
+//! over one TCP connection per partition, a replica asking, its leader
+//! shipping.
+//!
+//! Every frame is a little-endian `u32` length (of what follows), a type
+//! byte and its body. A replica opens with `Hello`; the leader answers
+//! `Welcome` or `Refused`, then sends `Records` (whole batches, as its
+//! segments hold them) while the replica answers each with an `Ack` of
+//! what it holds durable.
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// The protocol version this build speaks.
+pub const PROTOCOL_VERSION: u16 = 1;
+/// The first bytes of every `Hello`.
+pub const MAGIC: [u8; 8] = *b"SKALDREP";
+/// A frame larger than this is refused (a batch fits a segment, 1 GiB at
+/// most; shipments are cut well below).
+pub const FRAME_BYTES_MAX: u32 = 64 << 20;
+
+/// Why a leader refused a replica (`Refused`'s code).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusalCode {
+    /// It speaks another protocol version.
+    Version = 1,
+    /// No such partition.
+    Partition = 2,
+    /// The records it asks from are no longer in the leader's log (the
+    /// leader's snapshots covered them): it needs a snapshot first.
+    Truncated = 3,
+    /// It asks from past the leader's end: it holds records the leader
+    /// does not.
+    Ahead = 4,
+    /// The leader is shutting down.
+    ShuttingDown = 5,
+}
+
+impl RefusalCode {
+    fn from_u16(code: u16) -> Option<RefusalCode> {
+        Some(match code {
+            1 => RefusalCode::Version,
+            2 => RefusalCode::Partition,
+            3 => RefusalCode::Truncated,
+            4 => RefusalCode::Ahead,
+            5 => RefusalCode::ShuttingDown,
+            _ => return None,
+        })
+    }
+}
+
+/// One frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    /// Replica → leader: which partition, from which LSN, who asks.
+    Hello {
+        /// Its protocol version.
+        version: u16,
+        /// The partition it follows.
+        partition: u16,
+        /// The LSN it wants first: its durable end.
+        from_lsn: u64,
+        /// Its name (stable across its restarts).
+        name: String,
+    },
+    /// Leader → replica: accepted; the leader's partition count and log.
+    Welcome {
+        /// The protocol version spoken.
+        version: u16,
+        /// The leader's partition count.
+        partitions: u16,
+        /// The oldest LSN its log holds.
+        first_lsn: u64,
+        /// Its visible end.
+        next_lsn: u64,
+    },
+    /// Leader → replica: refused, and why.
+    Refused {
+        /// Why, for a program.
+        code: RefusalCode,
+        /// Why, for a person.
+        message: String,
+    },
+    /// Leader → replica: whole batches from `first_lsn`, and the leader's
+    /// visible end when they were sent.
+    Records {
+        /// The first record's LSN.
+        first_lsn: u64,
+        /// How many records.
+        count: u32,
+        /// The leader's visible end when sent (for the replica's lag).
+        leader_end: u64,
+        /// The records as the leader's segment holds them.
+        bytes: Vec<u8>,
+    },
+    /// Replica → leader: every record below `durable_end` is durable here.
+    Ack {
+        /// The replica's durable end.
+        durable_end: u64,
+    },
+}
+
+/// A frame that does not decode, or a connection that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    /// The connection failed.
+    #[error("connection: {0}")]
+    Io(#[from] std::io::Error),
+    /// A frame's length is over [`FRAME_BYTES_MAX`].
+    #[error("a frame of {0} bytes, over the limit of {FRAME_BYTES_MAX}")]
+    TooLarge(u32),
+    /// A frame that does not decode.
+    #[error("malformed frame: {0}")]
+    Malformed(&'static str),
+}
+
+const HELLO: u8 = 1;
+const WELCOME: u8 = 2;
+const REFUSED: u8 = 3;
+const RECORDS: u8 = 4;
+const ACK: u8 = 5;
+
+impl Frame {
+    /// The frame's bytes, length prefix included.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut body = Vec::new();
+        match self {
+            Frame::Hello {
+                version,
+                partition,
+                from_lsn,
+                name,
+            } => {
+                body.push(HELLO);
+                body.extend_from_slice(&MAGIC);
+                body.extend_from_slice(&version.to_le_bytes());
+                body.extend_from_slice(&partition.to_le_bytes());
+                body.extend_from_slice(&from_lsn.to_le_bytes());
+                put_text(&mut body, name);
+            }
+            Frame::Welcome {
+                version,
+                partitions,
+                first_lsn,
+                next_lsn,
+            } => {
+                body.push(WELCOME);
+                body.extend_from_slice(&version.to_le_bytes());
+                body.extend_from_slice(&partitions.to_le_bytes());
+                body.extend_from_slice(&first_lsn.to_le_bytes());
+                body.extend_from_slice(&next_lsn.to_le_bytes());
+            }
+            Frame::Refused { code, message } => {
+                body.push(REFUSED);
+                body.extend_from_slice(&(*code as u16).to_le_bytes());
+                put_text(&mut body, message);
+            }
+            Frame::Records {
+                first_lsn,
+                count,
+                leader_end,
+                bytes,
+            } => {
+                body.push(RECORDS);
+                body.extend_from_slice(&first_lsn.to_le_bytes());
+                body.extend_from_slice(&count.to_le_bytes());
+                body.extend_from_slice(&leader_end.to_le_bytes());
+                body.extend_from_slice(bytes);
+            }
+            Frame::Ack { durable_end } => {
+                body.push(ACK);
+                body.extend_from_slice(&durable_end.to_le_bytes());
+            }
+        }
+        let mut frame = (body.len() as u32).to_le_bytes().to_vec();
+        frame.extend_from_slice(&body);
+        frame
+    }
+
+    /// Decodes a frame's body (after its length).
+    pub fn decode(body: &[u8]) -> Result<Frame, WireError> {
+        let mut input = Input(body);
+        let frame = match input.u8()? {
+            HELLO => {
+                if input.take(8)? != MAGIC {
+                    return Err(WireError::Malformed("not a Skald replica's hello"));
+                }
+                Frame::Hello {
+                    version: input.u16()?,
+                    partition: input.u16()?,
+                    from_lsn: input.u64()?,
+                    name: input.text()?,
+                }
+            }
+            WELCOME => Frame::Welcome {
+                version: input.u16()?,
+                partitions: input.u16()?,
+                first_lsn: input.u64()?,
+                next_lsn: input.u64()?,
+            },
+            REFUSED => Frame::Refused {
+                code: RefusalCode::from_u16(input.u16()?)
+                    .ok_or(WireError::Malformed("unknown refusal code"))?,
+                message: input.text()?,
+            },
+            RECORDS => Frame::Records {
+                first_lsn: input.u64()?,
+                count: input.u32()?,
+                leader_end: input.u64()?,
+                bytes: input.rest().to_vec(),
+            },
+            ACK => Frame::Ack {
+                durable_end: input.u64()?,
+            },
+            _ => return Err(WireError::Malformed("unknown frame type")),
+        };
+        if !input.0.is_empty() {
+            return Err(WireError::Malformed("bytes after the frame's fields"));
+        }
+        Ok(frame)
+    }
+}
+
+fn put_text(body: &mut Vec<u8>, text: &str) {
+    let bytes = &text.as_bytes()[..text.len().min(u16::MAX as usize)];
+    body.extend_from_slice(&(bytes.len() as u16).to_le_bytes());
+    body.extend_from_slice(bytes);
+}
+
+struct Input<'a>(&'a [u8]);
+
+impl<'a> Input<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], WireError> {
+        if self.0.len() < n {
+            return Err(WireError::Malformed("frame ends early"));
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+    fn u8(&mut self) -> Result<u8, WireError> {
+        Ok(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Result<u16, WireError> {
+        Ok(u16::from_le_bytes(
+            self.take(2)?.try_into().expect("2 bytes"),
+        ))
+    }
+    fn u32(&mut self) -> Result<u32, WireError> {
+        Ok(u32::from_le_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
+    }
+    fn u64(&mut self) -> Result<u64, WireError> {
+        Ok(u64::from_le_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
+    }
+    fn text(&mut self) -> Result<String, WireError> {
+        let length = self.u16()? as usize;
+        String::from_utf8(self.take(length)?.to_vec())
+            .map_err(|_| WireError::Malformed("text is not UTF-8"))
+    }
+    fn rest(&mut self) -> &'a [u8] {
+        std::mem::take(&mut self.0)
+    }
+}
+
+/// Reads one frame; `None` at a clean end of the connection.
+pub async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Option<Frame>, WireError> {
+    let mut length = [0u8; 4];
+    match reader.read_exact(&mut length).await {
+        Ok(_) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(error) => return Err(error.into()),
+    }
+    let length = u32::from_le_bytes(length);
+    if length > FRAME_BYTES_MAX {
+        return Err(WireError::TooLarge(length));
+    }
+    let mut body = vec![0u8; length as usize];
+    reader.read_exact(&mut body).await?;
+    Frame::decode(&body).map(Some)
+}
+
+/// Writes one frame.
+pub async fn write_frame<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    frame: &Frame,
+) -> Result<(), WireError> {
+    writer.write_all(&frame.encode()).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_frame_decodes_to_itself_and_damage_is_refused() {
+        let frames = [
+            Frame::Hello {
+                version: 1,
+                partition: 3,
+                from_lsn: 42,
+                name: "replica-b".into(),
+            },
+            Frame::Welcome {
+                version: 1,
+                partitions: 8,
+                first_lsn: 1,
+                next_lsn: 99,
+            },
+            Frame::Refused {
+                code: RefusalCode::Truncated,
+                message: "from 5; first is 900".into(),
+            },
+            Frame::Records {
+                first_lsn: 7,
+                count: 2,
+                leader_end: 9,
+                bytes: vec![1, 2, 3],
+            },
+            Frame::Ack { durable_end: 9 },
+        ];
+        for frame in frames {
+            let bytes = frame.encode();
+            let length = u32::from_le_bytes(bytes[..4].try_into().unwrap()) as usize;
+            assert_eq!(length, bytes.len() - 4);
+            assert_eq!(Frame::decode(&bytes[4..]).unwrap(), frame);
+            // Cut short: refused, never a panic (Records takes any tail).
+            if !matches!(frame, Frame::Records { .. }) {
+                assert!(
+                    Frame::decode(&bytes[4..bytes.len() - 1]).is_err(),
+                    "{frame:?}"
+                );
+            }
+        }
+        assert!(Frame::decode(&[9]).is_err());
+        let mut hello = Frame::Hello {
+            version: 1,
+            partition: 0,
+            from_lsn: 1,
+            name: String::new(),
+        }
+        .encode();
+        hello[5] = b'X';
+        assert!(matches!(
+            Frame::decode(&hello[4..]),
+            Err(WireError::Malformed(_))
+        ));
+    }
+}
