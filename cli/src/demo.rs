@@ -55,6 +55,19 @@ pub struct DemoArgs {
     pub serve: Option<std::net::SocketAddr>,
     #[command(flatten)]
     pub serve_options: crate::serve::ServeOptions,
+    /// Ship every partition's log to replicas (`skald replica DIR
+    /// --leader ADDR`) that connect at ADDR, and keep running until Ctrl-C.
+    #[arg(long, value_name = "ADDR")]
+    pub replicate: Option<std::net::SocketAddr>,
+    /// When a batch counts as done: local (durable here) or replicated:K
+    /// (durable here and on K replicas: no order moves on before then).
+    #[arg(
+        long,
+        value_name = "MODE",
+        default_value = "local",
+        requires = "replicate"
+    )]
+    pub replication: skald_replicator::Mode,
 }
 
 impl DemoArgs {
@@ -130,8 +143,26 @@ pub fn run(args: DemoArgs, out: &mut Out) -> Result<()> {
 
 async fn demo(args: DemoArgs, out: &mut Out) -> Result<()> {
     let registry = Arc::new(Mutex::new(Registry::default()));
-    let engine = open_engine(&args, &registry).await?;
-    let serving = start_servers(&args, &engine, &registry, out).await?;
+    let leader = args
+        .replicate
+        .map(|_| skald_replicator::Leader::new(args.replication));
+    let engine = open_engine(&args, &registry, leader.clone()).await?;
+    let mut serving = start_servers(&args, &engine, &registry, out).await?;
+    if let (Some(address), Some(leader)) = (args.replicate, leader) {
+        let listener = tokio::net::TcpListener::bind(address)
+            .await
+            .with_context(|| format!("--replicate {address}"))?;
+        let bound = listener.local_addr()?;
+        tokio::spawn(leader.serve(listener, engine.clone()));
+        out.line(&format!(
+            "replicas at {bound} (skald replica DIR --leader {bound}; mode {})",
+            match args.replication {
+                skald_replicator::Mode::Local => "local".to_string(),
+                skald_replicator::Mode::Replicated(k) => format!("replicated:{k}"),
+            }
+        ))?;
+        serving = true;
+    }
     let recovered = engine.recovered_sagas().to_vec();
     out.line(&format!(
         "engine in {} ({} partitions): {}",
@@ -164,7 +195,11 @@ async fn demo(args: DemoArgs, out: &mut Out) -> Result<()> {
 }
 
 /// The demo's engine, with metrics and traces as the flags ask.
-async fn open_engine(args: &DemoArgs, registry: &Arc<Mutex<Registry>>) -> Result<Engine> {
+async fn open_engine(
+    args: &DemoArgs,
+    registry: &Arc<Mutex<Registry>>,
+    leader: Option<Arc<skald_replicator::Leader>>,
+) -> Result<Engine> {
     // Stock for any run; a few payment timeouts, retried, for realism.
     let shop = Shop::new(
         &[("kettle", i64::MAX / 4), ("mug", i64::MAX / 4)],
@@ -179,6 +214,9 @@ async fn open_engine(args: &DemoArgs, registry: &Arc<Mutex<Registry>>) -> Result
     }
     if let Some(tracing) = args.tracing()? {
         builder = builder.tracing(tracing);
+    }
+    if let Some(leader) = leader {
+        builder = builder.replication(leader);
     }
     builder
         .register(order_saga(shop))?

@@ -14,6 +14,7 @@ mod demo;
 mod dump;
 mod inspect;
 mod metrics;
+mod replica;
 mod serve;
 mod stats;
 mod verify;
@@ -147,6 +148,27 @@ enum Command {
     /// Make API keys for `skald demo --serve --keys FILE`.
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Replicate a leader (`skald demo --replicate ADDR`) into DIR: every
+    /// partition's log, record for record, until Ctrl-C.
+    #[command(
+        after_help = "Examples:\n  skald replica replica-data --leader 127.0.0.1:7400\n  skald replica replica-data --leader 10.0.0.1:7400 --serve 127.0.0.1:8081"
+    )]
+    Replica {
+        /// The replica's engine directory (created if missing).
+        dir: PathBuf,
+        /// The leader's replication address.
+        #[arg(long, value_name = "ADDR")]
+        leader: String,
+        /// The name the leader counts this replica by (default: DIR's
+        /// absolute path); keep it across restarts.
+        #[arg(long)]
+        name: Option<String>,
+        /// Also serve the replica's API and dashboard, read-only.
+        #[arg(long, value_name = "ADDR")]
+        serve: Option<std::net::SocketAddr>,
+        #[command(flatten)]
+        options: serve::ServeOptions,
+    },
     /// Serve an engine directory's API and dashboard (no definitions:
     /// unfinished sagas wait as they are). A directory a running engine
     /// holds is followed read-only: what it records shows up live.
@@ -321,6 +343,22 @@ fn main() -> ExitCode {
             limit,
             json,
         } => serve::audit(&dir, after, limit, json, &mut out),
+        Command::Replica {
+            dir,
+            leader,
+            name,
+            serve,
+            options,
+        } => replica::run(
+            replica::ReplicaArgs {
+                dir: &dir,
+                leader,
+                name,
+                serve,
+                options: &options,
+            },
+            &mut out,
+        ),
         Command::Serve {
             dir,
             listen,

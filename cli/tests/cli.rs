@@ -561,6 +561,8 @@ struct Serving {
     lines: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
     /// `host:port`, from the first line naming an `http://` address.
     address: String,
+    /// The line that started with `until`, if one was asked for.
+    line: String,
 }
 
 impl Serving {
@@ -581,6 +583,7 @@ impl Serving {
             .unwrap();
         let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
         let mut address = None;
+        let mut matched = String::new();
         for line in lines.by_ref() {
             let line = line.unwrap();
             if address.is_none() {
@@ -590,16 +593,26 @@ impl Serving {
                     .map(|(address, _)| address.to_owned());
             }
             match until {
-                Some(until) if line.starts_with(until) => break,
+                Some(until) if line.starts_with(until) => {
+                    matched = line;
+                    break;
+                }
                 None if address.is_some() => break,
                 _ => {}
             }
         }
-        let address = address.expect("skald said where it serves");
+        let address = match until {
+            Some(until) => {
+                assert!(matched.starts_with(until), "skald never printed {until:?}");
+                address.unwrap_or_default()
+            }
+            None => address.expect("skald said where it serves"),
+        };
         Serving {
             child,
             lines,
             address,
+            line: matched,
         }
     }
 
@@ -949,4 +962,93 @@ fn serve_follows_a_directory_a_live_engine_holds_read_only() {
     // The follower left no trace: the directory verifies.
     let verify = skald(&["verify", "skald-data"], work.path());
     assert!(verify.status.success(), "{}", stderr(&verify));
+}
+
+#[test]
+fn a_replica_holds_what_the_leader_acknowledged_when_the_leader_is_killed() {
+    let work = tempfile::tempdir().unwrap();
+    // The leader runs 100 orders in replicated:1 (none moves on before the
+    // replica has it), then keeps starting orders until it is killed.
+    let args = [
+        "demo",
+        "--sagas",
+        "100",
+        "--concurrency",
+        "16",
+        "--serve",
+        "127.0.0.1:0",
+        "--replicate",
+        "127.0.0.1:0",
+        "--replication",
+        "replicated:1",
+    ];
+    let mut leader = Serving::start(args, work.path(), Some("replicas at "));
+    let replicate = leader.line["replicas at ".len()..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned();
+    let replica = Serving::start(
+        ["replica", "replica-data", "--leader", &replicate],
+        work.path(),
+        Some("replica "),
+    );
+    // Every order is acknowledged only once the replica has it.
+    let done = leader
+        .lines
+        .by_ref()
+        .map(|line| line.unwrap())
+        .find(|line| line.starts_with("orders done"));
+    assert!(done.is_some(), "the leader finished its orders");
+    leader.child.kill().unwrap();
+    leader.child.wait().unwrap();
+    let positions = replica.interrupt();
+    assert!(
+        positions
+            .iter()
+            .any(|l| l.starts_with("partition 0: durable to LSN")),
+        "{positions:?}"
+    );
+
+    let verify = skald(&["verify", "replica-data"], work.path());
+    assert!(verify.status.success(), "{}", stderr(&verify));
+    let stats = skald(&["stats", "replica-data", "--json"], work.path());
+    assert!(stats.status.success(), "{}", stderr(&stats));
+    let stats: serde_json::Value = serde_json::from_str(&stdout(&stats)).unwrap();
+    let finished = ["completed", "compensated"]
+        .iter()
+        .map(|s| stats["sagas"][s].as_u64().unwrap())
+        .sum::<u64>();
+    assert!(
+        finished >= 100,
+        "the replica holds {finished} finished orders: {stats}"
+    );
+
+    // Record for record: the replica's log is the leader's, up to what the
+    // replica holds (the leader may have written more before it died).
+    for partition in 0..stats["partitions"].as_array().unwrap().len() {
+        let path = |dir: &str| {
+            work.path()
+                .join(dir)
+                .join(format!("partition-{partition:03}"))
+        };
+        let read_only = skald_log::LogOptions::default().read_only(true);
+        let leader_log = skald_log::Log::open(path("skald-data"), read_only.clone()).unwrap();
+        let replica_log = skald_log::Log::open(path("replica-data"), read_only).unwrap();
+        let from = leader_log.first_lsn().max(replica_log.first_lsn());
+        let (mut a, mut b) = (
+            leader_log.read_from(from).unwrap(),
+            replica_log.read_from(from).unwrap(),
+        );
+        let mut compared = 0;
+        while let Some(record) = b.read_next().unwrap() {
+            let theirs = a
+                .read_next()
+                .unwrap()
+                .expect("the leader holds what the replica holds");
+            assert_eq!((record.lsn, record.bytes), (theirs.lsn, theirs.bytes));
+            compared += 1;
+        }
+        assert!(compared > 0, "partition {partition}: nothing to compare");
+    }
 }

@@ -1,0 +1,100 @@
+//! `skald replica DIR --leader ADDR`: a replica of a leader's partitions
+//! (`skald demo --replicate`), in an engine directory of its own, until
+//! Ctrl-C; with `--serve`, its API and dashboard, read-only.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use parking_lot::Mutex;
+use prometheus_client::registry::Registry;
+use skald_engine::Engine;
+use skald_replicator::{Replica, ReplicaOptions};
+
+use crate::Out;
+
+/// How often a served replica's follower looks for new records.
+const FOLLOW_EVERY: Duration = Duration::from_millis(200);
+
+pub struct ReplicaArgs<'a> {
+    pub dir: &'a Path,
+    pub leader: String,
+    pub name: Option<String>,
+    pub serve: Option<SocketAddr>,
+    pub options: &'a crate::serve::ServeOptions,
+}
+
+pub fn run(args: ReplicaArgs<'_>, out: &mut Out) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(replicate(args, out))
+}
+
+async fn replicate(args: ReplicaArgs<'_>, out: &mut Out) -> Result<()> {
+    std::fs::create_dir_all(args.dir)
+        .with_context(|| format!("creating {}", args.dir.display()))?;
+    // Stable across restarts: the leader counts replicas by name.
+    let name = match args.name {
+        Some(name) => name,
+        None => args.dir.canonicalize()?.display().to_string(),
+    };
+    let options = ReplicaOptions {
+        leader: args.leader.clone(),
+        dir: args.dir.to_path_buf(),
+        name: name.clone(),
+        segment_size_bytes: skald_log::LogOptions::default().segment_size_bytes,
+    };
+    let replica = Replica::start(options)
+        .await
+        .with_context(|| format!("replicating {}", args.leader))?;
+    out.line(&format!(
+        "replica {name:?} of {} in {} ({} partitions) until Ctrl-C",
+        args.leader,
+        args.dir.display(),
+        replica.status().len()
+    ))?;
+    let follower = match args.serve {
+        Some(address) => Some(serve(args.dir, address, args.options, out).await?),
+        None => None,
+    };
+    tokio::signal::ctrl_c().await?;
+    if let Some(follower) = follower {
+        follower.shutdown().await?;
+    }
+    let status = replica.status();
+    replica.stop().await?;
+    for partition in status {
+        let stopped = match &partition.stopped {
+            Some(reason) => format!("; stopped: {reason}"),
+            None => String::new(),
+        };
+        out.line(&format!(
+            "partition {}: durable to LSN {} (the leader was at {}){stopped}",
+            partition.partition,
+            partition.durable_end.saturating_sub(1),
+            partition.leader_end.saturating_sub(1),
+        ))?;
+    }
+    Ok(())
+}
+
+/// A follower engine over the replica's directory, served read-only.
+async fn serve(
+    dir: &Path,
+    address: SocketAddr,
+    options: &crate::serve::ServeOptions,
+    out: &mut Out,
+) -> Result<Engine> {
+    let registry = Arc::new(Mutex::new(Registry::default()));
+    let builder = Engine::builder(dir).metrics(&mut registry.lock());
+    let follower = builder.follow(FOLLOW_EVERY).open().await?;
+    let bound = crate::serve::start(address, options, &follower, &registry).await?;
+    out.line(&format!(
+        "serving the replica at http://{bound}/dashboard (read-only)"
+    ))?;
+    Ok(follower)
+}
