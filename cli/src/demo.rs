@@ -153,7 +153,12 @@ async fn demo(args: DemoArgs, out: &mut Out) -> Result<()> {
             .await
             .with_context(|| format!("--replicate {address}"))?;
         let bound = listener.local_addr()?;
-        tokio::spawn(leader.serve(listener, engine.clone()));
+        let serving_engine = engine.clone();
+        tokio::spawn(async move {
+            if let Err(error) = leader.serve(listener, serving_engine).await {
+                eprintln!("replication stopped: {error}");
+            }
+        });
         out.line(&format!(
             "replicas at {bound} (skald replica DIR --leader {bound}; mode {})",
             match args.replication {

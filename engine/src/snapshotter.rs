@@ -145,15 +145,20 @@ pub(crate) async fn run(
             return;
         }
         let (log, store) = (log.clone(), store.clone());
-        // Never past what a replica still needs.
-        let needed = replication.as_ref().and_then(|r| r.needed_from(partition));
+        let replication = replication.clone();
         // Encoding the changed sagas and writing: off the runtime's threads.
         let began = std::time::Instant::now();
         let written = off_thread(inline, move || {
             for delta in batch {
                 absorb(&mut shadow, delta);
             }
-            let result = write(partition, (&log, needed), &store, (lsn, next_seq), &shadow);
+            let result = write(
+                partition,
+                (&log, replication),
+                &store,
+                (lsn, next_seq),
+                &shadow,
+            );
             (shadow, result)
         });
         let result;
@@ -241,7 +246,7 @@ async fn remove_damaged(
 /// payload's size.
 fn write(
     partition: u16,
-    (log, needed): (&Log, Option<u64>),
+    (log, replication): (&Log, Option<Arc<dyn crate::replication::Replication>>),
     store: &SnapshotStore,
     (lsn, next_seq): (u64, u64),
     shadow: &Shadow,
@@ -249,6 +254,9 @@ fn write(
     let payload = encode_partition_bodies(partition, lsn, next_seq, shadow);
     let kept = store.write(lsn, &payload)?;
     let oldest = kept.last().copied().unwrap_or(lsn);
+    // Never past what a replica still needs (asked after the write: a
+    // replica that connected meanwhile counts).
+    let needed = replication.and_then(|r| r.needed_from(partition));
     log.truncate_prefix(needed.map_or(oldest, |needed| needed.min(oldest)))?;
     Ok((kept.len(), payload.len()))
 }

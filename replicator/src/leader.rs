@@ -1,26 +1,42 @@
 //! The leader's side: a listener for replicas, one connection per replica
 //! and partition, each shipping the partition's log from where the replica
-//! asks; and the engine's [`Replication`] hook, which holds every batch
-//! until the replicas the mode asks for have it durable.
+//! asks (once its last record is found to be the leader's own); and the
+//! engine's [`Replication`] hook, which holds every batch until the
+//! replicas the mode asks for have it durable.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use skald_engine::replication::Replication;
 use skald_engine::Engine;
 use skald_log::format::RECORD_FLAG_BATCH_CONTINUES;
+use skald_log::{Durability, Log};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use crate::wire::{read_frame, write_frame, Frame, RefusalCode, WireError, PROTOCOL_VERSION};
+use crate::wire::{
+    read_frame, write_frame, Frame, RefusalCode, WireError, PROTOCOL_VERSION,
+    REPLICA_FRAME_BYTES_MAX,
+};
 use crate::Mode;
 
 /// Bytes of whole batches a `Records` frame carries at most (a single
 /// batch larger than this goes alone).
 pub const SHIPMENT_BYTES_MAX: usize = 1 << 20;
+/// An idle connection gets an empty `Records` frame this often, which the
+/// replica acknowledges: both sides notice a dead peer.
+pub const HEARTBEAT: Duration = Duration::from_secs(5);
+/// A connection silent for this long is dropped (three heartbeats).
+pub const SILENCE_MAX: Duration = Duration::from_secs(15);
+/// A replica that disconnected still holds back the leader's snapshots'
+/// truncation for this long, so a short outage does not leave it behind
+/// the retained log.
+pub const REPLICA_GRACE: Duration = Duration::from_secs(300);
 
 /// A replica of one partition, as its leader sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,9 +51,18 @@ pub struct ReplicaView {
     pub connected: bool,
 }
 
+/// What the leader keeps of one replica of one partition.
+struct Tracked {
+    acked: u64,
+    /// The connection that counts (a newer one replaces an older one).
+    connection: u64,
+    connected: bool,
+    disconnected_at: Option<Instant>,
+}
+
 /// The replicas of one partition.
 struct PartitionReplicas {
-    replicas: HashMap<String, ReplicaView>,
+    replicas: HashMap<String, Tracked>,
     /// Records below this are held as the mode asks.
     replicated: watch::Sender<u64>,
 }
@@ -57,6 +82,16 @@ impl PartitionReplicas {
 pub struct Leader {
     mode: Mode,
     partitions: Mutex<HashMap<u16, PartitionReplicas>>,
+    connections: AtomicU64,
+}
+
+/// Aborts a task when dropped (the ack reader of a connection that ended).
+struct AbortOnDrop(tokio::task::JoinHandle<Result<(), WireError>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl Leader {
@@ -65,6 +100,7 @@ impl Leader {
         Arc::new(Leader {
             mode,
             partitions: Mutex::new(HashMap::new()),
+            connections: AtomicU64::new(0),
         })
     }
 
@@ -74,13 +110,27 @@ impl Leader {
     }
 
     /// Takes replicas' connections on `listener` and ships `engine`'s
-    /// partitions to them, until the task is dropped.
-    pub async fn serve(self: Arc<Leader>, listener: TcpListener, engine: Engine) {
+    /// partitions to them, until the task is dropped. Refuses an engine
+    /// whose logs acknowledge before their flush (`Periodic`, `OsOnly`):
+    /// a replica must never hold a record its leader could lose.
+    pub async fn serve(
+        self: Arc<Leader>,
+        listener: TcpListener,
+        engine: Engine,
+    ) -> std::io::Result<()> {
+        let durability = engine.partition_log(0).map(|log| log.durability());
+        if durability.is_some_and(|d| d != Durability::EveryBatch) {
+            return Err(std::io::Error::other(
+                "replication ships durable records only: open the engine with Durability::EveryBatch",
+            ));
+        }
         loop {
             let (stream, peer) = match listener.accept().await {
                 Ok(accepted) => accepted,
                 Err(error) => {
+                    // Out of descriptors, say: not a busy loop meanwhile.
                     tracing::warn!(%error, "accepting a replica failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
             };
@@ -97,8 +147,15 @@ impl Leader {
     pub fn replicas(&self) -> Vec<ReplicaView> {
         let partitions = self.partitions.lock();
         let mut all: Vec<ReplicaView> = partitions
-            .values()
-            .flat_map(|p| p.replicas.values().cloned())
+            .iter()
+            .flat_map(|(partition, p)| {
+                p.replicas.iter().map(|(name, t)| ReplicaView {
+                    name: name.clone(),
+                    partition: *partition,
+                    acked: t.acked,
+                    connected: t.connected,
+                })
+            })
             .collect();
         all.sort_by(|a, b| (a.partition, &a.name).cmp(&(b.partition, &b.name)));
         all
@@ -109,80 +166,65 @@ impl Leader {
     async fn ship(self: Arc<Leader>, stream: TcpStream, engine: Engine) -> Result<(), WireError> {
         stream.set_nodelay(true)?;
         let (mut reader, mut writer) = stream.into_split();
+        let hello = tokio::time::timeout(
+            SILENCE_MAX,
+            read_frame(&mut reader, REPLICA_FRAME_BYTES_MAX),
+        )
+        .await
+        .map_err(|_| WireError::Malformed("no hello"))??;
         let Some(Frame::Hello {
             version,
             partition,
             from_lsn,
+            last_crc,
             name,
-        }) = read_frame(&mut reader).await?
+        }) = hello
         else {
             return Err(WireError::Malformed("the first frame is not a hello"));
         };
-        let refuse = |code, message: String| Frame::Refused { code, message };
-        let refusal = if version != PROTOCOL_VERSION {
-            Some(refuse(
-                RefusalCode::Version,
-                format!("this leader speaks version {PROTOCOL_VERSION}, not {version}"),
-            ))
-        } else if usize::from(partition) >= engine.partitions() {
-            Some(refuse(
-                RefusalCode::Partition,
-                format!(
-                    "no partition {partition} (there are {})",
-                    engine.partitions()
-                ),
-            ))
-        } else {
-            None
-        };
-        if let Some(refusal) = refusal {
-            return write_frame(&mut writer, &refusal).await;
-        }
-        let Some(log) = engine.partition_log(usize::from(partition)) else {
-            let refusal = refuse(
-                RefusalCode::ShuttingDown,
-                "the leader is shutting down".into(),
-            );
-            return write_frame(&mut writer, &refusal).await;
-        };
-        let (first, visible) = (log.first_lsn(), log.visible_lsn());
-        if from_lsn < first || from_lsn > visible {
-            let (code, what) = match from_lsn < first {
-                true => (RefusalCode::Truncated, "covered by a snapshot and removed"),
-                false => (RefusalCode::Ahead, "past this leader's end"),
-            };
-            let message = format!("partition {partition} from LSN {from_lsn}: {what} (this log holds {first}..{visible})");
-            return write_frame(&mut writer, &refuse(code, message)).await;
-        }
-        let partitions = engine.partitions() as u16;
-        let welcome = Frame::Welcome {
-            version,
-            partitions,
-            first_lsn: first,
-            next_lsn: visible,
+        let (tailer, welcome) = match welcome(&engine, version, partition, from_lsn, last_crc) {
+            Ok(accepted) => accepted,
+            Err(refusal) => return write_frame(&mut writer, &refusal).await,
         };
         write_frame(&mut writer, &welcome).await?;
-        let mut tailer = log.tail_from(from_lsn).map_err(std::io::Error::other)?;
-        drop(log);
-        self.connected(partition, &name, from_lsn, true);
-        let acks = {
-            let (leader, name) = (self.clone(), name.clone());
-            tokio::spawn(async move { leader.read_acks(&mut reader, partition, &name).await })
+        let Some(mut tailer) = tailer else {
+            // Only the partition count was asked for.
+            return Ok(());
         };
-        let shipped = ship_records(&mut tailer, &mut writer, acks).await;
-        self.connected(partition, &name, 0, false);
-        shipped
+        let connection = self.connections.fetch_add(1, Ordering::Relaxed);
+        self.connected(partition, &name, from_lsn, connection);
+        let shipped = Arc::new(AtomicU64::new(from_lsn));
+        let acks = {
+            let (leader, name, shipped) = (self.clone(), name.clone(), shipped.clone());
+            AbortOnDrop(tokio::spawn(async move {
+                leader
+                    .read_acks(&mut reader, (partition, &name, connection), &shipped)
+                    .await
+            }))
+        };
+        let result = ship_records(&mut tailer, &mut writer, acks, &shipped).await;
+        self.disconnected(partition, &name, connection);
+        result
     }
 
     async fn read_acks(
         &self,
         reader: &mut tokio::net::tcp::OwnedReadHalf,
-        partition: u16,
-        name: &str,
+        (partition, name, connection): (u16, &str, u64),
+        shipped: &AtomicU64,
     ) -> Result<(), WireError> {
         loop {
-            match read_frame(reader).await? {
-                Some(Frame::Ack { durable_end }) => self.acked(partition, name, durable_end),
+            let frame =
+                tokio::time::timeout(SILENCE_MAX, read_frame(reader, REPLICA_FRAME_BYTES_MAX))
+                    .await
+                    .map_err(|_| WireError::Malformed("the replica went silent"))??;
+            match frame {
+                Some(Frame::Ack { durable_end }) => {
+                    if durable_end > shipped.load(Ordering::Acquire) {
+                        return Err(WireError::Malformed("an ack past what was shipped"));
+                    }
+                    self.acked(partition, name, connection, durable_end);
+                }
                 Some(_) => {
                     return Err(WireError::Malformed(
                         "a replica sent something else than an ack",
@@ -193,45 +235,59 @@ impl Leader {
         }
     }
 
-    fn connected(&self, partition: u16, name: &str, from_lsn: u64, connected: bool) {
+    fn connected(&self, partition: u16, name: &str, from_lsn: u64, connection: u64) {
         let mut partitions = self.partitions.lock();
         let replicas = partitions
             .entry(partition)
             .or_insert_with(PartitionReplicas::new);
-        let view = replicas
-            .replicas
-            .entry(name.to_owned())
-            .or_insert_with(|| ReplicaView {
-                name: name.to_owned(),
-                partition,
-                acked: 0,
-                connected,
-            });
-        view.connected = connected;
-        if connected {
-            // What it asks from, it holds.
-            view.acked = view.acked.max(from_lsn);
-        }
+        // What it asks from (its last record checked against ours), it
+        // holds; a wiped replica starts over lower.
+        replicas.replicas.insert(
+            name.to_owned(),
+            Tracked {
+                acked: from_lsn,
+                connection,
+                connected: true,
+                disconnected_at: None,
+            },
+        );
         Self::update(replicas, self.mode);
     }
 
-    fn acked(&self, partition: u16, name: &str, durable_end: u64) {
+    fn disconnected(&self, partition: u16, name: &str, connection: u64) {
+        let mut partitions = self.partitions.lock();
+        let Some(replicas) = partitions.get_mut(&partition) else {
+            return;
+        };
+        if let Some(tracked) = replicas.replicas.get_mut(name) {
+            // A newer connection of the same replica already took over.
+            if tracked.connection == connection {
+                tracked.connected = false;
+                tracked.disconnected_at = Some(Instant::now());
+            }
+        }
+    }
+
+    fn acked(&self, partition: u16, name: &str, connection: u64, durable_end: u64) {
         let mut partitions = self.partitions.lock();
         let replicas = partitions
             .entry(partition)
             .or_insert_with(PartitionReplicas::new);
-        if let Some(view) = replicas.replicas.get_mut(name) {
-            view.acked = view.acked.max(durable_end);
+        if let Some(tracked) = replicas.replicas.get_mut(name) {
+            if tracked.connection == connection {
+                tracked.acked = tracked.acked.max(durable_end);
+            }
         }
         Self::update(replicas, self.mode);
     }
 
-    /// Recomputes what is replicated: the `k`-th highest acknowledgement.
+    /// Recomputes what is replicated: the `k`-th highest acknowledgement
+    /// (it never moves back: what a replica acknowledged stays durable).
     fn update(replicas: &mut PartitionReplicas, mode: Mode) {
         let Mode::Replicated(k) = mode else {
             return;
         };
-        let mut acked: Vec<u64> = replicas.replicas.values().map(|v| v.acked).collect();
+        let mut acked: Vec<u64> = replicas.replicas.values().map(|t| t.acked).collect();
         acked.sort_unstable_by(|a, b| b.cmp(a));
         let replicated = acked.get(k.saturating_sub(1)).copied().unwrap_or(0);
         replicas.replicated.send_if_modified(|current| {
@@ -242,48 +298,181 @@ impl Leader {
     }
 }
 
+/// The answer to a hello: a tailer from where the replica asks (none for a
+/// probe, `from_lsn` 0) and the `Welcome`, or the `Refused` frame.
+fn welcome(
+    engine: &Engine,
+    version: u16,
+    partition: u16,
+    from_lsn: u64,
+    last_crc: u32,
+) -> Result<(Option<skald_log::Tailer>, Frame), Frame> {
+    let refuse = |code, message: String| Frame::Refused { code, message };
+    if version != PROTOCOL_VERSION {
+        let message = format!("this leader speaks version {PROTOCOL_VERSION}, not {version}");
+        return Err(refuse(RefusalCode::Version, message));
+    }
+    if usize::from(partition) >= engine.partitions() {
+        let message = format!(
+            "no partition {partition} (there are {})",
+            engine.partitions()
+        );
+        return Err(refuse(RefusalCode::Partition, message));
+    }
+    let Some(log) = engine.partition_log(usize::from(partition)) else {
+        return Err(refuse(
+            RefusalCode::ShuttingDown,
+            "the leader is shutting down".into(),
+        ));
+    };
+    let (first, visible) = (log.first_lsn(), log.visible_lsn());
+    let welcome = Frame::Welcome {
+        version,
+        partitions: engine.partitions() as u16,
+        first_lsn: first,
+        next_lsn: visible,
+    };
+    if from_lsn == 0 {
+        return Ok((None, welcome));
+    }
+    if from_lsn < first || from_lsn > visible {
+        let (code, what) = match from_lsn < first {
+            true => (RefusalCode::Truncated, "covered by a snapshot and removed"),
+            false => (RefusalCode::Ahead, "past this leader's end"),
+        };
+        let message = format!(
+            "partition {partition} from LSN {from_lsn}: {what} (this log holds {first}..{visible})"
+        );
+        return Err(refuse(code, message));
+    }
+    if let Some(problem) = differs(&log, from_lsn, last_crc) {
+        let message = format!("partition {partition} at LSN {}: {problem}", from_lsn - 1);
+        return Err(refuse(RefusalCode::Diverged, message));
+    }
+    let tailer = log
+        .tail_from(from_lsn)
+        .map_err(|error| refuse(RefusalCode::ShuttingDown, error.to_string()))?;
+    // The log itself is not held: the engine closes it at its shutdown,
+    // which ends the tailer.
+    drop(log);
+    Ok((Some(tailer), welcome))
+}
+
+/// Why the replica's last record (at `from_lsn - 1`, with checksum
+/// `last_crc`) is not this log's, if it is not.
+fn differs(log: &Log, from_lsn: u64, last_crc: u32) -> Option<String> {
+    if from_lsn <= log.first_lsn() {
+        // Nothing before it here to compare with (an empty replica, or
+        // one whose last record this log has removed).
+        return None;
+    }
+    let mut reader = match log.read_from(from_lsn - 1) {
+        Ok(reader) => reader,
+        Err(error) => return Some(error.to_string()),
+    };
+    let record = match reader.read_next() {
+        Ok(Some(record)) => record,
+        Ok(None) => return Some("no such record here".into()),
+        Err(error) => return Some(error.to_string()),
+    };
+    let crc = u32::from_le_bytes(record.bytes[..4].try_into().expect("a header"));
+    let flags = u16::from_le_bytes([record.bytes[20], record.bytes[21]]);
+    if crc != last_crc {
+        return Some(format!(
+            "the replica's record has checksum {last_crc:08x}, this leader's {crc:08x}"
+        ));
+    }
+    if flags & RECORD_FLAG_BATCH_CONTINUES != 0 {
+        return Some("the replica's last record is inside a batch here".into());
+    }
+    None
+}
+
 /// Ships whole batches from `tailer` until the log closes or the replica's
-/// side (`acks`) ends.
+/// side (`acks`) ends; an idle connection gets a heartbeat.
 async fn ship_records(
     tailer: &mut skald_log::Tailer,
     writer: &mut tokio::net::tcp::OwnedWriteHalf,
-    mut acks: tokio::task::JoinHandle<Result<(), WireError>>,
+    mut acks: AbortOnDrop,
+    shipped: &AtomicU64,
 ) -> Result<(), WireError> {
-    let mut bytes = Vec::new();
-    let mut first_lsn = tailer.next_lsn();
-    let mut count = 0u32;
+    // Whole batches waiting to go, and the batch being read.
+    let (mut pending, mut batch) = (Vec::new(), Vec::new());
+    let (mut pending_count, mut batch_count) = (0u32, 0u32);
+    let mut next_lsn = tailer.next_lsn();
     loop {
-        let ends_batch = tokio::select! {
+        let ended = tokio::select! {
             record = tailer.next() => {
                 let record = match record {
                     Ok(record) => record,
                     Err(skald_log::LogError::Closed) => return Ok(()),
                     Err(error) => return Err(std::io::Error::other(error).into()),
                 };
-                bytes.extend_from_slice(record.bytes);
-                count += 1;
+                batch.extend_from_slice(record.bytes);
+                batch_count += 1;
                 let flags = u16::from_le_bytes([record.bytes[20], record.bytes[21]]);
                 flags & RECORD_FLAG_BATCH_CONTINUES == 0
             }
-            ended = &mut acks => {
+            () = tokio::time::sleep(HEARTBEAT), if batch.is_empty() => {
+                let beat = Frame::Records { first_lsn: next_lsn, count: 0, leader_end: tailer.visible_lsn(), bytes: Vec::new() };
+                write_frame(writer, &beat).await?;
+                continue;
+            }
+            ended = &mut acks.0 => {
                 return match ended {
                     Ok(result) => result,
                     Err(_) => Err(WireError::Malformed("the ack reader stopped")),
                 };
             }
         };
-        if ends_batch && (bytes.len() >= SHIPMENT_BYTES_MAX || !tailer.has_next()) {
-            let frame = Frame::Records {
-                first_lsn,
-                count,
-                leader_end: tailer.visible_lsn(),
-                bytes: std::mem::take(&mut bytes),
-            };
-            write_frame(writer, &frame).await?;
-            first_lsn += u64::from(count);
-            count = 0;
+        if !ended {
+            continue;
+        }
+        // A batch that would take the shipment over its size goes next.
+        if !pending.is_empty() && pending.len() + batch.len() > SHIPMENT_BYTES_MAX {
+            next_lsn = send(
+                writer,
+                tailer,
+                (&mut pending, &mut pending_count),
+                next_lsn,
+                shipped,
+            )
+            .await?;
+        }
+        pending.append(&mut batch);
+        pending_count += std::mem::take(&mut batch_count);
+        if pending.len() >= SHIPMENT_BYTES_MAX || !tailer.has_next() {
+            next_lsn = send(
+                writer,
+                tailer,
+                (&mut pending, &mut pending_count),
+                next_lsn,
+                shipped,
+            )
+            .await?;
         }
     }
+}
+
+/// Sends the pending batches; returns the LSN after them.
+async fn send(
+    writer: &mut tokio::net::tcp::OwnedWriteHalf,
+    tailer: &skald_log::Tailer,
+    (pending, count): (&mut Vec<u8>, &mut u32),
+    first_lsn: u64,
+    shipped: &AtomicU64,
+) -> Result<u64, WireError> {
+    let end = first_lsn + u64::from(*count);
+    // Acks up to here are believable from now on.
+    shipped.store(end, Ordering::Release);
+    let frame = Frame::Records {
+        first_lsn,
+        count: std::mem::take(count),
+        leader_end: tailer.visible_lsn(),
+        bytes: std::mem::take(pending),
+    };
+    write_frame(writer, &frame).await?;
+    Ok(end)
 }
 
 impl Replication for Leader {
@@ -311,8 +500,12 @@ impl Replication for Leader {
         replicas
             .replicas
             .values()
-            .filter(|v| v.connected)
-            .map(|v| v.acked)
+            .filter(|t| {
+                t.connected
+                    || t.disconnected_at
+                        .is_some_and(|at| at.elapsed() < REPLICA_GRACE)
+            })
+            .map(|t| t.acked)
             .min()
     }
 }

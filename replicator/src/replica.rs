@@ -16,7 +16,10 @@ use skald_log::{Log, LogOptions};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
-use crate::wire::{read_frame, write_frame, Frame, RefusalCode, WireError, PROTOCOL_VERSION};
+use crate::leader::SILENCE_MAX;
+use crate::wire::{
+    read_frame, write_frame, Frame, RefusalCode, WireError, FRAME_BYTES_MAX, PROTOCOL_VERSION,
+};
 
 /// Waits between reconnections at first, doubling up to
 /// [`RECONNECT_MAX`].
@@ -89,7 +92,11 @@ impl Replica {
     /// Asks the leader how many partitions it has, prepares the directory
     /// with as many, and starts following every partition.
     pub async fn start(options: ReplicaOptions) -> Result<Replica, ReplicaError> {
-        let partitions = ask_partitions(&options).await?;
+        // A directory made before says how many; a new one asks the leader.
+        let partitions = match skald_engine::inspect::partition_count(&options.dir) {
+            Ok(count) => count as u16,
+            Err(_) => ask_partitions(&options).await?,
+        };
         create_engine_dir(&options.dir, usize::from(partitions))?;
         let status = Arc::new(Mutex::new(
             (0..partitions)
@@ -130,10 +137,19 @@ impl Replica {
         for task in self.tasks {
             let _ = task.await;
         }
-        for log in self.logs {
-            if let Ok(log) = Arc::try_unwrap(log) {
-                log.close()?;
-            }
+        for mut log in self.logs {
+            // An append under way (on a blocking thread, which an abort
+            // does not stop) holds the log until it finishes.
+            let log = loop {
+                match Arc::try_unwrap(log) {
+                    Ok(log) => break log,
+                    Err(shared) => {
+                        log = shared;
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                }
+            };
+            log.close()?;
         }
         Ok(())
     }
@@ -149,17 +165,20 @@ async fn ask_partitions(options: &ReplicaOptions) -> Result<u16, ReplicaError> {
     let mut stream = TcpStream::connect(&options.leader)
         .await
         .map_err(|e| failed(e.into()))?;
+    // From LSN 0: only the partition count, nothing shipped or counted.
     let hello = Frame::Hello {
         version: PROTOCOL_VERSION,
         partition: 0,
-        from_lsn: 1,
-        name: format!("{}-probe", options.name),
+        from_lsn: 0,
+        last_crc: 0,
+        name: options.name.clone(),
     };
     write_frame(&mut stream, &hello).await.map_err(failed)?;
-    match read_frame(&mut stream).await.map_err(failed)? {
+    match read_frame(&mut stream, FRAME_BYTES_MAX)
+        .await
+        .map_err(failed)?
+    {
         Some(Frame::Welcome { partitions, .. }) => Ok(partitions),
-        // Truncated or ahead: a partition count is in the message only, so
-        // such a leader is asked again by the partitions' own hellos.
         Some(Frame::Refused { message, .. }) => Err(ReplicaError::Refused {
             leader: leader(),
             message,
@@ -221,12 +240,13 @@ async fn follow_once(
         version: PROTOCOL_VERSION,
         partition,
         from_lsn,
+        last_crc: last_crc(log, from_lsn),
         name: options.name.clone(),
     };
     if let Err(error) = write_frame(&mut stream, &hello).await {
         return Ok(Retry::After(error));
     }
-    match read_frame(&mut stream).await {
+    match next_frame(&mut stream).await {
         Ok(Some(Frame::Welcome { .. })) => {}
         Ok(Some(Frame::Refused {
             code: RefusalCode::ShuttingDown,
@@ -239,41 +259,31 @@ async fn follow_once(
     status.lock()[usize::from(partition)].connected = true;
     let mut progressed = false;
     loop {
-        let frame = match read_frame(&mut stream).await {
+        let frame = match next_frame(&mut stream).await {
             Ok(Some(frame)) => frame,
             Ok(None) => {
+                let closed = WireError::Malformed("the leader closed the connection");
                 return Ok(if progressed {
                     Retry::Progressed
                 } else {
-                    Retry::After(WireError::Malformed("closed"))
-                })
+                    Retry::After(closed)
+                });
             }
             Err(error) => return Ok(Retry::After(error)),
         };
         let Frame::Records {
             first_lsn,
+            count,
             leader_end,
             bytes,
-            ..
         } = frame
         else {
             return Ok(Retry::After(WireError::Malformed("expected records")));
         };
-        if first_lsn != log.next_lsn() {
-            let message = format!(
-                "the leader shipped LSN {first_lsn}, this replica is at {}",
-                log.next_lsn()
-            );
-            return Err(Stop(message));
-        }
-        let appending = log.clone();
-        let appended = tokio::task::spawn_blocking(move || appending.append_copied(&bytes)).await;
-        let durable_end = match appended {
-            Ok(Ok(end)) => end,
-            Ok(Err(error)) => {
-                return Err(Stop(format!("appending what the leader shipped: {error}")))
-            }
-            Err(error) => return Err(Stop(format!("the append task failed: {error}"))),
+        let durable_end = match count {
+            // A heartbeat: answered with where this replica stands.
+            0 => log.durable_lsn(),
+            _ => append(log, first_lsn, bytes).await?,
         };
         {
             let mut status = status.lock();
@@ -281,9 +291,50 @@ async fn follow_once(
             entry.durable_end = durable_end;
             entry.leader_end = leader_end;
         }
-        progressed = true;
+        progressed |= count > 0;
         if let Err(error) = write_frame(&mut stream, &Frame::Ack { durable_end }).await {
             return Ok(Retry::After(error));
         }
+    }
+}
+
+/// The next frame from the leader, which sends at least a heartbeat every
+/// few seconds: a leader silent for longer is taken for gone.
+async fn next_frame(stream: &mut TcpStream) -> Result<Option<Frame>, WireError> {
+    match tokio::time::timeout(SILENCE_MAX, read_frame(stream, FRAME_BYTES_MAX)).await {
+        Ok(result) => result,
+        Err(_) => Err(WireError::Malformed("the leader went silent")),
+    }
+}
+
+/// Appends shipped records (which must start at this log's end); returns
+/// the durable end.
+async fn append(log: &Arc<Log>, first_lsn: u64, bytes: Vec<u8>) -> Result<u64, Stop> {
+    if first_lsn != log.next_lsn() {
+        let message = format!(
+            "the leader shipped LSN {first_lsn}, this replica is at {}",
+            log.next_lsn()
+        );
+        return Err(Stop(message));
+    }
+    let appending = log.clone();
+    match tokio::task::spawn_blocking(move || appending.append_copied(&bytes)).await {
+        Ok(Ok(end)) => Ok(end),
+        Ok(Err(error)) => Err(Stop(format!("appending what the leader shipped: {error}"))),
+        Err(error) => Err(Stop(format!("the append task failed: {error}"))),
+    }
+}
+
+/// The checksum of this log's record at `from_lsn - 1` (0 if none).
+fn last_crc(log: &Log, from_lsn: u64) -> u32 {
+    if from_lsn <= log.first_lsn() {
+        return 0;
+    }
+    let Ok(mut reader) = log.read_from(from_lsn - 1) else {
+        return 0;
+    };
+    match reader.read_next() {
+        Ok(Some(record)) => u32::from_le_bytes(record.bytes[..4].try_into().expect("a header")),
+        _ => 0,
     }
 }

@@ -14,9 +14,13 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 pub const PROTOCOL_VERSION: u16 = 1;
 /// The first bytes of every `Hello`.
 pub const MAGIC: [u8; 8] = *b"SKALDREP";
-/// A frame larger than this is refused (a batch fits a segment, 1 GiB at
-/// most; shipments are cut well below).
-pub const FRAME_BYTES_MAX: u32 = 64 << 20;
+/// A frame from a leader larger than this is refused: a shipment is at
+/// most 1 MiB of whole batches, or one larger batch, and a batch fits half
+/// a segment (segments are at most 4 GiB).
+pub const FRAME_BYTES_MAX: u32 = (2 << 30) + (64 << 10);
+/// A frame from a replica (a hello, an ack) larger than this is refused:
+/// nothing is allocated for a peer not yet known.
+pub const REPLICA_FRAME_BYTES_MAX: u32 = 64 << 10;
 
 /// Why a leader refused a replica (`Refused`'s code).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,6 +37,9 @@ pub enum RefusalCode {
     Ahead = 4,
     /// The leader is shutting down.
     ShuttingDown = 5,
+    /// The replica's last record is not the leader's record at that LSN:
+    /// their histories differ.
+    Diverged = 6,
 }
 
 impl RefusalCode {
@@ -43,6 +50,7 @@ impl RefusalCode {
             3 => RefusalCode::Truncated,
             4 => RefusalCode::Ahead,
             5 => RefusalCode::ShuttingDown,
+            6 => RefusalCode::Diverged,
             _ => return None,
         })
     }
@@ -57,8 +65,12 @@ pub enum Frame {
         version: u16,
         /// The partition it follows.
         partition: u16,
-        /// The LSN it wants first: its durable end.
+        /// The LSN it wants first: its durable end (0: only asking for the
+        /// partition count, in the `Welcome`).
         from_lsn: u64,
+        /// The checksum of its record at `from_lsn - 1` (0 for an empty
+        /// log): the leader's record there must have the same.
+        last_crc: u32,
         /// Its name (stable across its restarts).
         name: String,
     },
@@ -105,8 +117,8 @@ pub enum WireError {
     /// The connection failed.
     #[error("connection: {0}")]
     Io(#[from] std::io::Error),
-    /// A frame's length is over [`FRAME_BYTES_MAX`].
-    #[error("a frame of {0} bytes, over the limit of {FRAME_BYTES_MAX}")]
+    /// A frame's length is over the limit for its sender.
+    #[error("a frame of {0} bytes, over the limit")]
     TooLarge(u32),
     /// A frame that does not decode.
     #[error("malformed frame: {0}")]
@@ -128,6 +140,7 @@ impl Frame {
                 version,
                 partition,
                 from_lsn,
+                last_crc,
                 name,
             } => {
                 body.push(HELLO);
@@ -135,6 +148,7 @@ impl Frame {
                 body.extend_from_slice(&version.to_le_bytes());
                 body.extend_from_slice(&partition.to_le_bytes());
                 body.extend_from_slice(&from_lsn.to_le_bytes());
+                body.extend_from_slice(&last_crc.to_le_bytes());
                 put_text(&mut body, name);
             }
             Frame::Welcome {
@@ -188,6 +202,7 @@ impl Frame {
                     version: input.u16()?,
                     partition: input.u16()?,
                     from_lsn: input.u64()?,
+                    last_crc: input.u32()?,
                     name: input.text()?,
                 }
             }
@@ -221,7 +236,12 @@ impl Frame {
 }
 
 fn put_text(body: &mut Vec<u8>, text: &str) {
-    let bytes = &text.as_bytes()[..text.len().min(u16::MAX as usize)];
+    // Cut at a character boundary within what a u16 length holds.
+    let mut end = text.len().min(u16::MAX as usize);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let bytes = &text.as_bytes()[..end];
     body.extend_from_slice(&(bytes.len() as u16).to_le_bytes());
     body.extend_from_slice(bytes);
 }
@@ -265,16 +285,23 @@ impl<'a> Input<'a> {
     }
 }
 
-/// Reads one frame; `None` at a clean end of the connection.
-pub async fn read_frame<R: AsyncRead + Unpin>(reader: &mut R) -> Result<Option<Frame>, WireError> {
+/// Reads one frame of at most `max` bytes; `None` at a clean end of the
+/// connection (between frames).
+pub async fn read_frame<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    max: u32,
+) -> Result<Option<Frame>, WireError> {
     let mut length = [0u8; 4];
-    match reader.read_exact(&mut length).await {
-        Ok(_) => {}
-        Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(error) => return Err(error.into()),
+    let mut filled = 0;
+    while filled < length.len() {
+        match reader.read(&mut length[filled..]).await? {
+            0 if filled == 0 => return Ok(None),
+            0 => return Err(WireError::Malformed("the connection ended inside a frame")),
+            read => filled += read,
+        }
     }
     let length = u32::from_le_bytes(length);
-    if length > FRAME_BYTES_MAX {
+    if length > max {
         return Err(WireError::TooLarge(length));
     }
     let mut body = vec![0u8; length as usize];
@@ -302,7 +329,8 @@ mod tests {
                 version: 1,
                 partition: 3,
                 from_lsn: 42,
-                name: "replica-b".into(),
+                last_crc: 0xDEAD_BEEF,
+                name: "réplica-b".into(),
             },
             Frame::Welcome {
                 version: 1,
@@ -340,6 +368,7 @@ mod tests {
             version: 1,
             partition: 0,
             from_lsn: 1,
+            last_crc: 0,
             name: String::new(),
         }
         .encode();
@@ -348,5 +377,22 @@ mod tests {
             Frame::decode(&hello[4..]),
             Err(WireError::Malformed(_))
         ));
+        // A name cut at the u16 limit stays UTF-8.
+        let long = "é".repeat(40_000);
+        let mut body = Vec::new();
+        put_text(&mut body, &long);
+        let length = u16::from_le_bytes([body[0], body[1]]) as usize;
+        assert!(std::str::from_utf8(&body[2..2 + length]).is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_connection_ending_inside_a_frame_is_an_error_not_an_end() {
+        let frame = Frame::Ack { durable_end: 5 }.encode();
+        let mut cut: &[u8] = &frame[..2];
+        assert!(read_frame(&mut cut, 1024).await.is_err());
+        let mut empty: &[u8] = &[];
+        assert!(read_frame(&mut empty, 1024).await.unwrap().is_none());
+        let mut whole: &[u8] = &frame;
+        assert!(read_frame(&mut whole, 4).await.is_err(), "over the limit");
     }
 }

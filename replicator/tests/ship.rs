@@ -66,7 +66,10 @@ async fn leader_serving(
         .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap().to_string();
-    let serving = tokio::spawn(leader.clone().serve(listener, engine.clone()));
+    let serving = tokio::spawn({
+        let (leader, engine) = (leader.clone(), engine.clone());
+        async move { leader.serve(listener, engine).await.unwrap() }
+    });
     (engine, address, serving)
 }
 
@@ -243,10 +246,105 @@ async fn a_replica_picks_up_where_it_stood_after_the_leader_restarts() {
         .unwrap();
     let listener = tokio::net::TcpListener::bind(&address).await.unwrap();
     tokio::spawn(leader.clone().serve(listener, engine.clone()));
+    tokio::task::yield_now().await;
     // Answered only once the reconnected replica has them.
     run(&engine, 40..80).await;
     caught_up(&engine, &replica).await;
     assert!(replica.status().iter().all(|s| s.stopped.is_none()));
     engine.shutdown().await.unwrap();
     replica.stop().await.unwrap();
+}
+
+async fn local_leader(dir: &Path) -> (Engine, String, tokio::task::JoinHandle<()>, Arc<Leader>) {
+    let leader = Leader::new(Mode::Local);
+    let (engine, address, serving) = leader_serving(dir, &leader).await;
+    (engine, address, serving, leader)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_away_for_a_while_is_not_left_behind_and_catches_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, address, _serving, leader) = local_leader(&dir.path().join("leader")).await;
+    let replica_dir = dir.path().join("replica");
+    let replica = Replica::start(replica_options(&address, &replica_dir))
+        .await
+        .unwrap();
+    run(&engine, 0..40).await;
+    caught_up(&engine, &replica).await;
+    let held: Vec<u64> = replica.status().iter().map(|s| s.durable_end).collect();
+    replica.stop().await.unwrap();
+    // Away: the leader runs on, snapshots and truncates its log, but not
+    // past what the replica holds.
+    run(&engine, 40..300).await;
+    assert!(leader.replicas().iter().all(|r| !r.connected));
+    for (partition, held) in held.iter().enumerate() {
+        let first = engine.partition_log(partition).unwrap().first_lsn();
+        assert!(
+            first <= *held,
+            "partition {partition}: truncated to {first}, the replica holds {held}"
+        );
+    }
+    // Back (its directory says how many partitions: no probe needed).
+    let replica = Replica::start(replica_options(&address, &replica_dir))
+        .await
+        .unwrap();
+    caught_up(&engine, &replica).await;
+    assert!(replica.status().iter().all(|s| s.stopped.is_none()));
+    engine.shutdown().await.unwrap();
+    replica.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_of_another_history_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (first, address, _serving, _) = local_leader(&dir.path().join("first")).await;
+    let replica_dir = dir.path().join("replica");
+    let replica = Replica::start(replica_options(&address, &replica_dir))
+        .await
+        .unwrap();
+    run(&first, 0..20).await;
+    caught_up(&first, &replica).await;
+    replica.stop().await.unwrap();
+    first.shutdown().await.unwrap();
+    // Another leader, with more records of its own at the same LSNs.
+    let (other, address, _serving, _) = local_leader(&dir.path().join("other")).await;
+    run(&other, 100..160).await;
+    let replica = Replica::start(replica_options(&address, &replica_dir))
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while replica.status().iter().any(|s| s.stopped.is_none()) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{:?}",
+            replica.status()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for status in replica.status() {
+        let reason = status.stopped.unwrap();
+        assert!(reason.contains("checksum"), "{reason}");
+    }
+    other.shutdown().await.unwrap();
+    replica.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_waits_for_no_replica_and_tells_the_callers() {
+    let dir = tempfile::tempdir().unwrap();
+    let leader = Leader::new(Mode::Replicated(1));
+    let (engine, _address) = leader_engine(&dir.path().join("leader"), &leader).await;
+    let start = tokio::spawn({
+        let engine = engine.clone();
+        async move { engine.start("pair", &1u64).await }
+    });
+    // The start is written; then the engine shuts down with no replica.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let shutdown = tokio::time::timeout(Duration::from_secs(30), engine.shutdown()).await;
+    assert!(matches!(shutdown, Ok(Ok(()))), "{shutdown:?}");
+    let answered = start.await.unwrap();
+    assert!(
+        matches!(answered, Err(skald_engine::EngineError::ShutDown)),
+        "{answered:?}"
+    );
 }

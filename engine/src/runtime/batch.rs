@@ -20,7 +20,10 @@ use crate::EngineError;
 /// batches of this many.
 const BATCH_CHUNK_RECORDS: usize = 1_024;
 
-pub(super) type DurableWait = Pin<Box<dyn Future<Output = Result<u64, LogError>> + Send>>;
+/// Resolves with the batch end once durable (and replicated, with a
+/// replicator); `None` if the engine began to shut down before the
+/// replicas had it.
+pub(super) type DurableWait = Pin<Box<dyn Future<Output = Result<Option<u64>, LogError>> + Send>>;
 
 /// A reply waiting for its batch: called with the batch's failure, if any.
 type QueuedReply = Box<dyn FnOnce(Option<&EngineError>) + Send>;
@@ -220,6 +223,21 @@ impl Partition {
             if expires {
                 self.retain(saga);
             }
+        }
+    }
+
+    /// Shutting down with batches durable here but not on the replicas the
+    /// mode asks for: their callers are told the engine shut down (each
+    /// batch is in the local log, so the next open finds it), and nothing
+    /// they hold is released.
+    pub(super) fn abandon_unreplicated(&mut self) {
+        tracing::warn!(
+            partition = self.index,
+            batches = self.in_flight.len(),
+            "shutting down before the replicas had every batch; their callers are told so"
+        );
+        for (_, effects) in self.in_flight.drain(..) {
+            effects.fail(&EngineError::ShutDown);
         }
     }
 

@@ -106,6 +106,7 @@ impl Partition {
     pub(super) fn handle(&mut self, command: Command) {
         if let Command::Shutdown { reply } = command {
             self.shutdown.push(reply);
+            self.stopping.send_replace(true);
             return;
         }
         if let Some(error) = &self.failed {

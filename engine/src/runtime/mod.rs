@@ -246,4 +246,6 @@ pub(crate) struct Partition {
     traces: crate::trace::SagaTraces,
     /// A follower's position in its log (see `follow.rs`).
     follow: Option<follow::Follow>,
+    /// Set at the first shutdown request: waits on replicas give up.
+    stopping: tokio::sync::watch::Sender<bool>,
 }

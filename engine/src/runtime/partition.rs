@@ -68,6 +68,7 @@ impl Partition {
             to_retain: built.to_retain,
             traces: Default::default(),
             follow: None,
+            stopping: tokio::sync::watch::channel(false).0,
         })
     }
 
@@ -121,13 +122,18 @@ impl Partition {
             if let Some(&(end, _)) = self.in_flight.back() {
                 let log = self.log.clone();
                 let (index, replication) = (self.index, self.shared.replication.clone());
+                let mut stopping = self.stopping.subscribe();
                 self.durable_wait = Some(Box::pin(async move {
                     log.wait_durable_async(end).await?;
-                    // Durable here; then on the replicas the mode asks for.
+                    // Durable here; then on the replicas the mode asks for,
+                    // unless the engine shuts down first.
                     if let Some(replication) = replication {
-                        replication.replicated(index, end).await;
+                        tokio::select! {
+                            () = replication.replicated(index, end) => {}
+                            _ = stopping.wait_for(|stopping| *stopping) => return Ok(None),
+                        }
                     }
-                    Ok(end)
+                    Ok(Some(end))
                 }));
             }
         }
@@ -158,7 +164,8 @@ impl Partition {
             result = poll_wait(&mut self.durable_wait), if self.durable_wait.is_some() => {
                 self.durable_wait = None;
                 match result {
-                    Ok(end) => self.release(end),
+                    Ok(Some(end)) => self.release(end),
+                    Ok(None) => self.abandon_unreplicated(),
                     Err(error) => self.fail(error.into()),
                 }
             }
@@ -430,7 +437,7 @@ fn fits(
     })
 }
 
-async fn poll_wait(wait: &mut Option<DurableWait>) -> Result<u64, LogError> {
+async fn poll_wait(wait: &mut Option<DurableWait>) -> Result<Option<u64>, LogError> {
     match wait {
         Some(wait) => wait.await,
         None => std::future::pending().await,

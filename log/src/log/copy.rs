@@ -45,17 +45,28 @@ impl Log {
         if writer.closed {
             return Err(LogError::Closed);
         }
-        let batches = self.shared.check_copied(records, writer.next_lsn)?;
+        let mut expected = writer.next_lsn;
+        let batches = self.shared.check_copied(records, expected)?;
         for batch in &batches {
-            self.shared
-                .write_copied(&mut writer, &records[batch.from..batch.to], batch)?;
+            // A flush lets go of the lock: no other append may have run.
+            if writer.next_lsn != expected {
+                let reason = "another append ran during the copy".to_string();
+                return Err(LogError::BadCopy {
+                    lsn: expected,
+                    reason,
+                });
+            }
+            let bytes = &records[batch.from..batch.to];
+            self.shared.write_copied(&mut writer, bytes, batch)?;
+            expected += batch.records;
         }
         let target = self.shared.flush_written_as(&mut writer, true)?;
-        if writer.failed.is_none() {
-            self.shared.publish_durable(target);
-            self.shared.publish_visible(target);
+        if let Some(failure) = &writer.failed {
+            return Err(failure.to_error());
         }
-        Ok(writer.next_lsn)
+        self.shared.publish_durable(target);
+        self.shared.publish_visible(target);
+        Ok(expected)
     }
 }
 
