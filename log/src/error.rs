@@ -20,6 +20,15 @@ pub enum LogError {
         reason: String,
     },
 
+    /// An epoch older than the log's own was asked to begin.
+    #[error("epoch {asked} is older than this log's epoch {current}")]
+    EpochRegression {
+        /// The log's epoch.
+        current: u64,
+        /// The epoch asked for.
+        asked: u64,
+    },
+
     /// An I/O operation failed before anything was acknowledged.
     #[error("{operation} {path}: {source}")]
     Io {

@@ -8,6 +8,7 @@
 //! LSN and wakes every waiter: one flush serves a whole batch of appenders.
 
 mod copy;
+mod epoch;
 mod flush;
 mod follow;
 mod open;
@@ -114,6 +115,8 @@ struct WriterState {
     next_lsn: Lsn,
     /// A spare segment was requested for the roll after `active`.
     spare_requested: bool,
+    /// The epoch of segments made from now on (see `Log::begin_epoch`).
+    epoch: u64,
     /// Under `Periodic` and `OsOnly`, the segment before `active` until its
     /// tail is flushed in the background: (segment, from, to). At most one
     /// segment is ever in this state, which is what lets recovery check

@@ -29,7 +29,7 @@ pub(crate) fn replace_empty_segment(
 ) -> Result<Segment, LogError> {
     let temporary = dir.join(format!("{:020}{PREPARED_SUFFIX}", 0));
     let header = crate::format::SegmentHeader {
-        epoch: options.epoch,
+        epoch: options.epoch.max(last.epoch()),
         base_lsn: last.base_lsn(),
         segment_size_bytes: options.segment_size_bytes,
     };
@@ -38,11 +38,7 @@ pub(crate) fn replace_empty_segment(
         .and_then(|file| storage.rename(&temporary, &last.path).map(|()| file))
         .and_then(|file| storage.sync_dir(dir).map(|()| file))
         .map_err(|e| LogError::io("replace empty segment", &last.path, e))?;
-    Ok(Segment {
-        path: last.path.clone(),
-        header,
-        file,
-    })
+    Ok(Segment::new(last.path.clone(), header, file))
 }
 
 /// Removes spare segments a previous writer prepared but never used: they

@@ -50,11 +50,7 @@ impl Spare {
         self.file.flush(0, SEGMENT_HEADER_SIZE_BYTES)?;
         let path = dir.join(crate::format::segment_file_name(base_lsn));
         storage.rename(&self.path, &path)?;
-        Ok(Segment {
-            path,
-            header,
-            file: self.file,
-        })
+        Ok(Segment::new(path, header, self.file))
     }
 }
 

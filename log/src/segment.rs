@@ -17,6 +17,9 @@ pub(crate) struct Segment {
     pub path: PathBuf,
     pub header: SegmentHeader,
     pub file: Box<dyn SegmentFile>,
+    /// The header's epoch, which `Log::begin_epoch` may raise while the
+    /// segment is still empty.
+    epoch: std::sync::atomic::AtomicU64,
 }
 
 /// What was found when opening a segment file.
@@ -31,6 +34,38 @@ pub(crate) enum SegmentOpen {
 }
 
 impl Segment {
+    pub(crate) fn new(path: PathBuf, header: SegmentHeader, file: Box<dyn SegmentFile>) -> Segment {
+        let epoch = std::sync::atomic::AtomicU64::new(header.epoch);
+        Segment {
+            path,
+            header,
+            file,
+            epoch,
+        }
+    }
+
+    /// The epoch of the records in this segment.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Rewrites the header of this (empty, active) segment with `epoch`
+    /// and flushes it. A torn header write leaves a bad header over a zero
+    /// body, which the next open removes as a segment never used.
+    pub(crate) fn set_epoch(&self, epoch: u64) -> std::io::Result<()> {
+        let header = SegmentHeader {
+            epoch,
+            ..self.header
+        };
+        // SAFETY: the caller holds the writer lock and the segment holds
+        // no record: no reader reads its header after the open.
+        unsafe { self.file.write(0, &header.encode()) };
+        self.file.flush(0, SEGMENT_HEADER_SIZE_BYTES)?;
+        self.epoch
+            .store(epoch, std::sync::atomic::Ordering::Release);
+        Ok(())
+    }
+
     pub fn base_lsn(&self) -> Lsn {
         self.header.base_lsn
     }
@@ -55,7 +90,7 @@ impl Segment {
         };
         let path = dir.join(segment_file_name(base_lsn));
         let file = storage.create_segment(&path, size_bytes, &header.encode())?;
-        let segment = Segment { path, header, file };
+        let segment = Segment::new(path, header, file);
         // Paired check: the header reads back as written.
         debug_assert_eq!(
             SegmentHeader::decode(segment.bytes(0, SEGMENT_HEADER_SIZE_BYTES)),
@@ -113,11 +148,11 @@ impl Segment {
                 ),
             });
         }
-        Ok(SegmentOpen::Sound(Segment {
-            path: path.to_path_buf(),
+        Ok(SegmentOpen::Sound(Segment::new(
+            path.to_path_buf(),
             header,
             file,
-        }))
+        )))
     }
 
     /// Bytes of the segment. The caller guarantees no writer touches them

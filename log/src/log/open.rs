@@ -241,6 +241,7 @@ impl Shared {
             report,
         } = recovered;
         let active = segments.last().expect("not empty").clone();
+        let epoch = options.epoch.max(active.epoch());
         Shared {
             dir,
             storage,
@@ -254,6 +255,7 @@ impl Shared {
                 flush_offset: end.offset,
                 next_lsn: end.next_lsn,
                 spare_requested: false,
+                epoch,
                 sealed: None,
                 failed: None,
                 closed: options.read_only,

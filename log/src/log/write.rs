@@ -114,7 +114,7 @@ impl Shared {
             "rolling an empty segment"
         );
         let spare = self.preparer.lock().as_ref().and_then(Preparer::take);
-        let (next_lsn, epoch) = (writer.next_lsn, self.options.epoch);
+        let (next_lsn, epoch) = (writer.next_lsn, writer.epoch);
         let created = match spare {
             Some(spare) => spare.install(&*self.storage, &self.dir, next_lsn, epoch),
             None => Segment::create(
