@@ -273,6 +273,9 @@ fn open_partitions(
         let path = crate::dir::partition_dir(dir, index);
         let following = shared.following.is_some();
         let log = Log::open(&path, log_options(options, storage).read_only(following))?;
+        if let (Some(epoch), false) = (options.epoch, following) {
+            log.begin_epoch(epoch)?;
+        }
         let keep = options.snapshots.keep;
         let store = match (following, &options.storage) {
             (true, None) => SnapshotStore::read_only(snapshot_dir(&path)),

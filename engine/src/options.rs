@@ -64,6 +64,8 @@ pub struct EngineOptions {
     pub(crate) partitions: usize,
     pub(crate) durability: Durability,
     pub(crate) segment_size_bytes: u64,
+    /// The leadership term every partition's new records are written in.
+    pub(crate) epoch: Option<u64>,
     pub(crate) breaker: BreakerSettings,
     pub(crate) breaker_overrides: HashMap<String, BreakerSettings>,
     pub(crate) seed: Option<u64>,
@@ -87,6 +89,7 @@ impl Default for EngineOptions {
             partitions: cpus.clamp(1, PARTITIONS_DEFAULT_MAX),
             durability: Durability::EveryBatch,
             segment_size_bytes: skald_log::LogOptions::default().segment_size_bytes,
+            epoch: None,
             breaker: BreakerSettings::default(),
             breaker_overrides: HashMap::new(),
             seed: None,
@@ -139,6 +142,17 @@ impl EngineOptions {
     /// roll the log and write snapshots for a while.
     pub fn disk_free_min_bytes(mut self, bytes: u64) -> EngineOptions {
         self.disk_free_min_bytes = Some(bytes);
+        self
+    }
+
+    /// Writes every partition's new records in epoch `epoch` (a
+    /// leadership term: see [`skald_log::Log::begin_epoch`]): a host that
+    /// takes over from another leads in a newer epoch than any its logs
+    /// hold, so replicas follow it and refuse the one it replaced. An epoch
+    /// older than a log's own is refused at open. Without it, the logs go
+    /// on in their own epoch.
+    pub fn epoch(mut self, epoch: u64) -> EngineOptions {
+        self.epoch = Some(epoch);
         self
     }
 

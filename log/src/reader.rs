@@ -26,6 +26,8 @@ pub struct Record<'a> {
     /// The record as the segment holds it: header, payload and padding
     /// (what [`crate::Log::append_copied`] takes).
     pub bytes: &'a [u8],
+    /// The epoch (leadership term) the record was written in.
+    pub epoch: u64,
 }
 
 /// Reads records in LSN order from a starting position. Every record's
@@ -142,6 +144,7 @@ impl LogReader {
                     lsn: header.lsn,
                     payload,
                     bytes: &bytes[..size_bytes as usize],
+                    epoch: self.segment.epoch(),
                 }))
             }
             RecordCheck::Valid { header, .. } => Err(damaged(RecordDamage::UnexpectedLsn {

@@ -177,12 +177,20 @@ impl Leader {
             partition,
             from_lsn,
             last_crc,
+            last_epoch,
             name,
         }) = hello
         else {
             return Err(WireError::Malformed("the first frame is not a hello"));
         };
-        let (tailer, welcome) = match welcome(&engine, version, partition, from_lsn, last_crc) {
+        let asked = Asked {
+            version,
+            partition,
+            from_lsn,
+            last_crc,
+            last_epoch,
+        };
+        let (tailer, welcome) = match welcome(&engine, asked) {
             Ok(accepted) => accepted,
             Err(refusal) => return write_frame(&mut writer, &refusal).await,
         };
@@ -298,15 +306,27 @@ impl Leader {
     }
 }
 
-/// The answer to a hello: a tailer from where the replica asks (none for a
-/// probe, `from_lsn` 0) and the `Welcome`, or the `Refused` frame.
-fn welcome(
-    engine: &Engine,
+/// What a replica's hello asks.
+struct Asked {
     version: u16,
     partition: u16,
     from_lsn: u64,
     last_crc: u32,
-) -> Result<(Option<skald_log::Tailer>, Frame), Frame> {
+    last_epoch: u64,
+}
+
+/// The answer to a hello: a tailer from where the replica asks (none for a
+/// probe, `from_lsn` 0) and the `Welcome`; or the `Refused` frame, or a
+/// `Truncate` for a replica holding records this leader's epochs never
+/// had.
+fn welcome(engine: &Engine, asked: Asked) -> Result<(Option<skald_log::Tailer>, Frame), Frame> {
+    let Asked {
+        version,
+        partition,
+        from_lsn,
+        last_crc,
+        last_epoch,
+    } = asked;
     let refuse = |code, message: String| Frame::Refused { code, message };
     if version != PROTOCOL_VERSION {
         let message = format!("this leader speaks version {PROTOCOL_VERSION}, not {version}");
@@ -325,15 +345,30 @@ fn welcome(
             "the leader is shutting down".into(),
         ));
     };
-    let (first, visible) = (log.first_lsn(), log.visible_lsn());
+    let (first, visible, epoch) = (log.first_lsn(), log.visible_lsn(), log.epoch());
     let welcome = Frame::Welcome {
         version,
         partitions: engine.partitions() as u16,
         first_lsn: first,
         next_lsn: visible,
+        epoch,
     };
     if from_lsn == 0 {
         return Ok((None, welcome));
+    }
+    if last_epoch > epoch {
+        let message = format!("partition {partition}: the replica has seen epoch {last_epoch}, this leader is in epoch {epoch}");
+        return Err(refuse(RefusalCode::Stale, message));
+    }
+    // Where the replica's last epoch ends here: past it, its records are
+    // a deposed leader's, which this one never had.
+    let end_of_epoch = log
+        .epochs()
+        .iter()
+        .find(|&&(e, _)| e > last_epoch)
+        .map_or(visible, |&(_, start)| start);
+    if from_lsn > end_of_epoch {
+        return Err(Frame::Truncate { lsn: end_of_epoch });
     }
     if from_lsn < first || from_lsn > visible {
         let (code, what) = match from_lsn < first {
@@ -388,18 +423,37 @@ fn differs(log: &Log, from_lsn: u64, last_crc: u32) -> Option<String> {
     None
 }
 
+/// Whole batches waiting to go (or the batch being read), all of one
+/// epoch.
+struct Shipment {
+    bytes: Vec<u8>,
+    count: u32,
+    epoch: u64,
+    first_lsn: u64,
+}
+
 /// Ships whole batches from `tailer` until the log closes or the replica's
-/// side (`acks`) ends; an idle connection gets a heartbeat.
+/// side (`acks`) ends; a frame never mixes epochs; an idle connection gets
+/// a heartbeat.
 async fn ship_records(
     tailer: &mut skald_log::Tailer,
     writer: &mut tokio::net::tcp::OwnedWriteHalf,
     mut acks: AbortOnDrop,
     shipped: &AtomicU64,
 ) -> Result<(), WireError> {
-    // Whole batches waiting to go, and the batch being read.
-    let (mut pending, mut batch) = (Vec::new(), Vec::new());
-    let (mut pending_count, mut batch_count) = (0u32, 0u32);
-    let mut next_lsn = tailer.next_lsn();
+    let mut pending = Shipment {
+        bytes: Vec::new(),
+        count: 0,
+        epoch: 0,
+        first_lsn: tailer.next_lsn(),
+    };
+    // The batch being read, and its epoch.
+    let mut batch = Shipment {
+        bytes: Vec::new(),
+        count: 0,
+        epoch: 0,
+        first_lsn: 0,
+    };
     loop {
         let ended = tokio::select! {
             record = tailer.next() => {
@@ -408,13 +462,20 @@ async fn ship_records(
                     Err(skald_log::LogError::Closed) => return Ok(()),
                     Err(error) => return Err(std::io::Error::other(error).into()),
                 };
-                batch.extend_from_slice(record.bytes);
-                batch_count += 1;
+                batch.bytes.extend_from_slice(record.bytes);
+                batch.count += 1;
+                batch.epoch = record.epoch;
                 let flags = u16::from_le_bytes([record.bytes[20], record.bytes[21]]);
                 flags & RECORD_FLAG_BATCH_CONTINUES == 0
             }
-            () = tokio::time::sleep(HEARTBEAT), if batch.is_empty() => {
-                let beat = Frame::Records { first_lsn: next_lsn, count: 0, leader_end: tailer.visible_lsn(), bytes: Vec::new() };
+            () = tokio::time::sleep(HEARTBEAT), if batch.count == 0 => {
+                let beat = Frame::Records {
+                    first_lsn: pending.first_lsn,
+                    count: 0,
+                    leader_end: tailer.visible_lsn(),
+                    epoch: pending.epoch,
+                    bytes: Vec::new(),
+                };
                 write_frame(writer, &beat).await?;
                 continue;
             }
@@ -428,51 +489,42 @@ async fn ship_records(
         if !ended {
             continue;
         }
-        // A batch that would take the shipment over its size goes next.
-        if !pending.is_empty() && pending.len() + batch.len() > SHIPMENT_BYTES_MAX {
-            next_lsn = send(
-                writer,
-                tailer,
-                (&mut pending, &mut pending_count),
-                next_lsn,
-                shipped,
-            )
-            .await?;
+        // A batch of another epoch, or one that would take the shipment
+        // over its size, goes in the next frame.
+        let other_epoch = pending.count > 0 && pending.epoch != batch.epoch;
+        if other_epoch
+            || (pending.count > 0 && pending.bytes.len() + batch.bytes.len() > SHIPMENT_BYTES_MAX)
+        {
+            send(writer, tailer, &mut pending, shipped).await?;
         }
-        pending.append(&mut batch);
-        pending_count += std::mem::take(&mut batch_count);
-        if pending.len() >= SHIPMENT_BYTES_MAX || !tailer.has_next() {
-            next_lsn = send(
-                writer,
-                tailer,
-                (&mut pending, &mut pending_count),
-                next_lsn,
-                shipped,
-            )
-            .await?;
+        pending.bytes.append(&mut batch.bytes);
+        pending.count += std::mem::take(&mut batch.count);
+        pending.epoch = batch.epoch;
+        if pending.bytes.len() >= SHIPMENT_BYTES_MAX || !tailer.has_next() {
+            send(writer, tailer, &mut pending, shipped).await?;
         }
     }
 }
 
-/// Sends the pending batches; returns the LSN after them.
+/// Sends the pending batches; the next shipment starts after them.
 async fn send(
     writer: &mut tokio::net::tcp::OwnedWriteHalf,
     tailer: &skald_log::Tailer,
-    (pending, count): (&mut Vec<u8>, &mut u32),
-    first_lsn: u64,
+    pending: &mut Shipment,
     shipped: &AtomicU64,
-) -> Result<u64, WireError> {
-    let end = first_lsn + u64::from(*count);
+) -> Result<(), WireError> {
+    let end = pending.first_lsn + u64::from(pending.count);
     // Acks up to here are believable from now on.
     shipped.store(end, Ordering::Release);
     let frame = Frame::Records {
-        first_lsn,
-        count: std::mem::take(count),
+        first_lsn: pending.first_lsn,
+        count: std::mem::take(&mut pending.count),
         leader_end: tailer.visible_lsn(),
-        bytes: std::mem::take(pending),
+        epoch: pending.epoch,
+        bytes: std::mem::take(&mut pending.bytes),
     };
-    write_frame(writer, &frame).await?;
-    Ok(end)
+    pending.first_lsn = end;
+    write_frame(writer, &frame).await
 }
 
 impl Replication for Leader {

@@ -171,6 +171,7 @@ async fn ask_partitions(options: &ReplicaOptions) -> Result<u16, ReplicaError> {
         partition: 0,
         from_lsn: 0,
         last_crc: 0,
+        last_epoch: 0,
         name: options.name.clone(),
     };
     write_frame(&mut stream, &hello).await.map_err(failed)?;
@@ -241,17 +242,29 @@ async fn follow_once(
         partition,
         from_lsn,
         last_crc: last_crc(log, from_lsn),
+        last_epoch: log.epoch(),
         name: options.name.clone(),
     };
     if let Err(error) = write_frame(&mut stream, &hello).await {
         return Ok(Retry::After(error));
     }
+    let retry = |message: String| Ok(Retry::After(WireError::Io(std::io::Error::other(message))));
     match next_frame(&mut stream).await {
+        Ok(Some(Frame::Welcome { epoch, .. })) if epoch < log.epoch() => {
+            // Fenced: a deposed leader; the new one may come at this address.
+            let message = format!(
+                "a leader of epoch {epoch}; this replica has seen {}",
+                log.epoch()
+            );
+            return retry(message);
+        }
         Ok(Some(Frame::Welcome { .. })) => {}
+        Ok(Some(Frame::Truncate { lsn })) => return cut_back(log, lsn).await,
+        // Shutting down, or deposed: the next leader may come.
         Ok(Some(Frame::Refused {
-            code: RefusalCode::ShuttingDown,
+            code: RefusalCode::ShuttingDown | RefusalCode::Stale,
             message,
-        })) => return Ok(Retry::After(WireError::Io(std::io::Error::other(message)))),
+        })) => return retry(message),
         Ok(Some(Frame::Refused { message, .. })) => return Err(Stop(message)),
         Ok(_) => return Ok(Retry::After(WireError::Malformed("no welcome"))),
         Err(error) => return Ok(Retry::After(error)),
@@ -275,6 +288,7 @@ async fn follow_once(
             first_lsn,
             count,
             leader_end,
+            epoch,
             bytes,
         } = frame
         else {
@@ -283,7 +297,7 @@ async fn follow_once(
         let durable_end = match count {
             // A heartbeat: answered with where this replica stands.
             0 => log.durable_lsn(),
-            _ => append(log, first_lsn, bytes).await?,
+            _ => append(log, (first_lsn, epoch), bytes).await?,
         };
         {
             let mut status = status.lock();
@@ -307,9 +321,36 @@ async fn next_frame(stream: &mut TcpStream) -> Result<Option<Frame>, WireError> 
     }
 }
 
-/// Appends shipped records (which must start at this log's end); returns
-/// the durable end.
-async fn append(log: &Arc<Log>, first_lsn: u64, bytes: Vec<u8>) -> Result<u64, Stop> {
+/// Cuts this log back to `lsn`, as a new leader asked: the records after
+/// it were a deposed leader's. Then connects again at once.
+async fn cut_back(log: &Arc<Log>, lsn: u64) -> Result<Retry, Stop> {
+    if lsn < log.first_lsn() {
+        let message = format!(
+            "the leader asks to cut back to LSN {lsn}, before this log's first {}",
+            log.first_lsn()
+        );
+        return Err(Stop(message));
+    }
+    tracing::warn!(dir = %log.dir().display(), lsn, "cutting back what a deposed leader wrote");
+    let cutting = log.clone();
+    match tokio::task::spawn_blocking(move || cutting.truncate_suffix(lsn)).await {
+        Ok(Ok(())) => Ok(Retry::Progressed),
+        Ok(Err(error)) => Err(Stop(format!("cutting back to LSN {lsn}: {error}"))),
+        Err(error) => Err(Stop(format!("the cut task failed: {error}"))),
+    }
+}
+
+/// Appends shipped records of `epoch` (which must start at this log's end,
+/// in its epoch or a newer one); returns the durable end.
+async fn append(
+    log: &Arc<Log>,
+    (first_lsn, epoch): (u64, u64),
+    bytes: Vec<u8>,
+) -> Result<u64, Stop> {
+    if epoch < log.epoch() {
+        let message = format!("records of epoch {epoch} after epoch {}", log.epoch());
+        return Err(Stop(message));
+    }
     if first_lsn != log.next_lsn() {
         let message = format!(
             "the leader shipped LSN {first_lsn}, this replica is at {}",
@@ -318,7 +359,12 @@ async fn append(log: &Arc<Log>, first_lsn: u64, bytes: Vec<u8>) -> Result<u64, S
         return Err(Stop(message));
     }
     let appending = log.clone();
-    match tokio::task::spawn_blocking(move || appending.append_copied(&bytes)).await {
+    let copied = move || {
+        // A new epoch begins in a segment of its own, as on the leader.
+        appending.begin_epoch(epoch)?;
+        appending.append_copied(&bytes)
+    };
+    match tokio::task::spawn_blocking(copied).await {
         Ok(Ok(end)) => Ok(end),
         Ok(Err(error)) => Err(Stop(format!("appending what the leader shipped: {error}"))),
         Err(error) => Err(Stop(format!("the append task failed: {error}"))),

@@ -40,6 +40,9 @@ pub enum RefusalCode {
     /// The replica's last record is not the leader's record at that LSN:
     /// their histories differ.
     Diverged = 6,
+    /// The replica has seen a newer epoch than the leader's: this leader
+    /// was deposed, and the replica follows it no more.
+    Stale = 7,
 }
 
 impl RefusalCode {
@@ -51,6 +54,7 @@ impl RefusalCode {
             4 => RefusalCode::Ahead,
             5 => RefusalCode::ShuttingDown,
             6 => RefusalCode::Diverged,
+            7 => RefusalCode::Stale,
             _ => return None,
         })
     }
@@ -71,6 +75,8 @@ pub enum Frame {
         /// The checksum of its record at `from_lsn - 1` (0 for an empty
         /// log): the leader's record there must have the same.
         last_crc: u32,
+        /// The newest epoch its log holds.
+        last_epoch: u64,
         /// Its name (stable across its restarts).
         name: String,
     },
@@ -84,6 +90,8 @@ pub enum Frame {
         first_lsn: u64,
         /// Its visible end.
         next_lsn: u64,
+        /// Its epoch.
+        epoch: u64,
     },
     /// Leader → replica: refused, and why.
     Refused {
@@ -101,6 +109,8 @@ pub enum Frame {
         count: u32,
         /// The leader's visible end when sent (for the replica's lag).
         leader_end: u64,
+        /// The epoch every one of these records was written in.
+        epoch: u64,
         /// The records as the leader's segment holds them.
         bytes: Vec<u8>,
     },
@@ -108,6 +118,13 @@ pub enum Frame {
     Ack {
         /// The replica's durable end.
         durable_end: u64,
+    },
+    /// Leader → replica, then close: the replica's records from `lsn` on
+    /// were written by a deposed leader and this one never had them: cut
+    /// them off (`Log::truncate_suffix`) and ask again.
+    Truncate {
+        /// The first LSN to cut.
+        lsn: u64,
     },
 }
 
@@ -130,6 +147,7 @@ const WELCOME: u8 = 2;
 const REFUSED: u8 = 3;
 const RECORDS: u8 = 4;
 const ACK: u8 = 5;
+const TRUNCATE: u8 = 6;
 
 impl Frame {
     /// The frame's bytes, length prefix included.
@@ -141,6 +159,7 @@ impl Frame {
                 partition,
                 from_lsn,
                 last_crc,
+                last_epoch,
                 name,
             } => {
                 body.push(HELLO);
@@ -149,6 +168,7 @@ impl Frame {
                 body.extend_from_slice(&partition.to_le_bytes());
                 body.extend_from_slice(&from_lsn.to_le_bytes());
                 body.extend_from_slice(&last_crc.to_le_bytes());
+                body.extend_from_slice(&last_epoch.to_le_bytes());
                 put_text(&mut body, name);
             }
             Frame::Welcome {
@@ -156,12 +176,14 @@ impl Frame {
                 partitions,
                 first_lsn,
                 next_lsn,
+                epoch,
             } => {
                 body.push(WELCOME);
                 body.extend_from_slice(&version.to_le_bytes());
                 body.extend_from_slice(&partitions.to_le_bytes());
                 body.extend_from_slice(&first_lsn.to_le_bytes());
                 body.extend_from_slice(&next_lsn.to_le_bytes());
+                body.extend_from_slice(&epoch.to_le_bytes());
             }
             Frame::Refused { code, message } => {
                 body.push(REFUSED);
@@ -172,17 +194,23 @@ impl Frame {
                 first_lsn,
                 count,
                 leader_end,
+                epoch,
                 bytes,
             } => {
                 body.push(RECORDS);
                 body.extend_from_slice(&first_lsn.to_le_bytes());
                 body.extend_from_slice(&count.to_le_bytes());
                 body.extend_from_slice(&leader_end.to_le_bytes());
+                body.extend_from_slice(&epoch.to_le_bytes());
                 body.extend_from_slice(bytes);
             }
             Frame::Ack { durable_end } => {
                 body.push(ACK);
                 body.extend_from_slice(&durable_end.to_le_bytes());
+            }
+            Frame::Truncate { lsn } => {
+                body.push(TRUNCATE);
+                body.extend_from_slice(&lsn.to_le_bytes());
             }
         }
         let mut frame = (body.len() as u32).to_le_bytes().to_vec();
@@ -203,6 +231,7 @@ impl Frame {
                     partition: input.u16()?,
                     from_lsn: input.u64()?,
                     last_crc: input.u32()?,
+                    last_epoch: input.u64()?,
                     name: input.text()?,
                 }
             }
@@ -211,6 +240,7 @@ impl Frame {
                 partitions: input.u16()?,
                 first_lsn: input.u64()?,
                 next_lsn: input.u64()?,
+                epoch: input.u64()?,
             },
             REFUSED => Frame::Refused {
                 code: RefusalCode::from_u16(input.u16()?)
@@ -221,11 +251,13 @@ impl Frame {
                 first_lsn: input.u64()?,
                 count: input.u32()?,
                 leader_end: input.u64()?,
+                epoch: input.u64()?,
                 bytes: input.rest().to_vec(),
             },
             ACK => Frame::Ack {
                 durable_end: input.u64()?,
             },
+            TRUNCATE => Frame::Truncate { lsn: input.u64()? },
             _ => return Err(WireError::Malformed("unknown frame type")),
         };
         if !input.0.is_empty() {
@@ -330,6 +362,7 @@ mod tests {
                 partition: 3,
                 from_lsn: 42,
                 last_crc: 0xDEAD_BEEF,
+                last_epoch: 3,
                 name: "réplica-b".into(),
             },
             Frame::Welcome {
@@ -337,6 +370,7 @@ mod tests {
                 partitions: 8,
                 first_lsn: 1,
                 next_lsn: 99,
+                epoch: 3,
             },
             Frame::Refused {
                 code: RefusalCode::Truncated,
@@ -346,9 +380,11 @@ mod tests {
                 first_lsn: 7,
                 count: 2,
                 leader_end: 9,
+                epoch: 3,
                 bytes: vec![1, 2, 3],
             },
             Frame::Ack { durable_end: 9 },
+            Frame::Truncate { lsn: 12 },
         ];
         for frame in frames {
             let bytes = frame.encode();
@@ -369,6 +405,7 @@ mod tests {
             partition: 0,
             from_lsn: 1,
             last_crc: 0,
+            last_epoch: 0,
             name: String::new(),
         }
         .encode();
