@@ -68,6 +68,10 @@ pub struct DemoArgs {
         requires = "replicate"
     )]
     pub replication: skald_replicator::Mode,
+    /// Write new records in this epoch (a leadership term; see `skald
+    /// replicas promote`).
+    #[arg(long)]
+    pub epoch: Option<u64>,
 }
 
 impl DemoArgs {
@@ -213,7 +217,11 @@ async fn open_engine(
             ..Faults::default()
         },
     );
-    let mut builder = Engine::builder(&args.data).options(EngineOptions::default());
+    let mut options = EngineOptions::default();
+    if let Some(epoch) = args.epoch {
+        options = options.epoch(epoch);
+    }
+    let mut builder = Engine::builder(&args.data).options(options);
     if args.metrics.is_some() || args.serve.is_some() {
         builder = builder.metrics(&mut registry.lock());
     }

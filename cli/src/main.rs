@@ -54,6 +54,33 @@ enum KeyCommand {
 }
 
 #[derive(Subcommand)]
+enum ReplicasCommand {
+    /// Each partition's epochs (leadership terms, with the first LSN of
+    /// each) and LSN range, of a leader's or a replica's directory.
+    #[command(after_help = "Examples:\n  skald replicas show replica-data")]
+    Show {
+        /// Engine directory.
+        dir: PathBuf,
+        /// One JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make a replica's directory lead: every partition begins a newer
+    /// epoch than any it holds, so replicas follow it and refuse the old
+    /// leader. Stop the replica first; then run an engine on DIR.
+    #[command(
+        after_help = "Examples:\n  skald replicas promote replica-data\n  skald demo --data replica-data --replicate 0.0.0.0:7400 --replication replicated:1"
+    )]
+    Promote {
+        /// The replica's engine directory.
+        dir: PathBuf,
+        /// The new epoch (default: one more than the newest held).
+        #[arg(long)]
+        epoch: Option<u64>,
+    },
+}
+
+#[derive(Subcommand)]
 enum Command {
     /// Run the order-processing saga embedded, then print a summary.
     ///
@@ -169,6 +196,9 @@ enum Command {
         #[command(flatten)]
         options: serve::ServeOptions,
     },
+    /// Replication: epochs of a directory, promoting a replica.
+    #[command(subcommand)]
+    Replicas(ReplicasCommand),
     /// Serve an engine directory's API and dashboard (no definitions:
     /// unfinished sagas wait as they are). A directory a running engine
     /// holds is followed read-only: what it records shows up live.
@@ -365,6 +395,12 @@ fn main() -> ExitCode {
             follow,
             options,
         } => serve::serve_dir(&dir, listen, &options, follow, &mut out),
+        Command::Replicas(ReplicasCommand::Show { dir, json }) => {
+            replica::show(&dir, json, &mut out)
+        }
+        Command::Replicas(ReplicasCommand::Promote { dir, epoch }) => {
+            replica::promote(&dir, epoch, &mut out)
+        }
         Command::Key(KeyCommand::New { principal, role }) => {
             serve::new_key(&principal, &role, &mut out)
         }

@@ -98,3 +98,81 @@ async fn serve(
     ))?;
     Ok(follower)
 }
+
+/// `skald replicas show DIR`: each partition's epochs and LSN range.
+pub fn show(dir: &Path, json: bool, out: &mut Out) -> Result<()> {
+    let engine_dir = crate::inspect::EngineDir::open(dir)?;
+    let mut partitions = Vec::new();
+    for partition in 0..engine_dir.partitions {
+        let log = engine_dir.log(partition)?;
+        let epochs: Vec<serde_json::Value> = log
+            .epochs()
+            .iter()
+            .map(
+                |&(epoch, first_lsn)| serde_json::json!({ "epoch": epoch, "first_lsn": first_lsn }),
+            )
+            .collect();
+        partitions.push(serde_json::json!({
+            "partition": partition,
+            "epoch": log.epoch(),
+            "first_lsn": log.first_lsn(),
+            "next_lsn": log.visible_lsn(),
+            "epochs": epochs,
+        }));
+    }
+    if json {
+        return out.line(&serde_json::json!({ "partitions": partitions }).to_string());
+    }
+    for p in &partitions {
+        let epochs: Vec<String> = p["epochs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|e| format!("{} from LSN {}", e["epoch"], e["first_lsn"]))
+            .collect();
+        out.line(&format!(
+            "partition {}: epoch {}, LSNs {}..{} (epochs: {})",
+            p["partition"],
+            p["epoch"],
+            p["first_lsn"],
+            p["next_lsn"],
+            epochs.join(", ")
+        ))?;
+    }
+    Ok(())
+}
+
+/// `skald replicas promote DIR`: every partition log begins a newer epoch.
+pub fn promote(dir: &Path, epoch: Option<u64>, out: &mut Out) -> Result<()> {
+    let engine_dir = crate::inspect::EngineDir::open(dir)?;
+    let mut logs = Vec::new();
+    for partition in 0..engine_dir.partitions {
+        let path = engine_dir.partition_path(partition);
+        let log = skald_log::Log::open(&path, skald_log::LogOptions::default()).map_err(|error| match error {
+            skald_log::LogError::Locked { .. } => anyhow::anyhow!(
+                "{}: a running process holds partition {partition}: stop the replica (or engine) first",
+                dir.display()
+            ),
+            other => anyhow::anyhow!("partition {partition}: {other}"),
+        })?;
+        logs.push(log);
+    }
+    let newest = logs.iter().map(|log| log.epoch()).max().unwrap_or(0);
+    let epoch = epoch.unwrap_or(newest + 1);
+    if epoch <= newest {
+        anyhow::bail!(
+            "--epoch {epoch}: {} already holds epoch {newest}; a new leader needs a newer one",
+            dir.display()
+        );
+    }
+    for (partition, log) in logs.into_iter().enumerate() {
+        log.begin_epoch(epoch)
+            .with_context(|| format!("partition {partition}"))?;
+        log.close()
+            .with_context(|| format!("partition {partition}"))?;
+    }
+    out.line(&format!(
+        "{} leads from epoch {epoch}: run its engine there (replicas of the old leader follow it, cut back where they must)",
+        dir.display()
+    ))
+}

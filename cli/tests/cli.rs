@@ -965,7 +965,7 @@ fn serve_follows_a_directory_a_live_engine_holds_read_only() {
 }
 
 #[test]
-fn a_replica_holds_what_the_leader_acknowledged_when_the_leader_is_killed() {
+fn a_replica_holds_what_the_leader_acknowledged_when_it_is_killed_and_takes_over() {
     let work = tempfile::tempdir().unwrap();
     // The leader runs 100 orders in replicated:1 (none moves on before the
     // replica has it), then keeps starting orders until it is killed.
@@ -1051,4 +1051,63 @@ fn a_replica_holds_what_the_leader_acknowledged_when_the_leader_is_killed() {
         }
         assert!(compared > 0, "partition {partition}: nothing to compare");
     }
+
+    // Failover by hand: the replica leads from a newer epoch, and the old
+    // leader's directory follows it, cut back to what it never had.
+    let promote = skald(&["replicas", "promote", "replica-data"], work.path());
+    assert!(promote.status.success(), "{}", stderr(&promote));
+    assert!(
+        stdout(&promote).contains("leads from epoch 1"),
+        "{}",
+        stdout(&promote)
+    );
+    let args = [
+        "demo",
+        "--data",
+        "replica-data",
+        "--sagas",
+        "20",
+        "--replicate",
+        "127.0.0.1:0",
+        "--replication",
+        "replicated:1",
+    ];
+    let mut leader = Serving::start(args, work.path(), Some("replicas at "));
+    let replicate = leader.line["replicas at ".len()..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned();
+    let old = Serving::start(
+        ["replica", "skald-data", "--leader", &replicate],
+        work.path(),
+        Some("replica "),
+    );
+    let done = leader
+        .lines
+        .by_ref()
+        .map(|line| line.unwrap())
+        .find(|line| line.starts_with("orders done"));
+    assert!(done.is_some(), "the promoted leader finished its orders");
+    old.interrupt();
+    leader.interrupt();
+    for dir in ["skald-data", "replica-data"] {
+        let verify = skald(&["verify", dir], work.path());
+        assert!(verify.status.success(), "{dir}: {}", stderr(&verify));
+        let show = skald(&["replicas", "show", dir, "--json"], work.path());
+        let show: serde_json::Value = serde_json::from_str(&stdout(&show)).unwrap();
+        for partition in show["partitions"].as_array().unwrap() {
+            assert_eq!(partition["epoch"], 1, "{dir}: {partition}");
+        }
+    }
+    let stats = skald(&["stats", "skald-data", "--json"], work.path());
+    let stats: serde_json::Value = serde_json::from_str(&stdout(&stats)).unwrap();
+    let finished = ["completed", "compensated"]
+        .iter()
+        .map(|s| stats["sagas"][s].as_u64().unwrap())
+        .sum::<u64>();
+    assert!(
+        finished >= 120,
+        "the old leader's directory holds {finished} finished orders"
+    );
 }

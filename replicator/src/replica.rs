@@ -333,7 +333,22 @@ async fn cut_back(log: &Arc<Log>, lsn: u64) -> Result<Retry, Stop> {
     }
     tracing::warn!(dir = %log.dir().display(), lsn, "cutting back what a deposed leader wrote");
     let cutting = log.clone();
-    match tokio::task::spawn_blocking(move || cutting.truncate_suffix(lsn)).await {
+    let cut = move || -> Result<(), String> {
+        // Snapshots past the cut hold what is cut: they go first, so a
+        // crash between the two leaves no snapshot ahead of the log.
+        let snapshots = skald_engine::inspect::snapshot_dir(cutting.dir());
+        if snapshots.exists() {
+            let store = skald_snapshot::SnapshotStore::open(&snapshots, usize::MAX)
+                .map_err(|e| e.to_string())?;
+            for file in store.list().map_err(|e| e.to_string())? {
+                if file.lsn > lsn {
+                    store.remove(file.lsn).map_err(|e| e.to_string())?;
+                }
+            }
+        }
+        cutting.truncate_suffix(lsn).map_err(|e| e.to_string())
+    };
+    match tokio::task::spawn_blocking(cut).await {
         Ok(Ok(())) => Ok(Retry::Progressed),
         Ok(Err(error)) => Err(Stop(format!("cutting back to LSN {lsn}: {error}"))),
         Err(error) => Err(Stop(format!("the cut task failed: {error}"))),

@@ -193,8 +193,22 @@ async fn a_promoted_replica_leads_in_a_new_epoch_and_the_old_leader_follows_it_c
             LogOptions::default().read_only(true),
         )
         .unwrap();
-        let epochs: Vec<u64> = log.epochs().iter().map(|&(e, _)| e).collect();
-        assert_eq!(epochs, vec![1, 2], "partition {p}");
+        let epochs = log.epochs();
+        let numbers: Vec<u64> = epochs.iter().map(|&(e, _)| e).collect();
+        assert_eq!(numbers, vec![1, 2], "partition {p}");
+        // The old leader's own snapshots past the cut (its last one, at
+        // its shutdown, held the orphan) are gone with what they held.
+        let snapshots = skald_snapshot::SnapshotStore::read_only(
+            skald_engine::inspect::snapshot_dir(&partition_dir(&a_dir, p)),
+        );
+        for file in snapshots.list().unwrap() {
+            let cut = epochs[1].1;
+            assert!(
+                file.lsn <= cut,
+                "partition {p}: a snapshot at {} past the cut at {cut}",
+                file.lsn
+            );
+        }
     }
     // And the old leader's unacknowledged start is gone from it.
     let a_view = Engine::builder(&a_dir)
