@@ -153,6 +153,7 @@ async fn demo(args: DemoArgs, out: &mut Out) -> Result<()> {
     let engine = open_engine(&args, &registry, leader.clone()).await?;
     let mut serving = start_servers(&args, &engine, &registry, out).await?;
     if let (Some(address), Some(leader)) = (args.replicate, leader) {
+        leader.register_metrics(&mut registry.lock());
         let listener = tokio::net::TcpListener::bind(address)
             .await
             .with_context(|| format!("--replicate {address}"))?;

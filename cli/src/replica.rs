@@ -58,7 +58,7 @@ async fn replicate(args: ReplicaArgs<'_>, out: &mut Out) -> Result<()> {
         replica.status().len()
     ))?;
     let follower = match args.serve {
-        Some(address) => Some(serve(args.dir, address, args.options, out).await?),
+        Some(address) => Some(serve(args.dir, address, (args.options, &replica), out).await?),
         None => None,
     };
     tokio::signal::ctrl_c().await?;
@@ -86,10 +86,11 @@ async fn replicate(args: ReplicaArgs<'_>, out: &mut Out) -> Result<()> {
 async fn serve(
     dir: &Path,
     address: SocketAddr,
-    options: &crate::serve::ServeOptions,
+    (options, replica): (&crate::serve::ServeOptions, &Replica),
     out: &mut Out,
 ) -> Result<Engine> {
     let registry = Arc::new(Mutex::new(Registry::default()));
+    replica.register_metrics(&mut registry.lock());
     let builder = Engine::builder(dir).metrics(&mut registry.lock());
     let follower = builder.follow(FOLLOW_EVERY).open().await?;
     let bound = crate::serve::start(address, options, &follower, &registry).await?;

@@ -49,11 +49,18 @@ pub struct ReplicaView {
     pub acked: u64,
     /// Whether it is connected now.
     pub connected: bool,
+    /// Records the leader has that it has not acknowledged.
+    pub lag_records: u64,
+    /// How long since it last held everything the leader had (0 when it
+    /// does now).
+    pub lag: Duration,
 }
 
 /// What the leader keeps of one replica of one partition.
 struct Tracked {
     acked: u64,
+    /// When its acknowledgement last reached the leader's end.
+    caught_up_at: Instant,
     /// The connection that counts (a newer one replaces an older one).
     connection: u64,
     connected: bool,
@@ -83,6 +90,8 @@ pub struct Leader {
     mode: Mode,
     partitions: Mutex<HashMap<u16, PartitionReplicas>>,
     connections: AtomicU64,
+    /// The engine it serves (for the leader's end, in lag figures).
+    engine: Mutex<Option<Engine>>,
 }
 
 /// Aborts a task when dropped (the ack reader of a connection that ended).
@@ -101,6 +110,7 @@ impl Leader {
             mode,
             partitions: Mutex::new(HashMap::new()),
             connections: AtomicU64::new(0),
+            engine: Mutex::new(None),
         })
     }
 
@@ -124,6 +134,7 @@ impl Leader {
                 "replication ships durable records only: open the engine with Durability::EveryBatch",
             ));
         }
+        *self.engine.lock() = Some(engine.clone());
         loop {
             let (stream, peer) = match listener.accept().await {
                 Ok(accepted) => accepted,
@@ -145,20 +156,55 @@ impl Leader {
 
     /// Every replica of every partition, by partition then name.
     pub fn replicas(&self) -> Vec<ReplicaView> {
+        let ends = self.ends();
         let partitions = self.partitions.lock();
         let mut all: Vec<ReplicaView> = partitions
             .iter()
             .flat_map(|(partition, p)| {
-                p.replicas.iter().map(|(name, t)| ReplicaView {
-                    name: name.clone(),
-                    partition: *partition,
-                    acked: t.acked,
-                    connected: t.connected,
+                let end = ends.get(usize::from(*partition)).copied().unwrap_or(0);
+                p.replicas.iter().map(move |(name, t)| {
+                    let lag_records = end.saturating_sub(t.acked);
+                    ReplicaView {
+                        name: name.clone(),
+                        partition: *partition,
+                        acked: t.acked,
+                        connected: t.connected,
+                        lag_records,
+                        lag: match lag_records {
+                            0 => Duration::ZERO,
+                            _ => t.caught_up_at.elapsed(),
+                        },
+                    }
                 })
             })
             .collect();
         all.sort_by(|a, b| (a.partition, &a.name).cmp(&(b.partition, &b.name)));
         all
+    }
+
+    /// Each partition's visible end (empty before `serve`, or once the
+    /// engine shut down).
+    fn ends(&self) -> Vec<u64> {
+        let Some(engine) = self.engine.lock().clone() else {
+            return Vec::new();
+        };
+        (0..engine.partitions())
+            .map(|p| engine.partition_log(p).map_or(0, |log| log.visible_lsn()))
+            .collect()
+    }
+
+    /// Registers the replication metrics (read at each scrape) under
+    /// `skald_` in `registry`: per partition and replica, what it
+    /// acknowledged, its lag in records and seconds, and whether it is
+    /// connected (METRICS.md).
+    pub fn register_metrics(
+        self: &Arc<Leader>,
+        registry: &mut prometheus_client::registry::Registry,
+    ) {
+        let collector = crate::metrics::LeaderCollector(Arc::downgrade(self));
+        registry
+            .sub_registry_with_prefix("skald")
+            .register_collector(Box::new(collector));
     }
 
     /// One replica's connection for one partition: the hello, then
@@ -254,6 +300,7 @@ impl Leader {
             name.to_owned(),
             Tracked {
                 acked: from_lsn,
+                caught_up_at: Instant::now(),
                 connection,
                 connected: true,
                 disconnected_at: None,
@@ -277,6 +324,7 @@ impl Leader {
     }
 
     fn acked(&self, partition: u16, name: &str, connection: u64, durable_end: u64) {
+        let end = self.ends().get(usize::from(partition)).copied();
         let mut partitions = self.partitions.lock();
         let replicas = partitions
             .entry(partition)
@@ -284,6 +332,9 @@ impl Leader {
         if let Some(tracked) = replicas.replicas.get_mut(name) {
             if tracked.connection == connection {
                 tracked.acked = tracked.acked.max(durable_end);
+                if end.is_some_and(|end| tracked.acked >= end) {
+                    tracked.caught_up_at = Instant::now();
+                }
             }
         }
         Self::update(replicas, self.mode);

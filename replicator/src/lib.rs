@@ -31,6 +31,7 @@
 #![warn(missing_docs)]
 
 mod leader;
+mod metrics;
 mod replica;
 pub mod wire;
 

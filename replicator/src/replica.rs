@@ -124,6 +124,16 @@ impl Replica {
         Ok(replica)
     }
 
+    /// Registers this replica's metrics (read at each scrape) under
+    /// `skald_` in `registry`: per partition, its durable LSN, its lag
+    /// behind the leader's last shipment, whether it is connected.
+    pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        let collector = crate::metrics::ReplicaCollector(self.status.clone());
+        registry
+            .sub_registry_with_prefix("skald")
+            .register_collector(Box::new(collector));
+    }
+
     /// Every partition's position.
     pub fn status(&self) -> Vec<PartitionStatus> {
         self.status.lock().clone()

@@ -157,6 +157,34 @@ async fn a_replica_holds_the_leaders_log_record_for_record_and_reads_the_same() 
     caught_up(&engine, &replica).await;
     let views = leader.replicas();
     assert!(views.iter().any(|v| v.name == "replica-1" && v.connected));
+    assert!(
+        views.iter().all(|v| v.lag_records == 0 && v.lag.is_zero()),
+        "{views:?}"
+    );
+    // The same, as metrics, on both sides.
+    let mut registry = prometheus_client::registry::Registry::default();
+    leader.register_metrics(&mut registry);
+    replica.register_metrics(&mut registry);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    for partition in 0..2 {
+        let labels = format!("{{partition=\"{partition}\",replica=\"replica-1\"}}");
+        assert!(
+            text.contains(&format!("skald_replication_lag_records{labels} 0")),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("skald_replication_connected{labels} 1")),
+            "{text}"
+        );
+        let acked = engine.partition_log(partition).unwrap().visible_lsn();
+        assert!(
+            text.contains(&format!("skald_replication_acked_lsn{labels} {acked}")),
+            "{text}"
+        );
+        let mine = format!("skald_replica_durable_lsn{{partition=\"{partition}\"}} {acked}");
+        assert!(text.contains(&mine), "{text}");
+    }
 
     for partition in 0..2 {
         let leader_log = engine.partition_log(partition).unwrap();

@@ -72,6 +72,17 @@ impl Collector for LiveCollector {
             let gauge = ConstGauge::new(log.disk_bytes() as i64);
             gauge.encode(disk.encode_family(&labels)?)?;
         }
+        let mut epochs = encoder.encode_descriptor(
+            "log_epoch",
+            "The epoch (leadership term) each partition's new records are written in",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (partition, log) in open() {
+            let labels = partition_labels(partition as u16);
+            let gauge = ConstGauge::new(log.epoch() as i64);
+            gauge.encode(epochs.encode_family(&labels)?)?;
+        }
         let shared = self.0.shared.lock().as_ref().and_then(|w| w.upgrade());
         let Some(shared) = shared else {
             return Ok(());

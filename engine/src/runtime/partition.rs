@@ -121,13 +121,17 @@ impl Partition {
         if self.durable_wait.is_none() {
             if let Some(&(end, _)) = self.in_flight.back() {
                 let log = self.log.clone();
-                let (index, replication) = (self.index, self.shared.replication.clone());
-                let mut stopping = self.stopping.subscribe();
+                // Without a replicator, nothing more than the log's wait.
+                let replicas = self
+                    .shared
+                    .replication
+                    .clone()
+                    .map(|replication| (self.index, replication, self.stopping.subscribe()));
                 self.durable_wait = Some(Box::pin(async move {
                     log.wait_durable_async(end).await?;
                     // Durable here; then on the replicas the mode asks for,
                     // unless the engine shuts down first.
-                    if let Some(replication) = replication {
+                    if let Some((index, replication, mut stopping)) = replicas {
                         tokio::select! {
                             () = replication.replicated(index, end) => {}
                             _ = stopping.wait_for(|stopping| *stopping) => return Ok(None),
