@@ -104,6 +104,7 @@ fn main() {
             retention: None,
             metrics: false,
             trace: false,
+            replicas: 0,
         };
         let report = runtime
             .block_on(run(dir.path(), &options))

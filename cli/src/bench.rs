@@ -18,6 +18,7 @@ pub struct BenchArgs {
     pub retention: Option<Duration>,
     pub metrics: bool,
     pub trace: bool,
+    pub replicas: usize,
     pub data: Option<PathBuf>,
     pub json: bool,
 }
@@ -88,14 +89,23 @@ pub fn run_bench(args: BenchArgs, out: &mut Out) -> Result<()> {
             retention: args.retention,
             metrics: args.metrics,
             trace: args.trace,
+            replicas: args.replicas,
         },
     ))?;
     if args.json {
         return out.line(&serde_json::to_string(&report)?);
     }
     out.line(&format!(
-        "{} sagas of {} no-op steps, concurrency {}, durability {}, {} partition(s)",
-        report.sagas, report.steps, report.concurrency, report.durability, report.partitions
+        "{} sagas of {} no-op steps, concurrency {}, durability {}, {} partition(s){}",
+        report.sagas,
+        report.steps,
+        report.concurrency,
+        report.durability,
+        report.partitions,
+        match args.replicas {
+            0 => String::new(),
+            k => format!(", replicated:{k} to in-process replica(s) over loopback"),
+        }
     ))?;
     out.line(&format!(
         "throughput   {:.0} sagas/s, {:.0} events/s ({:.2} s)",

@@ -263,6 +263,10 @@ enum Command {
         /// what tracing costs the engine).
         #[arg(long)]
         trace: bool,
+        /// Replicate to this many replicas in this process (over loopback
+        /// TCP), every batch held until all have it (replicated:K).
+        #[arg(long, default_value_t = 0)]
+        replicas: usize,
         /// A directory to create for the run (kept afterwards).
         #[arg(long)]
         data: Option<PathBuf>,
@@ -413,6 +417,7 @@ fn main() -> ExitCode {
             retention,
             metrics,
             trace,
+            replicas,
             data,
             json,
         } => bench::run_bench(
@@ -425,6 +430,7 @@ fn main() -> ExitCode {
                 retention,
                 metrics,
                 trace,
+                replicas,
                 data,
                 json,
             },

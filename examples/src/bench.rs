@@ -49,6 +49,9 @@ pub struct BenchOptions {
     /// batch span processor, whose exporter drops them (what the engine's
     /// side of tracing costs, without a network).
     pub trace: bool,
+    /// Replicas in this process, over loopback TCP, and every batch held
+    /// until all of them have it (`replicated(K)`); 0: none.
+    pub replicas: usize,
 }
 
 /// An exporter that drops every batch.
@@ -223,6 +226,40 @@ fn bench_saga(steps: usize, gaps: Arc<Gaps>) -> Saga<u64> {
     saga
 }
 
+/// Serves `count` replicas of `engine` in this process (in `dir/replicas`)
+/// over loopback.
+async fn start_replicas(
+    dir: &Path,
+    leader: Arc<skald_replicator::Leader>,
+    engine: &Engine,
+    count: usize,
+) -> Result<Vec<skald_replicator::Replica>, EngineError> {
+    let io = |error: std::io::Error| EngineError::Io {
+        path: dir.to_path_buf(),
+        error: Arc::new(error),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(io)?;
+    let address = listener.local_addr().map_err(io)?.to_string();
+    let serving = engine.clone();
+    tokio::spawn(async move { leader.serve(listener, serving).await });
+    let mut replicas = Vec::new();
+    for index in 0..count {
+        let options = skald_replicator::ReplicaOptions {
+            leader: address.clone(),
+            dir: dir.join("replicas").join(format!("replica-{index}")),
+            name: format!("bench-replica-{index}"),
+            segment_size_bytes: skald_log::LogOptions::default().segment_size_bytes,
+        };
+        let replica = skald_replicator::Replica::start(options)
+            .await
+            .map_err(|e| io(std::io::Error::other(e.to_string())))?;
+        replicas.push(replica);
+    }
+    Ok(replicas)
+}
+
 /// The benchmark saga with `steps` no-op steps, for other benchmarks.
 pub fn noop_saga(steps: usize) -> Saga<u64> {
     bench_saga(steps, Arc::new(Gaps::default()))
@@ -251,10 +288,20 @@ pub async fn run(dir: &Path, options: &BenchOptions) -> Result<BenchReport, Engi
         let processor = opentelemetry_sdk::trace::BatchSpanProcessor::builder(Dropped).build();
         builder = builder.tracing(skald_engine::Tracing::new(processor));
     }
+    let leader = (options.replicas > 0).then(|| {
+        skald_replicator::Leader::new(skald_replicator::Mode::Replicated(options.replicas))
+    });
+    if let Some(leader) = &leader {
+        builder = builder.replication(leader.clone());
+    }
     let engine = builder
         .register(bench_saga(options.steps.max(1), gaps.clone()))?
         .open()
         .await?;
+    let replicas = match leader {
+        Some(leader) => start_replicas(dir, leader, &engine, options.replicas).await?,
+        None => Vec::new(),
+    };
     let next = Arc::new(AtomicU64::new(0));
     let done = Arc::new(AtomicU64::new(0));
     let every = options.sagas.div_ceil(SAMPLES_MAX).max(1);
@@ -303,6 +350,12 @@ pub async fn run(dir: &Path, options: &BenchOptions) -> Result<BenchReport, Engi
         let _ = skald_engine::metrics::render(&registry);
     }
     engine.shutdown().await?;
+    for replica in replicas {
+        replica.stop().await.map_err(|e| EngineError::Io {
+            path: dir.to_path_buf(),
+            error: Arc::new(std::io::Error::other(e.to_string())),
+        })?;
+    }
 
     let mut latencies = std::mem::take(&mut *latencies.lock());
     latencies.sort_unstable();

@@ -117,6 +117,9 @@ struct WriterState {
     spare_requested: bool,
     /// The epoch of segments made from now on (see `Log::begin_epoch`).
     epoch: u64,
+    /// Cuts made (`Log::truncate_suffix`): a flush round that began before
+    /// one publishes nothing.
+    cuts: u64,
     /// Under `Periodic` and `OsOnly`, the segment before `active` until its
     /// tail is flushed in the background: (segment, from, to). At most one
     /// segment is ever in this state, which is what lets recovery check

@@ -224,6 +224,7 @@ impl Leader {
             from_lsn,
             last_crc,
             last_epoch,
+            seen_epoch,
             name,
         }) = hello
         else {
@@ -235,6 +236,7 @@ impl Leader {
             from_lsn,
             last_crc,
             last_epoch,
+            seen_epoch,
         };
         let (tailer, welcome) = match welcome(&engine, asked) {
             Ok(accepted) => accepted,
@@ -364,6 +366,68 @@ struct Asked {
     from_lsn: u64,
     last_crc: u32,
     last_epoch: u64,
+    seen_epoch: u64,
+}
+
+/// A leader's partition log, as a hello is answered against it.
+struct LeaderLog {
+    /// Its epochs with the first LSN of each, oldest first.
+    epochs: Vec<(u64, u64)>,
+    first: u64,
+    visible: u64,
+    epoch: u64,
+}
+
+/// What to do with a replica that asks from `from_lsn` (1 or more), whose
+/// last record was written in `last_epoch` and which has seen `seen_epoch`.
+#[derive(Debug, PartialEq, Eq)]
+enum Plan {
+    Ship,
+    /// Its records from this LSN on were a deposed leader's.
+    Truncate(u64),
+    Refuse(RefusalCode, String),
+}
+
+fn plan(here: &LeaderLog, from_lsn: u64, (last_epoch, seen_epoch): (u64, u64)) -> Plan {
+    let LeaderLog {
+        epochs,
+        first,
+        visible,
+        epoch,
+    } = here;
+    if seen_epoch > *epoch {
+        let what =
+            format!("the replica has seen epoch {seen_epoch}, this leader is in epoch {epoch}");
+        return Plan::Refuse(RefusalCode::Stale, what);
+    }
+    // Where the replica's last epoch ends here (Kafka's end offset of an
+    // epoch): past it, its records are a deposed leader's.
+    if from_lsn > 1 {
+        if let Some(index) = epochs.iter().position(|&(e, _)| e > last_epoch) {
+            if index == 0 && *first > 1 {
+                // Where its epoch ended went with this log's removed
+                // segments: only a snapshot can bring it back in line.
+                let what =
+                    format!("where epoch {last_epoch} ended was covered by a snapshot and removed");
+                return Plan::Refuse(RefusalCode::Truncated, what);
+            }
+            let end = epochs[index].1;
+            if from_lsn > end {
+                return Plan::Truncate(end);
+            }
+        }
+    }
+    if from_lsn < *first {
+        let what = format!("covered by a snapshot and removed (this log holds {first}..{visible})");
+        return Plan::Refuse(RefusalCode::Truncated, what);
+    }
+    if from_lsn > *visible {
+        // The same epoch, and further: never cut back here (it may hold
+        // the only copy of what was acknowledged).
+        let what = format!("past this leader's end (this log holds {first}..{visible})");
+        return Plan::Refuse(RefusalCode::Ahead, what);
+    }
+    Plan::Ship
 }
 
 /// The answer to a hello: a tailer from where the replica asks (none for a
@@ -377,6 +441,7 @@ fn welcome(engine: &Engine, asked: Asked) -> Result<(Option<skald_log::Tailer>, 
         from_lsn,
         last_crc,
         last_epoch,
+        seen_epoch,
     } = asked;
     let refuse = |code, message: String| Frame::Refused { code, message };
     if version != PROTOCOL_VERSION {
@@ -407,29 +472,19 @@ fn welcome(engine: &Engine, asked: Asked) -> Result<(Option<skald_log::Tailer>, 
     if from_lsn == 0 {
         return Ok((None, welcome));
     }
-    if last_epoch > epoch {
-        let message = format!("partition {partition}: the replica has seen epoch {last_epoch}, this leader is in epoch {epoch}");
-        return Err(refuse(RefusalCode::Stale, message));
-    }
-    // Where the replica's last epoch ends here: past it, its records are
-    // a deposed leader's, which this one never had.
-    let end_of_epoch = log
-        .epochs()
-        .iter()
-        .find(|&&(e, _)| e > last_epoch)
-        .map_or(visible, |&(_, start)| start);
-    if from_lsn > end_of_epoch {
-        return Err(Frame::Truncate { lsn: end_of_epoch });
-    }
-    if from_lsn < first || from_lsn > visible {
-        let (code, what) = match from_lsn < first {
-            true => (RefusalCode::Truncated, "covered by a snapshot and removed"),
-            false => (RefusalCode::Ahead, "past this leader's end"),
-        };
-        let message = format!(
-            "partition {partition} from LSN {from_lsn}: {what} (this log holds {first}..{visible})"
-        );
-        return Err(refuse(code, message));
+    let here = LeaderLog {
+        epochs: log.epochs(),
+        first,
+        visible,
+        epoch,
+    };
+    match plan(&here, from_lsn, (last_epoch, seen_epoch)) {
+        Plan::Ship => {}
+        Plan::Truncate(lsn) => return Err(Frame::Truncate { lsn }),
+        Plan::Refuse(code, what) => {
+            let message = format!("partition {partition} from LSN {from_lsn}: {what}");
+            return Err(refuse(code, message));
+        }
     }
     if let Some(problem) = differs(&log, from_lsn, last_crc) {
         let message = format!("partition {partition} at LSN {}: {problem}", from_lsn - 1);
@@ -610,5 +665,65 @@ impl Replication for Leader {
             })
             .map(|t| t.acked)
             .min()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn log(epochs: &[(u64, u64)], first: u64, visible: u64) -> LeaderLog {
+        LeaderLog {
+            epochs: epochs.to_vec(),
+            first,
+            visible,
+            epoch: epochs.last().map_or(0, |&(e, _)| e),
+        }
+    }
+
+    #[test]
+    fn a_hello_is_answered_by_the_epochs_of_both_logs() {
+        // Epoch 1 from LSN 1, epoch 2 from 50; 80 records.
+        let here = log(&[(1, 1), (2, 50)], 1, 81);
+        // In step: ship.
+        assert_eq!(plan(&here, 81, (2, 2)), Plan::Ship);
+        assert_eq!(plan(&here, 30, (1, 1)), Plan::Ship);
+        assert_eq!(plan(&here, 50, (1, 1)), Plan::Ship);
+        assert_eq!(plan(&here, 1, (0, 0)), Plan::Ship);
+        // A deposed leader's records of epoch 1 past 49: cut back to 50.
+        assert_eq!(plan(&here, 60, (1, 1)), Plan::Truncate(50));
+        // Epoch 0 records (before any epoch here): cut back to 1.
+        assert_eq!(plan(&here, 5, (0, 0)), Plan::Truncate(1));
+        // Ahead in the same epoch: refused, never cut.
+        assert!(matches!(
+            plan(&here, 90, (2, 2)),
+            Plan::Refuse(RefusalCode::Ahead, _)
+        ));
+        // A replica that has seen epoch 3: this leader is stale.
+        assert!(matches!(
+            plan(&here, 81, (2, 3)),
+            Plan::Refuse(RefusalCode::Stale, _)
+        ));
+        // It has begun 2 with no record of it yet: cut by its last record.
+        assert_eq!(plan(&here, 60, (1, 2)), Plan::Truncate(50));
+    }
+
+    #[test]
+    fn where_an_epoch_ended_is_not_guessed_once_removed() {
+        // This log kept only epoch 2, from LSN 100 on.
+        let here = log(&[(2, 100)], 100, 130);
+        assert!(matches!(
+            plan(&here, 90, (1, 1)),
+            Plan::Refuse(RefusalCode::Truncated, _)
+        ));
+        assert!(matches!(
+            plan(&here, 105, (1, 1)),
+            Plan::Refuse(RefusalCode::Truncated, _)
+        ));
+        assert_eq!(plan(&here, 110, (2, 2)), Plan::Ship);
+        assert!(matches!(
+            plan(&here, 50, (2, 2)),
+            Plan::Refuse(RefusalCode::Truncated, _)
+        ));
     }
 }

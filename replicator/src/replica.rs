@@ -52,6 +52,8 @@ pub struct PartitionStatus {
     pub connected: bool,
     /// Why it stopped for good, if it did (a refusal a retry cannot fix).
     pub stopped: Option<String>,
+    /// Why its last connection ended, while it tries again.
+    pub retrying: Option<String>,
 }
 
 /// A replica that failed to start.
@@ -182,6 +184,7 @@ async fn ask_partitions(options: &ReplicaOptions) -> Result<u16, ReplicaError> {
         from_lsn: 0,
         last_crc: 0,
         last_epoch: 0,
+        seen_epoch: 0,
         name: options.name.clone(),
     };
     write_frame(&mut stream, &hello).await.map_err(failed)?;
@@ -217,8 +220,12 @@ async fn follow_partition(
             }
             Ok(Retry::After(error)) => {
                 tracing::info!(partition, %error, "reconnecting to the leader");
+                status.lock()[usize::from(partition)].retrying = Some(error.to_string());
             }
-            Ok(Retry::Progressed) => wait = RECONNECT_FIRST,
+            Ok(Retry::Progressed) => {
+                status.lock()[usize::from(partition)].retrying = None;
+                wait = RECONNECT_FIRST;
+            }
         }
         tokio::time::sleep(wait).await;
         wait = (wait * 2).min(RECONNECT_MAX);
@@ -252,7 +259,8 @@ async fn follow_once(
         partition,
         from_lsn,
         last_crc: last_crc(log, from_lsn),
-        last_epoch: log.epoch(),
+        last_epoch: last_epoch(log, from_lsn),
+        seen_epoch: log.epoch(),
         name: options.name.clone(),
     };
     if let Err(error) = write_frame(&mut stream, &hello).await {
@@ -394,6 +402,15 @@ async fn append(
         Ok(Err(error)) => Err(Stop(format!("appending what the leader shipped: {error}"))),
         Err(error) => Err(Stop(format!("the append task failed: {error}"))),
     }
+}
+
+/// The epoch of this log's record at `from_lsn - 1` (0 if none).
+fn last_epoch(log: &Log, from_lsn: u64) -> u64 {
+    log.epochs()
+        .iter()
+        .rev()
+        .find(|&&(_, first)| first < from_lsn)
+        .map_or(0, |&(epoch, _)| epoch)
 }
 
 /// The checksum of this log's record at `from_lsn - 1` (0 if none).

@@ -75,8 +75,11 @@ pub enum Frame {
         /// The checksum of its record at `from_lsn - 1` (0 for an empty
         /// log): the leader's record there must have the same.
         last_crc: u32,
-        /// The newest epoch its log holds.
+        /// The epoch its last record was written in (0 for an empty log).
         last_epoch: u64,
+        /// The newest epoch its log has begun (it follows no leader of an
+        /// older one).
+        seen_epoch: u64,
         /// Its name (stable across its restarts).
         name: String,
     },
@@ -160,6 +163,7 @@ impl Frame {
                 from_lsn,
                 last_crc,
                 last_epoch,
+                seen_epoch,
                 name,
             } => {
                 body.push(HELLO);
@@ -169,6 +173,7 @@ impl Frame {
                 body.extend_from_slice(&from_lsn.to_le_bytes());
                 body.extend_from_slice(&last_crc.to_le_bytes());
                 body.extend_from_slice(&last_epoch.to_le_bytes());
+                body.extend_from_slice(&seen_epoch.to_le_bytes());
                 put_text(&mut body, name);
             }
             Frame::Welcome {
@@ -232,6 +237,7 @@ impl Frame {
                     from_lsn: input.u64()?,
                     last_crc: input.u32()?,
                     last_epoch: input.u64()?,
+                    seen_epoch: input.u64()?,
                     name: input.text()?,
                 }
             }
@@ -363,6 +369,7 @@ mod tests {
                 from_lsn: 42,
                 last_crc: 0xDEAD_BEEF,
                 last_epoch: 3,
+                seen_epoch: 4,
                 name: "réplica-b".into(),
             },
             Frame::Welcome {
@@ -406,6 +413,7 @@ mod tests {
             from_lsn: 1,
             last_crc: 0,
             last_epoch: 0,
+            seen_epoch: 0,
             name: String::new(),
         }
         .encode();

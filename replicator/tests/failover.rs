@@ -243,7 +243,25 @@ async fn a_replica_that_saw_a_newer_epoch_refuses_the_old_leader() {
         let old = old.clone();
         async move { old.start("pair", &1u64).await }
     });
-    let early = tokio::time::timeout(Duration::from_millis(500), &mut start).await;
+    // Each partition was refused as stale, and keeps trying.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let stale = |r: &Replica| {
+        r.status().iter().all(|s| {
+            s.retrying
+                .as_ref()
+                .is_some_and(|why| why.contains("has seen epoch 2"))
+                && s.stopped.is_none()
+        })
+    };
+    while !stale(&replica) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{:?}",
+            replica.status()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let early = tokio::time::timeout(Duration::from_millis(300), &mut start).await;
     assert!(early.is_err(), "the old leader acknowledged: {early:?}");
     replica.stop().await.unwrap();
     for p in 0..2 {

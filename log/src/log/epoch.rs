@@ -9,14 +9,21 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use crate::format::{check_record, RecordCheck, SEGMENT_HEADER_SIZE_BYTES};
+use std::path::PathBuf;
+
+use super::{FailStop, Shared};
+use crate::format::{check_record, RecordCheck, SegmentHeader, SEGMENT_HEADER_SIZE_BYTES};
+use crate::preparer::PREPARED_SUFFIX;
 use crate::segment::Segment;
 use crate::{Log, LogError, Lsn};
 
 impl Log {
-    /// The epoch of the records appended from now on.
+    /// The newest epoch this log has begun: the epoch of the records
+    /// appended from now on (a log opened with a newer
+    /// `LogOptions::epoch` takes it at its next segment).
     pub fn epoch(&self) -> u64 {
-        self.shared.writer.lock().epoch
+        let writer = self.shared.writer.lock();
+        writer.active.epoch().max(writer.epoch)
     }
 
     /// Every epoch the retained log holds records of, oldest first, with
@@ -69,12 +76,14 @@ impl Log {
     }
 
     /// Removes every record from `lsn` on, which must lie between the
-    /// first retained LSN and the end: whole segments after it are
-    /// deleted (newest first), the rest of its own segment zeroed and
-    /// flushed; appends then continue at `lsn`. For a replica dropping
-    /// what a deposed leader wrote that its successor never had: no reader
-    /// or tailer may be positioned past `lsn`. A crash midway leaves a
-    /// shorter log or the same one, never a gap.
+    /// first retained LSN and the end; appends then continue at `lsn`. For
+    /// a replica dropping what a deposed leader wrote that its successor
+    /// never had. Segments after the one holding `lsn` are deleted, newest
+    /// first; that one is rewritten with only its records before `lsn`
+    /// (a new file, flushed, renamed over it). A crash at any point leaves
+    /// a log that ends at `lsn` or later, never a gap or a torn record; a
+    /// failure midway stops the log (a reopen finds it consistent).
+    /// Readers and tailers opened before the cut must be opened again.
     pub fn truncate_suffix(&self, lsn: Lsn) -> Result<(), LogError> {
         if self.shared.options.read_only {
             return Err(LogError::InvalidOptions("the log was opened read-only"));
@@ -86,9 +95,10 @@ impl Log {
         }
         let first = self.first_lsn();
         if lsn < first || lsn > writer.next_lsn {
+            let next = writer.next_lsn.max(first);
             return Err(LogError::PastEnd {
                 requested: lsn,
-                next: writer.next_lsn.max(first),
+                next,
             });
         }
         if lsn == writer.next_lsn {
@@ -98,37 +108,26 @@ impl Log {
         let target = self.shared.flush_written_as(&mut writer, true)?;
         self.shared.publish_durable(target);
         writer.sealed = None;
+        writer.cuts += 1;
         let (keep, doomed) = {
             let segments = self.shared.segments.read();
             let index = segments.partition_point(|s| s.base_lsn() <= lsn) - 1;
             (segments[index].clone(), segments[index + 1..].to_vec())
         };
-        for segment in doomed.iter().rev() {
-            self.shared
-                .storage
-                .remove_file(&segment.path)
-                .and_then(|()| self.shared.storage.sync_dir(&self.shared.dir))
-                .map_err(|e| LogError::io("remove segment", &segment.path, e))?;
-        }
-        let used_end = match Arc::ptr_eq(&keep, &writer.active) {
-            true => writer.write_offset,
-            false => records_end(&keep).0,
+        let (rewritten, cut) = match self.shared.cut(&keep, &doomed, lsn) {
+            Ok(cut) => cut,
+            Err((operation, path, error)) => {
+                let failure = FailStop::new(operation, &path, error);
+                return Err(self.shared.fail(&mut writer, failure));
+            }
         };
-        let cut = offset_of(&keep, lsn)?;
-        if used_end > cut {
-            let zeros = vec![0u8; (used_end - cut) as usize];
-            // SAFETY: under the writer lock; no reader is past `lsn`.
-            unsafe { keep.file.write(cut, &zeros) };
-            keep.file
-                .flush(cut, used_end - cut)
-                .map_err(|e| LogError::io("zero the cut records", &keep.path, e))?;
-        }
         {
             let mut segments = self.shared.segments.write();
             let kept = segments.len() - doomed.len();
             segments.truncate(kept);
+            *segments.last_mut().expect("the cut segment") = rewritten.clone();
         }
-        writer.active = keep;
+        writer.active = rewritten;
         writer.write_offset = cut;
         writer.flush_offset = cut;
         writer.next_lsn = lsn;
@@ -140,9 +139,61 @@ impl Log {
     }
 }
 
+/// A failed step of a cut: what, where, why.
+type CutFailure = (&'static str, PathBuf, std::io::Error);
+
+impl Shared {
+    /// The file work of a cut: `doomed` removed newest first, then `keep`
+    /// rewritten with its records before `lsn`. Returns the new segment
+    /// and the offset where its records end.
+    fn cut(
+        &self,
+        keep: &Segment,
+        doomed: &[Arc<Segment>],
+        lsn: Lsn,
+    ) -> Result<(Arc<Segment>, u64), CutFailure> {
+        for segment in doomed.iter().rev() {
+            self.storage
+                .remove_file(&segment.path)
+                .and_then(|()| self.storage.sync_dir(&self.dir))
+                .map_err(|e| ("remove segment", segment.path.clone(), e))?;
+        }
+        let cut = offset_of(keep, lsn).map_err(|e| ("find the cut", keep.path.clone(), e))?;
+        // At least the configured size, so every batch the options allow
+        // fits; at least what it keeps.
+        let size_bytes = self.options.segment_size_bytes.max(keep.size_bytes());
+        let header = SegmentHeader {
+            epoch: keep.epoch(),
+            base_lsn: keep.base_lsn(),
+            segment_size_bytes: size_bytes,
+        };
+        let temporary = self
+            .dir
+            .join(format!("cut-{:020}{PREPARED_SUFFIX}", keep.base_lsn()));
+        let failed = |operation| move |e| (operation, keep.path.clone(), e);
+        let file = self
+            .storage
+            .create_segment(&temporary, size_bytes, &header.encode())
+            .map_err(failed("create the cut segment"))?;
+        let records = cut - SEGMENT_HEADER_SIZE_BYTES;
+        // SAFETY: the new file is this function's alone until the rename.
+        unsafe {
+            file.write(
+                SEGMENT_HEADER_SIZE_BYTES,
+                keep.bytes(SEGMENT_HEADER_SIZE_BYTES, records),
+            )
+        };
+        file.flush(SEGMENT_HEADER_SIZE_BYTES, records)
+            .and_then(|()| self.storage.rename(&temporary, &keep.path))
+            .and_then(|()| self.storage.sync_dir(&self.dir))
+            .map_err(failed("rewrite the cut segment"))?;
+        Ok((Arc::new(Segment::new(keep.path.clone(), header, file)), cut))
+    }
+}
+
 /// The offset of record `lsn` in `segment` (or of its end, if `lsn` is
 /// the LSN after its last record).
-fn offset_of(segment: &Segment, lsn: Lsn) -> Result<u64, LogError> {
+fn offset_of(segment: &Segment, lsn: Lsn) -> Result<u64, std::io::Error> {
     let size = segment.size_bytes();
     let (mut offset, mut next) = (SEGMENT_HEADER_SIZE_BYTES, segment.base_lsn());
     while next < lsn {
@@ -152,28 +203,10 @@ fn offset_of(segment: &Segment, lsn: Lsn) -> Result<u64, LogError> {
                 next += 1;
             }
             _ => {
-                return Err(LogError::SegmentMismatch {
-                    path: segment.path.clone(),
-                    detail: format!("record {next} is not where the log says it is"),
-                })
+                let detail = format!("record {next} is not where the log says it is");
+                return Err(std::io::Error::other(detail));
             }
         }
     }
     Ok(offset)
-}
-
-/// The end of the records in `segment`: (offset, LSN) after the last.
-fn records_end(segment: &Segment) -> (u64, Lsn) {
-    let size = segment.size_bytes();
-    let (mut offset, mut next) = (SEGMENT_HEADER_SIZE_BYTES, segment.base_lsn());
-    while offset < size {
-        match check_record(segment.bytes(offset, size - offset)) {
-            RecordCheck::Valid { header, size_bytes } if header.lsn == next => {
-                offset += size_bytes;
-                next += 1;
-            }
-            _ => break,
-        }
-    }
-    (offset, next)
 }

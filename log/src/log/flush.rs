@@ -118,6 +118,7 @@ impl Shared {
         let sealed = writer.sealed.clone();
         let segment = writer.active.clone();
         let (from, to, target) = (writer.flush_offset, writer.write_offset, writer.next_lsn);
+        let cuts = writer.cuts;
         // Under OsOnly the flusher only finishes sealed segments: the active
         // one is left to the OS, as the mode promises.
         let active_too = force || self.options.durability != Durability::OsOnly || writer.closed;
@@ -139,6 +140,9 @@ impl Shared {
             Ok(())
         });
         match result {
+            // The log was cut back meanwhile: what this round flushed may
+            // be gone; the cut published its own end.
+            Ok(()) if writer.cuts != cuts => Ok(self.durable_lsn.load(Ordering::Acquire)),
             Ok(()) => {
                 if active_too && Arc::ptr_eq(&segment, &writer.active) && writer.flush_offset < to {
                     writer.flush_offset = to;

@@ -256,6 +256,7 @@ impl Shared {
                 next_lsn: end.next_lsn,
                 spare_requested: false,
                 epoch,
+                cuts: 0,
                 sealed: None,
                 failed: None,
                 closed: options.read_only,
