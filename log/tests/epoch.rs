@@ -158,3 +158,29 @@ fn a_power_cut_in_the_middle_of_a_cut_leaves_a_log_that_opens_as_a_prefix() {
         "{outcomes:?}"
     );
 }
+
+#[test]
+fn a_log_started_again_at_a_later_lsn_goes_on_from_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Log::open(dir.path(), options()).unwrap();
+    for n in 1..=60 {
+        log.append(&payload(n)).unwrap();
+    }
+    log.restart_at(500, 3).unwrap();
+    assert_eq!(
+        (log.first_lsn(), log.next_lsn(), log.epoch()),
+        (500, 500, 3)
+    );
+    assert_eq!(log.segment_count(), 1);
+    assert!(matches!(log.read_from(20), Err(LogError::Truncated { .. })));
+    for n in 500..520 {
+        assert_eq!(log.append(&payload(n)).unwrap(), n);
+    }
+    log.close().unwrap();
+    let log = Log::open(dir.path(), options()).unwrap();
+    assert_eq!(log.first_lsn(), 500);
+    assert_eq!(log.epochs(), vec![(3, 500)]);
+    assert_eq!(payloads(&log), (500..520).map(payload).collect::<Vec<_>>());
+    // An older epoch is refused.
+    assert!(log.restart_at(600, 2).is_err());
+}

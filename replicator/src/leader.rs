@@ -222,6 +222,7 @@ impl Leader {
             version,
             partition,
             from_lsn,
+            first_lsn,
             last_crc,
             last_epoch,
             seen_epoch,
@@ -234,6 +235,7 @@ impl Leader {
             version,
             partition,
             from_lsn,
+            holds_records: from_lsn > first_lsn,
             last_crc,
             last_epoch,
             seen_epoch,
@@ -364,6 +366,8 @@ struct Asked {
     version: u16,
     partition: u16,
     from_lsn: u64,
+    /// Whether the replica holds any record (below `from_lsn`).
+    holds_records: bool,
     last_crc: u32,
     last_epoch: u64,
     seen_epoch: u64,
@@ -385,10 +389,16 @@ enum Plan {
     Ship,
     /// Its records from this LSN on were a deposed leader's.
     Truncate(u64),
+    /// It needs this leader's newest snapshot, and the records after it.
+    Snapshot,
     Refuse(RefusalCode, String),
 }
 
-fn plan(here: &LeaderLog, from_lsn: u64, (last_epoch, seen_epoch): (u64, u64)) -> Plan {
+fn plan(
+    here: &LeaderLog,
+    (from_lsn, holds_records): (u64, bool),
+    (last_epoch, seen_epoch): (u64, u64),
+) -> Plan {
     let LeaderLog {
         epochs,
         first,
@@ -402,14 +412,12 @@ fn plan(here: &LeaderLog, from_lsn: u64, (last_epoch, seen_epoch): (u64, u64)) -
     }
     // Where the replica's last epoch ends here (Kafka's end offset of an
     // epoch): past it, its records are a deposed leader's.
-    if from_lsn > 1 {
+    if holds_records {
         if let Some(index) = epochs.iter().position(|&(e, _)| e > last_epoch) {
             if index == 0 && *first > 1 {
                 // Where its epoch ended went with this log's removed
-                // segments: only a snapshot can bring it back in line.
-                let what =
-                    format!("where epoch {last_epoch} ended was covered by a snapshot and removed");
-                return Plan::Refuse(RefusalCode::Truncated, what);
+                // segments: it starts again from a snapshot.
+                return Plan::Snapshot;
             }
             let end = epochs[index].1;
             if from_lsn > end {
@@ -418,8 +426,8 @@ fn plan(here: &LeaderLog, from_lsn: u64, (last_epoch, seen_epoch): (u64, u64)) -
         }
     }
     if from_lsn < *first {
-        let what = format!("covered by a snapshot and removed (this log holds {first}..{visible})");
-        return Plan::Refuse(RefusalCode::Truncated, what);
+        // What it lacks was covered by a snapshot and removed.
+        return Plan::Snapshot;
     }
     if from_lsn > *visible {
         // The same epoch, and further: never cut back here (it may hold
@@ -439,6 +447,7 @@ fn welcome(engine: &Engine, asked: Asked) -> Result<(Option<skald_log::Tailer>, 
         version,
         partition,
         from_lsn,
+        holds_records,
         last_crc,
         last_epoch,
         seen_epoch,
@@ -478,15 +487,16 @@ fn welcome(engine: &Engine, asked: Asked) -> Result<(Option<skald_log::Tailer>, 
         visible,
         epoch,
     };
-    match plan(&here, from_lsn, (last_epoch, seen_epoch)) {
+    match plan(&here, (from_lsn, holds_records), (last_epoch, seen_epoch)) {
         Plan::Ship => {}
         Plan::Truncate(lsn) => return Err(Frame::Truncate { lsn }),
+        Plan::Snapshot => return Err(newest_snapshot(engine, partition, &here)),
         Plan::Refuse(code, what) => {
             let message = format!("partition {partition} from LSN {from_lsn}: {what}");
             return Err(refuse(code, message));
         }
     }
-    if let Some(problem) = differs(&log, from_lsn, last_crc) {
+    if let Some(problem) = differs(&log, from_lsn, last_crc).filter(|_| holds_records) {
         let message = format!("partition {partition} at LSN {}: {problem}", from_lsn - 1);
         return Err(refuse(RefusalCode::Diverged, message));
     }
@@ -497,6 +507,38 @@ fn welcome(engine: &Engine, asked: Asked) -> Result<(Option<skald_log::Tailer>, 
     // which ends the tailer.
     drop(log);
     Ok((Some(tailer), welcome))
+}
+
+/// The `Snapshot` frame of `partition`'s newest snapshot, or a refusal if
+/// it has none to give.
+fn newest_snapshot(engine: &Engine, partition: u16, here: &LeaderLog) -> Frame {
+    let dir = skald_engine::inspect::partition_dir(engine.dir(), usize::from(partition));
+    let store = skald_snapshot::SnapshotStore::read_only(skald_engine::inspect::snapshot_dir(&dir));
+    match store.load_newest() {
+        Ok(skald_snapshot::Loaded { snapshot: Some(snapshot), .. }) if snapshot.lsn >= here.first => {
+            // The epoch in force at the snapshot's LSN.
+            let epoch = here
+                .epochs
+                .iter()
+                .rev()
+                .find(|&&(_, first)| first <= snapshot.lsn)
+                .map_or(here.epoch, |&(epoch, _)| epoch);
+            Frame::Snapshot {
+                lsn: snapshot.lsn,
+                epoch,
+                crc: crc32fast::hash(&snapshot.payload),
+                payload: snapshot.payload,
+            }
+        }
+        Ok(_) => Frame::Refused {
+            code: RefusalCode::Truncated,
+            message: format!("partition {partition}: the records asked for were removed, and no snapshot covers them"),
+        },
+        Err(error) => Frame::Refused {
+            code: RefusalCode::ShuttingDown,
+            message: format!("partition {partition}: reading the newest snapshot: {error}"),
+        },
+    }
 }
 
 /// Why the replica's last record (at `from_lsn - 1`, with checksum
@@ -686,44 +728,39 @@ mod tests {
         // Epoch 1 from LSN 1, epoch 2 from 50; 80 records.
         let here = log(&[(1, 1), (2, 50)], 1, 81);
         // In step: ship.
-        assert_eq!(plan(&here, 81, (2, 2)), Plan::Ship);
-        assert_eq!(plan(&here, 30, (1, 1)), Plan::Ship);
-        assert_eq!(plan(&here, 50, (1, 1)), Plan::Ship);
-        assert_eq!(plan(&here, 1, (0, 0)), Plan::Ship);
+        assert_eq!(plan(&here, (81, true), (2, 2)), Plan::Ship);
+        assert_eq!(plan(&here, (30, true), (1, 1)), Plan::Ship);
+        assert_eq!(plan(&here, (50, true), (1, 1)), Plan::Ship);
+        assert_eq!(plan(&here, (1, false), (0, 0)), Plan::Ship);
         // A deposed leader's records of epoch 1 past 49: cut back to 50.
-        assert_eq!(plan(&here, 60, (1, 1)), Plan::Truncate(50));
+        assert_eq!(plan(&here, (60, true), (1, 1)), Plan::Truncate(50));
         // Epoch 0 records (before any epoch here): cut back to 1.
-        assert_eq!(plan(&here, 5, (0, 0)), Plan::Truncate(1));
+        assert_eq!(plan(&here, (5, true), (0, 0)), Plan::Truncate(1));
         // Ahead in the same epoch: refused, never cut.
         assert!(matches!(
-            plan(&here, 90, (2, 2)),
+            plan(&here, (90, true), (2, 2)),
             Plan::Refuse(RefusalCode::Ahead, _)
         ));
         // A replica that has seen epoch 3: this leader is stale.
         assert!(matches!(
-            plan(&here, 81, (2, 3)),
+            plan(&here, (81, true), (2, 3)),
             Plan::Refuse(RefusalCode::Stale, _)
         ));
         // It has begun 2 with no record of it yet: cut by its last record.
-        assert_eq!(plan(&here, 60, (1, 2)), Plan::Truncate(50));
+        assert_eq!(plan(&here, (60, true), (1, 2)), Plan::Truncate(50));
     }
 
     #[test]
     fn where_an_epoch_ended_is_not_guessed_once_removed() {
-        // This log kept only epoch 2, from LSN 100 on.
+        // This log kept only epoch 2, from LSN 100 on: a replica it cannot
+        // place starts again from a snapshot.
         let here = log(&[(2, 100)], 100, 130);
-        assert!(matches!(
-            plan(&here, 90, (1, 1)),
-            Plan::Refuse(RefusalCode::Truncated, _)
-        ));
-        assert!(matches!(
-            plan(&here, 105, (1, 1)),
-            Plan::Refuse(RefusalCode::Truncated, _)
-        ));
-        assert_eq!(plan(&here, 110, (2, 2)), Plan::Ship);
-        assert!(matches!(
-            plan(&here, 50, (2, 2)),
-            Plan::Refuse(RefusalCode::Truncated, _)
-        ));
+        assert_eq!(plan(&here, (90, true), (1, 1)), Plan::Snapshot);
+        assert_eq!(plan(&here, (105, true), (1, 1)), Plan::Snapshot);
+        assert_eq!(plan(&here, (110, true), (2, 2)), Plan::Ship);
+        assert_eq!(plan(&here, (50, true), (2, 2)), Plan::Snapshot);
+        // A new replica, or one started again at a snapshot: no records.
+        assert_eq!(plan(&here, (1, false), (0, 0)), Plan::Snapshot);
+        assert_eq!(plan(&here, (120, false), (0, 2)), Plan::Ship);
     }
 }

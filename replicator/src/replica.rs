@@ -182,6 +182,7 @@ async fn ask_partitions(options: &ReplicaOptions) -> Result<u16, ReplicaError> {
         version: PROTOCOL_VERSION,
         partition: 0,
         from_lsn: 0,
+        first_lsn: 0,
         last_crc: 0,
         last_epoch: 0,
         seen_epoch: 0,
@@ -258,6 +259,7 @@ async fn follow_once(
         version: PROTOCOL_VERSION,
         partition,
         from_lsn,
+        first_lsn: log.first_lsn(),
         last_crc: last_crc(log, from_lsn),
         last_epoch: last_epoch(log, from_lsn),
         seen_epoch: log.epoch(),
@@ -278,6 +280,12 @@ async fn follow_once(
         }
         Ok(Some(Frame::Welcome { .. })) => {}
         Ok(Some(Frame::Truncate { lsn })) => return cut_back(log, lsn).await,
+        Ok(Some(Frame::Snapshot {
+            lsn,
+            epoch,
+            crc,
+            payload,
+        })) => return start_again(log, (lsn, epoch), (crc, payload)).await,
         // Shutting down, or deposed: the next leader may come.
         Ok(Some(Frame::Refused {
             code: RefusalCode::ShuttingDown | RefusalCode::Stale,
@@ -336,6 +344,37 @@ async fn next_frame(stream: &mut TcpStream) -> Result<Option<Frame>, WireError> 
     match tokio::time::timeout(SILENCE_MAX, read_frame(stream, FRAME_BYTES_MAX)).await {
         Ok(result) => result,
         Err(_) => Err(WireError::Malformed("the leader went silent")),
+    }
+}
+
+/// Starts this partition again from the leader's snapshot at `lsn`: the
+/// snapshot is written first (replacing every one here), then the log
+/// starts again at `lsn`, so a crash between leaves a snapshot ahead of the
+/// log, which the next connection replaces the same way. Then connects
+/// again at once, asking from `lsn`.
+async fn start_again(
+    log: &Arc<Log>,
+    (lsn, epoch): (u64, u64),
+    (crc, payload): (u32, Vec<u8>),
+) -> Result<Retry, Stop> {
+    if crc32fast::hash(&payload) != crc {
+        return Ok(Retry::After(WireError::Malformed(
+            "the snapshot's checksum does not match",
+        )));
+    }
+    tracing::warn!(dir = %log.dir().display(), lsn, epoch, "starting again from the leader's snapshot");
+    let log = log.clone();
+    let work = move || -> Result<(), String> {
+        let dir = skald_engine::inspect::snapshot_dir(log.dir());
+        let store = skald_snapshot::SnapshotStore::open(&dir, 1).map_err(|e| e.to_string())?;
+        store.write(lsn, &payload).map_err(|e| e.to_string())?;
+        log.restart_at(lsn, epoch.max(log.epoch()))
+            .map_err(|e| e.to_string())
+    };
+    match tokio::task::spawn_blocking(work).await {
+        Ok(Ok(())) => Ok(Retry::Progressed),
+        Ok(Err(error)) => Err(Stop(format!("starting again at LSN {lsn}: {error}"))),
+        Err(error) => Err(Stop(format!("the restart task failed: {error}"))),
     }
 }
 

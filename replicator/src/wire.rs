@@ -72,6 +72,9 @@ pub enum Frame {
         /// The LSN it wants first: its durable end (0: only asking for the
         /// partition count, in the `Welcome`).
         from_lsn: u64,
+        /// The first LSN its log holds (equal to `from_lsn`: it holds no
+        /// record).
+        first_lsn: u64,
         /// The checksum of its record at `from_lsn - 1` (0 for an empty
         /// log): the leader's record there must have the same.
         last_crc: u32,
@@ -122,6 +125,19 @@ pub enum Frame {
         /// The replica's durable end.
         durable_end: u64,
     },
+    /// Leader → replica, instead of `Welcome`, then close: the replica
+    /// needs the leader's newest snapshot (the records it asks for were
+    /// removed, or where its epoch ended was).
+    Snapshot {
+        /// The snapshot covers every record below this LSN.
+        lsn: u64,
+        /// The epoch of the leader's records at that point.
+        epoch: u64,
+        /// The CRC-32 of `payload` (as the log's records use).
+        crc: u32,
+        /// The snapshot's payload.
+        payload: Vec<u8>,
+    },
     /// Leader → replica, then close: the replica's records from `lsn` on
     /// were written by a deposed leader and this one never had them: cut
     /// them off (`Log::truncate_suffix`) and ask again.
@@ -151,6 +167,7 @@ const REFUSED: u8 = 3;
 const RECORDS: u8 = 4;
 const ACK: u8 = 5;
 const TRUNCATE: u8 = 6;
+const SNAPSHOT: u8 = 7;
 
 impl Frame {
     /// The frame's bytes, length prefix included.
@@ -161,6 +178,7 @@ impl Frame {
                 version,
                 partition,
                 from_lsn,
+                first_lsn,
                 last_crc,
                 last_epoch,
                 seen_epoch,
@@ -171,6 +189,7 @@ impl Frame {
                 body.extend_from_slice(&version.to_le_bytes());
                 body.extend_from_slice(&partition.to_le_bytes());
                 body.extend_from_slice(&from_lsn.to_le_bytes());
+                body.extend_from_slice(&first_lsn.to_le_bytes());
                 body.extend_from_slice(&last_crc.to_le_bytes());
                 body.extend_from_slice(&last_epoch.to_le_bytes());
                 body.extend_from_slice(&seen_epoch.to_le_bytes());
@@ -217,6 +236,18 @@ impl Frame {
                 body.push(TRUNCATE);
                 body.extend_from_slice(&lsn.to_le_bytes());
             }
+            Frame::Snapshot {
+                lsn,
+                epoch,
+                crc,
+                payload,
+            } => {
+                body.push(SNAPSHOT);
+                body.extend_from_slice(&lsn.to_le_bytes());
+                body.extend_from_slice(&epoch.to_le_bytes());
+                body.extend_from_slice(&crc.to_le_bytes());
+                body.extend_from_slice(payload);
+            }
         }
         let mut frame = (body.len() as u32).to_le_bytes().to_vec();
         frame.extend_from_slice(&body);
@@ -235,6 +266,7 @@ impl Frame {
                     version: input.u16()?,
                     partition: input.u16()?,
                     from_lsn: input.u64()?,
+                    first_lsn: input.u64()?,
                     last_crc: input.u32()?,
                     last_epoch: input.u64()?,
                     seen_epoch: input.u64()?,
@@ -264,6 +296,12 @@ impl Frame {
                 durable_end: input.u64()?,
             },
             TRUNCATE => Frame::Truncate { lsn: input.u64()? },
+            SNAPSHOT => Frame::Snapshot {
+                lsn: input.u64()?,
+                epoch: input.u64()?,
+                crc: input.u32()?,
+                payload: input.rest().to_vec(),
+            },
             _ => return Err(WireError::Malformed("unknown frame type")),
         };
         if !input.0.is_empty() {
@@ -367,6 +405,7 @@ mod tests {
                 version: 1,
                 partition: 3,
                 from_lsn: 42,
+                first_lsn: 7,
                 last_crc: 0xDEAD_BEEF,
                 last_epoch: 3,
                 seen_epoch: 4,
@@ -392,6 +431,12 @@ mod tests {
             },
             Frame::Ack { durable_end: 9 },
             Frame::Truncate { lsn: 12 },
+            Frame::Snapshot {
+                lsn: 40,
+                epoch: 2,
+                crc: 9,
+                payload: vec![5; 10],
+            },
         ];
         for frame in frames {
             let bytes = frame.encode();
@@ -399,7 +444,7 @@ mod tests {
             assert_eq!(length, bytes.len() - 4);
             assert_eq!(Frame::decode(&bytes[4..]).unwrap(), frame);
             // Cut short: refused, never a panic (Records takes any tail).
-            if !matches!(frame, Frame::Records { .. }) {
+            if !matches!(frame, Frame::Records { .. } | Frame::Snapshot { .. }) {
                 assert!(
                     Frame::decode(&bytes[4..bytes.len() - 1]).is_err(),
                     "{frame:?}"
@@ -411,6 +456,7 @@ mod tests {
             version: 1,
             partition: 0,
             from_lsn: 1,
+            first_lsn: 1,
             last_crc: 0,
             last_epoch: 0,
             seen_epoch: 0,

@@ -376,3 +376,52 @@ async fn a_shutdown_waits_for_no_replica_and_tells_the_callers() {
         "{answered:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_behind_the_leaders_retained_log_starts_from_its_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, address, _serving, _) = local_leader(&dir.path().join("leader")).await;
+    // No replica yet: the leader's snapshots remove its early log.
+    run(&engine, 0..300).await;
+    let firsts: Vec<u64> = (0..2)
+        .map(|p| engine.partition_log(p).unwrap().first_lsn())
+        .collect();
+    assert!(
+        firsts.iter().all(|&f| f > 1),
+        "the leader removed its early log: {firsts:?}"
+    );
+    let replica_dir = dir.path().join("replica");
+    let replica = Replica::start(replica_options(&address, &replica_dir))
+        .await
+        .unwrap();
+    caught_up(&engine, &replica).await;
+    assert!(replica.status().iter().all(|s| s.stopped.is_none()));
+    // More while it follows.
+    run(&engine, 300..340).await;
+    caught_up(&engine, &replica).await;
+    for partition in 0..2 {
+        let log = Log::open(
+            partition_dir(&replica_dir, partition),
+            LogOptions::default().read_only(true),
+        )
+        .unwrap();
+        assert!(
+            log.first_lsn() > 1,
+            "partition {partition} started from a snapshot"
+        );
+    }
+    // Its state, from that snapshot and the records after it, is the
+    // leader's.
+    let follower = Engine::builder(&replica_dir)
+        .register(saga())
+        .unwrap()
+        .follow(Duration::from_secs(3600))
+        .open()
+        .await
+        .unwrap();
+    assert_eq!(everything(&follower).await, everything(&engine).await);
+    assert_eq!(everything(&follower).await.len(), 340);
+    follower.shutdown().await.unwrap();
+    engine.shutdown().await.unwrap();
+    replica.stop().await.unwrap();
+}

@@ -210,3 +210,76 @@ fn offset_of(segment: &Segment, lsn: Lsn) -> Result<u64, std::io::Error> {
     }
     Ok(offset)
 }
+
+impl Log {
+    /// Empties the log and starts it again at `lsn`, in `epoch`: for a
+    /// replica too far behind its leader, which replaces everything it
+    /// holds with the leader's snapshot at `lsn` and the records after it.
+    /// Every segment is deleted (newest first, each removal fsynced), then
+    /// a segment based at `lsn` is made. A crash midway leaves the old log
+    /// shorter, or an empty one (a new log at LSN 1): never a gap. A
+    /// failure midway stops the log.
+    pub fn restart_at(&self, lsn: Lsn, epoch: u64) -> Result<(), LogError> {
+        if self.shared.options.read_only {
+            return Err(LogError::InvalidOptions("the log was opened read-only"));
+        }
+        if lsn == 0 || epoch < self.epoch() {
+            return Err(LogError::InvalidOptions(
+                "a restart needs an LSN of at least 1 and no older epoch",
+            ));
+        }
+        let _truncating = self.shared.truncate_lock.lock();
+        let mut writer = self.shared.writer.lock();
+        if let Some(failure) = &writer.failed {
+            return Err(failure.to_error());
+        }
+        let target = self.shared.flush_written_as(&mut writer, true)?;
+        self.shared.publish_durable(target);
+        writer.sealed = None;
+        writer.cuts += 1;
+        let doomed = self.shared.segments.read().clone();
+        let made = self.shared.remake(&doomed, lsn, epoch);
+        let segment = match made {
+            Ok(segment) => segment,
+            Err((operation, path, error)) => {
+                let failure = FailStop::new(operation, &path, error);
+                return Err(self.shared.fail(&mut writer, failure));
+            }
+        };
+        *self.shared.segments.write() = vec![segment.clone()];
+        self.shared.first_lsn.store(lsn, Ordering::Release);
+        writer.active = segment;
+        writer.write_offset = SEGMENT_HEADER_SIZE_BYTES;
+        writer.flush_offset = SEGMENT_HEADER_SIZE_BYTES;
+        writer.next_lsn = lsn;
+        writer.epoch = epoch;
+        writer.spare_requested = false;
+        self.shared.visible_lsn.store(lsn, Ordering::SeqCst);
+        self.shared.durable_lsn.store(lsn, Ordering::SeqCst);
+        tracing::warn!(dir = %self.shared.dir.display(), lsn, epoch, "the log starts again");
+        Ok(())
+    }
+}
+
+impl Shared {
+    /// The file work of a restart: every segment removed, newest first,
+    /// then one based at `lsn`.
+    fn remake(
+        &self,
+        doomed: &[Arc<Segment>],
+        lsn: Lsn,
+        epoch: u64,
+    ) -> Result<Arc<Segment>, CutFailure> {
+        for segment in doomed.iter().rev() {
+            self.storage
+                .remove_file(&segment.path)
+                .and_then(|()| self.storage.sync_dir(&self.dir))
+                .map_err(|e| ("remove segment", segment.path.clone(), e))?;
+        }
+        let size = self.options.segment_size_bytes;
+        let segment = Segment::create(&*self.storage, &self.dir, lsn, epoch, size)
+            .and_then(|segment| self.storage.sync_dir(&self.dir).map(|()| segment))
+            .map_err(|e| ("create segment", self.dir.clone(), e))?;
+        Ok(Arc::new(segment))
+    }
+}
