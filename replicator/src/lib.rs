@@ -30,6 +30,8 @@
 
 #![warn(missing_docs)]
 
+#[cfg(feature = "etcd")]
+pub mod election;
 mod leader;
 mod metrics;
 mod replica;

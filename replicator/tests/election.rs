@@ -1,0 +1,170 @@
+//! Leadership through a real etcd (feature `etcd`; the test starts an
+//! `etcd` server on loopback ports: Debian's etcd-server). One leader per
+//! partition; a lapsed lease lets another win with a higher epoch, after
+//! the old one knows it no longer leads; a longer log wins.
+#![cfg(feature = "etcd")]
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use skald_replicator::election::{Elections, LeaderInfo};
+
+/// An etcd server on free loopback ports, in a temporary directory;
+/// killed when dropped.
+struct Etcd {
+    child: Child,
+    endpoint: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts etcd, or says SKIPPED without a binary (a failure under CI=true).
+fn etcd() -> Option<Etcd> {
+    let binary = ["etcd", "/usr/bin/etcd"].into_iter().find(|b| {
+        Command::new(b)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    let Some(binary) = binary else {
+        assert!(
+            std::env::var("CI").is_err(),
+            "etcd is missing (scripts/test installs etcd-server)"
+        );
+        eprintln!("SKIPPED: no etcd binary (Debian package etcd-server)");
+        return None;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (client, peer) = (free_port(), free_port());
+    let client_url = format!("http://127.0.0.1:{client}");
+    let peer_url = format!("http://127.0.0.1:{peer}");
+    let child = Command::new(binary)
+        .args(["--name", "skald-test", "--data-dir"])
+        .arg(dir.path())
+        .args([
+            "--listen-client-urls",
+            &client_url,
+            "--advertise-client-urls",
+            &client_url,
+        ])
+        .args([
+            "--listen-peer-urls",
+            &peer_url,
+            "--initial-advertise-peer-urls",
+            &peer_url,
+        ])
+        .args(["--initial-cluster", &format!("skald-test={peer_url}")])
+        .env("ETCD_UNSUPPORTED_ARCH", std::env::consts::ARCH)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    Some(Etcd {
+        child,
+        endpoint: format!("127.0.0.1:{client}"),
+        _dir: dir,
+    })
+}
+
+async fn connect(etcd: &Etcd, ttl: Duration) -> Elections {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let endpoints = [etcd.endpoint.clone()];
+        if let Ok(elections) = Elections::connect(&endpoints, "/skald-test", ttl).await {
+            if elections.leader(0).await.is_ok() {
+                return elections;
+            }
+        }
+        assert!(Instant::now() < deadline, "etcd did not come up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn me(name: &str, durable: u64) -> LeaderInfo {
+    LeaderInfo {
+        name: name.into(),
+        address: format!("{name}:7400"),
+        durable,
+        epoch: 0,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_leader_per_partition_and_a_lapsed_lease_hands_over_in_a_newer_epoch() {
+    let Some(etcd) = etcd() else { return };
+    let ttl = Duration::from_secs(2);
+    let (a, b) = (connect(&etcd, ttl).await, connect(&etcd, ttl).await);
+    let first = a.campaign(0, &me("a", 10)).await.unwrap();
+    assert!(first.is_valid());
+    let leader = b.leader(0).await.unwrap().unwrap();
+    assert_eq!((leader.name.as_str(), leader.epoch), ("a", first.epoch));
+    // Another partition is another election.
+    let other = b.campaign(1, &me("b", 10)).await.unwrap();
+    assert_eq!(b.leader(1).await.unwrap().unwrap().name, "b");
+    drop(other);
+
+    // b campaigns for partition 0 while a leads: it waits. a's keep-alives
+    // stop (its process "dies"): its lease lapses, and b wins.
+    let b_campaign = tokio::spawn({
+        let b = b.clone();
+        async move { b.campaign(0, &me("b", 10)).await }
+    });
+    let valid_until = first.valid_until();
+    drop(first);
+    let second = b_campaign.await.unwrap().unwrap();
+    let won_at = Instant::now();
+    assert!(
+        second.epoch > leader.epoch,
+        "{} after {}",
+        second.epoch,
+        leader.epoch
+    );
+    assert_eq!(a.leader(0).await.unwrap().unwrap().name, "b");
+    // The old leader had stopped counting on its term before the new one
+    // began.
+    assert!(valid_until < won_at);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_candidate_with_the_longest_log_wins_and_a_resignation_hands_over() {
+    let Some(etcd) = etcd() else { return };
+    let ttl = Duration::from_secs(2);
+    let elections = connect(&etcd, ttl).await;
+    let old = elections.campaign(3, &me("old", 30)).await.unwrap();
+    // Two candidates wait while it leads; the shorter log asks first.
+    let campaign = |name: &'static str, durable: u64| {
+        let elections = elections.clone();
+        tokio::spawn(async move { elections.campaign(3, &me(name, durable)).await })
+    };
+    let shorter = campaign("short", 10);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let longer = campaign("long", 20);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let epoch = old.epoch;
+    elections.resign(old).await.unwrap();
+    // The seat is free: the longer log takes it.
+    let long = longer.await.unwrap().unwrap();
+    assert!(long.epoch > epoch);
+    assert_eq!(elections.leader(3).await.unwrap().unwrap().name, "long");
+    assert!(!shorter.is_finished(), "the shorter log gave way");
+    // It resigns: the other takes over, in a newer epoch still.
+    let epoch = long.epoch;
+    elections.resign(long).await.unwrap();
+    let short = shorter.await.unwrap().unwrap();
+    assert!(short.epoch > epoch);
+    assert_eq!(elections.leader(3).await.unwrap().unwrap().name, "short");
+}
