@@ -272,33 +272,17 @@ fn open_partitions(
     for index in 0..partitions {
         let path = crate::dir::partition_dir(dir, index);
         let following = shared.following.is_some();
-        let log = Log::open(&path, log_options(options, storage).read_only(following))?;
-        if let (Some(epoch), false) = (options.epoch, following) {
-            log.begin_epoch(epoch)?;
-        }
-        let keep = options.snapshots.keep;
-        let store = match (following, &options.storage) {
-            (true, None) => SnapshotStore::read_only(snapshot_dir(&path)),
-            // Kept files are never pruned by a follower, which writes none.
-            _ => SnapshotStore::open_with(snapshot_dir(&path), keep, storage.clone())?,
-        };
+        let (log, store) = open_storage(&path, options, storage, following)?;
         let began = std::time::Instant::now();
         let (states, rebuilt) = match following {
             true => crate::runtime::follow::recover_following(index as u16, &log, &store)?,
             false => recover_sorted(index as u16, &log, &store, None)?,
         };
-        if let Some((lsn, file)) = &rebuilt.snapshot {
-            tracing::info!(partition = index, snapshot = %file.display(), lsn,
-                replayed = rebuilt.replayed, "recovered from a snapshot");
-        }
         let (tx, rx) = mpsc::channel(COMMANDS_QUEUED_MAX);
         let rng = StdRng::seed_from_u64(rand::Rng::random(&mut seeds));
         let log = Arc::new(log);
         opened.logs.push(Arc::downgrade(&log));
-        if let Some(metrics) = &shared.metrics {
-            metrics.recovered(index as u16, began.elapsed(), rebuilt.replayed);
-            metrics.live.logs.lock().push(Arc::downgrade(&log));
-        }
+        report_recovery(index, &rebuilt, began, shared, &log);
         let channels = Channels {
             rx,
             tx: tx.downgrade(),
@@ -316,9 +300,8 @@ fn open_partitions(
         )?;
         let partition = match shared.following {
             Some(every) => {
-                let follow_storage = options.storage.clone();
-                let next_lsn = rebuilt.end_lsn;
-                partition.following(Follow::new(every, next_lsn, follow_storage), store)
+                let follow = Follow::new(every, rebuilt.end_lsn, options.storage.clone());
+                partition.following(follow, store)
             }
             None => {
                 opened.recovered.extend(partition.prepare_resumption());
@@ -332,6 +315,45 @@ fn open_partitions(
         opened.tasks.push(tokio::spawn(partition.run()));
     }
     Ok(opened)
+}
+
+/// Logs and counts how partition `index` was recovered.
+fn report_recovery(
+    index: usize,
+    rebuilt: &crate::recovery::Recovered,
+    began: std::time::Instant,
+    shared: &Shared,
+    log: &Arc<Log>,
+) {
+    if let Some((lsn, file)) = &rebuilt.snapshot {
+        tracing::info!(partition = index, snapshot = %file.display(), lsn,
+            replayed = rebuilt.replayed, "recovered from a snapshot");
+    }
+    if let Some(metrics) = &shared.metrics {
+        metrics.recovered(index as u16, began.elapsed(), rebuilt.replayed);
+        metrics.live.logs.lock().push(Arc::downgrade(log));
+    }
+}
+
+/// A partition's log (read-only for a follower; in the options' epoch
+/// otherwise) and snapshot store.
+fn open_storage(
+    path: &std::path::Path,
+    options: &EngineOptions,
+    storage: &Arc<dyn Storage>,
+    following: bool,
+) -> Result<(Log, SnapshotStore), EngineError> {
+    let log = Log::open(path, log_options(options, storage).read_only(following))?;
+    if let (Some(epoch), false) = (options.epoch, following) {
+        log.begin_epoch(epoch)?;
+    }
+    let keep = options.snapshots.keep;
+    let store = match (following, &options.storage) {
+        (true, None) => SnapshotStore::read_only(snapshot_dir(path)),
+        // Kept files are never pruned by a follower, which writes none.
+        _ => SnapshotStore::open_with(snapshot_dir(path), keep, storage.clone())?,
+    };
+    Ok((log, store))
 }
 
 fn log_options(options: &EngineOptions, storage: &Arc<dyn Storage>) -> LogOptions {

@@ -48,6 +48,9 @@ pub enum ElectionError {
     /// etcd refused or could not be reached.
     #[error("etcd: {0}")]
     Etcd(#[from] etcd_client::Error),
+    /// etcd answered a transaction without its header (no revision).
+    #[error("etcd answered without a revision")]
+    NoHeader,
     /// A leader key that is not a leader's JSON.
     #[error("the leader key {key} holds no leader: {error}")]
     BadKey {
@@ -84,6 +87,35 @@ struct LeaseState {
     lost: bool,
 }
 
+/// The keep-alive task of a campaign under way: stopped, and its lease
+/// revoked (best effort), if the campaign is dropped or fails.
+struct Keeper {
+    task: Option<tokio::task::JoinHandle<()>>,
+    lease: i64,
+    client: Client,
+}
+
+impl Keeper {
+    /// Hands the task over to the leadership won.
+    fn into_task(mut self) -> tokio::task::JoinHandle<()> {
+        self.task.take().expect("a running keeper")
+    }
+}
+
+impl Drop for Keeper {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+            let (mut client, lease) = (self.client.clone(), self.lease);
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move {
+                    let _ = client.lease_revoke(lease).await;
+                });
+            }
+        }
+    }
+}
+
 impl Drop for Leadership {
     fn drop(&mut self) {
         self.keeper.abort();
@@ -116,7 +148,8 @@ impl Elections {
         Ok(Elections {
             client,
             prefix: prefix.trim_end_matches('/').to_owned(),
-            ttl: ttl.max(Duration::from_secs(2)),
+            // etcd grants whole seconds: rounded up, never down.
+            ttl: Duration::from_secs(ttl.as_secs_f64().ceil() as u64).max(Duration::from_secs(2)),
         })
     }
 
@@ -141,34 +174,73 @@ impl Elections {
     }
 
     /// Campaigns for `partition` as `me` (whose log is durable up to
-    /// `durable`); returns once elected. Gives way for a while to a live
-    /// candidate with a longer log.
+    /// `me.durable`); returns once elected. Gives way for a while to a live
+    /// candidate with a longer log. A campaign dropped or failed midway
+    /// stops its keep-alives and (best effort) revokes its lease, so its
+    /// keys go.
     pub async fn campaign(
         &self,
         partition: u16,
         me: &LeaderInfo,
     ) -> Result<Leadership, ElectionError> {
         let mut client = self.client.clone();
-        let ttl_secs = self.ttl.as_secs() as i64;
         // Counted from before the request: the lease began after it.
         let asked = Instant::now();
-        let lease = client.lease_grant(ttl_secs, None).await?.id();
-        let candidate = self.key(partition, &format!("candidates/{}", me.name));
-        let with_lease = || Some(PutOptions::new().with_lease(lease));
-        client
-            .put(candidate, me.durable.to_string(), with_lease())
-            .await?;
+        let lease = client
+            .lease_grant(self.ttl.as_secs() as i64, None)
+            .await?
+            .id();
         let state = Arc::new(Mutex::new(LeaseState {
             valid_until: asked + self.margin(),
             lost: false,
         }));
-        let keeper = tokio::spawn(keep_alive(client.clone(), lease, self.ttl, state.clone()));
+        let keeper = Keeper {
+            task: Some(tokio::spawn(keep_alive(
+                client.clone(),
+                lease,
+                self.ttl,
+                state.clone(),
+            ))),
+            lease,
+            client: client.clone(),
+        };
+        let epoch = self.seek(partition, me, lease).await?;
+        tracing::info!(partition, epoch, name = %me.name, "elected");
+        Ok(Leadership {
+            partition,
+            epoch,
+            lease,
+            state,
+            keeper: keeper.into_task(),
+        })
+    }
+
+    /// Stands for `partition` on `lease` until elected; returns the epoch.
+    async fn seek(
+        &self,
+        partition: u16,
+        me: &LeaderInfo,
+        lease: i64,
+    ) -> Result<u64, ElectionError> {
+        let mut client = self.client.clone();
+        let with_lease = || Some(PutOptions::new().with_lease(lease));
+        let candidate = self.key(partition, &format!("candidates/{}", me.name));
+        client
+            .put(candidate, me.durable.to_string(), with_lease())
+            .await?;
         let leader_key = self.key(partition, "leader");
         let value = serde_json::to_vec(me).expect("a leader encodes");
         // Giving way to a longer log lasts a while from when the seat is
         // seen free, not from the start of a long wait.
         let mut free_since: Option<Instant> = None;
         loop {
+            if !client.get(leader_key.clone(), None).await?.kvs().is_empty() {
+                // Someone leads: wait for the key to go (its lease lapsed,
+                // or it resigned), then look again.
+                self.wait_for_vacancy(partition).await?;
+                free_since = None;
+                continue;
+            }
             let since = *free_since.get_or_insert_with(Instant::now);
             if since.elapsed() < self.ttl * DEFER_TTLS
                 && self.longer_log_elsewhere(partition, me).await?
@@ -185,20 +257,9 @@ impl Elections {
                 .and_then([TxnOp::put(leader_key.clone(), value.clone(), with_lease())]);
             let response = client.txn(txn).await?;
             if response.succeeded() {
-                let epoch = response.header().map_or(0, |h| h.revision()) as u64;
-                tracing::info!(partition, epoch, name = %me.name, "elected");
-                return Ok(Leadership {
-                    partition,
-                    epoch,
-                    lease,
-                    state,
-                    keeper,
-                });
+                let header = response.header().ok_or(ElectionError::NoHeader)?;
+                return Ok(header.revision() as u64);
             }
-            // Someone leads: wait for the key to go (its lease lapsed, or
-            // it resigned), then try again.
-            self.wait_for_vacancy(partition).await?;
-            free_since = None;
         }
     }
 
@@ -237,11 +298,12 @@ impl Elections {
         }
         let deleted = async {
             while let Some(response) = stream.message().await? {
-                if response
+                let gone = response
                     .events()
                     .iter()
-                    .any(|e| e.event_type() == etcd_client::EventType::Delete)
-                {
+                    .any(|e| e.event_type() == etcd_client::EventType::Delete);
+                // A cancelled watch (compaction, say): look again at once.
+                if gone || response.canceled() {
                     return Ok::<(), ElectionError>(());
                 }
             }
@@ -256,7 +318,11 @@ impl Elections {
     /// Gives up `leadership`: its lease revoked, so its keys go at once.
     pub async fn resign(&self, leadership: Leadership) -> Result<(), ElectionError> {
         leadership.keeper.abort();
-        leadership.state.lock().lost = true;
+        {
+            let mut state = leadership.state.lock();
+            state.lost = true;
+            state.valid_until = Instant::now();
+        }
         self.client.clone().lease_revoke(leadership.lease).await?;
         Ok(())
     }
@@ -268,34 +334,51 @@ impl Elections {
     }
 }
 
-/// Keeps `lease` alive every third of its TTL; marks the state lost when
-/// etcd says it expired or stops answering.
+/// Keeps `lease` alive every third of its TTL. Answers come back in the
+/// order of the requests: each one moves `valid_until` to its request's
+/// send time plus four fifths of the TTL. A broken stream is opened again
+/// (an etcd member restarting does not end a term that still holds); etcd
+/// saying the lease expired, or refusing to renew it, marks it lost.
 async fn keep_alive(mut client: Client, lease: i64, ttl: Duration, state: Arc<Mutex<LeaseState>>) {
     let margin = ttl * 4 / 5;
-    let Ok((mut keeper, mut stream)) = client.lease_keep_alive(lease).await else {
-        state.lock().lost = true;
-        return;
+    let lose = |state: &Mutex<LeaseState>| {
+        let mut state = state.lock();
+        state.lost = true;
+        state.valid_until = Instant::now();
     };
-    loop {
-        let sent = Instant::now();
-        let answered = async {
-            keeper.keep_alive().await?;
-            stream.message().await
+    'streams: loop {
+        let Ok((mut keeper, mut stream)) = client.lease_keep_alive(lease).await else {
+            // Not found (expired) or etcd unreachable: while the term may
+            // still hold, try again; past it, it is lost.
+            if Instant::now() >= state.lock().valid_until {
+                return lose(&state);
+            }
+            tokio::time::sleep(ttl / 10).await;
+            continue;
         };
-        match tokio::time::timeout(ttl / 3, answered).await {
-            Ok(Ok(Some(response))) if response.ttl() > 0 => {
-                state.lock().valid_until = sent + margin;
+        let mut sent: std::collections::VecDeque<Instant> = std::collections::VecDeque::new();
+        let mut tick = tokio::time::interval(ttl / 3);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    sent.push_back(Instant::now());
+                    if keeper.keep_alive().await.is_err() {
+                        continue 'streams;
+                    }
+                }
+                answer = stream.message() => match answer {
+                    Ok(Some(response)) => {
+                        let Some(at) = sent.pop_front() else { continue };
+                        if response.ttl() <= 0 {
+                            // Expired: another candidate may lead already.
+                            return lose(&state);
+                        }
+                        let mut state = state.lock();
+                        state.valid_until = state.valid_until.max(at + margin);
+                    }
+                    _ => continue 'streams,
+                },
             }
-            Ok(Ok(_)) => {
-                // Expired: another candidate may lead already.
-                state.lock().lost = true;
-                return;
-            }
-            // No answer in time, or an error: the lease runs down; the
-            // next round tries again while it may still hold.
-            _ => {}
         }
-        let next = sent + ttl / 3;
-        tokio::time::sleep_until(next.into()).await;
     }
 }

@@ -32,6 +32,7 @@
 
 #[cfg(feature = "etcd")]
 pub mod election;
+mod hello;
 mod leader;
 mod metrics;
 mod replica;

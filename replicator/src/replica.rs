@@ -249,52 +249,10 @@ async fn follow_once(
     log: &Arc<Log>,
     status: &Mutex<Vec<PartitionStatus>>,
 ) -> Result<Retry, Stop> {
-    let mut stream = match TcpStream::connect(&options.leader).await {
-        Ok(stream) => stream,
-        Err(error) => return Ok(Retry::After(error.into())),
+    let mut stream = match greet(options, partition, log).await? {
+        Greeted::Welcome(stream) => stream,
+        Greeted::Done(retry) => return Ok(retry),
     };
-    let _ = stream.set_nodelay(true);
-    let from_lsn = log.durable_lsn();
-    let hello = Frame::Hello {
-        version: PROTOCOL_VERSION,
-        partition,
-        from_lsn,
-        first_lsn: log.first_lsn(),
-        last_crc: last_crc(log, from_lsn),
-        last_epoch: last_epoch(log, from_lsn),
-        seen_epoch: log.epoch(),
-        name: options.name.clone(),
-    };
-    if let Err(error) = write_frame(&mut stream, &hello).await {
-        return Ok(Retry::After(error));
-    }
-    let retry = |message: String| Ok(Retry::After(WireError::Io(std::io::Error::other(message))));
-    match next_frame(&mut stream).await {
-        Ok(Some(Frame::Welcome { epoch, .. })) if epoch < log.epoch() => {
-            // Fenced: a deposed leader; the new one may come at this address.
-            let message = format!(
-                "a leader of epoch {epoch}; this replica has seen {}",
-                log.epoch()
-            );
-            return retry(message);
-        }
-        Ok(Some(Frame::Welcome { .. })) => {}
-        Ok(Some(Frame::Truncate { lsn })) => return cut_back(log, lsn).await,
-        Ok(Some(Frame::Snapshot {
-            lsn,
-            epoch,
-            crc,
-            payload,
-        })) => return start_again(log, (lsn, epoch), (crc, payload)).await,
-        // Shutting down, or deposed: the next leader may come.
-        Ok(Some(Frame::Refused {
-            code: RefusalCode::ShuttingDown | RefusalCode::Stale,
-            message,
-        })) => return retry(message),
-        Ok(Some(Frame::Refused { message, .. })) => return Err(Stop(message)),
-        Ok(_) => return Ok(Retry::After(WireError::Malformed("no welcome"))),
-        Err(error) => return Ok(Retry::After(error)),
-    }
     status.lock()[usize::from(partition)].connected = true;
     let mut progressed = false;
     loop {
@@ -335,6 +293,65 @@ async fn follow_once(
         if let Err(error) = write_frame(&mut stream, &Frame::Ack { durable_end }).await {
             return Ok(Retry::After(error));
         }
+    }
+}
+
+/// How a hello ended: welcomed (records follow), or done for this
+/// connection (refused, told to cut back or start again: try again).
+enum Greeted {
+    Welcome(TcpStream),
+    Done(Retry),
+}
+
+/// Connects, says where this replica stands, and handles the answer.
+async fn greet(options: &ReplicaOptions, partition: u16, log: &Arc<Log>) -> Result<Greeted, Stop> {
+    let retry = |error: WireError| Ok(Greeted::Done(Retry::After(error)));
+    let mut stream = match TcpStream::connect(&options.leader).await {
+        Ok(stream) => stream,
+        Err(error) => return retry(error.into()),
+    };
+    let _ = stream.set_nodelay(true);
+    let from_lsn = log.durable_lsn();
+    let hello = Frame::Hello {
+        version: PROTOCOL_VERSION,
+        partition,
+        from_lsn,
+        first_lsn: log.first_lsn(),
+        last_crc: last_crc(log, from_lsn),
+        last_epoch: last_epoch(log, from_lsn),
+        seen_epoch: log.epoch(),
+        name: options.name.clone(),
+    };
+    if let Err(error) = write_frame(&mut stream, &hello).await {
+        return retry(error);
+    }
+    let later = |message: String| retry(WireError::Io(std::io::Error::other(message)));
+    match next_frame(&mut stream).await {
+        Ok(Some(Frame::Welcome { epoch, .. })) if epoch < log.epoch() => {
+            // Fenced: a deposed leader; the new one may come at this address.
+            later(format!(
+                "a leader of epoch {epoch}; this replica has seen {}",
+                log.epoch()
+            ))
+        }
+        Ok(Some(Frame::Welcome { .. })) => Ok(Greeted::Welcome(stream)),
+        Ok(Some(Frame::Truncate { lsn })) => cut_back(log, lsn).await.map(Greeted::Done),
+        Ok(Some(Frame::Snapshot {
+            lsn,
+            epoch,
+            crc,
+            payload,
+        })) => start_again(log, (lsn, epoch), (crc, payload))
+            .await
+            .map(Greeted::Done),
+        // Shutting down, or deposed: the next leader may come.
+        Ok(Some(Frame::Refused {
+            code: RefusalCode::ShuttingDown | RefusalCode::Stale,
+            message,
+        })) => later(message),
+        Ok(Some(Frame::Refused { message, .. })) => Err(Stop(message)),
+        Ok(_) => retry(WireError::Malformed("no welcome")),
+        Err(error) => retry(error),
     }
 }
 

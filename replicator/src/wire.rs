@@ -174,27 +174,7 @@ impl Frame {
     pub fn encode(&self) -> Vec<u8> {
         let mut body = Vec::new();
         match self {
-            Frame::Hello {
-                version,
-                partition,
-                from_lsn,
-                first_lsn,
-                last_crc,
-                last_epoch,
-                seen_epoch,
-                name,
-            } => {
-                body.push(HELLO);
-                body.extend_from_slice(&MAGIC);
-                body.extend_from_slice(&version.to_le_bytes());
-                body.extend_from_slice(&partition.to_le_bytes());
-                body.extend_from_slice(&from_lsn.to_le_bytes());
-                body.extend_from_slice(&first_lsn.to_le_bytes());
-                body.extend_from_slice(&last_crc.to_le_bytes());
-                body.extend_from_slice(&last_epoch.to_le_bytes());
-                body.extend_from_slice(&seen_epoch.to_le_bytes());
-                put_text(&mut body, name);
-            }
+            Frame::Hello { .. } => self.encode_hello(&mut body),
             Frame::Welcome {
                 version,
                 partitions,
@@ -252,6 +232,34 @@ impl Frame {
         let mut frame = (body.len() as u32).to_le_bytes().to_vec();
         frame.extend_from_slice(&body);
         frame
+    }
+
+    fn encode_hello(&self, body: &mut Vec<u8>) {
+        let Frame::Hello {
+            version,
+            partition,
+            from_lsn,
+            first_lsn,
+            last_crc,
+            last_epoch,
+            seen_epoch,
+            name,
+        } = self
+        else {
+            unreachable!("only a hello")
+        };
+        body.push(HELLO);
+        body.extend_from_slice(&MAGIC);
+        body.extend_from_slice(&version.to_le_bytes());
+        body.extend_from_slice(&partition.to_le_bytes());
+        for field in [from_lsn, first_lsn] {
+            body.extend_from_slice(&field.to_le_bytes());
+        }
+        body.extend_from_slice(&last_crc.to_le_bytes());
+        for field in [last_epoch, seen_epoch] {
+            body.extend_from_slice(&field.to_le_bytes());
+        }
+        put_text(body, name);
     }
 
     /// Decodes a frame's body (after its length).

@@ -103,28 +103,36 @@ impl Command {
 }
 
 impl Partition {
-    pub(super) fn handle(&mut self, command: Command) {
+    /// Takes a shutdown, and refuses what this partition cannot do now
+    /// (failed, a follower asked to write, shutting down); the rest goes
+    /// on to be handled.
+    fn screen(&mut self, command: Command) -> Option<Command> {
         if let Command::Shutdown { reply } = command {
             self.shutdown.push(reply);
             self.stopping.send_replace(true);
-            return;
+            return None;
         }
-        if let Some(error) = &self.failed {
-            command.refuse(error);
-            return;
-        }
-        if self.follow.is_some() && command.writes() {
-            command.refuse(&EngineError::ReadOnly {
+        let refusal = if let Some(error) = &self.failed {
+            error.clone()
+        } else if self.follow.is_some() && command.writes() {
+            EngineError::ReadOnly {
                 dir: self.log.dir().to_path_buf(),
-            });
-            return;
-        }
-        if !self.shutdown.is_empty() && !matches!(command, Command::Finished { .. }) {
+            }
+        } else if !self.shutdown.is_empty() && !matches!(command, Command::Finished { .. }) {
             // Shutting down: results of attempts already running are still
             // recorded; nothing else starts.
-            command.refuse(&EngineError::ShutDown);
+            EngineError::ShutDown
+        } else {
+            return Some(command);
+        };
+        command.refuse(&refusal);
+        None
+    }
+
+    pub(super) fn handle(&mut self, command: Command) {
+        let Some(command) = self.screen(command) else {
             return;
-        }
+        };
         if let Command::Cancel { saga, .. } | Command::Operator { saga, .. } = &command {
             self.hydrate(*saga);
             self.resume_first(*saga);
