@@ -300,7 +300,9 @@ fn open_partitions(
         )?;
         let partition = match shared.following {
             Some(every) => {
-                let follow = Follow::new(every, rebuilt.end_lsn, options.storage.clone());
+                let generation = crate::dir::log_generation(&path);
+                let position = (rebuilt.end_lsn, generation);
+                let follow = Follow::new(every, position, options.storage.clone());
                 partition.following(follow, store)
             }
             None => {

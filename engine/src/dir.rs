@@ -135,6 +135,35 @@ pub fn partition_count(dir: &Path) -> Result<usize, EngineError> {
     })
 }
 
+/// A partition directory's generation file: a decimal counter that grows
+/// each time something other than appends rewrote the partition's log (a
+/// replica cut it back, or started it again from a snapshot), so that
+/// followers reading it know to rebuild.
+pub const GENERATION_FILE: &str = "GENERATION";
+
+/// The generation of the log in `partition_dir` (0 without the file).
+pub fn log_generation(partition_dir: &Path) -> u64 {
+    std::fs::read_to_string(partition_dir.join(GENERATION_FILE))
+        .ok()
+        .and_then(|text| text.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Raises the generation of the log in `partition_dir` (written whole
+/// under a temporary name, fsynced, renamed, the directory fsynced);
+/// returns the new one.
+pub fn bump_log_generation(partition_dir: &Path) -> std::io::Result<u64> {
+    use std::io::Write;
+    let next = log_generation(partition_dir) + 1;
+    let temporary = partition_dir.join(format!("{GENERATION_FILE}.tmp"));
+    let mut file = std::fs::File::create(&temporary)?;
+    file.write_all(format!("{next}\n").as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&temporary, partition_dir.join(GENERATION_FILE))?;
+    std::fs::File::open(partition_dir)?.sync_all()?;
+    Ok(next)
+}
+
 /// The log directory of partition `index`.
 pub fn partition_dir(dir: &Path, index: usize) -> PathBuf {
     dir.join(format!("partition-{index:03}"))

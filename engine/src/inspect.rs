@@ -5,7 +5,10 @@
 //!
 //! A host embedding the engine does not need this module.
 
-pub use crate::dir::{create_engine_dir, partition_count, partition_dir};
+pub use crate::dir::{
+    bump_log_generation, create_engine_dir, log_generation, partition_count, partition_dir,
+    GENERATION_FILE,
+};
 pub use crate::engine::partition_of_key;
 pub use crate::recovery::{
     decode_checked, decode_snapshot, encode_partition, encode_snapshot, fold_log, recover,

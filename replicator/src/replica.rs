@@ -386,7 +386,10 @@ async fn start_again(
         let store = skald_snapshot::SnapshotStore::open(&dir, 1).map_err(|e| e.to_string())?;
         store.write(lsn, &payload).map_err(|e| e.to_string())?;
         log.restart_at(lsn, epoch.max(log.epoch()))
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        // Followers of this directory rebuild.
+        let generation = skald_engine::inspect::bump_log_generation(log.dir());
+        generation.map(drop).map_err(|e| e.to_string())
     };
     match tokio::task::spawn_blocking(work).await {
         Ok(Ok(())) => Ok(Retry::Progressed),
@@ -420,7 +423,10 @@ async fn cut_back(log: &Arc<Log>, lsn: u64) -> Result<Retry, Stop> {
                 }
             }
         }
-        cutting.truncate_suffix(lsn).map_err(|e| e.to_string())
+        cutting.truncate_suffix(lsn).map_err(|e| e.to_string())?;
+        // Followers of this directory rebuild.
+        let generation = skald_engine::inspect::bump_log_generation(cutting.dir());
+        generation.map(drop).map_err(|e| e.to_string())
     };
     match tokio::task::spawn_blocking(cut).await {
         Ok(Ok(())) => Ok(Retry::Progressed),

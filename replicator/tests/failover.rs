@@ -163,6 +163,20 @@ async fn a_promoted_replica_leads_in_a_new_epoch_and_the_old_leader_follows_it_c
         acknowledged,
         "every acknowledged saga, no other"
     );
+    // A follower engine on the old leader's directory, open across the
+    // cut: it must notice the rewrite, and rebuild.
+    let a_live = Engine::builder(&a_dir)
+        .register(saga())
+        .unwrap()
+        .follow(Duration::from_millis(10))
+        .open()
+        .await
+        .unwrap();
+    assert_eq!(
+        everything(&a_live).await.len(),
+        31,
+        "30 and the orphan, before the cut"
+    );
     let follower = replicate(&b_address, &a_dir, "a").await;
     // In replicated(1), these finish only once the old leader, cut back,
     // follows the new one.
@@ -174,6 +188,14 @@ async fn a_promoted_replica_leads_in_a_new_epoch_and_the_old_leader_follows_it_c
     );
     caught_up(&b, &follower).await;
     assert!(follower.status().iter().all(|s| s.stopped.is_none()));
+    let b_all = everything(&b).await;
+    a_live.catch_up().await.unwrap();
+    assert_eq!(
+        everything(&a_live).await,
+        b_all,
+        "the live follower rebuilt after the cut"
+    );
+    a_live.shutdown().await.unwrap();
     follower.stop().await.unwrap();
     b.shutdown().await.unwrap();
 

@@ -67,15 +67,24 @@ pub(crate) struct Follow {
     next_lsn: u64,
     /// For reopening the log and its snapshots (a rebuild).
     storage: Option<Arc<dyn Storage>>,
+    /// The log's generation when last rebuilt (see
+    /// `inspect::GENERATION_FILE`): a replica that cut its log back or
+    /// started it again raises it, and the follower rebuilds.
+    generation: u64,
 }
 
 impl Follow {
-    pub(crate) fn new(every: Duration, next_lsn: u64, storage: Option<Arc<dyn Storage>>) -> Follow {
+    pub(crate) fn new(
+        every: Duration,
+        (next_lsn, generation): (u64, u64),
+        storage: Option<Arc<dyn Storage>>,
+    ) -> Follow {
         Follow {
             every,
             due: tokio::time::Instant::now() + every,
             next_lsn,
             storage,
+            generation,
         }
     }
 }
@@ -158,7 +167,21 @@ impl Partition {
     }
 
     /// Refreshes the log and folds a turn's worth; `true` if more wait.
+    /// A log rewritten under the follower (its generation raised) is
+    /// followed again from scratch.
     fn refresh_and_fold(&mut self) -> Result<bool, EngineError> {
+        let generation = crate::dir::log_generation(self.log.dir());
+        if let Some(follow) = &mut self.follow {
+            if follow.generation != generation {
+                tracing::info!(
+                    partition = self.index,
+                    generation,
+                    "the log was rewritten; following it again"
+                );
+                follow.generation = generation;
+                return self.rebuild();
+            }
+        }
         match self.log.refresh() {
             Ok(_) => self.fold_new(),
             Err(LogError::Truncated { .. }) => self.rebuild(),
