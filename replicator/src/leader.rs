@@ -90,7 +90,13 @@ pub struct Leader {
     connections: AtomicU64,
     /// The engine it serves (for the leader's end, in lag figures).
     engine: Mutex<Option<Engine>>,
+    /// Whether this host's term as leader surely still holds (an etcd
+    /// lease: `election::Leadership::is_valid`); none: always.
+    term: Option<Term>,
 }
+
+/// Whether a leader's term surely still holds.
+pub type Term = Arc<dyn Fn() -> bool + Send + Sync>;
 
 /// Aborts a task when dropped (the ack reader of a connection that ended).
 struct AbortOnDrop(tokio::task::JoinHandle<Result<(), WireError>>);
@@ -104,12 +110,29 @@ impl Drop for AbortOnDrop {
 impl Leader {
     /// A leader replicating as `mode` says.
     pub fn new(mode: Mode) -> Arc<Leader> {
+        Self::build(mode, None)
+    }
+
+    /// A leader whose engine releases a batch only while `term` holds
+    /// (and as `mode` says): once its lease lapses, it acknowledges
+    /// nothing more, in either mode, before another host can lead.
+    pub fn with_term(mode: Mode, term: Term) -> Arc<Leader> {
+        Self::build(mode, Some(term))
+    }
+
+    fn build(mode: Mode, term: Option<Term>) -> Arc<Leader> {
         Arc::new(Leader {
             mode,
             partitions: Mutex::new(HashMap::new()),
             connections: AtomicU64::new(0),
             engine: Mutex::new(None),
+            term,
         })
+    }
+
+    /// Whether this leader may release what it has: its term holds.
+    fn in_term(&self) -> bool {
+        self.term.as_ref().is_none_or(|term| term())
     }
 
     /// The mode it replicates in.
@@ -466,7 +489,14 @@ async fn send(
 impl Replication for Leader {
     fn replicated(&self, partition: u16, end: u64) -> Pin<Box<dyn Future<Output = ()> + Send>> {
         if self.mode == Mode::Local {
-            return Box::pin(std::future::ready(()));
+            if self.in_term() {
+                return Box::pin(std::future::ready(()));
+            }
+            tracing::warn!(
+                partition,
+                "this host's term lapsed: nothing more is released"
+            );
+            return Box::pin(std::future::pending());
         }
         let mut receiver = {
             let mut partitions = self.partitions.lock();
@@ -475,10 +505,18 @@ impl Replication for Leader {
                 .or_insert_with(PartitionReplicas::new);
             replicas.replicated.subscribe()
         };
+        let term = self.term.clone();
         Box::pin(async move {
             // The sender lives as long as the leader: an error means the
             // leader is gone, and so is the engine.
             let _ = receiver.wait_for(|replicated| *replicated >= end).await;
+            if term.is_some_and(|term| !term()) {
+                tracing::warn!(
+                    partition,
+                    "this host's term lapsed: nothing more is released"
+                );
+                std::future::pending::<()>().await;
+            }
         })
     }
 

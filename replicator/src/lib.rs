@@ -38,7 +38,7 @@ mod metrics;
 mod replica;
 pub mod wire;
 
-pub use crate::leader::{Leader, ReplicaView, SHIPMENT_BYTES_MAX};
+pub use crate::leader::{Leader, ReplicaView, Term, SHIPMENT_BYTES_MAX};
 pub use crate::replica::{PartitionStatus, Replica, ReplicaError, ReplicaOptions};
 
 /// When the engine may release a batch (replies, steps).

@@ -176,3 +176,54 @@ async fn the_candidate_with_the_longest_log_wins_and_a_resignation_hands_over() 
     assert!(short.epoch > epoch);
     assert_eq!(elections.leader(3).await.unwrap().unwrap().name, "short");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_whose_term_lapses_acknowledges_nothing_more() {
+    use skald_engine::{Engine, EngineOptions, Saga, Step, StepError};
+    use skald_replicator::{Leader, Mode, Term};
+    let Some(etcd) = etcd() else { return };
+    let ttl = Duration::from_secs(2);
+    let elections = connect(&etcd, ttl).await;
+    let leadership = std::sync::Arc::new(elections.campaign(0, &me("a", 0)).await.unwrap());
+    let term: Term = {
+        let leadership = leadership.clone();
+        std::sync::Arc::new(move || leadership.is_valid())
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let saga = Saga::<u64>::new("one").step(
+        Step::new("only", |_ctx: skald_engine::StepContext<u64>| async {
+            Ok::<_, StepError>(1u64)
+        })
+        .pivot(),
+    );
+    let engine = Engine::builder(dir.path())
+        .options(EngineOptions::default().partitions(1))
+        .register(saga)
+        .unwrap()
+        .replication(Leader::with_term(Mode::Local, term))
+        .open()
+        .await
+        .unwrap();
+    // While its term holds, the leader answers.
+    let id = engine.start("one", &1u64).await.unwrap();
+    engine.wait(id).await.unwrap();
+    // etcd goes away: no keep-alive is answered, and the term runs out.
+    drop(etcd);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while leadership.is_valid() {
+        assert!(Instant::now() < deadline, "the term never ran out");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut start = tokio::spawn({
+        let engine = engine.clone();
+        async move { engine.start("one", &2u64).await }
+    });
+    let early = tokio::time::timeout(Duration::from_millis(500), &mut start).await;
+    assert!(early.is_err(), "answered after the term lapsed: {early:?}");
+    engine.shutdown().await.unwrap();
+    let answered = start.await.unwrap();
+    assert!(
+        matches!(answered, Err(skald_engine::EngineError::ShutDown)),
+        "{answered:?}"
+    );
+}
