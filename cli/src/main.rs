@@ -193,6 +193,10 @@ enum Command {
         /// Also serve the replica's API and dashboard, read-only.
         #[arg(long, value_name = "ADDR")]
         serve: Option<std::net::SocketAddr>,
+        /// The leader's API (http://host:port): actions sent to this
+        /// replica's API are redirected there (307) instead of refused.
+        #[arg(long, value_name = "URL", requires = "serve")]
+        leader_api: Option<String>,
         #[command(flatten)]
         options: serve::ServeOptions,
     },
@@ -382,6 +386,7 @@ fn main() -> ExitCode {
             leader,
             name,
             serve,
+            leader_api,
             options,
         } => replica::run(
             replica::ReplicaArgs {
@@ -389,6 +394,7 @@ fn main() -> ExitCode {
                 leader,
                 name,
                 serve,
+                leader_api,
                 options: &options,
             },
             &mut out,

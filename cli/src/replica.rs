@@ -23,6 +23,7 @@ pub struct ReplicaArgs<'a> {
     pub leader: String,
     pub name: Option<String>,
     pub serve: Option<SocketAddr>,
+    pub leader_api: Option<String>,
     pub options: &'a crate::serve::ServeOptions,
 }
 
@@ -58,7 +59,10 @@ async fn replicate(args: ReplicaArgs<'_>, out: &mut Out) -> Result<()> {
         replica.status().len()
     ))?;
     let follower = match args.serve {
-        Some(address) => Some(serve(args.dir, address, (args.options, &replica), out).await?),
+        Some(address) => {
+            let served = (args.options, &replica, args.leader_api.clone());
+            Some(serve(args.dir, address, served, out).await?)
+        }
         None => None,
     };
     tokio::signal::ctrl_c().await?;
@@ -86,12 +90,15 @@ async fn replicate(args: ReplicaArgs<'_>, out: &mut Out) -> Result<()> {
 async fn serve(
     dir: &Path,
     address: SocketAddr,
-    (options, replica): (&crate::serve::ServeOptions, &Replica),
+    (options, replica, leader_api): (&crate::serve::ServeOptions, &Replica, Option<String>),
     out: &mut Out,
 ) -> Result<Engine> {
     let registry = Arc::new(Mutex::new(Registry::default()));
     replica.register_metrics(&mut registry.lock());
-    let builder = Engine::builder(dir).metrics(&mut registry.lock());
+    let mut builder = Engine::builder(dir).metrics(&mut registry.lock());
+    if let Some(leader_api) = leader_api {
+        builder = builder.leader_at(leader_api);
+    }
     let follower = builder.follow(FOLLOW_EVERY).open().await?;
     let bound = crate::serve::start(address, options, &follower, &registry).await?;
     out.line(&format!(

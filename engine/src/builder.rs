@@ -40,6 +40,7 @@ pub struct EngineBuilder {
     pub(crate) tracing: Option<crate::Tracing>,
     pub(crate) follow: Option<std::time::Duration>,
     pub(crate) replication: Option<Arc<dyn crate::replication::Replication>>,
+    pub(crate) leader_at: Option<String>,
 }
 
 /// What the open builds, partition by partition.
@@ -103,6 +104,15 @@ impl EngineBuilder {
         self
     }
 
+    /// For a follower: where the leader's API is (`http://host:port`).
+    /// Starts, cancels and operator actions then fail with
+    /// [`EngineError::NotLeader`] naming it (the HTTP API redirects
+    /// there), instead of [`EngineError::ReadOnly`].
+    pub fn leader_at(mut self, api: impl Into<String>) -> EngineBuilder {
+        self.leader_at = Some(api.into());
+        self
+    }
+
     /// Makes every batch wait for `replication` as well as for its own
     /// flush before anything it holds is released, and keeps the log a
     /// replica still needs (see [`crate::replication`]).
@@ -146,6 +156,7 @@ impl EngineBuilder {
             tracing,
             follow,
             replication,
+            leader_at,
         } = self;
         check_options(&options)?;
         let tracer = match tracing {
@@ -193,6 +204,7 @@ impl EngineBuilder {
                 events: Mutex::new(Some(opened.events)),
                 power: options.power.clone(),
                 logs: opened.logs,
+                leader_at: leader_at.filter(|_| follow.is_some()),
             }),
         })
     }

@@ -34,6 +34,8 @@ pub(crate) struct Inner {
     pub(crate) power: Option<Arc<std::sync::atomic::AtomicBool>>,
     /// Each partition's log (weak: the partition owns and closes it).
     pub(crate) logs: Vec<std::sync::Weak<skald_log::Log>>,
+    /// A follower's leader API, if told (`EngineBuilder::leader_at`).
+    pub(crate) leader_at: Option<String>,
 }
 
 /// The partition that holds the saga a deduplication key started (of an
@@ -99,6 +101,7 @@ impl Engine {
             tracing: None,
             follow: None,
             replication: None,
+            leader_at: None,
         }
     }
 
@@ -161,8 +164,15 @@ impl Engine {
         input: &I,
         options: StartOptions,
     ) -> Result<SagaId, EngineError> {
-        self.refuse_if_following()?;
         let StartOptions { key, trace_parent } = options;
+        let partitions = self.inner.senders.len();
+        let partition = match &key {
+            // A key always lands in the same partition, which holds the
+            // key's saga.
+            Some(key) => partition_of_key(key, partitions),
+            None => self.inner.round_robin.fetch_add(1, Ordering::Relaxed) % partitions,
+        };
+        self.refuse_if_following(partition)?;
         let trace_parent = match (trace_parent, &self.inner.shared.tracer) {
             (None, Some(_)) => TraceParent::from_context(&opentelemetry::Context::current()),
             (given, _) => given,
@@ -184,13 +194,6 @@ impl Engine {
         };
         let input = serde_json::to_vec(input).map_err(invalid)?;
         found.decode_input(&input).map_err(invalid)?;
-        let partitions = self.inner.senders.len();
-        let partition = match &key {
-            // A key always lands in the same partition, which holds the
-            // key's saga.
-            Some(key) => partition_of_key(key, partitions),
-            None => self.inner.round_robin.fetch_add(1, Ordering::Relaxed) % partitions,
-        };
         self.ask(partition, |reply| Command::Start {
             definition: found,
             input,
@@ -253,7 +256,7 @@ impl Engine {
         saga: SagaId,
         reason: impl Into<String>,
     ) -> Result<CancelOutcome, EngineError> {
-        self.refuse_if_following()?;
+        self.refuse_if_following(self.partition_of(saga))?;
         let reason = reason.into();
         self.ask(self.partition_of(saga), |reply| Command::Cancel {
             saga,
@@ -273,7 +276,7 @@ impl Engine {
         who: impl Into<String>,
         why: impl Into<String>,
     ) -> Result<(), EngineError> {
-        self.refuse_if_following()?;
+        self.refuse_if_following(self.partition_of(saga))?;
         let (who, why) = (who.into(), why.into());
         self.ask(self.partition_of(saga), |reply| Command::Operator {
             saga,
@@ -310,13 +313,27 @@ impl Engine {
         Ok(())
     }
 
-    fn refuse_if_following(&self) -> Result<(), EngineError> {
-        match self.inner.shared.following {
-            Some(_) => Err(EngineError::ReadOnly {
-                dir: self.inner.dir.clone(),
-            }),
-            None => Ok(()),
+    /// Where the leader's API is, for a follower told
+    /// ([`crate::EngineBuilder::leader_at`]).
+    pub fn leader_at(&self) -> Option<&str> {
+        self.inner.leader_at.as_deref()
+    }
+
+    /// A follower refuses to write to `partition`: `NotLeader` if it knows
+    /// where the leader is, else `ReadOnly`.
+    fn refuse_if_following(&self, partition: usize) -> Result<(), EngineError> {
+        if self.inner.shared.following.is_none() {
+            return Ok(());
         }
+        Err(match &self.inner.leader_at {
+            Some(leader) => EngineError::NotLeader {
+                partition: partition as u16,
+                leader: leader.clone(),
+            },
+            None => EngineError::ReadOnly {
+                dir: self.inner.dir.clone(),
+            },
+        })
     }
 
     /// A page of sagas matching `filter`, in id order.

@@ -127,6 +127,16 @@ pub enum EngineError {
     #[error("no saga {0}")]
     NoSuchSaga(SagaId),
 
+    /// This engine follows the leader of `partition`, whose API is at
+    /// `leader`: ask it there (see `EngineBuilder::leader_at`).
+    #[error("partition {partition} is led elsewhere: ask {leader}")]
+    NotLeader {
+        /// The partition the call needed.
+        partition: u16,
+        /// Where its leader's API is.
+        leader: String,
+    },
+
     /// This engine follows a directory another process writes: it only
     /// reads (see `EngineBuilder::follow`).
     #[error("{dir} is followed read-only: only the engine that writes it starts, cancels or acts on sagas")]

@@ -17,6 +17,9 @@ pub struct ApiError {
     pub code: &'static str,
     /// What is wrong, for a person.
     pub message: String,
+    /// For `not_leader`: the leader's API, which the answer redirects to
+    /// (the path and query of the request appended).
+    pub leader: Option<String>,
 }
 
 impl ApiError {
@@ -26,6 +29,7 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            leader: None,
         }
     }
 
@@ -84,15 +88,60 @@ pub(crate) fn require(
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({
+        let mut body = serde_json::json!({
             "error": { "code": self.code, "message": self.message }
         });
-        (self.status, Json(body)).into_response()
+        let Some(leader) = self.leader else {
+            return (self.status, Json(body)).into_response();
+        };
+        body["error"]["leader"] = serde_json::Value::String(leader.clone());
+        let mut response = (self.status, Json(body)).into_response();
+        // Completed with the request's path by `redirect_to_leader`.
+        if let Ok(value) = axum::http::HeaderValue::from_str(&leader) {
+            response.headers_mut().insert(LEADER_HEADER, value);
+        }
+        response
     }
+}
+
+/// The header an answer names the leader's API in, until the redirect
+/// middleware turns it into a `Location` with the request's path.
+pub(crate) const LEADER_HEADER: &str = "x-skald-leader";
+
+/// Completes a `not_leader` answer into a redirect: `Location` is the
+/// leader's API with this request's path and query (307 keeps the method
+/// and the body).
+pub(crate) async fn redirect_to_leader(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let path = request.uri().path_and_query().map_or_else(
+        || request.uri().path().to_owned(),
+        |p| p.as_str().to_owned(),
+    );
+    let mut response = next.run(request).await;
+    if let Some(leader) = response.headers_mut().remove(LEADER_HEADER) {
+        let base = leader.to_str().unwrap_or_default().trim_end_matches('/');
+        if let Ok(location) = axum::http::HeaderValue::from_str(&format!("{base}{path}")) {
+            response
+                .headers_mut()
+                .insert(axum::http::header::LOCATION, location);
+        }
+    }
+    response
 }
 
 impl From<EngineError> for ApiError {
     fn from(error: EngineError) -> ApiError {
+        if let EngineError::NotLeader { leader, .. } = &error {
+            let mut redirect = ApiError::new(
+                StatusCode::TEMPORARY_REDIRECT,
+                "not_leader",
+                error.to_string(),
+            );
+            redirect.leader = Some(leader.clone());
+            return redirect;
+        }
         use StatusCode as S;
         let (status, code) = match &error {
             EngineError::NoSuchSaga(_) => (S::NOT_FOUND, "saga_not_found"),

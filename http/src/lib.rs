@@ -186,8 +186,9 @@ impl AppState {
 /// `config` has alert rules: their evaluation starts here.
 pub fn router(engine: Engine, mut config: HttpConfig) -> Router {
     // A follower writes nothing: every action is off, and the dashboard
-    // says so.
-    config.read_only |= engine.is_follower();
+    // says so; unless it knows its leader, to which actions are
+    // redirected (307, `not_leader`).
+    config.read_only |= engine.is_follower() && engine.leader_at().is_none();
     let alerts = Arc::new(alerts::Alerts::default());
     if let Some(rules) = config.alerts.take() {
         match rules.check() {
@@ -233,6 +234,7 @@ pub fn router(engine: Engine, mut config: HttpConfig) -> Router {
         .route("/api/openapi.json", get(ops::openapi))
         .fallback(ops::not_found)
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
+        .layer(axum::middleware::from_fn(error::redirect_to_leader))
         .with_state(state)
 }
 
