@@ -1,0 +1,157 @@
+//! A network partition between a leader and its replica, made by a TCP
+//! proxy in the test: in `replicated(1)` the isolated leader acknowledges
+//! nothing until the link heals, then goes on; in `local` mode it goes on
+//! acknowledging, and what a failover at that moment would lose is the
+//! replica's lag, measured here.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use skald_engine::{Engine, EngineOptions, Saga, Step, StepError};
+use skald_replicator::{Leader, Mode, Replica, ReplicaOptions};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+fn saga() -> Saga<u64> {
+    Saga::<u64>::new("one").step(
+        Step::new("only", |ctx: skald_engine::StepContext<u64>| {
+            let n = *ctx.input();
+            async move { Ok::<_, StepError>(n) }
+        })
+        .pivot(),
+    )
+}
+
+/// Forwards connections to `upstream` while the link is up; cutting it
+/// drops every connection and refuses new ones until it heals.
+async fn proxy(upstream: String) -> (String, watch::Sender<bool>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let (cut, watching) = watch::channel(false);
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut inbound, _)) = listener.accept().await else {
+                continue;
+            };
+            let mut cut = watching.clone();
+            if *cut.borrow() {
+                continue;
+            }
+            let upstream = upstream.clone();
+            tokio::spawn(async move {
+                let Ok(mut outbound) = TcpStream::connect(&upstream).await else {
+                    return;
+                };
+                tokio::select! {
+                    _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                    _ = cut.wait_for(|cut| *cut) => {}
+                }
+            });
+        }
+    });
+    (address, cut)
+}
+
+async fn setup(
+    mode: Mode,
+) -> (
+    tempfile::TempDir,
+    Engine,
+    Arc<Leader>,
+    Replica,
+    watch::Sender<bool>,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let leader = Leader::new(mode);
+    let engine = Engine::builder(dir.path().join("leader"))
+        .options(EngineOptions::default().partitions(1))
+        .register(saga())
+        .unwrap()
+        .replication(leader.clone())
+        .open()
+        .await
+        .unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap().to_string();
+    tokio::spawn({
+        let (leader, engine) = (leader.clone(), engine.clone());
+        async move { leader.serve(listener, engine).await.unwrap() }
+    });
+    let (through, cut) = proxy(upstream).await;
+    let replica = Replica::start(ReplicaOptions {
+        leader: through,
+        dir: dir.path().join("replica"),
+        name: "far".into(),
+        segment_size_bytes: skald_log::LogOptions::default().segment_size_bytes,
+    })
+    .await
+    .unwrap();
+    (dir, engine, leader, replica, cut)
+}
+
+async fn run(engine: &Engine, range: std::ops::Range<u64>) {
+    for n in range {
+        let id = engine.start("one", &n).await.unwrap();
+        engine.wait(id).await.unwrap();
+    }
+}
+
+async fn caught_up(engine: &Engine, replica: &Replica) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let end = || engine.partition_log(0).unwrap().visible_lsn();
+    while replica.status()[0].durable_end != end() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{:?}",
+            replica.status()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_isolated_leader_acknowledges_nothing_until_the_link_heals() {
+    let (_dir, engine, _leader, replica, cut) = setup(Mode::Replicated(1)).await;
+    run(&engine, 0..20).await;
+    caught_up(&engine, &replica).await;
+    cut.send_replace(true);
+    let mut start = tokio::spawn({
+        let engine = engine.clone();
+        async move { engine.start("one", &100u64).await }
+    });
+    let early = tokio::time::timeout(Duration::from_millis(500), &mut start).await;
+    assert!(early.is_err(), "acknowledged while isolated: {early:?}");
+    // Healed: the replica connects again, takes what it lacks, and the
+    // leader answers.
+    cut.send_replace(false);
+    let id = tokio::time::timeout(Duration::from_secs(60), start)
+        .await
+        .expect("answered once healed")
+        .unwrap()
+        .unwrap();
+    engine.wait(id).await.unwrap();
+    run(&engine, 20..30).await;
+    caught_up(&engine, &replica).await;
+    engine.shutdown().await.unwrap();
+    replica.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_local_mode_an_isolated_leader_goes_on_and_the_replicas_lag_is_what_a_failover_would_lose(
+) {
+    let (_dir, engine, leader, replica, cut) = setup(Mode::Local).await;
+    run(&engine, 0..10).await;
+    caught_up(&engine, &replica).await;
+    cut.send_replace(true);
+    // Acknowledged while the replica cannot have them.
+    run(&engine, 10..30).await;
+    let lag = leader.replicas()[0].lag_records;
+    // 20 sagas of one step: Started, StepStarted, StepSucceeded, Completed.
+    assert_eq!(lag, 80, "records a failover now would lose");
+    eprintln!("local mode, link cut: {lag} acknowledged records not on the replica");
+    cut.send_replace(false);
+    caught_up(&engine, &replica).await;
+    assert_eq!(leader.replicas()[0].lag_records, 0);
+    engine.shutdown().await.unwrap();
+    replica.stop().await.unwrap();
+}
