@@ -143,6 +143,15 @@ async fn in_local_mode_an_isolated_leader_goes_on_and_the_replicas_lag_is_what_a
     run(&engine, 0..10).await;
     caught_up(&engine, &replica).await;
     cut.send_replace(true);
+    // Both sides see the link gone before anything more is written.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while replica.status()[0].connected || leader.replicas()[0].connected {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the cut was never seen"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     // Acknowledged while the replica cannot have them.
     run(&engine, 10..30).await;
     let lag = leader.replicas()[0].lag_records;
