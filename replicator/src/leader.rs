@@ -349,7 +349,14 @@ impl Leader {
     }
 
     fn acked(&self, partition: u16, name: &str, connection: u64, durable_end: u64) {
-        let end = self.ends().get(usize::from(partition)).copied();
+        // Only this partition's end: every ack asks (no engine clone, no
+        // look at the other partitions).
+        let end = self
+            .engine
+            .lock()
+            .as_ref()
+            .and_then(|engine| engine.partition_log(usize::from(partition)))
+            .map(|log| log.visible_lsn());
         let mut partitions = self.partitions.lock();
         let replicas = partitions
             .entry(partition)

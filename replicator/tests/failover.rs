@@ -3,12 +3,14 @@
 //! leader has; and a replica that has seen the newer epoch refuses the
 //! old leader (which, in `replicated(1)`, can then acknowledge nothing).
 
-use std::collections::BTreeMap;
+mod common;
+
+use common::{caught_up, everything};
 use std::path::Path;
 use std::time::Duration;
 
 use skald_engine::inspect::{create_engine_dir, partition_dir};
-use skald_engine::{Engine, EngineOptions, ListFilter, Saga, SagaId, SagaStatus, Step, StepError};
+use skald_engine::{Engine, EngineOptions, Saga, Step, StepError};
 use skald_log::{Log, LogOptions};
 use skald_replicator::{Leader, Mode, Replica, ReplicaOptions};
 
@@ -78,24 +80,6 @@ async fn run(engine: &Engine, range: std::ops::Range<u64>) {
     }
 }
 
-async fn caught_up(engine: &Engine, replica: &Replica) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let ends: Vec<u64> = (0..2)
-            .map(|p| engine.partition_log(p).unwrap().visible_lsn())
-            .collect();
-        let held: Vec<u64> = replica.status().iter().map(|s| s.durable_end).collect();
-        if held == ends {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{held:?} of {ends:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 /// Every record's (LSN, bytes) of each partition of the engine directory
 /// `dir`, opened read-only.
 fn logs(dir: &Path) -> Vec<Vec<(u64, Vec<u8>)>> {
@@ -111,15 +95,6 @@ fn logs(dir: &Path) -> Vec<Vec<(u64, Vec<u8>)>> {
             records
         })
         .collect()
-}
-
-async fn everything(engine: &Engine) -> BTreeMap<SagaId, SagaStatus> {
-    let filter = ListFilter {
-        limit: 10_000,
-        ..ListFilter::default()
-    };
-    let page = engine.list(filter).await.unwrap();
-    page.sagas.into_iter().map(|s| (s.id, s.status)).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

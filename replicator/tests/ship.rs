@@ -3,14 +3,16 @@
 //! follower engine on the replica reads what the leader reads, and in
 //! `replicated(1)` no reply leaves the leader before a replica has it.
 
-use std::collections::BTreeMap;
+mod common;
+
+use common::{caught_up, everything};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use skald_engine::inspect::partition_dir;
 use skald_engine::{
-    Engine, EngineOptions, ListFilter, Saga, SagaId, SagaStatus, SnapshotSettings, Step, StepError,
+    Engine, EngineOptions, Saga, SagaId, SagaStatus, SnapshotSettings, Step, StepError,
 };
 use skald_log::{Log, LogOptions};
 use skald_replicator::{Leader, Mode, Replica, ReplicaOptions};
@@ -104,15 +106,6 @@ async fn run(engine: &Engine, range: std::ops::Range<u64>) -> Vec<SagaId> {
     ids
 }
 
-async fn everything(engine: &Engine) -> BTreeMap<SagaId, SagaStatus> {
-    let filter = ListFilter {
-        limit: 100_000,
-        ..ListFilter::default()
-    };
-    let page = engine.list(filter).await.unwrap();
-    page.sagas.into_iter().map(|s| (s.id, s.status)).collect()
-}
-
 /// (LSN, record bytes) of `log` from `from` to its end.
 fn records(log: &Log, from: u64) -> Vec<(u64, Vec<u8>)> {
     let mut reader = log.read_from(from).unwrap();
@@ -121,25 +114,6 @@ fn records(log: &Log, from: u64) -> Vec<(u64, Vec<u8>)> {
         out.push((record.lsn, record.bytes.to_vec()));
     }
     out
-}
-
-/// Waits until the replica holds every partition up to the leader's end.
-async fn caught_up(engine: &Engine, replica: &Replica) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let ends: Vec<u64> = (0..engine.partitions())
-            .map(|p| engine.partition_log(p).unwrap().visible_lsn())
-            .collect();
-        let held: Vec<u64> = replica.status().iter().map(|s| s.durable_end).collect();
-        if held == ends {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the replica holds {held:?} of {ends:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
