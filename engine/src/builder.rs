@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use prometheus_client::registry::Registry;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -22,11 +22,9 @@ use tokio::task::JoinHandle;
 use crate::engine::{Engine, Inner};
 use crate::error::OptionsError;
 use crate::metrics::Metrics;
-use crate::recovery::{recover_sorted, snapshot_dir};
-use crate::runtime::follow::Follow;
-use crate::runtime::{
-    Channels, Clock, Command, Definitions, Partition, Shared, COMMANDS_QUEUED_MAX,
-};
+use crate::recovery::snapshot_dir;
+use crate::roles::{open_partition, Opening, Role, Roles};
+use crate::runtime::{Clock, Command, Definitions, Shared};
 use crate::saga::Saga;
 use crate::view::EngineEvent;
 use crate::{EngineError, EngineOptions, PARTITIONS_MAX};
@@ -39,6 +37,7 @@ pub struct EngineBuilder {
     pub(crate) metrics: Option<Arc<Metrics>>,
     pub(crate) tracing: Option<crate::Tracing>,
     pub(crate) follow: Option<std::time::Duration>,
+    pub(crate) hosted: Option<std::time::Duration>,
     pub(crate) replication: Option<Arc<dyn crate::replication::Replication>>,
     pub(crate) leader_at: Option<String>,
 }
@@ -104,6 +103,19 @@ impl EngineBuilder {
         self
     }
 
+    /// Opens the engine as one host of several (the replicator's `Host`
+    /// drives it): every partition starts as a follower of its own log,
+    /// which a replica in this process writes, looking for new records
+    /// every `every`; [`Engine::lead`] makes a partition the writer when
+    /// this host wins its election, [`Engine::follow_leader`] makes it a
+    /// follower again. Calls for a partition led elsewhere fail with
+    /// [`EngineError::NotLeader`] (see [`Engine::set_leader`]) or
+    /// [`EngineError::NoLeader`].
+    pub fn hosted(mut self, every: std::time::Duration) -> EngineBuilder {
+        self.hosted = Some(every);
+        self
+    }
+
     /// For a follower: where the leader's API is (`http://host:port`).
     /// Starts, cancels and operator actions then fail with
     /// [`EngineError::NotLeader`] naming it (the HTTP API redirects
@@ -155,6 +167,7 @@ impl EngineBuilder {
             metrics,
             tracing,
             follow,
+            hosted,
             replication,
             leader_at,
         } = self;
@@ -188,7 +201,18 @@ impl EngineBuilder {
         if let Some(metrics) = &shared.metrics {
             *metrics.live.shared.lock() = Some(Arc::downgrade(&shared));
         }
-        let opened = open_partitions(&dir, &options, &storage, &shared, partitions)?;
+        if hosted.is_some() {
+            crate::roles::create_logs(&dir, &options, &storage, partitions)?;
+        }
+        let roles =
+            hosted.map(|every| Roles::new(partitions, every, options.clone(), storage.clone()));
+        let opened = open_partitions(
+            &dir,
+            &options,
+            &storage,
+            &shared,
+            (partitions, hosted.filter(|_| follow.is_none())),
+        )?;
         if !opened.recovered.is_empty() {
             let recovered = opened.recovered.len();
             tracing::info!(recovered, "resuming unfinished sagas");
@@ -197,14 +221,15 @@ impl EngineBuilder {
             inner: Arc::new(Inner {
                 dir,
                 shared,
-                senders: opened.senders,
+                senders: opened.senders.into_iter().map(RwLock::new).collect(),
                 tasks: Mutex::new(opened.tasks),
                 round_robin: AtomicUsize::new(0),
                 recovered: opened.recovered,
                 events: Mutex::new(Some(opened.events)),
                 power: options.power.clone(),
-                logs: opened.logs,
+                logs: Mutex::new(opened.logs),
                 leader_at: leader_at.filter(|_| follow.is_some()),
+                roles,
             }),
         })
     }
@@ -263,7 +288,7 @@ fn open_partitions(
     options: &EngineOptions,
     storage: &Arc<dyn Storage>,
     shared: &Arc<Shared>,
-    partitions: usize,
+    (partitions, hosted): (usize, Option<std::time::Duration>),
 ) -> Result<Opened, EngineError> {
     let (events, _) = broadcast::channel(options.event_buffer.max(1));
     let mut opened = Opened {
@@ -281,49 +306,26 @@ fn open_partitions(
     };
     // Spawned only once every partition admitted its resumed attempts.
     let mut ready = Vec::with_capacity(partitions);
+    let opening = Opening {
+        dir,
+        options,
+        storage,
+        shared,
+        events: &opened.events,
+    };
     for index in 0..partitions {
-        let path = crate::dir::partition_dir(dir, index);
-        let following = shared.following.is_some();
-        let (log, store) = open_storage(&path, options, storage, following)?;
-        let began = std::time::Instant::now();
-        let (states, rebuilt) = match following {
-            true => crate::runtime::follow::recover_following(index as u16, &log, &store)?,
-            false => recover_sorted(index as u16, &log, &store, None)?,
+        let role = match (shared.following, hosted) {
+            (Some(every), _) | (None, Some(every)) => Role::Follow(every),
+            (None, None) => Role::Lead {
+                epoch: options.epoch,
+            },
         };
-        let (tx, rx) = mpsc::channel(COMMANDS_QUEUED_MAX);
         let rng = StdRng::seed_from_u64(rand::Rng::random(&mut seeds));
-        let log = Arc::new(log);
-        opened.logs.push(Arc::downgrade(&log));
-        report_recovery(index, &rebuilt, began, shared, &log);
-        let channels = Channels {
-            rx,
-            tx: tx.downgrade(),
-            events: opened.events.clone(),
-        };
-        let floor = rebuilt.next_seq;
-        let mut partition = Partition::new(
-            index as u16,
-            log,
-            shared.clone(),
-            states,
-            channels,
-            rng,
-            floor,
-        )?;
-        let partition = match shared.following {
-            Some(every) => {
-                let generation = crate::dir::log_generation(&path);
-                let position = (rebuilt.end_lsn, generation);
-                let follow = Follow::new(every, position, options.storage.clone());
-                partition.following(follow, store)
-            }
-            None => {
-                opened.recovered.extend(partition.prepare_resumption());
-                partition.with_snapshots(options.snapshots, store, rebuilt.skipped)
-            }
-        };
-        ready.push(partition);
-        opened.senders.push(tx);
+        let partition = open_partition(&opening, index, role, rng)?;
+        opened.recovered.extend(partition.resumed);
+        opened.logs.push(Arc::downgrade(&partition.log));
+        ready.push(partition.partition);
+        opened.senders.push(partition.sender);
     }
     for partition in ready {
         opened.tasks.push(tokio::spawn(partition.run()));
@@ -332,7 +334,7 @@ fn open_partitions(
 }
 
 /// Logs and counts how partition `index` was recovered.
-fn report_recovery(
+pub(crate) fn report_recovery(
     index: usize,
     rebuilt: &crate::recovery::Recovered,
     began: std::time::Instant,
@@ -345,20 +347,25 @@ fn report_recovery(
     }
     if let Some(metrics) = &shared.metrics {
         metrics.recovered(index as u16, began.elapsed(), rebuilt.replayed);
-        metrics.live.logs.lock().push(Arc::downgrade(log));
+        let mut logs = metrics.live.logs.lock();
+        match logs.get_mut(index) {
+            // A hosted partition changing role.
+            Some(slot) => *slot = Arc::downgrade(log),
+            None => logs.push(Arc::downgrade(log)),
+        }
     }
 }
 
-/// A partition's log (read-only for a follower; in the options' epoch
+/// A partition's log (read-only for a follower; in `epoch`, if given,
 /// otherwise) and snapshot store.
-fn open_storage(
+pub(crate) fn open_storage(
     path: &std::path::Path,
     options: &EngineOptions,
     storage: &Arc<dyn Storage>,
-    following: bool,
+    (following, epoch): (bool, Option<u64>),
 ) -> Result<(Log, SnapshotStore), EngineError> {
     let log = Log::open(path, log_options(options, storage).read_only(following))?;
-    if let (Some(epoch), false) = (options.epoch, following) {
+    if let (Some(epoch), false) = (epoch, following) {
         log.begin_epoch(epoch)?;
     }
     let keep = options.snapshots.keep;
@@ -370,7 +377,7 @@ fn open_storage(
     Ok((log, store))
 }
 
-fn log_options(options: &EngineOptions, storage: &Arc<dyn Storage>) -> LogOptions {
+pub(crate) fn log_options(options: &EngineOptions, storage: &Arc<dyn Storage>) -> LogOptions {
     let mut log_options = LogOptions::default()
         .durability(options.durability)
         .segment_size_bytes(options.segment_size_bytes);

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use serde::Serialize;
 use skald_model::{OperatorAction, SagaId};
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -24,7 +24,9 @@ use crate::{EngineBuilder, EngineError, EngineOptions};
 pub(crate) struct Inner {
     pub(crate) dir: PathBuf,
     pub(crate) shared: Arc<Shared>,
-    pub(crate) senders: Vec<mpsc::Sender<Command>>,
+    /// Each partition's command queue (replaced when a hosted partition
+    /// changes role, see `roles.rs`).
+    pub(crate) senders: Vec<RwLock<mpsc::Sender<Command>>>,
     pub(crate) tasks: Mutex<Vec<JoinHandle<()>>>,
     pub(crate) round_robin: AtomicUsize,
     pub(crate) recovered: Vec<SagaId>,
@@ -33,9 +35,11 @@ pub(crate) struct Inner {
     /// In a simulation: off once the power was cut under this engine.
     pub(crate) power: Option<Arc<std::sync::atomic::AtomicBool>>,
     /// Each partition's log (weak: the partition owns and closes it).
-    pub(crate) logs: Vec<std::sync::Weak<skald_log::Log>>,
+    pub(crate) logs: Mutex<Vec<std::sync::Weak<skald_log::Log>>>,
     /// A follower's leader API, if told (`EngineBuilder::leader_at`).
     pub(crate) leader_at: Option<String>,
+    /// A hosted engine's partition roles (`EngineBuilder::hosted`).
+    pub(crate) roles: Option<crate::roles::Roles>,
 }
 
 /// The partition that holds the saga a deduplication key started (of an
@@ -100,6 +104,7 @@ impl Engine {
             metrics: None,
             tracing: None,
             follow: None,
+            hosted: None,
             replication: None,
             leader_at: None,
         }
@@ -170,7 +175,10 @@ impl Engine {
             // A key always lands in the same partition, which holds the
             // key's saga.
             Some(key) => partition_of_key(key, partitions),
-            None => self.inner.round_robin.fetch_add(1, Ordering::Relaxed) % partitions,
+            None => {
+                let next = self.inner.round_robin.fetch_add(1, Ordering::Relaxed);
+                self.led_partition_from(next % partitions)
+            }
         };
         self.refuse_if_following(partition)?;
         let trace_parent = match (trace_parent, &self.inner.shared.tracer) {
@@ -293,7 +301,7 @@ impl Engine {
     /// only writer. `None` once the engine shut down (or for a partition
     /// that does not exist).
     pub fn partition_log(&self, partition: usize) -> Option<Arc<skald_log::Log>> {
-        self.inner.logs.get(partition)?.upgrade()
+        self.inner.logs.lock().get(partition)?.upgrade()
     }
 
     /// Whether this engine follows a directory another process writes
@@ -322,6 +330,9 @@ impl Engine {
     /// A follower refuses to write to `partition`: `NotLeader` if it knows
     /// where the leader is, else `ReadOnly`.
     fn refuse_if_following(&self, partition: usize) -> Result<(), EngineError> {
+        if let Some(roles) = &self.inner.roles {
+            return roles.refuse_unless_leading(partition);
+        }
         if self.inner.shared.following.is_none() {
             return Ok(());
         }
@@ -433,6 +444,11 @@ impl Engine {
         // The partitions hold the other senders; once their tasks end,
         // subscribers see the stream close.
         drop(self.inner.events.lock().take());
+        // No role changes from here on (a hosted engine).
+        let _switching = match &self.inner.roles {
+            Some(roles) => Some(roles.switching.lock().await),
+            None => None,
+        };
         let mut first_error = None;
         for partition in 0..self.inner.senders.len() {
             let result = self
@@ -459,7 +475,7 @@ impl Engine {
         }
     }
 
-    fn partition_of(&self, saga: SagaId) -> usize {
+    pub(crate) fn partition_of(&self, saga: SagaId) -> usize {
         (saga.0 % self.inner.senders.len() as u64) as usize
     }
 
@@ -484,14 +500,15 @@ impl Engine {
         self.ask_unchecked(partition, command).await
     }
 
-    async fn ask_unchecked<T>(
+    pub(crate) async fn ask_unchecked<T>(
         &self,
         partition: usize,
         command: impl FnOnce(Reply<T>) -> Command,
     ) -> Result<T, EngineError> {
         let (reply, answer) = oneshot::channel();
+        let sender = self.inner.senders[partition].read().clone();
         // Waits while the partition's queue is full: back-pressure.
-        self.inner.senders[partition]
+        sender
             .send(command(reply))
             .await
             .map_err(|_| EngineError::ShutDown)?;

@@ -137,6 +137,28 @@ pub enum EngineError {
         leader: String,
     },
 
+    /// No host leads `partition` right now (an election is under way):
+    /// try again shortly.
+    #[error("partition {partition} has no leader right now: try again shortly")]
+    NoLeader {
+        /// The partition the call needed.
+        partition: u16,
+    },
+
+    /// There is no such partition.
+    #[error("no partition {partition}: the engine has {partitions}")]
+    NoSuchPartition {
+        /// The partition asked for.
+        partition: u16,
+        /// How many there are.
+        partitions: usize,
+    },
+
+    /// Partition roles change only on an engine opened with
+    /// `EngineBuilder::hosted`.
+    #[error("this engine is not hosted: its partitions' roles do not change")]
+    NotHosted,
+
     /// This engine follows a directory another process writes: it only
     /// reads (see `EngineBuilder::follow`).
     #[error("{dir} is followed read-only: only the engine that writes it starts, cancels or acts on sagas")]

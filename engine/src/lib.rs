@@ -89,6 +89,7 @@ mod options;
 mod payload;
 mod recovery;
 pub mod replication;
+mod roles;
 mod runtime;
 mod saga;
 #[cfg(feature = "sim")]

@@ -154,6 +154,7 @@ impl From<EngineError> for ApiError {
             EngineError::ShutDown => (S::SERVICE_UNAVAILABLE, "shut_down"),
             EngineError::Log(_) => (S::SERVICE_UNAVAILABLE, "partition_stopped"),
             EngineError::ReadOnly { .. } => (S::FORBIDDEN, "read_only"),
+            EngineError::NoLeader { .. } => (S::SERVICE_UNAVAILABLE, "no_leader"),
             _ => (S::INTERNAL_SERVER_ERROR, "internal"),
         };
         ApiError::new(status, code, error.to_string())
