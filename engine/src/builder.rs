@@ -48,7 +48,6 @@ struct Opened {
     senders: Vec<mpsc::Sender<Command>>,
     tasks: Vec<JoinHandle<()>>,
     recovered: Vec<SagaId>,
-    logs: Vec<std::sync::Weak<Log>>,
 }
 
 impl EngineBuilder {
@@ -227,7 +226,6 @@ impl EngineBuilder {
                 recovered: opened.recovered,
                 events: Mutex::new(Some(opened.events)),
                 power: options.power.clone(),
-                logs: Mutex::new(opened.logs),
                 leader_at: leader_at.filter(|_| follow.is_some()),
                 roles,
             }),
@@ -279,6 +277,7 @@ fn shared(
             .unwrap_or(options.segment_size_bytes.saturating_mul(4)),
         following: None,
         replication: None,
+        logs: Mutex::new(Vec::with_capacity(partitions)),
     })
 }
 
@@ -296,7 +295,6 @@ fn open_partitions(
         senders: Vec::with_capacity(partitions),
         tasks: Vec::with_capacity(partitions),
         recovered: Vec::new(),
-        logs: Vec::with_capacity(partitions),
     };
     let mut seeds = match (options.seed, options.deterministic) {
         (Some(seed), _) => StdRng::seed_from_u64(seed),
@@ -323,7 +321,7 @@ fn open_partitions(
         let rng = StdRng::seed_from_u64(rand::Rng::random(&mut seeds));
         let partition = open_partition(&opening, index, role, rng)?;
         opened.recovered.extend(partition.resumed);
-        opened.logs.push(Arc::downgrade(&partition.log));
+        shared.logs.lock().push(Arc::downgrade(&partition.log));
         ready.push(partition.partition);
         opened.senders.push(partition.sender);
     }

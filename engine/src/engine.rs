@@ -34,8 +34,6 @@ pub(crate) struct Inner {
     pub(crate) events: Mutex<Option<broadcast::Sender<Arc<EngineEvent>>>>,
     /// In a simulation: off once the power was cut under this engine.
     pub(crate) power: Option<Arc<std::sync::atomic::AtomicBool>>,
-    /// Each partition's log (weak: the partition owns and closes it).
-    pub(crate) logs: Mutex<Vec<std::sync::Weak<skald_log::Log>>>,
     /// A follower's leader API, if told (`EngineBuilder::leader_at`).
     pub(crate) leader_at: Option<String>,
     /// A hosted engine's partition roles (`EngineBuilder::hosted`).
@@ -301,7 +299,7 @@ impl Engine {
     /// only writer. `None` once the engine shut down (or for a partition
     /// that does not exist).
     pub fn partition_log(&self, partition: usize) -> Option<Arc<skald_log::Log>> {
-        self.inner.logs.lock().get(partition)?.upgrade()
+        self.inner.shared.logs.lock().get(partition)?.upgrade()
     }
 
     /// Whether this engine follows a directory another process writes

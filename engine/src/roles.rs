@@ -376,7 +376,7 @@ impl Engine {
             ..
         } = opened;
         *self.inner.senders[index].write() = sender;
-        if let Some(slot) = self.inner.logs.lock().get_mut(index) {
+        if let Some(slot) = self.inner.shared.logs.lock().get_mut(index) {
             *slot = Arc::downgrade(&log);
         }
         if let Some(failed) = self.inner.shared.failed.get(index) {

@@ -8,9 +8,12 @@
 //!   etcd deletes the key and another candidate can win. The key's create
 //!   revision is the leadership's **epoch**: etcd's revisions only grow, so
 //!   every new term has a higher epoch than every earlier one.
-//! - `candidates/<name>`: each candidate's durable end (its lease too). A
-//!   candidate gives way, for a while, to a live one with a longer log: the
-//!   follower with the longest durable log wins.
+//! - `candidates/<name>`: each candidate's position, `<epoch>/<durable
+//!   end>` (the epoch of its last record first; its lease too). A
+//!   candidate gives way, for a while, to a live one further on (a newer
+//!   last epoch, or the same and a longer log): the most up-to-date
+//!   follower wins; among equals, partition `p` prefers the `p mod n`-th
+//!   live candidate by name.
 //!
 //! A [`Leadership`] keeps its lease alive and knows until when it is surely
 //! valid: from the moment a keep-alive was sent, plus the lease's TTL, less
@@ -37,6 +40,9 @@ pub struct LeaderInfo {
     pub address: String,
     /// Its durable end when it won.
     pub durable: u64,
+    /// Its HTTP API, where calls for the partition go (`NotLeader`).
+    #[serde(default)]
+    pub api: Option<String>,
     /// The leadership's epoch (the key's create revision).
     #[serde(skip)]
     pub epoch: u64,
@@ -59,6 +65,31 @@ pub enum ElectionError {
         /// Why.
         error: String,
     },
+}
+
+/// What a candidate says of itself while it campaigns.
+pub trait Candidacy: Send + Sync {
+    /// Where its log stands now: the epoch of its last record, and its
+    /// durable end. Candidates compare these in this order (as Raft's
+    /// election restriction does): a log that ends in a newer epoch holds
+    /// what that epoch's leader acknowledged; an older one may end in a
+    /// deposed leader's unacknowledged records, however long it is.
+    fn position(&self) -> (u64, u64);
+
+    /// Not before this moment does it take the seat, though it stands as
+    /// a candidate at once (hosts started together see each other first).
+    fn not_before(&self) -> Option<Instant> {
+        None
+    }
+}
+
+/// A candidate whose log does not grow.
+struct Fixed(u64);
+
+impl Candidacy for Fixed {
+    fn position(&self) -> (u64, u64) {
+        (0, self.0)
+    }
 }
 
 /// The elections of one cluster of hosts.
@@ -183,6 +214,20 @@ impl Elections {
         partition: u16,
         me: &LeaderInfo,
     ) -> Result<Leadership, ElectionError> {
+        let fixed = Arc::new(Fixed(me.durable));
+        self.campaign_with(partition, me.clone(), fixed).await
+    }
+
+    /// As [`Elections::campaign`], for a candidate whose log grows while
+    /// it waits (a follower replicating): each time the seat falls free it
+    /// says its durable end again before the candidates compare.
+    pub async fn campaign_with(
+        &self,
+        partition: u16,
+        mut me: LeaderInfo,
+        candidacy: Arc<dyn Candidacy>,
+    ) -> Result<Leadership, ElectionError> {
+        me.durable = candidacy.position().1;
         let mut client = self.client.clone();
         // Counted from before the request: the lease began after it.
         let asked = Instant::now();
@@ -204,7 +249,7 @@ impl Elections {
             lease,
             client: client.clone(),
         };
-        let epoch = self.seek(partition, me, lease).await?;
+        let epoch = self.seek(partition, &mut me, lease, &*candidacy).await?;
         tracing::info!(partition, epoch, name = %me.name, "elected");
         Ok(Leadership {
             partition,
@@ -219,17 +264,22 @@ impl Elections {
     async fn seek(
         &self,
         partition: u16,
-        me: &LeaderInfo,
+        me: &mut LeaderInfo,
         lease: i64,
+        candidacy: &dyn Candidacy,
     ) -> Result<u64, ElectionError> {
         let mut client = self.client.clone();
         let with_lease = || Some(PutOptions::new().with_lease(lease));
         let candidate = self.key(partition, &format!("candidates/{}", me.name));
+        let mut position = candidacy.position();
+        let value = |(epoch, end): (u64, u64)| format!("{epoch}/{end}");
         client
-            .put(candidate, me.durable.to_string(), with_lease())
+            .put(candidate.clone(), value(position), with_lease())
             .await?;
         let leader_key = self.key(partition, "leader");
-        let value = serde_json::to_vec(me).expect("a leader encodes");
+        if let Some(at) = candidacy.not_before() {
+            tokio::time::sleep_until(at.into()).await;
+        }
         // Giving way to a longer log lasts a while from when the seat is
         // seen free, not from the start of a long wait.
         let mut free_since: Option<Instant> = None;
@@ -241,13 +291,25 @@ impl Elections {
                 free_since = None;
                 continue;
             }
+            if free_since.is_none() {
+                // Free: where this candidate stands now, before comparing.
+                let now = candidacy.position();
+                if now != position {
+                    position = now;
+                    client
+                        .put(candidate.clone(), value(now), with_lease())
+                        .await?;
+                }
+                me.durable = position.1;
+            }
             let since = *free_since.get_or_insert_with(Instant::now);
             if since.elapsed() < self.ttl * DEFER_TTLS
-                && self.longer_log_elsewhere(partition, me).await?
+                && self.better_elsewhere(partition, &me.name, position).await?
             {
                 tokio::time::sleep(self.ttl / 8).await;
                 continue;
             }
+            let value = serde_json::to_vec(&*me).expect("a leader encodes");
             let txn = Txn::new()
                 .when([Compare::create_revision(
                     leader_key.clone(),
@@ -263,12 +325,16 @@ impl Elections {
         }
     }
 
-    /// Whether a live candidate other than `me` has a longer log (or as
-    /// long, and a smaller name).
-    async fn longer_log_elsewhere(
+    /// Whether `me` gives way to another live candidate: one has a longer
+    /// log, or as long and is the partition's preferred host (partition
+    /// `p` prefers the `p mod n`-th of the `n` live candidates by name, so
+    /// that equal logs spread the partitions over the hosts), or neither
+    /// is preferred and its name is smaller.
+    async fn better_elsewhere(
         &self,
         partition: u16,
-        me: &LeaderInfo,
+        me: &str,
+        position: (u64, u64),
     ) -> Result<bool, ElectionError> {
         let prefix = self.key(partition, "candidates/");
         let response = self
@@ -276,13 +342,24 @@ impl Elections {
             .clone()
             .get(prefix.clone(), Some(GetOptions::new().with_prefix()))
             .await?;
-        Ok(response.kvs().iter().any(|kv| {
-            let name = String::from_utf8_lossy(&kv.key()[prefix.len()..]).into_owned();
-            let durable: u64 = std::str::from_utf8(kv.value())
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0);
-            name != me.name && (durable > me.durable || (durable == me.durable && name < me.name))
+        let mut candidates: Vec<(String, (u64, u64))> = response
+            .kvs()
+            .iter()
+            .map(|kv| {
+                let name = String::from_utf8_lossy(&kv.key()[prefix.len()..]).into_owned();
+                (name, parse_position(kv.value()))
+            })
+            .collect();
+        candidates.sort();
+        let preferred = candidates
+            .get(usize::from(partition) % candidates.len().max(1))
+            .map(|(name, _)| name.clone());
+        let rank = |name: &str| {
+            let is_preferred = preferred.as_deref() == Some(name);
+            (is_preferred, std::cmp::Reverse(name.to_owned()))
+        };
+        Ok(candidates.iter().any(|(name, theirs)| {
+            name != me && (*theirs > position || (*theirs == position && rank(name) > rank(me)))
         }))
     }
 
@@ -317,6 +394,12 @@ impl Elections {
 
     /// Gives up `leadership`: its lease revoked, so its keys go at once.
     pub async fn resign(&self, leadership: Leadership) -> Result<(), ElectionError> {
+        self.revoke(&leadership).await
+    }
+
+    /// Gives up a leadership still shared: it holds no more, its
+    /// keep-alives stop and its lease is revoked.
+    pub async fn revoke(&self, leadership: &Leadership) -> Result<(), ElectionError> {
         leadership.keeper.abort();
         {
             let mut state = leadership.state.lock();
@@ -331,6 +414,16 @@ impl Elections {
     /// for clocks and the network.
     fn margin(&self) -> Duration {
         self.ttl * 4 / 5
+    }
+}
+
+/// A candidate key's value: `<epoch>/<durable end>` (unreadable: nowhere).
+fn parse_position(value: &[u8]) -> (u64, u64) {
+    let text = std::str::from_utf8(value).unwrap_or("");
+    let mut parts = text.splitn(2, '/').map(|part| part.parse::<u64>().ok());
+    match (parts.next().flatten(), parts.next().flatten()) {
+        (Some(epoch), Some(end)) => (epoch, end),
+        _ => (0, 0),
     }
 }
 

@@ -114,6 +114,10 @@ pub(crate) fn welcome(
         );
         return Err(refuse(RefusalCode::Partition, message));
     }
+    if !engine.leads(partition) {
+        let message = format!("this host does not lead partition {partition} now");
+        return Err(refuse(RefusalCode::NotLeader, message));
+    }
     let Some(log) = engine.partition_log(usize::from(partition)) else {
         return Err(refuse(
             RefusalCode::ShuttingDown,

@@ -90,13 +90,15 @@ pub struct Leader {
     connections: AtomicU64,
     /// The engine it serves (for the leader's end, in lag figures).
     engine: Mutex<Option<Engine>>,
-    /// Whether this host's term as leader surely still holds (an etcd
-    /// lease: `election::Leadership::is_valid`); none: always.
+    /// Whether this host's term as a partition's leader surely still
+    /// holds (an etcd lease: `election::Leadership::is_valid`); none:
+    /// always.
     term: Option<Term>,
 }
 
-/// Whether a leader's term surely still holds.
-pub type Term = Arc<dyn Fn() -> bool + Send + Sync>;
+/// Whether a leader's term as the leader of a partition surely still
+/// holds.
+pub type Term = Arc<dyn Fn(u16) -> bool + Send + Sync>;
 
 /// Aborts a task when dropped (the ack reader of a connection that ended).
 struct AbortOnDrop(tokio::task::JoinHandle<Result<(), WireError>>);
@@ -130,9 +132,23 @@ impl Leader {
         })
     }
 
-    /// Whether this leader may release what it has: its term holds.
-    fn in_term(&self) -> bool {
-        self.term.as_ref().is_none_or(|term| term())
+    /// Whether this leader may release what it has of `partition`: its
+    /// term holds.
+    fn in_term(&self, partition: u16) -> bool {
+        self.term.as_ref().is_none_or(|term| term(partition))
+    }
+
+    /// Forgets what replicas acknowledged of `partition` in an earlier
+    /// term of this host: a host that leads a partition again may have
+    /// cut its log back since, and an old acknowledgement must never vouch
+    /// for a new record at the same LSN. Call it before the partition
+    /// leads again; batches already waiting go on waiting.
+    pub fn begin_term(&self, partition: u16) {
+        let mut partitions = self.partitions.lock();
+        if let Some(replicas) = partitions.get_mut(&partition) {
+            replicas.replicas.clear();
+            replicas.replicated.send_replace(0);
+        }
     }
 
     /// The mode it replicates in.
@@ -496,7 +512,7 @@ async fn send(
 impl Replication for Leader {
     fn replicated(&self, partition: u16, end: u64) -> Pin<Box<dyn Future<Output = ()> + Send>> {
         if self.mode == Mode::Local {
-            if self.in_term() {
+            if self.in_term(partition) {
                 return Box::pin(std::future::ready(()));
             }
             tracing::warn!(
@@ -517,7 +533,7 @@ impl Replication for Leader {
             // The sender lives as long as the leader: an error means the
             // leader is gone, and so is the engine.
             let _ = receiver.wait_for(|replicated| *replicated >= end).await;
-            if term.is_some_and(|term| !term()) {
+            if term.is_some_and(|term| !term(partition)) {
                 tracing::warn!(
                     partition,
                     "this host's term lapsed: nothing more is released"

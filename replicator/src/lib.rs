@@ -13,6 +13,11 @@
 //!   the acknowledgement) into an engine directory of its own, which a
 //!   follower engine reads (views, lists, dumps: no side effects).
 //!
+//! - [`host::Host`] (feature `etcd`): one of several host processes;
+//!   per partition, an etcd election ([`election`]) picks the leader, the
+//!   other hosts replicate it and serve its reads, and a dead host's
+//!   partitions fail over to the follower with the longest log.
+//!
 //! The protocol is [`wire`] (FORMAT.md, "Replication").
 //!
 //! ```no_run
@@ -33,13 +38,15 @@
 #[cfg(feature = "etcd")]
 pub mod election;
 mod hello;
+#[cfg(feature = "etcd")]
+pub mod host;
 mod leader;
 mod metrics;
 mod replica;
 pub mod wire;
 
 pub use crate::leader::{Leader, ReplicaView, Term, SHIPMENT_BYTES_MAX};
-pub use crate::replica::{PartitionStatus, Replica, ReplicaError, ReplicaOptions};
+pub use crate::replica::{PartitionStatus, Replica, ReplicaError, ReplicaOptions, LOCKED_WAIT_MAX};
 
 /// When the engine may release a batch (replies, steps).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

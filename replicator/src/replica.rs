@@ -21,6 +21,10 @@ use crate::wire::{
     read_frame, write_frame, Frame, RefusalCode, WireError, FRAME_BYTES_MAX, PROTOCOL_VERSION,
 };
 
+/// How long [`Replica::start_partition`] waits for a partition's log to
+/// be let go.
+pub const LOCKED_WAIT_MAX: Duration = Duration::from_secs(10);
+
 /// Waits between reconnections at first, doubling up to
 /// [`RECONNECT_MAX`].
 const RECONNECT_FIRST: Duration = Duration::from_millis(50);
@@ -119,11 +123,55 @@ impl Replica {
             let log = Arc::new(Log::open(&path, log_options)?);
             let (options, status) = (options.clone(), status.clone());
             replica.logs.push(log.clone());
+            let slot = usize::from(partition);
             replica.tasks.push(tokio::spawn(follow_partition(
-                options, partition, log, status,
+                options,
+                (partition, slot),
+                log,
+                status,
             )));
         }
         Ok(replica)
+    }
+
+    /// Replicates only `partition` of the engine directory `options.dir`
+    /// (which exists) from the leader at `options.leader`: a host follows
+    /// each partition's leader where it is. Waits (up to
+    /// [`LOCKED_WAIT_MAX`]) for the partition's log to be free: a leader of
+    /// it in this process may still be letting go.
+    pub async fn start_partition(
+        options: ReplicaOptions,
+        partition: u16,
+    ) -> Result<Replica, ReplicaError> {
+        let path = partition_dir(&options.dir, usize::from(partition));
+        let log_options = LogOptions::default().segment_size_bytes(options.segment_size_bytes);
+        let deadline = tokio::time::Instant::now() + LOCKED_WAIT_MAX;
+        let log = loop {
+            match Log::open(&path, log_options.clone()) {
+                Err(skald_log::LogError::Locked { .. })
+                    if tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                result => break Arc::new(result?),
+            }
+        };
+        let status = Arc::new(Mutex::new(vec![PartitionStatus {
+            partition,
+            durable_end: log.durable_lsn(),
+            ..Default::default()
+        }]));
+        let task = tokio::spawn(follow_partition(
+            options,
+            (partition, 0),
+            log.clone(),
+            status.clone(),
+        ));
+        Ok(Replica {
+            status,
+            tasks: vec![task],
+            logs: vec![log],
+        })
     }
 
     /// Registers this replica's metrics (read at each scrape) under
@@ -205,26 +253,26 @@ async fn ask_partitions(options: &ReplicaOptions) -> Result<u16, ReplicaError> {
 /// Follows one partition for as long as the task runs.
 async fn follow_partition(
     options: ReplicaOptions,
-    partition: u16,
+    (partition, slot): (u16, usize),
     log: Arc<Log>,
     status: Arc<Mutex<Vec<PartitionStatus>>>,
 ) {
     let mut wait = RECONNECT_FIRST;
     loop {
-        let result = follow_once(&options, partition, &log, &status).await;
-        status.lock()[usize::from(partition)].connected = false;
+        let result = follow_once(&options, (partition, slot), &log, &status).await;
+        status.lock()[slot].connected = false;
         match result {
             Err(Stop(message)) => {
                 tracing::error!(partition, %message, "the replica of this partition stopped");
-                status.lock()[usize::from(partition)].stopped = Some(message);
+                status.lock()[slot].stopped = Some(message);
                 return;
             }
             Ok(Retry::After(error)) => {
                 tracing::info!(partition, %error, "reconnecting to the leader");
-                status.lock()[usize::from(partition)].retrying = Some(error.to_string());
+                status.lock()[slot].retrying = Some(error.to_string());
             }
             Ok(Retry::Progressed) => {
-                status.lock()[usize::from(partition)].retrying = None;
+                status.lock()[slot].retrying = None;
                 wait = RECONNECT_FIRST;
             }
         }
@@ -245,7 +293,7 @@ struct Stop(String);
 /// One connection: hello, then records appended and acknowledged.
 async fn follow_once(
     options: &ReplicaOptions,
-    partition: u16,
+    (partition, slot): (u16, usize),
     log: &Arc<Log>,
     status: &Mutex<Vec<PartitionStatus>>,
 ) -> Result<Retry, Stop> {
@@ -253,7 +301,7 @@ async fn follow_once(
         Greeted::Welcome(stream) => stream,
         Greeted::Done(retry) => return Ok(retry),
     };
-    status.lock()[usize::from(partition)].connected = true;
+    status.lock()[slot].connected = true;
     let mut progressed = false;
     loop {
         let frame = match next_frame(&mut stream).await {
@@ -285,7 +333,7 @@ async fn follow_once(
         };
         {
             let mut status = status.lock();
-            let entry = &mut status[usize::from(partition)];
+            let entry = &mut status[slot];
             entry.durable_end = durable_end;
             entry.leader_end = leader_end;
         }
@@ -346,7 +394,7 @@ async fn greet(options: &ReplicaOptions, partition: u16, log: &Arc<Log>) -> Resu
             .map(Greeted::Done),
         // Shutting down, or deposed: the next leader may come.
         Ok(Some(Frame::Refused {
-            code: RefusalCode::ShuttingDown | RefusalCode::Stale,
+            code: RefusalCode::ShuttingDown | RefusalCode::Stale | RefusalCode::NotLeader,
             message,
         })) => later(message),
         Ok(Some(Frame::Refused { message, .. })) => Err(Stop(message)),

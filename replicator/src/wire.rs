@@ -43,6 +43,9 @@ pub enum RefusalCode {
     /// The replica has seen a newer epoch than the leader's: this leader
     /// was deposed, and the replica follows it no more.
     Stale = 7,
+    /// This host does not lead that partition now (another host does, or
+    /// an election is under way): ask the partition's leader.
+    NotLeader = 8,
 }
 
 impl RefusalCode {
@@ -55,6 +58,7 @@ impl RefusalCode {
             5 => RefusalCode::ShuttingDown,
             6 => RefusalCode::Diverged,
             7 => RefusalCode::Stale,
+            8 => RefusalCode::NotLeader,
             _ => return None,
         })
     }

@@ -326,6 +326,9 @@ impl Partition {
             }
         }
         let log = Arc::new(log);
+        if let Some(slot) = self.shared.logs.lock().get_mut(usize::from(self.index)) {
+            *slot = Arc::downgrade(&log);
+        }
         if let Some(metrics) = &self.shared.metrics {
             if let Some(slot) = metrics.live.logs.lock().get_mut(usize::from(self.index)) {
                 *slot = Arc::downgrade(&log);

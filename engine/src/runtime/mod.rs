@@ -109,6 +109,9 @@ pub(crate) struct Shared {
     pub(crate) following: Option<std::time::Duration>,
     /// The replicator whose replicas each batch waits for, if any.
     pub(crate) replication: Option<Arc<dyn crate::replication::Replication>>,
+    /// Each partition's log (weak: the partition owns and closes it; a
+    /// follower's rebuild or a change of role replaces it).
+    pub(crate) logs: Mutex<Vec<std::sync::Weak<skald_log::Log>>>,
 }
 
 /// Registered definitions by id, then version (the newest last).

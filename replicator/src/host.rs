@@ -1,0 +1,434 @@
+//! A host (feature `etcd`): one process of several, each holding every
+//! partition's directory. For each partition an election in etcd decides
+//! which host leads it; the others replicate it from the leader and serve
+//! reads of it. Work spreads: among candidates with logs as long,
+//! partition `p` goes to the `p mod n`-th live host by name. When a host
+//! dies, its leases lapse, and for each of its partitions the live
+//! follower with the longest durable log wins, becomes the writer in the
+//! new epoch (etcd's revision), and resumes the unfinished sagas with the
+//! same idempotency keys.
+//!
+//! Per partition, a task loops:
+//! - **follow**: the engine's partition follows its log; a [`Replica`]
+//!   copies the current leader's records into it (retargeted whenever the
+//!   leader changes); the host campaigns meanwhile
+//!   ([`Elections::campaign_with`]), saying its durable end.
+//! - **lead**, once elected: the replica stops, [`Engine::lead`] makes the
+//!   partition the writer, and the [`Leader`] ships it, releasing each
+//!   batch only while the term surely holds
+//!   ([`crate::election::Leadership::is_valid`]). Once it does not, the
+//!   partition follows again ([`Engine::follow_leader`]): before another
+//!   host can have been elected.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use skald_engine::{Engine, EngineBuilder, EngineError};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::election::{Candidacy, ElectionError, Elections, LeaderInfo, Leadership};
+use crate::{Leader, Mode, PartitionStatus, Replica, ReplicaOptions};
+
+/// How often a follower looks up its partition's leader in etcd, and a
+/// leader checks its term.
+const LOOK_EVERY: Duration = Duration::from_millis(100);
+
+/// How a host runs.
+#[derive(Debug, Clone)]
+pub struct HostOptions {
+    /// Its name: unique in the cluster, stable across restarts.
+    pub name: String,
+    /// etcd's endpoints (`host:port`).
+    pub etcd: Vec<String>,
+    /// The cluster's keys in etcd go under this prefix.
+    pub prefix: String,
+    /// The leases' time to live (at least 2 s): a dead host's partitions
+    /// fail over after about this long.
+    pub ttl: Duration,
+    /// Durability of what its partitions acknowledge.
+    pub mode: Mode,
+    /// Where the other hosts reach its replication listener (`host:port`).
+    pub advertise: String,
+    /// Its HTTP API, which [`EngineError::NotLeader`] names to callers of
+    /// the other hosts.
+    pub api: Option<String>,
+    /// Segment size of the partitions' logs (the same on every host).
+    pub segment_size_bytes: u64,
+    /// How often a follower partition folds what its replica copied.
+    pub follow_every: Duration,
+}
+
+impl HostOptions {
+    /// Defaults: keys under `/skald`, 2 s leases, `local` mode, no API,
+    /// the log's default segment size, followers folding every 20 ms.
+    pub fn new(name: impl Into<String>, etcd: Vec<String>, advertise: impl Into<String>) -> Self {
+        HostOptions {
+            name: name.into(),
+            etcd,
+            prefix: "/skald".into(),
+            ttl: Duration::from_secs(2),
+            mode: Mode::Local,
+            advertise: advertise.into(),
+            api: None,
+            segment_size_bytes: skald_log::LogOptions::default().segment_size_bytes,
+            follow_every: Duration::from_millis(20),
+        }
+    }
+}
+
+/// A host that failed to start.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    /// etcd could not be reached.
+    #[error(transparent)]
+    Election(#[from] ElectionError),
+    /// The engine did not open.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+}
+
+/// One partition, as a host sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPartition {
+    /// The partition.
+    pub partition: u16,
+    /// This host leads it now.
+    pub leads: bool,
+    /// Its leader, as etcd last said (this host, when it leads).
+    pub leader: Option<LeaderInfo>,
+    /// Its replica here, while this host follows it.
+    pub replica: Option<PartitionStatus>,
+}
+
+/// What the host's tasks share.
+struct State {
+    options: HostOptions,
+    engine: Engine,
+    leader: Arc<Leader>,
+    elections: Elections,
+    partitions: Mutex<Vec<HostPartition>>,
+    /// Each partition's replica, while this host follows it.
+    replicas: Vec<Mutex<Option<(String, Replica)>>>,
+    stopping: watch::Sender<bool>,
+    /// When it started: it campaigns from a TTL later, so that hosts
+    /// started together see each other and share the partitions.
+    started: tokio::time::Instant,
+}
+
+/// A running host: its engine, its leader side and its partitions' tasks.
+pub struct Host {
+    state: Arc<State>,
+    leader: Arc<Leader>,
+    tasks: Vec<JoinHandle<()>>,
+    serving: JoinHandle<()>,
+}
+
+/// The terms this host holds, by partition (the leader's `Term`).
+#[derive(Clone, Default)]
+struct Terms(Arc<Mutex<Vec<Option<Arc<Leadership>>>>>);
+
+impl Host {
+    /// Opens `builder`'s engine as a host ([`EngineBuilder::hosted`],
+    /// replicated through a [`Leader`] whose term is each partition's
+    /// election), serves replicas on `listener`, and starts following or
+    /// campaigning for every partition.
+    pub async fn start(
+        builder: EngineBuilder,
+        listener: TcpListener,
+        options: HostOptions,
+    ) -> Result<Host, HostError> {
+        let elections = Elections::connect(&options.etcd, &options.prefix, options.ttl).await?;
+        let terms = Terms::default();
+        let term: crate::Term = {
+            let terms = terms.clone();
+            Arc::new(move |partition| {
+                let terms = terms.0.lock();
+                let term = terms.get(usize::from(partition)).cloned().flatten();
+                term.is_some_and(|term| term.is_valid())
+            })
+        };
+        let leader = Leader::with_term(options.mode, term);
+        let engine = builder
+            .hosted(options.follow_every)
+            .replication(leader.clone())
+            .open()
+            .await?;
+        let partitions = engine.partitions();
+        *terms.0.lock() = vec![None; partitions];
+        let state = Arc::new(State {
+            engine: engine.clone(),
+            leader: leader.clone(),
+            elections,
+            partitions: Mutex::new(
+                (0..partitions as u16)
+                    .map(|partition| HostPartition {
+                        partition,
+                        leads: false,
+                        leader: None,
+                        replica: None,
+                    })
+                    .collect(),
+            ),
+            replicas: (0..partitions).map(|_| Mutex::new(None)).collect(),
+            stopping: watch::channel(false).0,
+            started: tokio::time::Instant::now(),
+            options,
+        });
+        let serving = tokio::spawn({
+            let (leader, engine) = (leader.clone(), engine.clone());
+            async move {
+                if let Err(error) = leader.serve(listener, engine).await {
+                    tracing::error!(%error, "the host's replication listener stopped");
+                }
+            }
+        });
+        let tasks = (0..partitions as u16)
+            .map(|partition| {
+                let (state, terms) = (state.clone(), terms.clone());
+                tokio::spawn(run_partition(state, terms, partition))
+            })
+            .collect();
+        Ok(Host {
+            state,
+            leader,
+            tasks,
+            serving,
+        })
+    }
+
+    /// The engine: it writes the partitions this host leads and reads
+    /// every one.
+    pub fn engine(&self) -> &Engine {
+        &self.state.engine
+    }
+
+    /// Its leader side (the replicas of the partitions it leads).
+    pub fn leader(&self) -> &Arc<Leader> {
+        &self.leader
+    }
+
+    /// Every partition: led here or not, its leader, its replica here.
+    pub fn partitions(&self) -> Vec<HostPartition> {
+        let mut partitions = self.state.partitions.lock().clone();
+        for (partition, replica) in partitions.iter_mut().zip(&self.state.replicas) {
+            partition.replica = replica
+                .lock()
+                .as_ref()
+                .and_then(|(_, replica)| replica.status().into_iter().next());
+        }
+        partitions
+    }
+
+    /// Stops: every partition it leads is resigned (its lease revoked, so
+    /// another host takes over at once) and follows; replicas stop; the
+    /// engine shuts down.
+    pub async fn stop(self) -> Result<(), EngineError> {
+        self.state.stopping.send_replace(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        self.serving.abort();
+        self.state.engine.shutdown().await
+    }
+}
+
+/// A follower's view of its own position, for its campaign.
+struct Standing {
+    state: Arc<State>,
+    partition: u16,
+}
+
+impl Candidacy for Standing {
+    fn position(&self) -> (u64, u64) {
+        // The follower's view of the log the replica writes: its end, and
+        // the epoch of its last record.
+        let Some(log) = self.state.engine.partition_log(usize::from(self.partition)) else {
+            return (0, 0);
+        };
+        let end = log.visible_lsn();
+        let epoch = log
+            .epochs()
+            .into_iter()
+            .filter(|(_, first)| *first < end)
+            .map(|(epoch, _)| epoch)
+            .next_back()
+            .unwrap_or(0);
+        (epoch, end)
+    }
+
+    fn not_before(&self) -> Option<std::time::Instant> {
+        Some((self.state.started + self.state.options.ttl).into_std())
+    }
+}
+
+/// One partition's loop: follow until elected, lead until the term
+/// lapses, and again, until the host stops.
+async fn run_partition(state: Arc<State>, terms: Terms, partition: u16) {
+    loop {
+        let Some(leadership) = follow(&state, partition).await else {
+            return;
+        };
+        lead(&state, &terms, partition, leadership).await;
+        if *state.stopping.borrow() {
+            return;
+        }
+    }
+}
+
+/// Follows `partition` (its replica pointed at the leader etcd names)
+/// while campaigning for it; returns the leadership won, or `None` once
+/// the host stops.
+async fn follow(state: &Arc<State>, partition: u16) -> Option<Leadership> {
+    let options = &state.options;
+    let me = LeaderInfo {
+        name: options.name.clone(),
+        address: options.advertise.clone(),
+        durable: 0,
+        api: options.api.clone(),
+        epoch: 0,
+    };
+    let standing: Arc<dyn Candidacy> = Arc::new(Standing {
+        state: state.clone(),
+        partition,
+    });
+    let mut stopping = state.stopping.subscribe();
+    let campaign_from = |me: LeaderInfo| {
+        let (state, standing) = (state.clone(), standing.clone());
+        Box::pin(async move { state.elections.campaign_with(partition, me, standing).await })
+    };
+    let mut campaign = campaign_from(me.clone());
+    loop {
+        tokio::select! {
+            won = &mut campaign => match won {
+                Ok(leadership) => {
+                    stop_replica(state, partition).await;
+                    return Some(leadership);
+                }
+                Err(error) => {
+                    tracing::warn!(partition, %error, "campaigning failed; trying again");
+                    tokio::time::sleep(options.ttl / 4).await;
+                    campaign = campaign_from(me.clone());
+                }
+            },
+            () = stopped(&mut stopping) => {
+                stop_replica(state, partition).await;
+                return None;
+            }
+            () = tokio::time::sleep(LOOK_EVERY) => look_up_leader(state, partition).await,
+        }
+    }
+}
+
+/// Asks etcd who leads `partition`, tells the engine where calls for it
+/// go, and points the replica at that leader.
+async fn look_up_leader(state: &Arc<State>, partition: u16) {
+    let leader = match state.elections.leader(partition).await {
+        Ok(leader) => leader,
+        Err(error) => {
+            tracing::debug!(partition, %error, "looking up the leader failed");
+            return;
+        }
+    };
+    let index = usize::from(partition);
+    state
+        .engine
+        .set_leader(partition, leader.as_ref().and_then(|l| l.api.clone()));
+    state.partitions.lock()[index].leader = leader.clone();
+    let Some(leader) = leader.filter(|l| l.name != state.options.name) else {
+        // No leader now, or this host's own lapsed term: the replica (if
+        // any) goes on trying where it was.
+        return;
+    };
+    let current = state.replicas[index]
+        .lock()
+        .as_ref()
+        .map(|(address, _)| address.clone());
+    if current.as_deref() == Some(leader.address.as_str()) {
+        return;
+    }
+    stop_replica(state, partition).await;
+    let replica_options = ReplicaOptions {
+        leader: leader.address.clone(),
+        dir: state.engine.dir().to_path_buf(),
+        name: state.options.name.clone(),
+        segment_size_bytes: state.options.segment_size_bytes,
+    };
+    match Replica::start_partition(replica_options, partition).await {
+        Ok(replica) => {
+            tracing::info!(partition, leader = %leader.name, epoch = leader.epoch, "replicating from the partition's leader");
+            *state.replicas[index].lock() = Some((leader.address, replica));
+        }
+        Err(error) => tracing::warn!(partition, %error, "the replica did not start"),
+    }
+}
+
+/// Returns once the host stops.
+async fn stopped(stopping: &mut watch::Receiver<bool>) {
+    let _ = stopping.wait_for(|stopping| *stopping).await;
+}
+
+async fn stop_replica(state: &State, partition: u16) {
+    let replica = state.replicas[usize::from(partition)].lock().take();
+    if let Some((_, replica)) = replica {
+        if let Err(error) = replica.stop().await {
+            tracing::warn!(partition, %error, "the replica did not stop cleanly");
+        }
+    }
+}
+
+/// Leads `partition` for as long as `leadership` surely holds (or until
+/// the host stops, resigning it), then makes it follow again.
+async fn lead(state: &Arc<State>, terms: &Terms, partition: u16, leadership: Leadership) {
+    let index = usize::from(partition);
+    let leadership = Arc::new(leadership);
+    terms.0.lock()[index] = Some(leadership.clone());
+    let epoch = leadership.epoch;
+    state.leader.begin_term(partition);
+    if let Err(error) = state.engine.lead(partition, epoch).await {
+        tracing::error!(partition, epoch, %error, "elected, but the partition cannot lead here; resigning");
+        terms.0.lock()[index] = None;
+        let _ = state.elections.revoke(&leadership).await;
+        tokio::time::sleep(state.options.ttl).await;
+        return;
+    }
+    state
+        .engine
+        .set_leader(partition, state.options.api.clone());
+    {
+        let mut partitions = state.partitions.lock();
+        partitions[index].leads = true;
+        partitions[index].leader = Some(LeaderInfo {
+            name: state.options.name.clone(),
+            address: state.options.advertise.clone(),
+            durable: 0,
+            api: state.options.api.clone(),
+            epoch,
+        });
+    }
+    let mut stopping = state.stopping.subscribe();
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(LOOK_EVERY) => {
+                if !leadership.is_valid() {
+                    tracing::warn!(partition, epoch, "this host's term lapsed: the partition follows again");
+                    break;
+                }
+            }
+            () = stopped(&mut stopping) => {
+                // Stops acknowledging first, then hands the seat over.
+                terms.0.lock()[index] = None;
+                let _ = state.elections.revoke(&leadership).await;
+                break;
+            }
+        }
+    }
+    terms.0.lock()[index] = None;
+    state.partitions.lock()[index].leads = false;
+    state.engine.set_leader(partition, None);
+    if let Err(error) = state.engine.follow_leader(partition).await {
+        tracing::error!(partition, %error, "the partition did not go back to following");
+    }
+}
