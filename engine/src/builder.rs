@@ -47,6 +47,7 @@ struct Opened {
     events: broadcast::Sender<Arc<EngineEvent>>,
     senders: Vec<mpsc::Sender<Command>>,
     tasks: Vec<JoinHandle<()>>,
+    stops: Vec<tokio::sync::watch::Sender<bool>>,
     recovered: Vec<SagaId>,
 }
 
@@ -221,6 +222,7 @@ impl EngineBuilder {
                 dir,
                 shared,
                 senders: opened.senders.into_iter().map(RwLock::new).collect(),
+                stops: opened.stops.into_iter().map(Mutex::new).collect(),
                 tasks: Mutex::new(opened.tasks),
                 round_robin: AtomicUsize::new(0),
                 recovered: opened.recovered,
@@ -294,6 +296,7 @@ fn open_partitions(
         events,
         senders: Vec::with_capacity(partitions),
         tasks: Vec::with_capacity(partitions),
+        stops: Vec::with_capacity(partitions),
         recovered: Vec::new(),
     };
     let mut seeds = match (options.seed, options.deterministic) {
@@ -322,6 +325,7 @@ fn open_partitions(
         let partition = open_partition(&opening, index, role, rng)?;
         opened.recovered.extend(partition.resumed);
         shared.logs.lock().push(Arc::downgrade(&partition.log));
+        opened.stops.push(partition.partition.stop_signal());
         ready.push(partition.partition);
         opened.senders.push(partition.sender);
     }

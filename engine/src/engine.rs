@@ -36,6 +36,8 @@ pub(crate) struct Inner {
     pub(crate) power: Option<Arc<std::sync::atomic::AtomicBool>>,
     /// A follower's leader API, if told (`EngineBuilder::leader_at`).
     pub(crate) leader_at: Option<String>,
+    /// Each partition's stop signal (see `Partition::stop_signal`).
+    pub(crate) stops: Vec<Mutex<tokio::sync::watch::Sender<bool>>>,
     /// A hosted engine's partition roles (`EngineBuilder::hosted`).
     pub(crate) roles: Option<crate::roles::Roles>,
 }
@@ -448,6 +450,9 @@ impl Engine {
             None => None,
         };
         let mut first_error = None;
+        for stop in &self.inner.stops {
+            stop.lock().send_replace(true);
+        }
         for partition in 0..self.inner.senders.len() {
             let result = self
                 .ask_unchecked(partition, |reply| Command::Shutdown { reply })

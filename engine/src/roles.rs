@@ -324,6 +324,9 @@ impl Engine {
 
     /// Stops partition `index`'s task and waits for it to end.
     async fn stop_partition(&self, index: usize) {
+        if let Some(stop) = self.inner.stops.get(index) {
+            stop.lock().send_replace(true);
+        }
         let result = self
             .ask_unchecked(index, |reply| Command::Shutdown { reply })
             .await;
@@ -376,6 +379,9 @@ impl Engine {
             ..
         } = opened;
         *self.inner.senders[index].write() = sender;
+        if let Some(stop) = self.inner.stops.get(index) {
+            *stop.lock() = partition.stop_signal();
+        }
         if let Some(slot) = self.inner.shared.logs.lock().get_mut(index) {
             *slot = Arc::downgrade(&log);
         }

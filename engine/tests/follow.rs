@@ -268,8 +268,17 @@ async fn a_follower_looking_all_the_time_while_the_writer_works_agrees_with_it()
     for run in runs {
         started.extend(run.await.unwrap());
     }
-    // Every saga's end reaches the follower by its own looks.
+    // Every saga's end reaches the follower by its own looks (a wait on
+    // a saga it has not seen yet is NoSuchSaga: first it must appear).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     for id in &started {
+        while follower.view(*id).await.unwrap().is_none() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{id} never reached the follower"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
         let view = follower.wait(*id).await.unwrap();
         assert!(view.status.is_final(), "{view:?}");
     }

@@ -103,7 +103,10 @@ pub(crate) struct Shared {
     flush_failed: std::sync::atomic::AtomicBool,
     /// Serialises `truncate_prefix`, so segments are removed oldest first.
     truncate_lock: Mutex<()>,
-    _lock: Option<Box<dyn Any + Send + Sync>>,
+    /// The directory's writer lock (none when read-only): let go when the
+    /// `Log` is closed or dropped, even while readers and tailers still
+    /// hold this shared state (they see the log closed).
+    lock: Mutex<Option<Box<dyn Any + Send + Sync>>>,
 }
 
 struct WriterState {
@@ -388,6 +391,8 @@ impl Drop for Log {
         self.shared.sync_waiters.notify_all();
         drop(writer);
         self.shared.tail_notify.notify_waiters();
+        // Every flush is done: another writer may open the directory now.
+        drop(self.shared.lock.lock().take());
     }
 }
 

@@ -83,6 +83,16 @@ pub trait Candidacy: Send + Sync {
     }
 }
 
+/// How a candidate stands when the seat is free.
+enum Standing {
+    /// A live candidate is surely further on.
+    Behind,
+    /// None surely is, but one's position may be stale.
+    Unsure,
+    /// It is the one to take the seat.
+    First,
+}
+
 /// A candidate whose log does not grow.
 struct Fixed(u64);
 
@@ -280,34 +290,45 @@ impl Elections {
         if let Some(at) = candidacy.not_before() {
             tokio::time::sleep_until(at.into()).await;
         }
-        // Giving way to a longer log lasts a while from when the seat is
-        // seen free, not from the start of a long wait.
+        // Giving way to a candidate whose key is older than the vacancy
+        // lasts a while from when the seat is seen free, not from the
+        // start of a long wait.
         let mut free_since: Option<Instant> = None;
+        // The revision at which the seat fell free, when known.
+        let mut freed_at: Option<i64> = None;
         loop {
             if !client.get(leader_key.clone(), None).await?.kvs().is_empty() {
                 // Someone leads: wait for the key to go (its lease lapsed,
                 // or it resigned), then look again.
-                self.wait_for_vacancy(partition).await?;
+                freed_at = self.wait_for_vacancy(partition).await?;
                 free_since = None;
                 continue;
             }
             if free_since.is_none() {
-                // Free: where this candidate stands now, before comparing.
-                let now = candidacy.position();
-                if now != position {
-                    position = now;
-                    client
-                        .put(candidate.clone(), value(now), with_lease())
-                        .await?;
-                }
+                // Free: where this candidate stands now, said again (the
+                // key's new revision tells the others it is current).
+                position = candidacy.position();
+                client
+                    .put(candidate.clone(), value(position), with_lease())
+                    .await?;
                 me.durable = position.1;
             }
             let since = *free_since.get_or_insert_with(Instant::now);
-            if since.elapsed() < self.ttl * DEFER_TTLS
-                && self.better_elsewhere(partition, &me.name, position).await?
+            match self
+                .standing(partition, &me.name, position, freed_at)
+                .await?
             {
-                tokio::time::sleep(self.ttl / 8).await;
-                continue;
+                // A live candidate surely further on: it takes the seat.
+                Standing::Behind => {
+                    tokio::time::sleep(self.ttl / 8).await;
+                    continue;
+                }
+                // One whose key predates the vacancy may be: a while.
+                Standing::Unsure if since.elapsed() < self.ttl * DEFER_TTLS => {
+                    tokio::time::sleep(self.ttl / 8).await;
+                    continue;
+                }
+                Standing::Unsure | Standing::First => {}
             }
             let value = serde_json::to_vec(&*me).expect("a leader encodes");
             let txn = Txn::new()
@@ -325,70 +346,90 @@ impl Elections {
         }
     }
 
-    /// Whether `me` gives way to another live candidate: one has a longer
-    /// log, or as long and is the partition's preferred host (partition
-    /// `p` prefers the `p mod n`-th of the `n` live candidates by name, so
+    /// How `me` (at `position`) stands among the live candidates: behind
+    /// one further on (a newer last epoch, or the same and a longer log),
+    /// or as far and the partition's preferred host (partition `p`
+    /// prefers the `p mod n`-th of the `n` live candidates by name, so
     /// that equal logs spread the partitions over the hosts), or neither
-    /// is preferred and its name is smaller.
-    async fn better_elsewhere(
+    /// preferred and of a smaller name; unsure while a candidate's key was
+    /// written before the seat fell free (at revision `freed_at`): its
+    /// position may be stale.
+    async fn standing(
         &self,
         partition: u16,
         me: &str,
         position: (u64, u64),
-    ) -> Result<bool, ElectionError> {
+        freed_at: Option<i64>,
+    ) -> Result<Standing, ElectionError> {
         let prefix = self.key(partition, "candidates/");
         let response = self
             .client
             .clone()
             .get(prefix.clone(), Some(GetOptions::new().with_prefix()))
             .await?;
-        let mut candidates: Vec<(String, (u64, u64))> = response
+        let mut candidates: Vec<(String, (u64, u64), i64)> = response
             .kvs()
             .iter()
             .map(|kv| {
                 let name = String::from_utf8_lossy(&kv.key()[prefix.len()..]).into_owned();
-                (name, parse_position(kv.value()))
+                (name, parse_position(kv.value()), kv.mod_revision())
             })
             .collect();
         candidates.sort();
         let preferred = candidates
             .get(usize::from(partition) % candidates.len().max(1))
-            .map(|(name, _)| name.clone());
+            .map(|(name, _, _)| name.clone());
         let rank = |name: &str| {
             let is_preferred = preferred.as_deref() == Some(name);
             (is_preferred, std::cmp::Reverse(name.to_owned()))
         };
-        Ok(candidates.iter().any(|(name, theirs)| {
-            name != me && (*theirs > position || (*theirs == position && rank(name) > rank(me)))
-        }))
+        let mut standing = Standing::First;
+        for (name, theirs, revision) in &candidates {
+            if name == me {
+                continue;
+            }
+            if freed_at.is_some_and(|freed| *revision <= freed) {
+                standing = Standing::Unsure;
+            } else if *theirs > position || (*theirs == position && rank(name) > rank(me)) {
+                return Ok(Standing::Behind);
+            }
+        }
+        Ok(standing)
     }
 
     /// Returns once `partition` has no leader key (or after a while, to
     /// look again).
-    async fn wait_for_vacancy(&self, partition: u16) -> Result<(), ElectionError> {
+    /// Returns the revision at which it went, when known (an upper bound
+    /// of it when the key went before the watch began).
+    async fn wait_for_vacancy(&self, partition: u16) -> Result<Option<i64>, ElectionError> {
         let key = self.key(partition, "leader");
         let mut client = self.client.clone();
         let mut stream = client.watch(key.clone(), None).await?;
         // The key may have gone between the failed transaction and the watch.
-        if client.get(key, None).await?.kvs().is_empty() {
-            return Ok(());
+        let now = client.get(key, None).await?;
+        if now.kvs().is_empty() {
+            return Ok(now.header().map(|header| header.revision()));
         }
         let deleted = async {
             while let Some(response) = stream.message().await? {
                 let gone = response
                     .events()
                     .iter()
-                    .any(|e| e.event_type() == etcd_client::EventType::Delete);
+                    .filter(|e| e.event_type() == etcd_client::EventType::Delete)
+                    .find_map(|e| e.kv().map(|kv| kv.mod_revision()));
+                if gone.is_some() {
+                    return Ok::<_, ElectionError>(gone);
+                }
                 // A cancelled watch (compaction, say): look again at once.
-                if gone || response.canceled() {
-                    return Ok::<(), ElectionError>(());
+                if response.canceled() {
+                    return Ok(None);
                 }
             }
-            Ok(())
+            Ok(None)
         };
         match tokio::time::timeout(self.ttl, deleted).await {
             Ok(result) => result,
-            Err(_) => Ok(()),
+            Err(_) => Ok(None),
         }
     }
 

@@ -57,6 +57,17 @@ fn plan(
             format!("the replica has seen epoch {seen_epoch}, this leader is in epoch {epoch}");
         return Plan::Refuse(RefusalCode::Stale, what);
     }
+    if holds_records && last_epoch > 0 && !epochs.iter().any(|&(e, _)| e == last_epoch) {
+        // Its last epoch is none of this leader's: what it wrote then was
+        // a deposed leader's, from somewhere after the start of the last
+        // epoch before it that this leader has (records of that epoch are
+        // the same on both). Cut back there.
+        if let Some(&(_, start)) = epochs.iter().rev().find(|&&(e, _)| e < last_epoch) {
+            if from_lsn > start {
+                return Plan::Truncate(start);
+            }
+        }
+    }
     // Where the replica's last epoch ends here (Kafka's end offset of an
     // epoch): past it, its records are a deposed leader's.
     if holds_records {
@@ -263,6 +274,20 @@ mod tests {
         ));
         // It has begun 2 with no record of it yet: cut by its last record.
         assert_eq!(plan(&here, (60, true), (1, 2)), Plan::Truncate(50));
+    }
+
+    #[test]
+    fn records_of_an_epoch_this_leader_never_had_are_cut_back() {
+        // A deposed leader of epoch 3 wrote from somewhere after 30; this
+        // leader went from epoch 2 (from 30) to 4 (from 60).
+        let here = log(&[(1, 1), (2, 30), (4, 60)], 1, 90);
+        assert_eq!(plan(&here, (55, true), (3, 3)), Plan::Truncate(30));
+        // Past where epoch 4 began too: its epoch-3 records may begin
+        // before 60, so the cut is the same.
+        assert_eq!(plan(&here, (70, true), (3, 3)), Plan::Truncate(30));
+        // Of an epoch before every one kept here: cut to the first.
+        let here = log(&[(1, 1), (3, 50)], 1, 81);
+        assert_eq!(plan(&here, (40, true), (2, 2)), Plan::Truncate(1));
     }
 
     #[test]

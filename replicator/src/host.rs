@@ -243,20 +243,25 @@ struct Standing {
 
 impl Candidacy for Standing {
     fn position(&self) -> (u64, u64) {
-        // The follower's view of the log the replica writes: its end, and
-        // the epoch of its last record.
-        let Some(log) = self.state.engine.partition_log(usize::from(self.partition)) else {
-            return (0, 0);
-        };
-        let end = log.visible_lsn();
-        let epoch = log
-            .epochs()
-            .into_iter()
-            .filter(|(_, first)| *first < end)
-            .map(|(epoch, _)| epoch)
-            .next_back()
-            .unwrap_or(0);
-        (epoch, end)
+        let index = usize::from(self.partition);
+        // The replica's own log while it runs (what it made durable and
+        // acknowledged); else the partition's log as the disk holds it.
+        if let Some(position) = self.state.replicas[index]
+            .lock()
+            .as_ref()
+            .and_then(|(_, replica)| replica.position(0))
+        {
+            return position;
+        }
+        let path = skald_engine::inspect::partition_dir(self.state.engine.dir(), index);
+        let options = skald_log::LogOptions::default().read_only(true);
+        match skald_log::Log::open(&path, options) {
+            Ok(log) => crate::replica::log_position(&log),
+            Err(error) => {
+                tracing::warn!(partition = self.partition, %error, "the partition's log does not open to say where it stands");
+                (0, 0)
+            }
+        }
     }
 
     fn not_before(&self) -> Option<std::time::Instant> {
@@ -300,24 +305,36 @@ async fn follow(state: &Arc<State>, partition: u16) -> Option<Leadership> {
         Box::pin(async move { state.elections.campaign_with(partition, me, standing).await })
     };
     let mut campaign = campaign_from(me.clone());
-    loop {
+    // The leader is looked up, and the replica pointed at it, on a task of
+    // its own: the campaign never waits for a replica to start or stop.
+    let (quit, quitting) = watch::channel(false);
+    let looking = tokio::spawn(keep_looking(state.clone(), partition, quitting));
+    let won = loop {
         tokio::select! {
             won = &mut campaign => match won {
-                Ok(leadership) => {
-                    stop_replica(state, partition).await;
-                    return Some(leadership);
-                }
+                Ok(leadership) => break Some(leadership),
                 Err(error) => {
                     tracing::warn!(partition, %error, "campaigning failed; trying again");
                     tokio::time::sleep(options.ttl / 4).await;
                     campaign = campaign_from(me.clone());
                 }
             },
-            () = stopped(&mut stopping) => {
-                stop_replica(state, partition).await;
-                return None;
-            }
-            () = tokio::time::sleep(LOOK_EVERY) => look_up_leader(state, partition).await,
+            () = stopped(&mut stopping) => break None,
+        }
+    };
+    // Its lookup under way finishes; then the replica stops.
+    quit.send_replace(true);
+    let _ = looking.await;
+    stop_replica(state, partition).await;
+    won
+}
+
+/// Looks up `partition`'s leader every [`LOOK_EVERY`] until told to quit.
+async fn keep_looking(state: Arc<State>, partition: u16, mut quit: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(LOOK_EVERY) => look_up_leader(&state, partition).await,
+            () = stopped(&mut quit) => return,
         }
     }
 }
@@ -333,21 +350,31 @@ async fn look_up_leader(state: &Arc<State>, partition: u16) {
         }
     };
     let index = usize::from(partition);
-    state
-        .engine
-        .set_leader(partition, leader.as_ref().and_then(|l| l.api.clone()));
     state.partitions.lock()[index].leader = leader.clone();
     let Some(leader) = leader.filter(|l| l.name != state.options.name) else {
-        // No leader now, or this host's own lapsed term: the replica (if
-        // any) goes on trying where it was.
+        // No leader now, or this host's own lapsed term (its key not gone
+        // yet): no one to send callers to; the replica (if any) goes on
+        // trying where it was.
+        state.engine.set_leader(partition, None);
         return;
     };
+    state.engine.set_leader(partition, leader.api.clone());
     let current = state.replicas[index]
         .lock()
         .as_ref()
-        .map(|(address, _)| address.clone());
-    if current.as_deref() == Some(leader.address.as_str()) {
-        return;
+        .map(|(address, replica)| {
+            let stopped = replica.status().first().and_then(|s| s.stopped.clone());
+            (address.clone(), stopped)
+        });
+    match current {
+        Some((address, None)) if address == leader.address => return,
+        Some((address, Some(why))) if address == leader.address => {
+            // Stopped for good by a refusal: a new start asks again (a
+            // second at most per look, so a lasting cause is not a storm).
+            tracing::warn!(partition, %why, "the replica stopped; starting it again");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        _ => {}
     }
     stop_replica(state, partition).await;
     let replica_options = ReplicaOptions {
@@ -362,6 +389,29 @@ async fn look_up_leader(state: &Arc<State>, partition: u16) {
             *state.replicas[index].lock() = Some((leader.address, replica));
         }
         Err(error) => tracing::warn!(partition, %error, "the replica did not start"),
+    }
+}
+
+/// Makes the engine lead `partition`; while something in this process
+/// still lets go of its log (a replica's append finishing), tries again,
+/// as long as the term holds.
+async fn lead_when_free(
+    state: &State,
+    partition: u16,
+    leadership: &Leadership,
+) -> Result<(), EngineError> {
+    let deadline = tokio::time::Instant::now() + crate::LOCKED_WAIT_MAX;
+    loop {
+        match state.engine.lead(partition, leadership.epoch).await {
+            Err(EngineError::Log(error))
+                if matches!(*error, skald_log::LogError::Locked { .. })
+                    && leadership.is_valid()
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            result => return result,
+        }
     }
 }
 
@@ -387,8 +437,12 @@ async fn lead(state: &Arc<State>, terms: &Terms, partition: u16, leadership: Lea
     terms.0.lock()[index] = Some(leadership.clone());
     let epoch = leadership.epoch;
     state.leader.begin_term(partition);
-    if let Err(error) = state.engine.lead(partition, epoch).await {
+    if let Err(error) = lead_when_free(state, partition, &leadership).await {
         tracing::error!(partition, epoch, %error, "elected, but the partition cannot lead here; resigning");
+        if matches!(error, EngineError::ShutDown) {
+            // The engine was shut down under the host: nothing more to do.
+            state.stopping.send_replace(true);
+        }
         terms.0.lock()[index] = None;
         let _ = state.elections.revoke(&leadership).await;
         tokio::time::sleep(state.options.ttl).await;
@@ -414,6 +468,11 @@ async fn lead(state: &Arc<State>, terms: &Terms, partition: u16, leadership: Lea
             () = tokio::time::sleep(LOOK_EVERY) => {
                 if !leadership.is_valid() {
                     tracing::warn!(partition, epoch, "this host's term lapsed: the partition follows again");
+                    // Its key goes now rather than at the lease's end
+                    // (best effort: etcd may be what is out of reach).
+                    let elections = state.elections.clone();
+                    let lapsed = leadership.clone();
+                    tokio::spawn(async move { elections.revoke(&lapsed).await });
                     break;
                 }
             }

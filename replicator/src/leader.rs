@@ -488,6 +488,32 @@ async fn ship_records(
     }
 }
 
+/// How often a batch held for a lapsed term looks whether the term holds
+/// again.
+const TERM_LOOK_EVERY: Duration = Duration::from_millis(20);
+
+/// Returns once `term` holds for `partition` (at once without a term).
+/// Nothing is released while it does not: a term that holds again (a
+/// keep-alive answered late, the lease never lost) releases what waited;
+/// a lost one never does, and the host makes the partition follow, which
+/// abandons what waited.
+async fn hold_until_in_term(term: Option<Term>, partition: u16) {
+    let Some(term) = term else {
+        return;
+    };
+    let mut warned = false;
+    while !term(partition) {
+        if !warned {
+            tracing::warn!(
+                partition,
+                "this host's term lapsed: nothing more is released"
+            );
+            warned = true;
+        }
+        tokio::time::sleep(TERM_LOOK_EVERY).await;
+    }
+}
+
 /// Sends the pending batches; the next shipment starts after them.
 async fn send(
     writer: &mut tokio::net::tcp::OwnedWriteHalf,
@@ -511,15 +537,12 @@ async fn send(
 
 impl Replication for Leader {
     fn replicated(&self, partition: u16, end: u64) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        let term = self.term.clone();
         if self.mode == Mode::Local {
             if self.in_term(partition) {
                 return Box::pin(std::future::ready(()));
             }
-            tracing::warn!(
-                partition,
-                "this host's term lapsed: nothing more is released"
-            );
-            return Box::pin(std::future::pending());
+            return Box::pin(hold_until_in_term(term, partition));
         }
         let mut receiver = {
             let mut partitions = self.partitions.lock();
@@ -528,18 +551,11 @@ impl Replication for Leader {
                 .or_insert_with(PartitionReplicas::new);
             replicas.replicated.subscribe()
         };
-        let term = self.term.clone();
         Box::pin(async move {
             // The sender lives as long as the leader: an error means the
             // leader is gone, and so is the engine.
             let _ = receiver.wait_for(|replicated| *replicated >= end).await;
-            if term.is_some_and(|term| !term(partition)) {
-                tracing::warn!(
-                    partition,
-                    "this host's term lapsed: nothing more is released"
-                );
-                std::future::pending::<()>().await;
-            }
+            hold_until_in_term(term, partition).await;
         })
     }
 

@@ -184,20 +184,27 @@ impl Replica {
             .register_collector(Box::new(collector));
     }
 
+    /// Where the log of the `index`-th partition it replicates stands:
+    /// the epoch of its last record, and its durable end.
+    pub fn position(&self, index: usize) -> Option<(u64, u64)> {
+        self.logs.get(index).map(|log| log_position(log))
+    }
+
     /// Every partition's position.
     pub fn status(&self) -> Vec<PartitionStatus> {
         self.status.lock().clone()
     }
 
     /// Stops following and closes the logs.
-    pub async fn stop(self) -> Result<(), ReplicaError> {
-        for task in &self.tasks {
+    pub async fn stop(mut self) -> Result<(), ReplicaError> {
+        let tasks = std::mem::take(&mut self.tasks);
+        for task in &tasks {
             task.abort();
         }
-        for task in self.tasks {
+        for task in tasks {
             let _ = task.await;
         }
-        for mut log in self.logs {
+        for mut log in std::mem::take(&mut self.logs) {
             // An append under way (on a blocking thread, which an abort
             // does not stop) holds the log until it finishes.
             let log = loop {
@@ -213,6 +220,30 @@ impl Replica {
         }
         Ok(())
     }
+}
+
+impl Drop for Replica {
+    /// A replica dropped without [`Replica::stop`] stops copying (its logs
+    /// close once its tasks let go of them).
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// The epoch of a log's last durable record (0 for an empty log), and
+/// its durable end.
+pub fn log_position(log: &Log) -> (u64, u64) {
+    let end = log.durable_lsn();
+    let epoch = log
+        .epochs()
+        .into_iter()
+        .filter(|(_, first)| *first < end)
+        .map(|(epoch, _)| epoch)
+        .next_back()
+        .unwrap_or(0);
+    (epoch, end)
 }
 
 /// The leader's partition count, from a hello for partition 0.
@@ -465,7 +496,17 @@ async fn cut_back(log: &Arc<Log>, lsn: u64) -> Result<Retry, Stop> {
         if snapshots.exists() {
             let store = skald_snapshot::SnapshotStore::open(&snapshots, usize::MAX)
                 .map_err(|e| e.to_string())?;
-            for file in store.list().map_err(|e| e.to_string())? {
+            let files = store.list().map_err(|e| e.to_string())?;
+            // A log whose first records went behind a snapshot needs one
+            // at or before the cut: without it, nothing could open it.
+            let first = cutting.first_lsn();
+            let covered = first <= 1 || files.iter().any(|f| f.lsn >= first && f.lsn <= lsn);
+            if !covered {
+                return Err(format!(
+                    "it would leave no snapshot covering the log before LSN {first}; start this replica again from an empty directory"
+                ));
+            }
+            for file in files {
                 if file.lsn > lsn {
                     store.remove(file.lsn).map_err(|e| e.to_string())?;
                 }

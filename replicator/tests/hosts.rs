@@ -62,7 +62,12 @@ impl Ledger {
         if target.exists() {
             return;
         }
-        let temporary = self.dir.join(format!(".tmp-{name}-{}", std::process::id()));
+        // Unique: two attempts of one step may run at once in a process
+        // (one a deposed leader abandoned, one resumed).
+        static TEMPORARIES: AtomicU64 = AtomicU64::new(0);
+        let unique = TEMPORARIES.fetch_add(1, Ordering::Relaxed);
+        let pid = std::process::id();
+        let temporary = self.dir.join(format!(".tmp-{name}-{pid}-{unique}"));
         let mut file = std::fs::File::create(&temporary).unwrap();
         file.write_all(line.as_bytes()).unwrap();
         file.sync_all().unwrap();
@@ -611,6 +616,12 @@ async fn finals(dir: &Path) -> BTreeMap<u64, SagaStatus> {
         "live state differs from the log: {report:?}"
     );
     let finals = everything(&engine).await;
+    for (id, status) in &finals {
+        if !matches!(status, SagaStatus::Completed | SagaStatus::Compensated) {
+            let view = engine.view(skald_engine::SagaId(*id)).await.unwrap();
+            eprintln!("saga {id} ended {status:?}: {view:#?}");
+        }
+    }
     engine.shutdown().await.unwrap();
     finals
 }

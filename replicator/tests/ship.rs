@@ -238,14 +238,27 @@ async fn a_replica_picks_up_where_it_stood_after_the_leader_restarts() {
     let options = EngineOptions::default()
         .partitions(2)
         .segment_size_bytes(SEGMENT);
-    let engine = Engine::builder(&leader_dir)
-        .options(options)
-        .register(saga())
-        .unwrap()
-        .replication(leader.clone())
-        .open()
-        .await
-        .unwrap();
+    // The old connections' tasks let go of the logs' locks as they next
+    // run: until then the open finds them locked.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let engine = loop {
+        let opened = Engine::builder(&leader_dir)
+            .options(options.clone())
+            .register(saga())
+            .unwrap()
+            .replication(leader.clone())
+            .open()
+            .await;
+        match opened {
+            Err(skald_engine::EngineError::Log(error))
+                if matches!(*error, skald_log::LogError::Locked { .. })
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            opened => break opened.unwrap(),
+        }
+    };
     let listener = tokio::net::TcpListener::bind(&address).await.unwrap();
     tokio::spawn(leader.clone().serve(listener, engine.clone()));
     tokio::task::yield_now().await;

@@ -72,6 +72,14 @@ impl Partition {
         })
     }
 
+    /// The signal that stops this partition (set before its `Shutdown`
+    /// command is sent: a partition with as many batches in flight as
+    /// allowed, waiting for replicas that never answer, reads no command
+    /// until it abandons them).
+    pub(crate) fn stop_signal(&self) -> tokio::sync::watch::Sender<bool> {
+        self.stopping.clone()
+    }
+
     /// Sagas that are not final, which the open resumes.
     pub(crate) fn unfinished(&self) -> Vec<SagaId> {
         self.sagas

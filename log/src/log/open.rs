@@ -270,7 +270,7 @@ impl Shared {
             flush_lock: Mutex::new(()),
             flush_failed: AtomicBool::new(false),
             truncate_lock: Mutex::new(()),
-            _lock: lock,
+            lock: Mutex::new(lock),
             options,
         }
     }

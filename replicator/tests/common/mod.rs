@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use skald_engine::{Engine, ListFilter, SagaId, SagaStatus};
 use skald_replicator::Replica;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 
 /// Every saga's id and status, as `engine` lists them.
 pub async fn everything(engine: &Engine) -> BTreeMap<SagaId, SagaStatus> {
@@ -34,4 +36,34 @@ pub async fn caught_up(engine: &Engine, replica: &Replica) {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// Forwards connections to `upstream` while the link is up; cutting it
+/// drops every connection and refuses new ones until it heals.
+pub async fn proxy(upstream: String) -> (String, watch::Sender<bool>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let (cut, watching) = watch::channel(false);
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut inbound, _)) = listener.accept().await else {
+                continue;
+            };
+            let mut cut = watching.clone();
+            if *cut.borrow() {
+                continue;
+            }
+            let upstream = upstream.clone();
+            tokio::spawn(async move {
+                let Ok(mut outbound) = TcpStream::connect(&upstream).await else {
+                    return;
+                };
+                tokio::select! {
+                    _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                    _ = cut.wait_for(|cut| *cut) => {}
+                }
+            });
+        }
+    });
+    (address, cut)
 }
