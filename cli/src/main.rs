@@ -56,10 +56,15 @@ enum KeyCommand {
 #[derive(Subcommand)]
 enum ReplicasCommand {
     /// Each partition's epochs (leadership terms, with the first LSN of
-    /// each) and LSN range, of a leader's or a replica's directory.
-    #[command(after_help = "Examples:\n  skald replicas show replica-data")]
+    /// each) and LSN range, of a leader's or a replica's directory; or,
+    /// asked of a running leader's replication address, each partition's
+    /// role, epoch and LSNs and each replica's position and lag.
+    #[command(
+        after_help = "Examples:\n  skald replicas show replica-data\n  skald replicas show 10.0.0.1:7400 --json"
+    )]
     Show {
-        /// Engine directory.
+        /// Engine directory, or a leader's replication address
+        /// (`host:port`).
         dir: PathBuf,
         /// One JSON object.
         #[arg(long)]
@@ -405,9 +410,10 @@ fn main() -> ExitCode {
             follow,
             options,
         } => serve::serve_dir(&dir, listen, &options, follow, &mut out),
-        Command::Replicas(ReplicasCommand::Show { dir, json }) => {
-            replica::show(&dir, json, &mut out)
-        }
+        Command::Replicas(ReplicasCommand::Show { dir, json }) => match replica::as_address(&dir) {
+            Some(address) => replica::show_address(&address, json, &mut out),
+            None => replica::show(&dir, json, &mut out),
+        },
         Command::Replicas(ReplicasCommand::Promote { dir, epoch }) => {
             replica::promote(&dir, epoch, &mut out)
         }

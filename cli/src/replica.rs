@@ -48,6 +48,7 @@ async fn replicate(args: ReplicaArgs<'_>, out: &mut Out) -> Result<()> {
         dir: args.dir.to_path_buf(),
         name: name.clone(),
         segment_size_bytes: skald_log::LogOptions::default().segment_size_bytes,
+        storage: None,
     };
     let replica = Replica::start(options)
         .await
@@ -146,6 +147,59 @@ pub fn show(dir: &Path, json: bool, out: &mut Out) -> Result<()> {
             p["next_lsn"],
             epochs.join(", ")
         ))?;
+    }
+    Ok(())
+}
+
+/// `host:port` that is not a directory here: a leader's address.
+pub fn as_address(target: &Path) -> Option<String> {
+    if target.exists() {
+        return None;
+    }
+    let text = target.to_str()?;
+    let (host, port) = text.rsplit_once(':')?;
+    (!host.is_empty() && port.parse::<u16>().is_ok()).then(|| text.to_owned())
+}
+
+/// `skald replicas show ADDR`: a running leader's partitions and replicas.
+pub fn show_address(address: &str, json: bool, out: &mut Out) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let status = runtime
+        .block_on(skald_replicator::ask_status(address))
+        .with_context(|| format!("asking {address} for its replicas"))?;
+    if json {
+        return out.line(&status.to_string());
+    }
+    out.line(&format!(
+        "{address}: replication {}",
+        status["mode"].as_str().unwrap_or("?")
+    ))?;
+    for p in status["partitions"].as_array().into_iter().flatten() {
+        let role = if p["leads"].as_bool() == Some(true) {
+            "leads"
+        } else {
+            "does not lead"
+        };
+        out.line(&format!(
+            "partition {}: {role}, epoch {}, LSNs {}..{}",
+            p["partition"], p["epoch"], p["first_lsn"], p["next_lsn"]
+        ))?;
+        for r in p["replicas"].as_array().into_iter().flatten() {
+            let connected = if r["connected"].as_bool() == Some(true) {
+                "connected"
+            } else {
+                "disconnected"
+            };
+            out.line(&format!(
+                "  replica {}: {connected}, holds up to LSN {}, {} record(s) behind, for {} ms",
+                r["name"].as_str().unwrap_or("?"),
+                r["acked"],
+                r["lag_records"],
+                r["lag_ms"]
+            ))?;
+        }
     }
     Ok(())
 }

@@ -1000,6 +1000,27 @@ fn a_replica_holds_what_the_leader_acknowledged_when_it_is_killed_and_takes_over
         .map(|line| line.unwrap())
         .find(|line| line.starts_with("orders done"));
     assert!(done.is_some(), "the leader finished its orders");
+    // Asked at its replication address, the leader lists the replica of
+    // every partition, connected, with its position.
+    let asked = skald(&["replicas", "show", &replicate, "--json"], work.path());
+    assert!(asked.status.success(), "{}", stderr(&asked));
+    let asked: serde_json::Value = serde_json::from_str(&stdout(&asked)).unwrap();
+    assert_eq!(asked["mode"], "replicated:1", "{asked}");
+    let partitions = asked["partitions"].as_array().unwrap();
+    assert!(!partitions.is_empty(), "{asked}");
+    for partition in partitions {
+        assert_eq!(partition["leads"], true, "{asked}");
+        let replica = &partition["replicas"][0];
+        assert_eq!(replica["name"], "replica-data", "{asked}");
+        assert_eq!(replica["connected"], true, "{asked}");
+        assert!(replica["acked"].as_u64().unwrap() > 1, "{asked}");
+    }
+    let text = skald(&["replicas", "show", &replicate], work.path());
+    assert!(
+        stdout(&text).contains("replica replica-data: connected"),
+        "{}",
+        stdout(&text)
+    );
     leader.child.kill().unwrap();
     leader.child.wait().unwrap();
     let positions = replica.interrupt();

@@ -251,6 +251,7 @@ async fn start_replicas(
             dir: dir.join("replicas").join(format!("replica-{index}")),
             name: format!("bench-replica-{index}"),
             segment_size_bytes: skald_log::LogOptions::default().segment_size_bytes,
+            storage: None,
         };
         let replica = skald_replicator::Replica::start(options)
             .await

@@ -294,15 +294,23 @@ impl Elections {
         // lasts a while from when the seat is seen free, not from the
         // start of a long wait.
         let mut free_since: Option<Instant> = None;
-        // The revision at which the seat fell free, when known.
-        let mut freed_at: Option<i64> = None;
+        // The revision at which the seat fell free, when known; the last
+        // at which it was seen taken.
+        let (mut freed_at, mut taken_at): (Option<i64>, Option<i64>) = (None, None);
         loop {
-            if !client.get(leader_key.clone(), None).await?.kvs().is_empty() {
+            let seat = client.get(leader_key.clone(), None).await?;
+            if !seat.kvs().is_empty() {
                 // Someone leads: wait for the key to go (its lease lapsed,
                 // or it resigned), then look again.
-                freed_at = self.wait_for_vacancy(partition).await?;
+                let revision = seat.header().map_or(0, |header| header.revision());
+                taken_at = Some(revision);
+                freed_at = self.wait_for_vacancy(partition, revision).await?;
                 free_since = None;
                 continue;
+            }
+            if let (None, Some(revision)) = (freed_at, taken_at) {
+                // It went between two looks: etcd's history says when.
+                freed_at = self.wait_for_vacancy(partition, revision).await?;
             }
             if free_since.is_none() {
                 // Free: where this candidate stands now, said again (the
@@ -399,17 +407,19 @@ impl Elections {
 
     /// Returns once `partition` has no leader key (or after a while, to
     /// look again).
-    /// Returns the revision at which it went, when known (an upper bound
-    /// of it when the key went before the watch began).
-    async fn wait_for_vacancy(&self, partition: u16) -> Result<Option<i64>, ElectionError> {
+    /// Watches from the revision after `taken_at` (when it was seen
+    /// taken), so a deletion since is never missed; returns the revision
+    /// at which the key went (`None`: not within a TTL, or etcd's history
+    /// no longer goes back that far).
+    async fn wait_for_vacancy(
+        &self,
+        partition: u16,
+        taken_at: i64,
+    ) -> Result<Option<i64>, ElectionError> {
         let key = self.key(partition, "leader");
         let mut client = self.client.clone();
-        let mut stream = client.watch(key.clone(), None).await?;
-        // The key may have gone between the failed transaction and the watch.
-        let now = client.get(key, None).await?;
-        if now.kvs().is_empty() {
-            return Ok(now.header().map(|header| header.revision()));
-        }
+        let from = etcd_client::WatchOptions::new().with_start_revision(taken_at + 1);
+        let mut stream = client.watch(key, Some(from)).await?;
         let deleted = async {
             while let Some(response) = stream.message().await? {
                 let gone = response

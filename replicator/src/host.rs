@@ -256,7 +256,7 @@ impl Candidacy for Standing {
         let path = skald_engine::inspect::partition_dir(self.state.engine.dir(), index);
         let options = skald_log::LogOptions::default().read_only(true);
         match skald_log::Log::open(&path, options) {
-            Ok(log) => crate::replica::log_position(&log),
+            Ok(log) => crate::log_position(&log),
             Err(error) => {
                 tracing::warn!(partition = self.partition, %error, "the partition's log does not open to say where it stands");
                 (0, 0)
@@ -382,6 +382,7 @@ async fn look_up_leader(state: &Arc<State>, partition: u16) {
         dir: state.engine.dir().to_path_buf(),
         name: state.options.name.clone(),
         segment_size_bytes: state.options.segment_size_bytes,
+        storage: None,
     };
     match Replica::start_partition(replica_options, partition).await {
         Ok(replica) => {

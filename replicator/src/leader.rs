@@ -219,6 +219,40 @@ impl Leader {
         all
     }
 
+    /// What a status request is answered (FORMAT.md, "Replication
+    /// protocol"): each partition's role, epoch and LSNs, and its replicas.
+    fn status_json(&self, engine: &Engine) -> serde_json::Value {
+        let replicas = self.replicas();
+        let partitions: Vec<serde_json::Value> = (0..engine.partitions())
+            .map(|index| {
+                let partition = index as u16;
+                let log = engine.partition_log(index);
+                let of_partition: Vec<serde_json::Value> = replicas
+                    .iter()
+                    .filter(|r| r.partition == partition)
+                    .map(|r| {
+                        serde_json::json!({
+                            "name": r.name,
+                            "acked": r.acked,
+                            "connected": r.connected,
+                            "lag_records": r.lag_records,
+                            "lag_ms": r.lag.as_millis() as u64,
+                        })
+                    })
+                    .collect();
+                serde_json::json!({
+                    "partition": partition,
+                    "leads": engine.leads(partition),
+                    "epoch": log.as_ref().map(|log| log.epoch()),
+                    "first_lsn": log.as_ref().map(|log| log.first_lsn()),
+                    "next_lsn": log.as_ref().map(|log| log.visible_lsn()),
+                    "replicas": of_partition,
+                })
+            })
+            .collect();
+        serde_json::json!({ "mode": self.mode.to_string(), "partitions": partitions })
+    }
+
     /// Each partition's visible end (empty before `serve`, or once the
     /// engine shut down).
     fn ends(&self) -> Vec<u64> {
@@ -255,6 +289,12 @@ impl Leader {
         )
         .await
         .map_err(|_| WireError::Malformed("no hello"))??;
+        if let Some(Frame::StatusAsk { .. }) = hello {
+            let status = Frame::Status {
+                json: self.status_json(&engine).to_string(),
+            };
+            return write_frame(&mut writer, &status).await;
+        }
         let Some(Frame::Hello {
             version,
             partition,
@@ -458,7 +498,7 @@ async fn ship_records(
                     epoch: pending.epoch,
                     bytes: Vec::new(),
                 };
-                write_frame(writer, &beat).await?;
+                write_within(writer, &beat).await?;
                 continue;
             }
             ended = &mut acks.0 => {
@@ -532,7 +572,22 @@ async fn send(
         bytes: std::mem::take(&mut pending.bytes),
     };
     pending.first_lsn = end;
-    write_frame(writer, &frame).await
+    write_within(writer, &frame).await
+}
+
+/// Writes a frame, or gives up after [`SILENCE_MAX`]: a replica that
+/// takes nothing for that long (its link gone, its socket full) ends the
+/// connection, which lets go of the log.
+async fn write_within(
+    writer: &mut tokio::net::tcp::OwnedWriteHalf,
+    frame: &Frame,
+) -> Result<(), WireError> {
+    match tokio::time::timeout(SILENCE_MAX, write_frame(writer, frame)).await {
+        Ok(written) => written,
+        Err(_) => Err(WireError::Malformed(
+            "the replica took nothing for too long",
+        )),
+    }
 }
 
 impl Replication for Leader {

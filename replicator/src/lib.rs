@@ -46,7 +46,10 @@ mod replica;
 pub mod wire;
 
 pub use crate::leader::{Leader, ReplicaView, Term, SHIPMENT_BYTES_MAX};
-pub use crate::replica::{PartitionStatus, Replica, ReplicaError, ReplicaOptions, LOCKED_WAIT_MAX};
+pub use crate::replica::{
+    ask_status, log_position, PartitionStatus, Replica, ReplicaError, ReplicaOptions,
+    LOCKED_WAIT_MAX,
+};
 
 /// When the engine may release a batch (replies, steps).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +58,16 @@ pub enum Mode {
     Local,
     /// Once durable on the leader's disk and on this many replicas.
     Replicated(usize),
+}
+
+impl std::fmt::Display for Mode {
+    /// `local`, or `replicated:K`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Mode::Local => f.write_str("local"),
+            Mode::Replicated(k) => write!(f, "replicated:{k}"),
+        }
+    }
 }
 
 impl std::str::FromStr for Mode {

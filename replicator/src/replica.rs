@@ -31,7 +31,7 @@ const RECONNECT_FIRST: Duration = Duration::from_millis(50);
 const RECONNECT_MAX: Duration = Duration::from_secs(2);
 
 /// How a replica runs.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ReplicaOptions {
     /// The leader's replication address (`host:port`).
     pub leader: String,
@@ -41,6 +41,32 @@ pub struct ReplicaOptions {
     pub name: String,
     /// Segment size of its logs: at least the leader's (a batch must fit).
     pub segment_size_bytes: u64,
+    /// Where its logs' bytes go (`None`: the file system): the log's
+    /// simulated storage in tests of power cuts.
+    pub storage: Option<Arc<dyn skald_log::Storage>>,
+}
+
+impl ReplicaOptions {
+    /// Its logs' options.
+    fn log_options(&self) -> LogOptions {
+        let options = LogOptions::default().segment_size_bytes(self.segment_size_bytes);
+        match &self.storage {
+            Some(storage) => options.storage(storage.clone()),
+            None => options,
+        }
+    }
+}
+
+impl std::fmt::Debug for ReplicaOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReplicaOptions")
+            .field("leader", &self.leader)
+            .field("dir", &self.dir)
+            .field("name", &self.name)
+            .field("segment_size_bytes", &self.segment_size_bytes)
+            .field("simulated", &self.storage.is_some())
+            .finish()
+    }
 }
 
 /// Where one partition's replica stands.
@@ -119,7 +145,7 @@ impl Replica {
         };
         for partition in 0..partitions {
             let path = partition_dir(&options.dir, usize::from(partition));
-            let log_options = LogOptions::default().segment_size_bytes(options.segment_size_bytes);
+            let log_options = options.log_options();
             let log = Arc::new(Log::open(&path, log_options)?);
             let (options, status) = (options.clone(), status.clone());
             replica.logs.push(log.clone());
@@ -144,7 +170,7 @@ impl Replica {
         partition: u16,
     ) -> Result<Replica, ReplicaError> {
         let path = partition_dir(&options.dir, usize::from(partition));
-        let log_options = LogOptions::default().segment_size_bytes(options.segment_size_bytes);
+        let log_options = options.log_options();
         let deadline = tokio::time::Instant::now() + LOCKED_WAIT_MAX;
         let log = loop {
             match Log::open(&path, log_options.clone()) {
@@ -244,6 +270,31 @@ pub fn log_position(log: &Log) -> (u64, u64) {
         .next_back()
         .unwrap_or(0);
     (epoch, end)
+}
+
+/// Asks the leader at `address` for its status (`skald replicas show
+/// ADDR`): the JSON it answers (FORMAT.md, "Replication protocol").
+pub async fn ask_status(address: &str) -> Result<serde_json::Value, ReplicaError> {
+    let failed = |error: WireError| ReplicaError::Leader {
+        leader: address.to_owned(),
+        error,
+    };
+    let mut stream = TcpStream::connect(address)
+        .await
+        .map_err(|e| failed(e.into()))?;
+    let ask = Frame::StatusAsk {
+        version: PROTOCOL_VERSION,
+    };
+    write_frame(&mut stream, &ask).await.map_err(failed)?;
+    let answer = tokio::time::timeout(SILENCE_MAX, read_frame(&mut stream, FRAME_BYTES_MAX))
+        .await
+        .map_err(|_| failed(WireError::Malformed("no answer")))?
+        .map_err(failed)?;
+    match answer {
+        Some(Frame::Status { json }) => serde_json::from_str(&json)
+            .map_err(|_| failed(WireError::Malformed("a status that is not JSON"))),
+        _ => Err(failed(WireError::Malformed("no status"))),
+    }
 }
 
 /// The leader's partition count, from a hello for partition 0.

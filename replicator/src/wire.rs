@@ -142,6 +142,19 @@ pub enum Frame {
         /// The snapshot's payload.
         payload: Vec<u8>,
     },
+    /// Anyone → leader, instead of a hello: what are your partitions and
+    /// replicas (`skald replicas show ADDR`)?
+    StatusAsk {
+        /// The asker's protocol version.
+        version: u16,
+    },
+    /// Leader → asker, then close: a JSON object (UTF-8) with each
+    /// partition's role, epoch and end, and each replica's position and
+    /// lag (FORMAT.md).
+    Status {
+        /// The JSON text.
+        json: String,
+    },
     /// Leader → replica, then close: the replica's records from `lsn` on
     /// were written by a deposed leader and this one never had them: cut
     /// them off (`Log::truncate_suffix`) and ask again.
@@ -172,6 +185,8 @@ const RECORDS: u8 = 4;
 const ACK: u8 = 5;
 const TRUNCATE: u8 = 6;
 const SNAPSHOT: u8 = 7;
+const STATUS_ASK: u8 = 8;
+const STATUS: u8 = 9;
 
 impl Frame {
     /// The frame's bytes, length prefix included.
@@ -219,6 +234,15 @@ impl Frame {
             Frame::Truncate { lsn } => {
                 body.push(TRUNCATE);
                 body.extend_from_slice(&lsn.to_le_bytes());
+            }
+            Frame::StatusAsk { version } => {
+                body.push(STATUS_ASK);
+                body.extend_from_slice(&MAGIC);
+                body.extend_from_slice(&version.to_le_bytes());
+            }
+            Frame::Status { json } => {
+                body.push(STATUS);
+                body.extend_from_slice(json.as_bytes());
             }
             Frame::Snapshot {
                 lsn,
@@ -308,6 +332,18 @@ impl Frame {
                 durable_end: input.u64()?,
             },
             TRUNCATE => Frame::Truncate { lsn: input.u64()? },
+            STATUS_ASK => {
+                if input.take(8)? != MAGIC {
+                    return Err(WireError::Malformed("not a Skald status request"));
+                }
+                Frame::StatusAsk {
+                    version: input.u16()?,
+                }
+            }
+            STATUS => Frame::Status {
+                json: String::from_utf8(input.rest().to_vec())
+                    .map_err(|_| WireError::Malformed("a status that is not UTF-8"))?,
+            },
             SNAPSHOT => Frame::Snapshot {
                 lsn: input.u64()?,
                 epoch: input.u64()?,
@@ -443,6 +479,10 @@ mod tests {
             },
             Frame::Ack { durable_end: 9 },
             Frame::Truncate { lsn: 12 },
+            Frame::StatusAsk { version: 1 },
+            Frame::Status {
+                json: "{\"partitions\":[]}".into(),
+            },
             Frame::Snapshot {
                 lsn: 40,
                 epoch: 2,
@@ -456,14 +496,17 @@ mod tests {
             assert_eq!(length, bytes.len() - 4);
             assert_eq!(Frame::decode(&bytes[4..]).unwrap(), frame);
             // Cut short: refused, never a panic (Records takes any tail).
-            if !matches!(frame, Frame::Records { .. } | Frame::Snapshot { .. }) {
+            if !matches!(
+                frame,
+                Frame::Records { .. } | Frame::Snapshot { .. } | Frame::Status { .. }
+            ) {
                 assert!(
                     Frame::decode(&bytes[4..bytes.len() - 1]).is_err(),
                     "{frame:?}"
                 );
             }
         }
-        assert!(Frame::decode(&[9]).is_err());
+        assert!(Frame::decode(&[99]).is_err());
         let mut hello = Frame::Hello {
             version: 1,
             partition: 0,

@@ -69,6 +69,7 @@ async fn replicate(leader: &str, dir: &Path, name: &str) -> Replica {
         dir: dir.to_path_buf(),
         name: name.to_owned(),
         segment_size_bytes: SEGMENT,
+        storage: None,
     };
     Replica::start(options).await.unwrap()
 }

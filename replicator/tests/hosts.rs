@@ -160,8 +160,9 @@ async fn everything(engine: &Engine) -> BTreeMap<u64, SagaStatus> {
     page.sagas.into_iter().map(|s| (s.id.0, s.status)).collect()
 }
 
-/// The child: a host that starts sagas from 6 tasks and prints
-/// `ack <id> <input>` once each start is acknowledged, until the `stop`
+/// The child: a host that starts sagas from 6 tasks (each waiting for its
+/// saga to end before the next) and prints `ack <id> <input>` once each
+/// start is acknowledged, until the `stop`
 /// file appears; then, every 100 ms, `settled <digest>` while every saga it
 /// sees is final (the digest: the sagas, their statuses and each
 /// partition's log end).
@@ -205,9 +206,18 @@ fn host_child() {
                     let input = next.fetch_add(1, Ordering::Relaxed);
                     match engine.start("ledgered", &input).await {
                         Ok(id) => {
-                            let mut out = std::io::stdout().lock();
-                            writeln!(out, "ack {} {input}", id.0).unwrap();
-                            out.flush().unwrap();
+                            {
+                                let mut out = std::io::stdout().lock();
+                                writeln!(out, "ack {} {input}", id.0).unwrap();
+                                out.flush().unwrap();
+                            }
+                            // One saga in flight per lane: the disk keeps
+                            // up, and no attempt outlives its timeout (a
+                            // timed-out attempt is in doubt: a retriable
+                            // step then runs again under a new key). A
+                            // wait cut short by a failover is fine: the
+                            // new leader finishes the saga.
+                            let _ = engine.wait(id).await;
                         }
                         Err(
                             EngineError::NotLeader { .. }
@@ -219,8 +229,16 @@ fn host_child() {
                 }
             });
         }
+        let mut looks = 0u64;
         loop {
             tokio::time::sleep(Duration::from_millis(100)).await;
+            looks += 1;
+            if looks.is_multiple_of(5) {
+                // Where each partition stands here, for a failure's report.
+                let mut out = std::io::stdout().lock();
+                writeln!(out, "status {:?}", host.partitions()).unwrap();
+                out.flush().unwrap();
+            }
             if !stop.exists() {
                 continue;
             }
@@ -320,11 +338,17 @@ struct Record {
     /// Each ack's host, partition and time.
     acks: Vec<(usize, usize, Instant)>,
     settled: HashMap<usize, String>,
+    /// Each host's last status line.
+    status: HashMap<usize, String>,
 }
 
 impl Record {
     fn take(&mut self, heard: Heard) {
         // libtest prints "test host_child ... " before the first line.
+        if let Some(at) = heard.line.find("status ") {
+            self.status.insert(heard.host, heard.line[at..].to_owned());
+            return;
+        }
         let line = match (heard.line.find("ack "), heard.line.find("settled ")) {
             (Some(at), _) | (None, Some(at)) => &heard.line[at..],
             _ => return,
@@ -454,7 +478,9 @@ async fn three_hosts_lose_no_saga_when_leaders_are_killed() {
             seen = record.acks.len();
             assert!(
                 Instant::now() < deadline,
-                "round {round}: no new saga on {waiting:?}"
+                "round {round}: no new saga on {waiting:?}; leaders {:?}; hosts: {:#?}",
+                leaders(&elections).await,
+                record.status
             );
             if let Ok(heard) = hearing.recv_timeout(Duration::from_millis(10)) {
                 record.take(heard);

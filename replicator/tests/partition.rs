@@ -57,6 +57,7 @@ async fn setup(
         dir: dir.path().join("replica"),
         name: "far".into(),
         segment_size_bytes: skald_log::LogOptions::default().segment_size_bytes,
+        storage: None,
     })
     .await
     .unwrap();

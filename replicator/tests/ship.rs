@@ -81,6 +81,7 @@ fn replica_options(leader: &str, dir: &Path) -> ReplicaOptions {
         dir: dir.to_path_buf(),
         name: "replica-1".into(),
         segment_size_bytes: SEGMENT,
+        storage: None,
     }
 }
 
