@@ -179,7 +179,11 @@ impl Leadership {
 
 impl Elections {
     /// Connects to etcd at `endpoints`; keys go under `prefix`; leases
-    /// last `ttl` (at least 2 s).
+    /// last `ttl`, in whole seconds (at least 1 s; etcd grants none
+    /// shorter than 1.5 times its election timeout, 1 s by default: a
+    /// lease asked shorter lasts that long, so a leader stops counting on
+    /// its term before its key goes, which is safe, but fails over no
+    /// faster).
     pub async fn connect(
         endpoints: &[String],
         prefix: &str,
@@ -190,7 +194,7 @@ impl Elections {
             client,
             prefix: prefix.trim_end_matches('/').to_owned(),
             // etcd grants whole seconds: rounded up, never down.
-            ttl: Duration::from_secs(ttl.as_secs_f64().ceil() as u64).max(Duration::from_secs(2)),
+            ttl: Duration::from_secs(ttl.as_secs_f64().ceil() as u64).max(Duration::from_secs(1)),
         })
     }
 

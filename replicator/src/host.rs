@@ -45,7 +45,8 @@ pub struct HostOptions {
     pub etcd: Vec<String>,
     /// The cluster's keys in etcd go under this prefix.
     pub prefix: String,
-    /// The leases' time to live (at least 2 s): a dead host's partitions
+    /// The leases' time to live (whole seconds, at least 1 s, and not
+    /// below etcd's minimum: 1.5 times its election timeout): a dead host's partitions
     /// fail over after about this long.
     pub ttl: Duration,
     /// Durability of what its partitions acknowledge.
@@ -101,6 +102,20 @@ pub struct HostPartition {
     pub leader: Option<LeaderInfo>,
     /// Its replica here, while this host follows it.
     pub replica: Option<PartitionStatus>,
+    /// How many times this host saw its leadership change (a new leader
+    /// or epoch in etcd, or this host's own term beginning).
+    pub leader_changes: u64,
+}
+
+impl HostPartition {
+    /// Notes the leader etcd (or this host) names now; counts a change.
+    fn leader_is(&mut self, leader: Option<LeaderInfo>) {
+        let epoch = |l: &Option<LeaderInfo>| l.as_ref().map(|l| l.epoch);
+        if leader.is_some() && epoch(&leader) != epoch(&self.leader) {
+            self.leader_changes += 1;
+        }
+        self.leader = leader;
+    }
 }
 
 /// What the host's tasks share.
@@ -169,6 +184,7 @@ impl Host {
                         leads: false,
                         leader: None,
                         replica: None,
+                        leader_changes: 0,
                     })
                     .collect(),
             ),
@@ -208,6 +224,18 @@ impl Host {
     /// Its leader side (the replicas of the partitions it leads).
     pub fn leader(&self) -> &Arc<Leader> {
         &self.leader
+    }
+
+    /// Registers the host's metrics (read at each scrape) under `skald_`
+    /// in `registry`: per partition, whether this host leads it, its
+    /// leader's epoch, the leadership changes seen; and its leader side's
+    /// replicas ([`Leader::register_metrics`]).
+    pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        self.leader.register_metrics(registry);
+        let collector = HostCollector(Arc::downgrade(&self.state));
+        registry
+            .sub_registry_with_prefix("skald")
+            .register_collector(Box::new(collector));
     }
 
     /// Every partition: led here or not, its leader, its replica here.
@@ -350,7 +378,7 @@ async fn look_up_leader(state: &Arc<State>, partition: u16) {
         }
     };
     let index = usize::from(partition);
-    state.partitions.lock()[index].leader = leader.clone();
+    state.partitions.lock()[index].leader_is(leader.clone());
     let Some(leader) = leader.filter(|l| l.name != state.options.name) else {
         // No leader now, or this host's own lapsed term (its key not gone
         // yet): no one to send callers to; the replica (if any) goes on
@@ -455,13 +483,13 @@ async fn lead(state: &Arc<State>, terms: &Terms, partition: u16, leadership: Lea
     {
         let mut partitions = state.partitions.lock();
         partitions[index].leads = true;
-        partitions[index].leader = Some(LeaderInfo {
+        partitions[index].leader_is(Some(LeaderInfo {
             name: state.options.name.clone(),
             address: state.options.advertise.clone(),
             durable: 0,
             api: state.options.api.clone(),
             epoch,
-        });
+        }));
     }
     let mut stopping = state.stopping.subscribe();
     loop {
@@ -490,5 +518,72 @@ async fn lead(state: &Arc<State>, terms: &Terms, partition: u16, leadership: Lea
     state.engine.set_leader(partition, None);
     if let Err(error) = state.engine.follow_leader(partition).await {
         tracing::error!(partition, %error, "the partition did not go back to following");
+    }
+}
+
+/// A gauge of a host's partitions: name, help, value.
+type Gauge = (&'static str, &'static str, fn(&HostPartition) -> i64);
+
+/// A host's partitions, read at each scrape.
+#[derive(Debug)]
+struct HostCollector(std::sync::Weak<State>);
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State")
+            .field("name", &self.options.name)
+            .finish()
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct PartitionLabel {
+    partition: String,
+}
+
+impl prometheus_client::collector::Collector for HostCollector {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::counter::ConstCounter;
+        use prometheus_client::metrics::gauge::ConstGauge;
+        use prometheus_client::metrics::MetricType;
+        let Some(state) = self.0.upgrade() else {
+            return Ok(());
+        };
+        let partitions = state.partitions.lock().clone();
+        let label = |p: &HostPartition| PartitionLabel {
+            partition: p.partition.to_string(),
+        };
+        let gauges: [Gauge; 2] = [
+            ("host_leads", "1 while this host leads the partition", |p| {
+                i64::from(p.leads)
+            }),
+            (
+                "host_leader_epoch",
+                "The epoch of the partition's leader, as this host last saw it (0: none seen)",
+                |p| p.leader.as_ref().map_or(0, |l| l.epoch as i64),
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for partition in &partitions {
+                ConstGauge::new(value(partition))
+                    .encode(family.encode_family(&label(partition))?)?;
+            }
+        }
+        let mut family = encoder.encode_descriptor(
+            "host_leader_changes",
+            "Leadership changes of the partition this host saw",
+            None,
+            MetricType::Counter,
+        )?;
+        for partition in &partitions {
+            ConstCounter::new(partition.leader_changes)
+                .encode(family.encode_family(&label(partition))?)?;
+        }
+        Ok(())
     }
 }

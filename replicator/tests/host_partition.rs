@@ -176,6 +176,22 @@ async fn a_host_cut_from_etcd_stops_acknowledging_and_follows_the_new_leader_onc
         }
     }
     assert!(!a.engine().leads(0));
+    // Its metrics say so: it no longer leads partition 0, whose leadership
+    // it saw change (its own term, then the new leader's).
+    let mut registry = prometheus_client::registry::Registry::default();
+    a.register_metrics(&mut registry);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    assert!(
+        text.contains("skald_host_leads{partition=\"0\"} 0"),
+        "{text}"
+    );
+    let changes: u64 = text
+        .lines()
+        .find_map(|line| line.strip_prefix("skald_host_leader_changes_total{partition=\"0\"} "))
+        .and_then(|value| value.parse().ok())
+        .unwrap_or_else(|| panic!("no leader changes of partition 0: {text}"));
+    assert!(changes >= 2, "{text}");
     for host in [a, b, c] {
         host.stop().await.unwrap();
     }

@@ -21,7 +21,8 @@
 //! on them (p50/p99 over the rounds).
 //!
 //! Rounds: `SKALD_HOST_ROUNDS` (default 6; `.ci/run` runs 20);
-//! `SKALD_SEED` replays the kill schedule.
+//! `SKALD_SEED` replays the kill schedule; `SKALD_HOST_TTL_S` sets the
+//! leases' TTL (default 2; the test's etcd grants leases down to 1 s).
 #![cfg(feature = "etcd")]
 
 mod etcd;
@@ -191,6 +192,7 @@ fn host_child() {
         options.prefix = "/skald-hosts".into();
         options.mode = Mode::Replicated(1);
         options.segment_size_bytes = SEGMENT_BYTES;
+        options.ttl = ttl();
         let builder = Engine::builder(root.join(&name))
             .options(engine_options())
             .register(saga(ledger))
@@ -254,6 +256,15 @@ fn host_child() {
             }
         }
     });
+}
+
+/// The leases' TTL: `SKALD_HOST_TTL_S` (default 2).
+fn ttl() -> Duration {
+    let seconds = std::env::var("SKALD_HOST_TTL_S")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2);
+    Duration::from_secs(seconds)
 }
 
 /// A line a child printed, when the parent read it.
@@ -435,57 +446,19 @@ async fn three_hosts_lose_no_saga_when_leaders_are_killed() {
                 record.take(heard);
             }
         }
-        let now = leaders(&elections).await;
         let partition = rng.random_range(0..PARTITIONS);
-        let Some(victim) = now[partition] else {
+        let Some((victim, times)) = kill_leader(
+            &mut cluster,
+            &elections,
+            (&hearing, &mut record),
+            (round, partition),
+        )
+        .await
+        else {
             continue;
         };
-        let led: Vec<usize> = (0..PARTITIONS)
-            .filter(|p| now[*p] == Some(victim))
-            .collect();
-        let acked_before = record.acks.len();
-        cluster.kill(victim);
-        let killed_at = Instant::now();
-        // New leaders for each of its partitions, elsewhere.
-        let deadline = killed_at + Duration::from_secs(60);
-        loop {
-            let now = leaders(&elections).await;
-            if led
-                .iter()
-                .all(|p| now[*p].is_some_and(|host| host != victim))
-            {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "round {round}: no failover: {now:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        elected.push(killed_at.elapsed());
-        // The first new saga on each of them.
-        let mut waiting: HashSet<usize> = led.iter().copied().collect();
-        let mut seen = acked_before;
-        while !waiting.is_empty() {
-            while let Ok(heard) = hearing.try_recv() {
-                record.take(heard);
-            }
-            for (host, p, at) in &record.acks[seen..] {
-                if *host != victim && *at > killed_at && waiting.remove(p) {
-                    first_saga.push(*at - killed_at);
-                }
-            }
-            seen = record.acks.len();
-            assert!(
-                Instant::now() < deadline,
-                "round {round}: no new saga on {waiting:?}; leaders {:?}; hosts: {:#?}",
-                leaders(&elections).await,
-                record.status
-            );
-            if let Ok(heard) = hearing.recv_timeout(Duration::from_millis(10)) {
-                record.take(heard);
-            }
-        }
+        elected.push(times.0);
+        first_saga.extend(times.1);
         cluster.spawn(victim);
     }
     let settling = Instant::now();
@@ -517,10 +490,72 @@ async fn three_hosts_lose_no_saga_when_leaders_are_killed() {
             percentile(&mut first_saga, 0.99),
         );
         println!(
-            "failover over {} kills (2 s leases): new leader p50 {e50:.2?} p99 {e99:.2?}; first new saga accepted p50 {f50:.2?} p99 {f99:.2?}",
-            elected.len()
+            "failover over {} kills ({:?} leases): new leader p50 {e50:.2?} p99 {e99:.2?}; first new saga accepted p50 {f50:.2?} p99 {f99:.2?}",
+            elected.len(),
+            ttl()
         );
     }
+}
+
+/// Kills the leader of `partition` (if any) and waits until each of its
+/// partitions has a new leader elsewhere and has accepted a new saga:
+/// the victim, and those times from the kill.
+async fn kill_leader(
+    cluster: &mut Cluster,
+    elections: &Elections,
+    (hearing, record): (&std::sync::mpsc::Receiver<Heard>, &mut Record),
+    (round, partition): (usize, usize),
+) -> Option<(usize, (Duration, Vec<Duration>))> {
+    let now = leaders(elections).await;
+    let victim = now[partition]?;
+    let led: Vec<usize> = (0..PARTITIONS)
+        .filter(|p| now[*p] == Some(victim))
+        .collect();
+    let acked_before = record.acks.len();
+    cluster.kill(victim);
+    let killed_at = Instant::now();
+    // New leaders for each of its partitions, elsewhere.
+    let deadline = killed_at + Duration::from_secs(60);
+    loop {
+        let now = leaders(elections).await;
+        if led
+            .iter()
+            .all(|p| now[*p].is_some_and(|host| host != victim))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "round {round}: no failover: {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let elected = killed_at.elapsed();
+    let mut first_saga = Vec::new();
+    // The first new saga on each of them.
+    let mut waiting: HashSet<usize> = led.iter().copied().collect();
+    let mut seen = acked_before;
+    while !waiting.is_empty() {
+        while let Ok(heard) = hearing.try_recv() {
+            record.take(heard);
+        }
+        for (host, p, at) in &record.acks[seen..] {
+            if *host != victim && *at > killed_at && waiting.remove(p) {
+                first_saga.push(*at - killed_at);
+            }
+        }
+        seen = record.acks.len();
+        assert!(
+            Instant::now() < deadline,
+            "round {round}: no new saga on {waiting:?}; leaders {:?}; hosts: {:#?}",
+            leaders(elections).await,
+            record.status
+        );
+        if let Ok(heard) = hearing.recv_timeout(Duration::from_millis(10)) {
+            record.take(heard);
+        }
+    }
+    Some((victim, (elected, first_saga)))
 }
 
 /// Stops the load and waits until every host reports the same settled

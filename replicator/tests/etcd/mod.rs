@@ -64,6 +64,9 @@ pub fn etcd() -> Option<Etcd> {
             &peer_url,
         ])
         .args(["--initial-cluster", &format!("skald-test={peer_url}")])
+        // A shorter election timeout than etcd's default (1 s), so that
+        // leases of 1 s are granted (the minimum is 1.5 times it).
+        .args(["--election-timeout", "500", "--heartbeat-interval", "100"])
         .env("ETCD_UNSUPPORTED_ARCH", std::env::consts::ARCH)
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(dir.path().join("etcd.log")).unwrap())
