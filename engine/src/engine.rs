@@ -450,10 +450,12 @@ impl Engine {
             None => None,
         };
         let mut first_error = None;
-        for stop in &self.inner.stops {
-            stop.lock().send_replace(true);
-        }
         for partition in 0..self.inner.senders.len() {
+            // Just before its own `Shutdown` (not all at once: a partition
+            // still working would abandon batches it could release).
+            if let Some(stop) = self.inner.stops.get(partition) {
+                stop.lock().send_replace(true);
+            }
             let result = self
                 .ask_unchecked(partition, |reply| Command::Shutdown { reply })
                 .await;

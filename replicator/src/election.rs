@@ -263,7 +263,25 @@ impl Elections {
             lease,
             client: client.clone(),
         };
-        let epoch = self.seek(partition, &mut me, lease, &*candidacy).await?;
+        // An etcd error midway (a member restarting, a leader change)
+        // does not end the candidacy while its lease holds: its key stays,
+        // so a better candidate is never dropped from the comparison.
+        let epoch = loop {
+            match self.seek(partition, &mut me, lease, &*candidacy).await {
+                Ok(epoch) => break epoch,
+                Err(error) => {
+                    let holds = {
+                        let state = state.lock();
+                        !state.lost && Instant::now() < state.valid_until
+                    };
+                    if !holds {
+                        return Err(error);
+                    }
+                    tracing::warn!(partition, %error, "etcd failed during a campaign; trying again");
+                    tokio::time::sleep(self.ttl / 10).await;
+                }
+            }
+        };
         tracing::info!(partition, epoch, name = %me.name, "elected");
         Ok(Leadership {
             partition,

@@ -13,8 +13,8 @@ pub(crate) struct Asked {
     pub(crate) version: u16,
     pub(crate) partition: u16,
     pub(crate) from_lsn: u64,
-    /// Whether the replica holds any record (below `from_lsn`).
-    pub(crate) holds_records: bool,
+    /// The first LSN the replica's log holds (`from_lsn`: none).
+    pub(crate) first_lsn: u64,
     pub(crate) last_crc: u32,
     pub(crate) last_epoch: u64,
     pub(crate) seen_epoch: u64,
@@ -43,9 +43,10 @@ enum Plan {
 
 fn plan(
     here: &LeaderLog,
-    (from_lsn, holds_records): (u64, bool),
+    (from_lsn, replica_first): (u64, u64),
     (last_epoch, seen_epoch): (u64, u64),
 ) -> Plan {
+    let holds_records = from_lsn > replica_first;
     let LeaderLog {
         epochs,
         first,
@@ -56,17 +57,6 @@ fn plan(
         let what =
             format!("the replica has seen epoch {seen_epoch}, this leader is in epoch {epoch}");
         return Plan::Refuse(RefusalCode::Stale, what);
-    }
-    if holds_records && last_epoch > 0 && !epochs.iter().any(|&(e, _)| e == last_epoch) {
-        // Its last epoch is none of this leader's: what it wrote then was
-        // a deposed leader's, from somewhere after the start of the last
-        // epoch before it that this leader has (records of that epoch are
-        // the same on both). Cut back there.
-        if let Some(&(_, start)) = epochs.iter().rev().find(|&&(e, _)| e < last_epoch) {
-            if from_lsn > start {
-                return Plan::Truncate(start);
-            }
-        }
     }
     // Where the replica's last epoch ends here (Kafka's end offset of an
     // epoch): past it, its records are a deposed leader's.
@@ -80,6 +70,22 @@ fn plan(
             let end = epochs[index].1;
             if from_lsn > end {
                 return Plan::Truncate(end);
+            }
+        }
+    }
+    if holds_records && last_epoch > 0 && !epochs.iter().any(|&(e, _)| e == last_epoch) {
+        // Its last epoch is none of this leader's (and it asks from no
+        // later than where this leader's next epoch began): what it wrote
+        // then was a deposed leader's, from somewhere after the start of
+        // the last epoch before it that this leader has (records of that
+        // epoch are the same on both). Cut back there; if its log no
+        // longer goes back that far, it starts again from a snapshot.
+        if let Some(&(_, start)) = epochs.iter().rev().find(|&&(e, _)| e < last_epoch) {
+            if from_lsn > start {
+                return match start < replica_first {
+                    true => Plan::Snapshot,
+                    false => Plan::Truncate(start),
+                };
             }
         }
     }
@@ -108,11 +114,12 @@ pub(crate) fn welcome(
         version,
         partition,
         from_lsn,
-        holds_records,
+        first_lsn: replica_first,
         last_crc,
         last_epoch,
         seen_epoch,
     } = asked;
+    let holds_records = from_lsn > replica_first;
     let refuse = |code, message: String| Frame::Refused { code, message };
     if version != PROTOCOL_VERSION {
         let message = format!("this leader speaks version {PROTOCOL_VERSION}, not {version}");
@@ -152,7 +159,7 @@ pub(crate) fn welcome(
         visible,
         epoch,
     };
-    match plan(&here, (from_lsn, holds_records), (last_epoch, seen_epoch)) {
+    match plan(&here, (from_lsn, replica_first), (last_epoch, seen_epoch)) {
         Plan::Ship => {}
         Plan::Truncate(lsn) => return Err(Frame::Truncate { lsn }),
         Plan::Snapshot => return Err(newest_snapshot(engine, partition, &here)),
@@ -254,26 +261,26 @@ mod tests {
         // Epoch 1 from LSN 1, epoch 2 from 50; 80 records.
         let here = log(&[(1, 1), (2, 50)], 1, 81);
         // In step: ship.
-        assert_eq!(plan(&here, (81, true), (2, 2)), Plan::Ship);
-        assert_eq!(plan(&here, (30, true), (1, 1)), Plan::Ship);
-        assert_eq!(plan(&here, (50, true), (1, 1)), Plan::Ship);
-        assert_eq!(plan(&here, (1, false), (0, 0)), Plan::Ship);
+        assert_eq!(plan(&here, (81, 1), (2, 2)), Plan::Ship);
+        assert_eq!(plan(&here, (30, 1), (1, 1)), Plan::Ship);
+        assert_eq!(plan(&here, (50, 1), (1, 1)), Plan::Ship);
+        assert_eq!(plan(&here, (1, 1), (0, 0)), Plan::Ship);
         // A deposed leader's records of epoch 1 past 49: cut back to 50.
-        assert_eq!(plan(&here, (60, true), (1, 1)), Plan::Truncate(50));
+        assert_eq!(plan(&here, (60, 1), (1, 1)), Plan::Truncate(50));
         // Epoch 0 records (before any epoch here): cut back to 1.
-        assert_eq!(plan(&here, (5, true), (0, 0)), Plan::Truncate(1));
+        assert_eq!(plan(&here, (5, 1), (0, 0)), Plan::Truncate(1));
         // Ahead in the same epoch: refused, never cut.
         assert!(matches!(
-            plan(&here, (90, true), (2, 2)),
+            plan(&here, (90, 1), (2, 2)),
             Plan::Refuse(RefusalCode::Ahead, _)
         ));
         // A replica that has seen epoch 3: this leader is stale.
         assert!(matches!(
-            plan(&here, (81, true), (2, 3)),
+            plan(&here, (81, 1), (2, 3)),
             Plan::Refuse(RefusalCode::Stale, _)
         ));
         // It has begun 2 with no record of it yet: cut by its last record.
-        assert_eq!(plan(&here, (60, true), (1, 2)), Plan::Truncate(50));
+        assert_eq!(plan(&here, (60, 1), (1, 2)), Plan::Truncate(50));
     }
 
     #[test]
@@ -281,13 +288,15 @@ mod tests {
         // A deposed leader of epoch 3 wrote from somewhere after 30; this
         // leader went from epoch 2 (from 30) to 4 (from 60).
         let here = log(&[(1, 1), (2, 30), (4, 60)], 1, 90);
-        assert_eq!(plan(&here, (55, true), (3, 3)), Plan::Truncate(30));
-        // Past where epoch 4 began too: its epoch-3 records may begin
-        // before 60, so the cut is the same.
-        assert_eq!(plan(&here, (70, true), (3, 3)), Plan::Truncate(30));
+        assert_eq!(plan(&here, (55, 1), (3, 3)), Plan::Truncate(30));
+        // Past where epoch 4 began: cut there first (Kafka's end of an
+        // epoch); asked again from 60 with an epoch-3 record last, to 30.
+        assert_eq!(plan(&here, (70, 1), (3, 3)), Plan::Truncate(60));
+        // A log that no longer goes back to 30: from a snapshot.
+        assert_eq!(plan(&here, (55, 40), (3, 3)), Plan::Snapshot);
         // Of an epoch before every one kept here: cut to the first.
         let here = log(&[(1, 1), (3, 50)], 1, 81);
-        assert_eq!(plan(&here, (40, true), (2, 2)), Plan::Truncate(1));
+        assert_eq!(plan(&here, (40, 1), (2, 2)), Plan::Truncate(1));
     }
 
     #[test]
@@ -295,12 +304,12 @@ mod tests {
         // This log kept only epoch 2, from LSN 100 on: a replica it cannot
         // place starts again from a snapshot.
         let here = log(&[(2, 100)], 100, 130);
-        assert_eq!(plan(&here, (90, true), (1, 1)), Plan::Snapshot);
-        assert_eq!(plan(&here, (105, true), (1, 1)), Plan::Snapshot);
-        assert_eq!(plan(&here, (110, true), (2, 2)), Plan::Ship);
-        assert_eq!(plan(&here, (50, true), (2, 2)), Plan::Snapshot);
+        assert_eq!(plan(&here, (90, 1), (1, 1)), Plan::Snapshot);
+        assert_eq!(plan(&here, (105, 1), (1, 1)), Plan::Snapshot);
+        assert_eq!(plan(&here, (110, 1), (2, 2)), Plan::Ship);
+        assert_eq!(plan(&here, (50, 1), (2, 2)), Plan::Snapshot);
         // A new replica, or one started again at a snapshot: no records.
-        assert_eq!(plan(&here, (1, false), (0, 0)), Plan::Snapshot);
-        assert_eq!(plan(&here, (120, false), (0, 2)), Plan::Ship);
+        assert_eq!(plan(&here, (1, 1), (0, 0)), Plan::Snapshot);
+        assert_eq!(plan(&here, (120, 120), (0, 2)), Plan::Ship);
     }
 }

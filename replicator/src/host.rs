@@ -497,11 +497,9 @@ async fn lead(state: &Arc<State>, terms: &Terms, partition: u16, leadership: Lea
             () = tokio::time::sleep(LOOK_EVERY) => {
                 if !leadership.is_valid() {
                     tracing::warn!(partition, epoch, "this host's term lapsed: the partition follows again");
-                    // Its key goes now rather than at the lease's end
-                    // (best effort: etcd may be what is out of reach).
-                    let elections = state.elections.clone();
-                    let lapsed = leadership.clone();
-                    tokio::spawn(async move { elections.revoke(&lapsed).await });
+                    // Its key goes when the lease runs out (not revoked:
+                    // this host may hold the longest log, and it stands
+                    // again as soon as it follows).
                     break;
                 }
             }

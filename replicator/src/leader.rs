@@ -312,7 +312,7 @@ impl Leader {
             version,
             partition,
             from_lsn,
-            holds_records: from_lsn > first_lsn,
+            first_lsn,
             last_crc,
             last_epoch,
             seen_epoch,

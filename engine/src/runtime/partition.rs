@@ -141,6 +141,8 @@ impl Partition {
                     // unless the engine shuts down first.
                     if let Some((index, replication, mut stopping)) = replicas {
                         tokio::select! {
+                            // Replicated already: released, never abandoned.
+                            biased;
                             () = replication.replicated(index, end) => {}
                             _ = stopping.wait_for(|stopping| *stopping) => return Ok(None),
                         }
