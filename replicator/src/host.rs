@@ -8,6 +8,24 @@
 //! new epoch (etcd's revision), and resumes the unfinished sagas with the
 //! same idempotency keys.
 //!
+//! ```no_run
+//! # async fn doc() -> Result<(), Box<dyn std::error::Error>> {
+//! # let saga = skald_engine::Saga::<u64>::new("order");
+//! use skald_replicator::host::{Host, HostOptions};
+//! use skald_replicator::Mode;
+//! let listener = tokio::net::TcpListener::bind("10.0.0.1:7400").await?;
+//! let etcd = vec!["10.0.0.9:2379".to_owned()];
+//! let mut options = HostOptions::new("host-a", etcd, "10.0.0.1:7400");
+//! options.mode = Mode::Replicated(1);
+//! options.api = Some("http://10.0.0.1:8080".into());
+//! let builder = skald_engine::Engine::builder("/var/lib/orders").register(saga)?;
+//! let host = Host::start(builder, listener, options).await?;
+//! // Serve `host.engine()` (`skald_http::router`) and start sagas on it:
+//! // a call for a partition led elsewhere gets `NotLeader { leader }`.
+//! host.stop().await?;
+//! # Ok(()) }
+//! ```
+//!
 //! Per partition, a task loops:
 //! - **follow**: the engine's partition follows its log; a [`Replica`]
 //!   copies the current leader's records into it (retargeted whenever the

@@ -13,8 +13,8 @@
 //!   the acknowledgement) into an engine directory of its own, which a
 //!   follower engine reads (views, lists, dumps: no side effects).
 //!
-//! - [`host::Host`] (feature `etcd`): one of several host processes;
-//!   per partition, an etcd election ([`election`]) picks the leader, the
+//! - `host::Host` (feature `etcd`): one of several host processes;
+//!   per partition, an etcd election (`election`) picks the leader, the
 //!   other hosts replicate it and serve its reads, and a dead host's
 //!   partitions fail over to the follower with the longest log.
 //!
