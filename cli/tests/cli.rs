@@ -355,13 +355,15 @@ fn verify_names_the_damaged_file_and_offset_and_reports_a_torn_tail() {
 #[test]
 fn a_second_demo_finishes_what_a_killed_one_left_and_inspection_works_while_it_runs() {
     let work = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_skald"))
-        .args(["demo", "--sagas", "10000000"])
-        .current_dir(work.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_skald"))
+            .args(["demo", "--sagas", "10000000"])
+            .current_dir(work.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let dir = work.path().join("skald-data");
     // Inspect the running engine until it has done some work.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -509,20 +511,22 @@ fn every_subcommand_has_help_with_examples() {
 fn dump_follow_prints_records_as_another_process_writes_them() {
     use std::io::{BufRead, BufReader};
     let (work, dir) = demo_dir();
-    let mut follow = Command::new(env!("CARGO_BIN_EXE_skald"))
-        .args([
-            "dump",
-            dir.to_str().unwrap(),
-            "--follow",
-            "--type",
-            "Started",
-            "--json",
-        ])
-        .current_dir(work.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut follow = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_skald"))
+            .args([
+                "dump",
+                dir.to_str().unwrap(),
+                "--follow",
+                "--type",
+                "Started",
+                "--json",
+            ])
+            .current_dir(work.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let (lines_tx, lines_rx) = std::sync::mpsc::channel();
     let stdout = follow.stdout.take().unwrap();
     std::thread::spawn(move || {
@@ -557,7 +561,7 @@ fn dump_follow_prints_records_as_another_process_writes_them() {
 /// A `skald` process serving on a loopback port, for the tests that talk
 /// to it over HTTP.
 struct Serving {
-    child: std::process::Child,
+    child: KillOnDrop,
     lines: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
     /// `host:port`, from the first line naming an `http://` address.
     address: String,
@@ -574,13 +578,15 @@ impl Serving {
         until: Option<&str>,
     ) -> Serving {
         use std::io::BufRead;
-        let mut child = Command::new(env!("CARGO_BIN_EXE_skald"))
-            .args(args)
-            .current_dir(cwd)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = KillOnDrop(
+            Command::new(env!("CARGO_BIN_EXE_skald"))
+                .args(args)
+                .current_dir(cwd)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
         let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
         let mut address = None;
         let mut matched = String::new();
@@ -626,6 +632,30 @@ impl Serving {
         let rest: Vec<String> = self.lines.map(|line| line.unwrap()).collect();
         assert!(self.child.wait().unwrap().success(), "{rest:?}");
         rest
+    }
+}
+
+/// A child process killed (and reaped) when dropped: a test that fails
+/// midway leaves no server running.
+struct KillOnDrop(std::process::Child);
+
+impl std::ops::Deref for KillOnDrop {
+    type Target = std::process::Child;
+    fn deref(&self) -> &std::process::Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for KillOnDrop {
+    fn deref_mut(&mut self) -> &mut std::process::Child {
+        &mut self.0
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
