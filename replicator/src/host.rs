@@ -142,7 +142,8 @@ struct State {
     engine: Engine,
     leader: Arc<Leader>,
     elections: Elections,
-    partitions: Mutex<Vec<HostPartition>>,
+    /// (Shared with the metrics' collector.)
+    partitions: Arc<Mutex<Vec<HostPartition>>>,
     /// Each partition's replica, while this host follows it.
     replicas: Vec<Mutex<Option<(String, Replica)>>>,
     stopping: watch::Sender<bool>,
@@ -195,7 +196,7 @@ impl Host {
             engine: engine.clone(),
             leader: leader.clone(),
             elections,
-            partitions: Mutex::new(
+            partitions: Arc::new(Mutex::new(
                 (0..partitions as u16)
                     .map(|partition| HostPartition {
                         partition,
@@ -205,7 +206,7 @@ impl Host {
                         leader_changes: 0,
                     })
                     .collect(),
-            ),
+            )),
             replicas: (0..partitions).map(|_| Mutex::new(None)).collect(),
             stopping: watch::channel(false).0,
             started: tokio::time::Instant::now(),
@@ -250,7 +251,7 @@ impl Host {
     /// replicas ([`Leader::register_metrics`]).
     pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
         self.leader.register_metrics(registry);
-        let collector = HostCollector(Arc::downgrade(&self.state));
+        let collector = crate::metrics::HostCollector(Arc::downgrade(&self.state.partitions));
         registry
             .sub_registry_with_prefix("skald")
             .register_collector(Box::new(collector));
@@ -534,72 +535,5 @@ async fn lead(state: &Arc<State>, terms: &Terms, partition: u16, leadership: Lea
     state.engine.set_leader(partition, None);
     if let Err(error) = state.engine.follow_leader(partition).await {
         tracing::error!(partition, %error, "the partition did not go back to following");
-    }
-}
-
-/// A gauge of a host's partitions: name, help, value.
-type Gauge = (&'static str, &'static str, fn(&HostPartition) -> i64);
-
-/// A host's partitions, read at each scrape.
-#[derive(Debug)]
-struct HostCollector(std::sync::Weak<State>);
-
-impl std::fmt::Debug for State {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("State")
-            .field("name", &self.options.name)
-            .finish()
-    }
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
-struct PartitionLabel {
-    partition: String,
-}
-
-impl prometheus_client::collector::Collector for HostCollector {
-    fn encode(
-        &self,
-        mut encoder: prometheus_client::encoding::DescriptorEncoder,
-    ) -> Result<(), std::fmt::Error> {
-        use prometheus_client::encoding::EncodeMetric;
-        use prometheus_client::metrics::counter::ConstCounter;
-        use prometheus_client::metrics::gauge::ConstGauge;
-        use prometheus_client::metrics::MetricType;
-        let Some(state) = self.0.upgrade() else {
-            return Ok(());
-        };
-        let partitions = state.partitions.lock().clone();
-        let label = |p: &HostPartition| PartitionLabel {
-            partition: p.partition.to_string(),
-        };
-        let gauges: [Gauge; 2] = [
-            ("host_leads", "1 while this host leads the partition", |p| {
-                i64::from(p.leads)
-            }),
-            (
-                "host_leader_epoch",
-                "The epoch of the partition's leader, as this host last saw it (0: none seen)",
-                |p| p.leader.as_ref().map_or(0, |l| l.epoch as i64),
-            ),
-        ];
-        for (name, help, value) in gauges {
-            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
-            for partition in &partitions {
-                ConstGauge::new(value(partition))
-                    .encode(family.encode_family(&label(partition))?)?;
-            }
-        }
-        let mut family = encoder.encode_descriptor(
-            "host_leader_changes",
-            "Leadership changes of the partition this host saw",
-            None,
-            MetricType::Counter,
-        )?;
-        for partition in &partitions {
-            ConstCounter::new(partition.leader_changes)
-                .encode(family.encode_family(&label(partition))?)?;
-        }
-        Ok(())
     }
 }

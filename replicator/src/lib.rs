@@ -43,6 +43,8 @@ pub mod host;
 mod leader;
 mod metrics;
 mod replica;
+mod rewind;
+mod shipping;
 pub mod wire;
 
 pub use crate::leader::{Leader, ReplicaView, Term, SHIPMENT_BYTES_MAX};

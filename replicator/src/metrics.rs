@@ -108,3 +108,70 @@ impl Collector for ReplicaCollector {
         Ok(())
     }
 }
+
+#[cfg(feature = "etcd")]
+mod host {
+    use super::*;
+    use crate::host::HostPartition;
+
+    /// A gauge of a host's partitions: name, help, value.
+    type Gauge = (&'static str, &'static str, fn(&HostPartition) -> i64);
+
+    /// A host's partitions, read at each scrape.
+    #[derive(Debug)]
+    pub(crate) struct HostCollector(pub(crate) Weak<Mutex<Vec<HostPartition>>>);
+
+    #[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+    struct HostPartitionLabel {
+        partition: String,
+    }
+
+    impl prometheus_client::collector::Collector for HostCollector {
+        fn encode(
+            &self,
+            mut encoder: prometheus_client::encoding::DescriptorEncoder,
+        ) -> Result<(), std::fmt::Error> {
+            use prometheus_client::encoding::EncodeMetric;
+            use prometheus_client::metrics::counter::ConstCounter;
+            use prometheus_client::metrics::gauge::ConstGauge;
+            use prometheus_client::metrics::MetricType;
+            let Some(partitions) = self.0.upgrade() else {
+                return Ok(());
+            };
+            let partitions = partitions.lock().clone();
+            let label = |p: &HostPartition| HostPartitionLabel {
+                partition: p.partition.to_string(),
+            };
+            let gauges: [Gauge; 2] = [
+                ("host_leads", "1 while this host leads the partition", |p| {
+                    i64::from(p.leads)
+                }),
+                (
+                    "host_leader_epoch",
+                    "The epoch of the partition's leader, as this host last saw it (0: none seen)",
+                    |p| p.leader.as_ref().map_or(0, |l| l.epoch as i64),
+                ),
+            ];
+            for (name, help, value) in gauges {
+                let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+                for partition in &partitions {
+                    ConstGauge::new(value(partition))
+                        .encode(family.encode_family(&label(partition))?)?;
+                }
+            }
+            let mut family = encoder.encode_descriptor(
+                "host_leader_changes",
+                "Leadership changes of the partition this host saw",
+                None,
+                MetricType::Counter,
+            )?;
+            for partition in &partitions {
+                ConstCounter::new(partition.leader_changes)
+                    .encode(family.encode_family(&label(partition))?)?;
+            }
+            Ok(())
+        }
+    }
+}
+#[cfg(feature = "etcd")]
+pub(crate) use host::HostCollector;

@@ -17,6 +17,7 @@ use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
 use crate::leader::SILENCE_MAX;
+use crate::rewind::{cut_back, start_again};
 use crate::wire::{
     read_frame, write_frame, Frame, RefusalCode, WireError, FRAME_BYTES_MAX, PROTOCOL_VERSION,
 };
@@ -364,13 +365,13 @@ async fn follow_partition(
 }
 
 /// Why a connection ended and the replica tries again.
-enum Retry {
+pub(crate) enum Retry {
     After(WireError),
     Progressed,
 }
 
 /// A refusal no retry can fix.
-struct Stop(String);
+pub(crate) struct Stop(pub(crate) String);
 
 /// One connection: hello, then records appended and acknowledged.
 async fn follow_once(
@@ -491,87 +492,6 @@ async fn next_frame(stream: &mut TcpStream) -> Result<Option<Frame>, WireError> 
     match tokio::time::timeout(SILENCE_MAX, read_frame(stream, FRAME_BYTES_MAX)).await {
         Ok(result) => result,
         Err(_) => Err(WireError::Malformed("the leader went silent")),
-    }
-}
-
-/// Starts this partition again from the leader's snapshot at `lsn`: the
-/// snapshot is written first (replacing every one here), then the log
-/// starts again at `lsn`, so a crash between leaves a snapshot ahead of the
-/// log, which the next connection replaces the same way. Then connects
-/// again at once, asking from `lsn`.
-async fn start_again(
-    log: &Arc<Log>,
-    (lsn, epoch): (u64, u64),
-    (crc, payload): (u32, Vec<u8>),
-) -> Result<Retry, Stop> {
-    if crc32fast::hash(&payload) != crc {
-        return Ok(Retry::After(WireError::Malformed(
-            "the snapshot's checksum does not match",
-        )));
-    }
-    tracing::warn!(dir = %log.dir().display(), lsn, epoch, "starting again from the leader's snapshot");
-    let log = log.clone();
-    let work = move || -> Result<(), String> {
-        let dir = skald_engine::inspect::snapshot_dir(log.dir());
-        let store = skald_snapshot::SnapshotStore::open(&dir, 1).map_err(|e| e.to_string())?;
-        store.write(lsn, &payload).map_err(|e| e.to_string())?;
-        log.restart_at(lsn, epoch.max(log.epoch()))
-            .map_err(|e| e.to_string())?;
-        // Followers of this directory rebuild.
-        let generation = skald_engine::inspect::bump_log_generation(log.dir());
-        generation.map(drop).map_err(|e| e.to_string())
-    };
-    match tokio::task::spawn_blocking(work).await {
-        Ok(Ok(())) => Ok(Retry::Progressed),
-        Ok(Err(error)) => Err(Stop(format!("starting again at LSN {lsn}: {error}"))),
-        Err(error) => Err(Stop(format!("the restart task failed: {error}"))),
-    }
-}
-
-/// Cuts this log back to `lsn`, as a new leader asked: the records after
-/// it were a deposed leader's. Then connects again at once.
-async fn cut_back(log: &Arc<Log>, lsn: u64) -> Result<Retry, Stop> {
-    if lsn < log.first_lsn() {
-        let message = format!(
-            "the leader asks to cut back to LSN {lsn}, before this log's first {}",
-            log.first_lsn()
-        );
-        return Err(Stop(message));
-    }
-    tracing::warn!(dir = %log.dir().display(), lsn, "cutting back what a deposed leader wrote");
-    let cutting = log.clone();
-    let cut = move || -> Result<(), String> {
-        // Snapshots past the cut hold what is cut: they go first, so a
-        // crash between the two leaves no snapshot ahead of the log.
-        let snapshots = skald_engine::inspect::snapshot_dir(cutting.dir());
-        if snapshots.exists() {
-            let store = skald_snapshot::SnapshotStore::open(&snapshots, usize::MAX)
-                .map_err(|e| e.to_string())?;
-            let files = store.list().map_err(|e| e.to_string())?;
-            // A log whose first records went behind a snapshot needs one
-            // at or before the cut: without it, nothing could open it.
-            let first = cutting.first_lsn();
-            let covered = first <= 1 || files.iter().any(|f| f.lsn >= first && f.lsn <= lsn);
-            if !covered {
-                return Err(format!(
-                    "it would leave no snapshot covering the log before LSN {first}; start this replica again from an empty directory"
-                ));
-            }
-            for file in files {
-                if file.lsn > lsn {
-                    store.remove(file.lsn).map_err(|e| e.to_string())?;
-                }
-            }
-        }
-        cutting.truncate_suffix(lsn).map_err(|e| e.to_string())?;
-        // Followers of this directory rebuild.
-        let generation = skald_engine::inspect::bump_log_generation(cutting.dir());
-        generation.map(drop).map_err(|e| e.to_string())
-    };
-    match tokio::task::spawn_blocking(cut).await {
-        Ok(Ok(())) => Ok(Retry::Progressed),
-        Ok(Err(error)) => Err(Stop(format!("cutting back to LSN {lsn}: {error}"))),
-        Err(error) => Err(Stop(format!("the cut task failed: {error}"))),
     }
 }
 

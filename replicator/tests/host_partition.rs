@@ -11,24 +11,12 @@ mod etcd;
 
 use std::time::{Duration, Instant};
 
-use skald_engine::{
-    Engine, EngineError, EngineOptions, Saga, SagaId, SagaStatus, StartOptions, Step,
-};
+use skald_engine::{Engine, EngineError, EngineOptions, SagaId, SagaStatus, StartOptions};
 use skald_replicator::election::Elections;
 use skald_replicator::host::{Host, HostOptions};
 use skald_replicator::Mode;
 
 const PARTITIONS: usize = 3;
-
-fn saga() -> Saga<u64> {
-    Saga::<u64>::new("one").step(
-        Step::new("only", |ctx: skald_engine::StepContext<u64>| {
-            let n = *ctx.input();
-            async move { Ok::<_, skald_engine::StepError>(n) }
-        })
-        .pivot(),
-    )
-}
 
 async fn host(root: &std::path::Path, name: &str, etcd: String) -> Host {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -38,7 +26,7 @@ async fn host(root: &std::path::Path, name: &str, etcd: String) -> Host {
     options.mode = Mode::Replicated(1);
     let builder = Engine::builder(root.join(name))
         .options(EngineOptions::default().partitions(PARTITIONS))
-        .register(saga())
+        .register(common::one_step())
         .unwrap();
     Host::start(builder, listener, options).await.unwrap()
 }
@@ -98,12 +86,7 @@ fn records(root: &std::path::Path, name: &str, partition: usize) -> Vec<(u64, Ve
     let path = skald_engine::inspect::partition_dir(&root.join(name), partition);
     let log =
         skald_log::Log::open(&path, skald_log::LogOptions::default().read_only(true)).unwrap();
-    let mut reader = log.read_from(log.first_lsn()).unwrap();
-    let mut records = Vec::new();
-    while let Some(record) = reader.read_next().unwrap() {
-        records.push((record.lsn, record.bytes.to_vec()));
-    }
-    records
+    common::records(&log)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,20 +11,10 @@ use std::time::Duration;
 
 use common::proxy;
 
-use skald_engine::{Engine, EngineOptions, Saga, Step, StepError};
+use skald_engine::{Engine, EngineOptions};
 use skald_replicator::{Leader, Mode, Replica, ReplicaOptions};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-
-fn saga() -> Saga<u64> {
-    Saga::<u64>::new("one").step(
-        Step::new("only", |ctx: skald_engine::StepContext<u64>| {
-            let n = *ctx.input();
-            async move { Ok::<_, StepError>(n) }
-        })
-        .pivot(),
-    )
-}
 
 async fn setup(
     mode: Mode,
@@ -39,7 +29,7 @@ async fn setup(
     let leader = Leader::new(mode);
     let engine = Engine::builder(dir.path().join("leader"))
         .options(EngineOptions::default().partitions(1))
-        .register(saga())
+        .register(common::one_step())
         .unwrap()
         .replication(leader.clone())
         .open()

@@ -11,21 +11,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rand::{Rng, SeedableRng};
-use skald_engine::{Engine, EngineOptions, Saga, SnapshotSettings, Step};
+use skald_engine::{Engine, EngineOptions, SnapshotSettings};
 use skald_log::{Log, LogOptions, PowerCut, SimStorage};
 use skald_replicator::{Leader, Mode, Replica, ReplicaOptions};
 
 const SEGMENT: u64 = 256 * 1024;
-
-fn saga() -> Saga<u64> {
-    Saga::<u64>::new("one").step(
-        Step::new("only", |ctx: skald_engine::StepContext<u64>| {
-            let n = *ctx.input();
-            async move { Ok::<_, skald_engine::StepError>(n) }
-        })
-        .pivot(),
-    )
-}
 
 fn replica_options(leader: &str, dir: &std::path::Path, storage: &SimStorage) -> ReplicaOptions {
     ReplicaOptions {
@@ -35,15 +25,6 @@ fn replica_options(leader: &str, dir: &std::path::Path, storage: &SimStorage) ->
         segment_size_bytes: SEGMENT,
         storage: Some(Arc::new(storage.clone())),
     }
-}
-
-fn records(log: &Log) -> Vec<(u64, Vec<u8>)> {
-    let mut reader = log.read_from(log.first_lsn()).unwrap();
-    let mut all = Vec::new();
-    while let Some(record) = reader.read_next().unwrap() {
-        all.push((record.lsn, record.bytes.to_vec()));
-    }
-    all
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -64,7 +45,7 @@ async fn a_replica_cut_off_by_power_cuts_reopens_and_resumes_without_a_gap() {
         .snapshots(SnapshotSettings::disabled());
     let engine = Engine::builder(dir.path().join("leader"))
         .options(options)
-        .register(saga())
+        .register(common::one_step())
         .unwrap()
         .replication(leader.clone())
         .open()
@@ -120,7 +101,7 @@ async fn a_replica_cut_off_by_power_cuts_reopens_and_resumes_without_a_gap() {
         .read_only(true)
         .storage(Arc::new(storage.clone()));
     let replica_log = Log::open(&path, read_only).unwrap();
-    let (ours, theirs) = (records(&replica_log), records(&leader_log));
+    let (ours, theirs) = (common::records(&replica_log), common::records(&leader_log));
     assert_eq!(
         ours.first().map(|r| r.0),
         Some(1),

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use skald_engine::{Engine, ListFilter, SagaId, SagaStatus};
+use skald_engine::{Engine, ListFilter, Saga, SagaId, SagaStatus, Step};
 use skald_replicator::Replica;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -66,4 +66,25 @@ pub async fn proxy(upstream: String) -> (String, watch::Sender<bool>) {
         }
     });
     (address, cut)
+}
+
+/// The saga "one": a single step, the pivot, that returns its input.
+pub fn one_step() -> Saga<u64> {
+    Saga::<u64>::new("one").step(
+        Step::new("only", |ctx: skald_engine::StepContext<u64>| {
+            let n = *ctx.input();
+            async move { Ok::<_, skald_engine::StepError>(n) }
+        })
+        .pivot(),
+    )
+}
+
+/// Every record of `log` (LSN and bytes as its segment holds them).
+pub fn records(log: &skald_log::Log) -> Vec<(u64, Vec<u8>)> {
+    let mut reader = log.read_from(log.first_lsn()).unwrap();
+    let mut all = Vec::new();
+    while let Some(record) = reader.read_next().unwrap() {
+        all.push((record.lsn, record.bytes.to_vec()))
+    }
+    all
 }
