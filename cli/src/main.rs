@@ -83,6 +83,26 @@ enum ReplicasCommand {
         #[arg(long)]
         epoch: Option<u64>,
     },
+    /// Move a partition's leadership, between hosts that elect their
+    /// leaders in etcd, to the host named by --to, and pin it there: the
+    /// leader waits until that host holds its whole log, then resigns,
+    /// and that host wins the election (it stays the partition's
+    /// preferred host). Exits 1, naming why, when it did not move.
+    #[command(after_help = "Examples:
+  skald replicas transfer 10.0.0.1:7400 2 --to host-b")]
+    Transfer {
+        /// The replication address (`host:port`) of the host that leads
+        /// the partition now.
+        address: String,
+        /// The partition.
+        partition: u16,
+        /// The name of the host to lead it.
+        #[arg(long)]
+        to: String,
+        /// One JSON object.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -229,11 +249,16 @@ enum Command {
     },
     /// Segments, records, bytes, LSN ranges, snapshots and sagas by state.
     #[command(
-        after_help = "Examples:\n  skald stats skald-data\n  skald stats skald-data --json | jq .sagas"
+        after_help = "Examples:\n  skald stats skald-data\n  skald stats skald-data --json | jq .sagas\n  skald stats replica-data --leader 10.0.0.1:7400   # and how far it is behind its leader"
     )]
     Stats {
         /// Engine directory.
         dir: PathBuf,
+        /// A running leader's replication address (`host:port`): also
+        /// show how far DIR (its replica) is behind it, in records, and
+        /// each of its replicas' lag (records and milliseconds).
+        #[arg(long, value_name = "ADDR")]
+        leader: Option<String>,
         /// One JSON object.
         #[arg(long)]
         json: bool,
@@ -379,7 +404,7 @@ fn main() -> ExitCode {
             }
             Err(error) => Err(error),
         },
-        Command::Stats { dir, json } => stats::run(&dir, json, &mut out),
+        Command::Stats { dir, leader, json } => stats::run(&dir, leader.as_deref(), json, &mut out),
         Command::Audit {
             dir,
             after,
@@ -414,6 +439,12 @@ fn main() -> ExitCode {
             Some(address) => replica::show_address(&address, json, &mut out),
             None => replica::show(&dir, json, &mut out),
         },
+        Command::Replicas(ReplicasCommand::Transfer {
+            address,
+            partition,
+            to,
+            json,
+        }) => replica::transfer(&address, partition, &to, json, &mut out),
         Command::Replicas(ReplicasCommand::Promote { dir, epoch }) => {
             replica::promote(&dir, epoch, &mut out)
         }

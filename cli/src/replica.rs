@@ -204,6 +204,30 @@ pub fn show_address(address: &str, json: bool, out: &mut Out) -> Result<()> {
     Ok(())
 }
 
+/// `skald replicas transfer ADDR P --to NAME`: the host at ADDR hands
+/// partition P's leadership to NAME.
+pub fn transfer(address: &str, partition: u16, to: &str, json: bool, out: &mut Out) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let answer = runtime
+        .block_on(skald_replicator::ask_transfer(address, partition, to))
+        .with_context(|| format!("asking {address} to transfer partition {partition}"))?;
+    if let Some(error) = answer["error"].as_str() {
+        anyhow::bail!("{address}: partition {partition} did not move: {error}");
+    }
+    if json {
+        return out.line(&answer.to_string());
+    }
+    let leader = &answer["transferred"];
+    out.line(&format!(
+        "partition {partition}: {} leads it now (epoch {}, replication at {})",
+        leader["name"].as_str().unwrap_or("?"),
+        leader["epoch"],
+        leader["address"].as_str().unwrap_or("?")
+    ))
+}
+
 /// `skald replicas promote DIR`: every partition log begins a newer epoch.
 pub fn promote(dir: &Path, epoch: Option<u64>, out: &mut Out) -> Result<()> {
     let engine_dir = crate::inspect::EngineDir::open(dir)?;

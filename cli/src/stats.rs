@@ -107,9 +107,74 @@ struct Stats {
     /// be unregistered).
     versions: Vec<Version>,
     partitions: Vec<Partition>,
+    /// With `--leader`: how far this directory is behind that leader,
+    /// and the lag of each replica the leader knows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    replication: Option<Replication>,
 }
 
-pub fn run(dir: &Path, json: bool, out: &mut Out) -> Result<()> {
+/// This directory against a running leader (`--leader ADDR`).
+#[derive(Debug, Serialize)]
+struct Replication {
+    leader: String,
+    mode: String,
+    partitions: Vec<Lag>,
+}
+
+#[derive(Debug, Serialize)]
+struct Lag {
+    partition: usize,
+    /// This directory's end (the next LSN it lacks).
+    end: u64,
+    /// The leader's.
+    leader_end: Option<u64>,
+    /// Records the leader has that this directory lacks.
+    lag_records: Option<u64>,
+    /// Each replica as the leader sees it: `name`, `acked`, `connected`,
+    /// `lag_records`, `lag_ms`.
+    replicas: serde_json::Value,
+}
+
+/// Asks the leader at `address` for its status and sets each partition's
+/// lag against `ends` (this directory's).
+fn replication(address: &str, ends: &[u64]) -> Result<Replication> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let status = runtime
+        .block_on(skald_replicator::ask_status(address))
+        .with_context(|| format!("asking the leader at {address} for its replicas"))?;
+    let theirs = status["partitions"].as_array().cloned().unwrap_or_default();
+    if theirs.len() != ends.len() {
+        anyhow::bail!(
+            "the leader at {address} has {} partition(s), this directory {}: not its replica",
+            theirs.len(),
+            ends.len()
+        );
+    }
+    let partitions = ends
+        .iter()
+        .zip(&theirs)
+        .enumerate()
+        .map(|(partition, (end, leader))| {
+            let leader_end = leader["next_lsn"].as_u64();
+            Lag {
+                partition,
+                end: *end,
+                leader_end,
+                lag_records: leader_end.map(|theirs| theirs.saturating_sub(*end)),
+                replicas: leader["replicas"].clone(),
+            }
+        })
+        .collect();
+    Ok(Replication {
+        leader: address.to_owned(),
+        mode: status["mode"].as_str().unwrap_or("?").to_owned(),
+        partitions,
+    })
+}
+
+pub fn run(dir: &Path, leader: Option<&str>, json: bool, out: &mut Out) -> Result<()> {
     let engine = EngineDir::open(dir)?;
     let mut partitions = Vec::new();
     let mut versions: std::collections::BTreeMap<(String, Option<u32>), u64> =
@@ -166,8 +231,18 @@ pub fn run(dir: &Path, json: bool, out: &mut Out) -> Result<()> {
                 in_flight,
             })
             .collect(),
+        replication: None,
         partitions,
     };
+    let mut stats = stats;
+    if let Some(leader) = leader {
+        let ends: Vec<u64> = stats
+            .partitions
+            .iter()
+            .map(|p| p.last_lsn.map_or(p.first_lsn.unwrap_or(0), |last| last + 1))
+            .collect();
+        stats.replication = Some(replication(leader, &ends)?);
+    }
     if json {
         return out.line(&serde_json::to_string(&stats)?);
     }
@@ -221,6 +296,43 @@ pub fn run(dir: &Path, json: bool, out: &mut Out) -> Result<()> {
             p.snapshot_lsn.map_or("none".into(), |l| format!("LSN {l}")),
             total
         ))?;
+    }
+    if let Some(replication) = &stats.replication {
+        print_replication(replication, out)?;
+    }
+    Ok(())
+}
+
+fn print_replication(replication: &Replication, out: &mut Out) -> Result<()> {
+    out.line("")?;
+    out.line(&format!(
+        "against the leader at {} (replication {})",
+        replication.leader, replication.mode
+    ))?;
+    for lag in &replication.partitions {
+        let behind = match (lag.lag_records, lag.leader_end) {
+            (Some(records), Some(end)) => {
+                format!(
+                    "{records} record(s) behind (here up to LSN {}, the leader's end {end})",
+                    lag.end
+                )
+            }
+            _ => "the leader has shut down".to_owned(),
+        };
+        out.line(&format!("partition {}: {behind}", lag.partition))?;
+        for r in lag.replicas.as_array().into_iter().flatten() {
+            out.line(&format!(
+                "  replica {}: {}, {} record(s) behind, for {} ms",
+                r["name"].as_str().unwrap_or("?"),
+                if r["connected"].as_bool() == Some(true) {
+                    "connected"
+                } else {
+                    "disconnected"
+                },
+                r["lag_records"],
+                r["lag_ms"]
+            ))?;
+        }
     }
     Ok(())
 }

@@ -1053,6 +1053,48 @@ fn a_replica_holds_what_the_leader_acknowledged_when_it_is_killed_and_takes_over
         "{}",
         stdout(&text)
     );
+    // `stats --leader`: the replica's directory against its leader, with
+    // the lag of every partition, in records, and the leader's view of
+    // its replicas (records and milliseconds).
+    let lag = skald(
+        &["stats", "replica-data", "--leader", &replicate, "--json"],
+        work.path(),
+    );
+    assert!(lag.status.success(), "{}", stderr(&lag));
+    let lag: serde_json::Value = serde_json::from_str(&stdout(&lag)).unwrap();
+    let lags = lag["replication"]["partitions"].as_array().unwrap();
+    assert_eq!(lags.len(), partitions.len(), "{lag}");
+    for partition in lags {
+        let (end, leader_end) = (
+            partition["end"].as_u64().unwrap(),
+            partition["leader_end"].as_u64().unwrap(),
+        );
+        assert_eq!(
+            partition["lag_records"].as_u64(),
+            Some(leader_end.saturating_sub(end)),
+            "{lag}"
+        );
+        assert!(partition["replicas"][0]["lag_ms"].is_u64(), "{lag}");
+    }
+    let text = skald(
+        &["stats", "replica-data", "--leader", &replicate],
+        work.path(),
+    );
+    assert!(
+        stdout(&text).contains("against the leader at"),
+        "{}",
+        stdout(&text)
+    );
+    let nobody = skald(
+        &["stats", "replica-data", "--leader", "127.0.0.1:1"],
+        work.path(),
+    );
+    assert!(!nobody.status.success());
+    assert!(
+        stderr(&nobody).contains("asking the leader at 127.0.0.1:1"),
+        "{}",
+        stderr(&nobody)
+    );
     leader.child.kill().unwrap();
     leader.child.wait().unwrap();
     let positions = replica.interrupt();

@@ -12,8 +12,14 @@
 //!   end>` (the epoch of its last record first; its lease too). A
 //!   candidate gives way, for a while, to a live one further on (a newer
 //!   last epoch, or the same and a longer log): the most up-to-date
-//!   follower wins; among equals, partition `p` prefers the `p mod n`-th
-//!   live candidate by name.
+//!   follower wins; among equals, partition `p` prefers the host an
+//!   operator pinned it to (`preferred`) while that one is live, else the
+//!   `p mod n`-th live candidate by name.
+//! - `preferred`: the pinned host's name (no lease; `skald replicas
+//!   transfer` writes it).
+//! - `handover`: `<end>/<name>`, while a leader hands the seat to `name`
+//!   (a transfer; a lease of its own, three TTLs): the other candidates
+//!   give way to it, and it takes the seat once it holds `end`.
 //!
 //! A [`Leadership`] keeps its lease alive and knows until when it is surely
 //! valid: from the moment a keep-alive was sent, plus the lease's TTL, less
@@ -371,6 +377,11 @@ impl Elections {
             let response = client.txn(txn).await?;
             if response.succeeded() {
                 let header = response.header().ok_or(ElectionError::NoHeader)?;
+                // A hand-over to this candidate is done (best effort: it
+                // lapses anyway).
+                if matches!(self.handed_to(partition).await, Ok(Some((to, _))) if to == me.name) {
+                    let _ = client.delete(self.key(partition, "handover"), None).await;
+                }
                 return Ok(header.revision() as u64);
             }
         }
@@ -406,9 +417,19 @@ impl Elections {
             })
             .collect();
         candidates.sort();
-        let preferred = candidates
-            .get(usize::from(partition) % candidates.len().max(1))
-            .map(|(name, _, _)| name.clone());
+        let names: Vec<String> = candidates.iter().map(|(name, _, _)| name.clone()).collect();
+        if let Some((to, end)) = self.handed_to(partition).await? {
+            if names.contains(&to) {
+                // A leader handed the seat to `to` once it held `end`:
+                // beyond that, whoever holds more holds only what that
+                // leader never acknowledged.
+                return Ok(match to == me && position.1 >= end {
+                    true => Standing::First,
+                    false => Standing::Behind,
+                });
+            }
+        }
+        let preferred = preferred_of(partition, &names, self.pinned(partition).await?);
         let rank = |name: &str| {
             let is_preferred = preferred.as_deref() == Some(name);
             (is_preferred, std::cmp::Reverse(name.to_owned()))
@@ -425,6 +446,116 @@ impl Elections {
             }
         }
         Ok(standing)
+    }
+
+    /// The live candidates for `partition` (every host following or
+    /// leading it), by name, with the positions they last said.
+    pub async fn candidates(
+        &self,
+        partition: u16,
+    ) -> Result<Vec<(String, (u64, u64))>, ElectionError> {
+        let prefix = self.key(partition, "candidates/");
+        let response = self
+            .client
+            .clone()
+            .get(prefix.clone(), Some(GetOptions::new().with_prefix()))
+            .await?;
+        let mut candidates: Vec<(String, (u64, u64))> = response
+            .kvs()
+            .iter()
+            .map(|kv| {
+                let name = String::from_utf8_lossy(&kv.key()[prefix.len()..]).into_owned();
+                (name, parse_position(kv.value()))
+            })
+            .collect();
+        candidates.sort();
+        Ok(candidates)
+    }
+
+    /// Hands `partition`'s next election to the candidate `to`, which
+    /// holds everything this leader acknowledged (its log's first `end`
+    /// records): for three TTLs, while `to` is a live candidate, every
+    /// other candidate gives way to it, and it takes the seat once its
+    /// durable end reaches `end`. The leader then resigns.
+    pub async fn hand_over(&self, partition: u16, to: &str, end: u64) -> Result<(), ElectionError> {
+        let mut client = self.client.clone();
+        let lease = client
+            .lease_grant(self.ttl.as_secs() as i64 * 3, None)
+            .await?
+            .id();
+        let value = format!("{end}/{to}");
+        let options = PutOptions::new().with_lease(lease);
+        client
+            .put(self.key(partition, "handover"), value, Some(options))
+            .await?;
+        Ok(())
+    }
+
+    /// The hand-over of `partition` under way: to whom, from which end.
+    async fn handed_to(&self, partition: u16) -> Result<Option<(String, u64)>, ElectionError> {
+        let response = self
+            .client
+            .clone()
+            .get(self.key(partition, "handover"), None)
+            .await?;
+        let Some(kv) = response.kvs().first() else {
+            return Ok(None);
+        };
+        let text = String::from_utf8_lossy(kv.value());
+        Ok(text
+            .split_once('/')
+            .and_then(|(end, to)| Some((to.to_owned(), end.parse().ok()?))))
+    }
+
+    /// The host an operator pinned `partition` to (`skald replicas
+    /// transfer`), if any.
+    pub async fn pinned(&self, partition: u16) -> Result<Option<String>, ElectionError> {
+        let response = self
+            .client
+            .clone()
+            .get(self.key(partition, "preferred"), None)
+            .await?;
+        Ok(response
+            .kvs()
+            .first()
+            .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()))
+    }
+
+    /// Pins `partition` to the host `name`: among candidates as far on,
+    /// it wins the partition's elections, and a host that rebalances
+    /// moves the partition to it while it is live. The pin stays (a key
+    /// without a lease) until pinned elsewhere or [`Elections::unpin`].
+    pub async fn pin(&self, partition: u16, name: &str) -> Result<(), ElectionError> {
+        self.client
+            .clone()
+            .put(self.key(partition, "preferred"), name, None)
+            .await?;
+        Ok(())
+    }
+
+    /// Removes `partition`'s pin: the `p mod n` rule decides again.
+    pub async fn unpin(&self, partition: u16) -> Result<(), ElectionError> {
+        self.client
+            .clone()
+            .delete(self.key(partition, "preferred"), None)
+            .await?;
+        Ok(())
+    }
+
+    /// The host `partition` should be led by, among the live candidates:
+    /// the pinned one while it is live, else the `p mod n`-th by name.
+    pub async fn preferred(&self, partition: u16) -> Result<Option<String>, ElectionError> {
+        let names: Vec<String> = self
+            .candidates(partition)
+            .await?
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect();
+        Ok(preferred_of(
+            partition,
+            &names,
+            self.pinned(partition).await?,
+        ))
     }
 
     /// Returns once `partition` has no leader key (or after a while, to
@@ -488,6 +619,17 @@ impl Elections {
     fn margin(&self) -> Duration {
         self.ttl * 4 / 5
     }
+}
+
+/// Among live candidates `names` (sorted), the one `partition` prefers:
+/// the `pinned` one while it is live, else the `p mod n`-th.
+fn preferred_of(partition: u16, names: &[String], pinned: Option<String>) -> Option<String> {
+    if let Some(pinned) = pinned.filter(|pinned| names.contains(pinned)) {
+        return Some(pinned);
+    }
+    names
+        .get(usize::from(partition) % names.len().max(1))
+        .cloned()
 }
 
 /// A candidate key's value: `<epoch>/<durable end>` (unreadable: nowhere).

@@ -78,11 +78,25 @@ pub struct HostOptions {
     pub segment_size_bytes: u64,
     /// How often a follower partition folds what its replica copied.
     pub follow_every: Duration,
+    /// How often a leader looks whether its partition's preferred host
+    /// (the one pinned by `skald replicas transfer`, else the `p mod n`-th
+    /// live host) is another, live and caught up, and hands the
+    /// partition over to it: a host that rejoins gets its share back.
+    /// `None`: never (leadership moves only when a host dies, or by hand).
+    pub rebalance_every: Option<Duration>,
+    /// In `replicated:K` mode, a leader whose replicas have acknowledged
+    /// nothing more for this long while records wait (it is cut off from
+    /// them, though not from etcd) resigns and stands aside for a while,
+    /// so that hosts that can reach each other elect a leader among them.
+    /// `None`: it keeps its seat (and acknowledges nothing).
+    pub resign_when_stalled: Option<Duration>,
 }
 
 impl HostOptions {
     /// Defaults: keys under `/skald`, 2 s leases, `local` mode, no API,
-    /// the log's default segment size, followers folding every 20 ms.
+    /// the log's default segment size, followers folding every 20 ms,
+    /// rebalancing looked at every 5 s, a leader stalled for 5 s
+    /// resigning.
     pub fn new(name: impl Into<String>, etcd: Vec<String>, advertise: impl Into<String>) -> Self {
         HostOptions {
             name: name.into(),
@@ -94,6 +108,8 @@ impl HostOptions {
             api: None,
             segment_size_bytes: skald_log::LogOptions::default().segment_size_bytes,
             follow_every: Duration::from_millis(20),
+            rebalance_every: Some(Duration::from_secs(5)),
+            resign_when_stalled: Some(Duration::from_secs(5)),
         }
     }
 }
@@ -137,19 +153,29 @@ impl HostPartition {
 }
 
 /// What the host's tasks share.
-struct State {
-    options: HostOptions,
-    engine: Engine,
-    leader: Arc<Leader>,
-    elections: Elections,
+pub(crate) struct State {
+    pub(crate) options: HostOptions,
+    pub(crate) engine: Engine,
+    pub(crate) leader: Arc<Leader>,
+    pub(crate) elections: Elections,
     /// (Shared with the metrics' collector.)
-    partitions: Arc<Mutex<Vec<HostPartition>>>,
+    pub(crate) partitions: Arc<Mutex<Vec<HostPartition>>>,
     /// Each partition's replica, while this host follows it.
     replicas: Vec<Mutex<Option<(String, Replica)>>>,
     stopping: watch::Sender<bool>,
     /// When it started: it campaigns from a TTL later, so that hosts
     /// started together see each other and share the partitions.
     started: tokio::time::Instant,
+    /// The terms it holds, by partition.
+    pub(crate) terms: Terms,
+    /// Per partition: the epoch of a term of this host's to resign now
+    /// (a transfer).
+    pub(crate) resign: Vec<watch::Sender<u64>>,
+    /// Per partition: a host that resigned because its replicas stalled,
+    /// or to a transfer's target, campaigns again only after this.
+    pub(crate) aside_until: Vec<Mutex<Option<tokio::time::Instant>>>,
+    /// Per partition: a transfer is under way.
+    pub(crate) transferring: Vec<std::sync::atomic::AtomicBool>,
 }
 
 /// A running host: its engine, its leader side and its partitions' tasks.
@@ -160,9 +186,10 @@ pub struct Host {
     serving: JoinHandle<()>,
 }
 
-/// The terms this host holds, by partition (the leader's `Term`).
+/// The terms this host holds, by partition (the leader's `Term`: while
+/// one is `None` here, nothing of the partition is released).
 #[derive(Clone, Default)]
-struct Terms(Arc<Mutex<Vec<Option<Arc<Leadership>>>>>);
+pub(crate) struct Terms(pub(crate) Arc<Mutex<Vec<Option<Arc<Leadership>>>>>);
 
 impl Host {
     /// Opens `builder`'s engine as a host ([`EngineBuilder::hosted`],
@@ -211,7 +238,14 @@ impl Host {
             stopping: watch::channel(false).0,
             started: tokio::time::Instant::now(),
             options,
+            terms: terms.clone(),
+            resign: (0..partitions).map(|_| watch::channel(0).0).collect(),
+            aside_until: (0..partitions).map(|_| Mutex::new(None)).collect(),
+            transferring: (0..partitions)
+                .map(|_| std::sync::atomic::AtomicBool::new(false))
+                .collect(),
         });
+        leader.on_transfer(crate::transfer::hook(Arc::downgrade(&state)));
         let serving = tokio::spawn({
             let (leader, engine) = (leader.clone(), engine.clone());
             async move {
@@ -221,10 +255,7 @@ impl Host {
             }
         });
         let tasks = (0..partitions as u16)
-            .map(|partition| {
-                let (state, terms) = (state.clone(), terms.clone());
-                tokio::spawn(run_partition(state, terms, partition))
-            })
+            .map(|partition| tokio::spawn(run_partition(state.clone(), partition)))
             .collect();
         Ok(Host {
             state,
@@ -267,6 +298,23 @@ impl Host {
                 .and_then(|(_, replica)| replica.status().into_iter().next());
         }
         partitions
+    }
+
+    /// Moves the leadership of `partition`, which this host leads, to the
+    /// live host named `to`, and pins the partition to it (its preferred
+    /// host from now on, [`Elections::pin`]): this host stops releasing
+    /// the partition's batches, waits until `to` has acknowledged the
+    /// partition's whole log (two TTLs at most), then resigns; `to` wins
+    /// the election that follows, as far on as any. Returns the new
+    /// leader. Nothing acknowledged is lost; callers whose batches were
+    /// held meanwhile get [`EngineError::ShutDown`] (their sagas, durable,
+    /// resume on the new leader).
+    pub async fn transfer(
+        &self,
+        partition: u16,
+        to: &str,
+    ) -> Result<LeaderInfo, crate::transfer::TransferError> {
+        crate::transfer::transfer(&self.state, partition, to, true).await
     }
 
     /// Stops: every partition it leads is resigned (its lease revoked, so
@@ -318,12 +366,12 @@ impl Candidacy for Standing {
 
 /// One partition's loop: follow until elected, lead until the term
 /// lapses, and again, until the host stops.
-async fn run_partition(state: Arc<State>, terms: Terms, partition: u16) {
+async fn run_partition(state: Arc<State>, partition: u16) {
     loop {
         let Some(leadership) = follow(&state, partition).await else {
             return;
         };
-        lead(&state, &terms, partition, leadership).await;
+        lead(&state, partition, leadership).await;
         if *state.stopping.borrow() {
             return;
         }
@@ -349,13 +397,22 @@ async fn follow(state: &Arc<State>, partition: u16) -> Option<Leadership> {
     let mut stopping = state.stopping.subscribe();
     let campaign_from = |me: LeaderInfo| {
         let (state, standing) = (state.clone(), standing.clone());
-        Box::pin(async move { state.elections.campaign_with(partition, me, standing).await })
+        Box::pin(async move {
+            // A host that resigned because its replicas stalled stands
+            // aside first: it may hold the longest log, and would win
+            // again at once.
+            let aside = *state.aside_until[usize::from(partition)].lock();
+            if let Some(until) = aside {
+                tokio::time::sleep_until(until).await;
+            }
+            state.elections.campaign_with(partition, me, standing).await
+        })
     };
-    let mut campaign = campaign_from(me.clone());
     // The leader is looked up, and the replica pointed at it, on a task of
     // its own: the campaign never waits for a replica to start or stop.
     let (quit, quitting) = watch::channel(false);
     let looking = tokio::spawn(keep_looking(state.clone(), partition, quitting));
+    let mut campaign = campaign_from(me.clone());
     let won = loop {
         tokio::select! {
             won = &mut campaign => match won {
@@ -478,11 +535,12 @@ async fn stop_replica(state: &State, partition: u16) {
 }
 
 /// Leads `partition` for as long as `leadership` surely holds (or until
-/// the host stops, resigning it), then makes it follow again.
-async fn lead(state: &Arc<State>, terms: &Terms, partition: u16, leadership: Leadership) {
+/// the host stops, resigning it; or a transfer or a stall resigns it),
+/// then makes it follow again.
+async fn lead(state: &Arc<State>, partition: u16, leadership: Leadership) {
     let index = usize::from(partition);
     let leadership = Arc::new(leadership);
-    terms.0.lock()[index] = Some(leadership.clone());
+    state.terms.0.lock()[index] = Some(leadership.clone());
     let epoch = leadership.epoch;
     state.leader.begin_term(partition);
     if let Err(error) = lead_when_free(state, partition, &leadership).await {
@@ -491,7 +549,7 @@ async fn lead(state: &Arc<State>, terms: &Terms, partition: u16, leadership: Lea
             // The engine was shut down under the host: nothing more to do.
             state.stopping.send_replace(true);
         }
-        terms.0.lock()[index] = None;
+        state.terms.0.lock()[index] = None;
         let _ = state.elections.revoke(&leadership).await;
         tokio::time::sleep(state.options.ttl).await;
         return;
@@ -510,8 +568,29 @@ async fn lead(state: &Arc<State>, terms: &Terms, partition: u16, leadership: Lea
             epoch,
         }));
     }
+    hold_seat(state, partition, &leadership).await;
+    state.terms.0.lock()[index] = None;
+    state.partitions.lock()[index].leads = false;
+    state.engine.set_leader(partition, None);
+    if let Err(error) = state.engine.follow_leader(partition).await {
+        tracing::error!(partition, %error, "the partition did not go back to following");
+    }
+}
+
+/// Holds the seat of `partition` until the term lapses, the host stops, a
+/// transfer asks it to resign, or its replicas stall (resigned in these
+/// three cases, acknowledging nothing more first). Meanwhile, looks
+/// whether to rebalance.
+async fn hold_seat(state: &Arc<State>, partition: u16, leadership: &Leadership) {
+    let (index, epoch) = (usize::from(partition), leadership.epoch);
     let mut stopping = state.stopping.subscribe();
-    loop {
+    let mut resign = state.resign[index].subscribe();
+    let mut stall = Stall::default();
+    let mut rebalance = state
+        .options
+        .rebalance_every
+        .map(|every| (every, tokio::time::Instant::now() + every));
+    let resigned = loop {
         tokio::select! {
             () = tokio::time::sleep(LOOK_EVERY) => {
                 if !leadership.is_valid() {
@@ -519,21 +598,58 @@ async fn lead(state: &Arc<State>, terms: &Terms, partition: u16, leadership: Lea
                     // Its key goes when the lease runs out (not revoked:
                     // this host may hold the longest log, and it stands
                     // again as soon as it follows).
-                    break;
+                    break false;
+                }
+                if stall.stalled(state, partition) {
+                    let aside = state.options.ttl * STAND_ASIDE_TTLS;
+                    tracing::warn!(partition, epoch, ?aside, "no replica acknowledged anything for too long: resigning, and standing aside");
+                    *state.aside_until[index].lock() = Some(tokio::time::Instant::now() + aside);
+                    break true;
+                }
+                if let Some((every, at)) = rebalance.as_mut() {
+                    if tokio::time::Instant::now() >= *at {
+                        *at += *every;
+                        crate::transfer::rebalance(state, partition);
+                    }
                 }
             }
-            () = stopped(&mut stopping) => {
-                // Stops acknowledging first, then hands the seat over.
-                terms.0.lock()[index] = None;
-                let _ = state.elections.revoke(&leadership).await;
-                break;
-            }
+            _ = resign.wait_for(|to_resign| *to_resign == epoch) => break true,
+            () = stopped(&mut stopping) => break true,
         }
+    };
+    if resigned {
+        // Stops acknowledging first, then hands the seat over.
+        state.terms.0.lock()[index] = None;
+        let _ = state.elections.revoke(leadership).await;
     }
-    terms.0.lock()[index] = None;
-    state.partitions.lock()[index].leads = false;
-    state.engine.set_leader(partition, None);
-    if let Err(error) = state.engine.follow_leader(partition).await {
-        tracing::error!(partition, %error, "the partition did not go back to following");
+}
+
+/// Leases' TTLs a leader that resigned because its replicas stalled
+/// stands aside: the hosts that can reach each other elect one of theirs
+/// meanwhile.
+const STAND_ASIDE_TTLS: u32 = 4;
+
+/// Whether a leader's replicas have stalled: in `replicated:K` mode,
+/// records wait and the release mark has not moved for
+/// [`HostOptions::resign_when_stalled`].
+#[derive(Default)]
+struct Stall {
+    mark: u64,
+    since: Option<tokio::time::Instant>,
+}
+
+impl Stall {
+    fn stalled(&mut self, state: &State, partition: u16) -> bool {
+        let Some(after) = state.options.resign_when_stalled else {
+            return false;
+        };
+        let (released, end) = state.leader.replication_progress(partition);
+        let now = tokio::time::Instant::now();
+        if released >= end || released != self.mark || self.since.is_none() {
+            self.mark = released;
+            self.since = Some(now);
+            return false;
+        }
+        self.since.is_some_and(|since| now - since >= after)
     }
 }

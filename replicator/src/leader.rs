@@ -95,11 +95,23 @@ pub struct Leader {
     /// holds (an etcd lease: `election::Leadership::is_valid`); none:
     /// always.
     term: Option<Term>,
+    /// Moves a partition's leadership elsewhere (none: this process runs
+    /// no elections).
+    transfers: Mutex<Option<TransferHook>>,
 }
 
 /// Whether a leader's term as the leader of a partition surely still
 /// holds.
 pub type Term = Arc<dyn Fn(u16) -> bool + Send + Sync>;
+
+/// What moves a partition's leadership to another host (a `host::Host`,
+/// feature `etcd`) when an operator asks over the replication port: the
+/// new leader as JSON, or why not.
+pub type TransferHook = Arc<
+    dyn Fn(u16, String) -> Pin<Box<dyn Future<Output = Result<serde_json::Value, String>> + Send>>
+        + Send
+        + Sync,
+>;
 
 impl Leader {
     /// A leader replicating as `mode` says.
@@ -121,7 +133,33 @@ impl Leader {
             connections: AtomicU64::new(0),
             engine: Mutex::new(None),
             term,
+            transfers: Mutex::new(None),
         })
+    }
+
+    /// Answers operators' transfer requests ([`crate::wire::Frame::TransferAsk`])
+    /// with `hook` (a host sets it).
+    pub fn on_transfer(&self, hook: TransferHook) {
+        *self.transfers.lock() = Some(hook);
+    }
+
+    /// What the replicas of `partition` have made durable as the mode
+    /// asks (the release mark: records below it are released), and the
+    /// partition's end. In `local` mode, the end twice.
+    pub fn replication_progress(&self, partition: u16) -> (u64, u64) {
+        let end = self
+            .ends()
+            .get(usize::from(partition))
+            .copied()
+            .unwrap_or(0);
+        if self.mode == Mode::Local {
+            return (end, end);
+        }
+        let partitions = self.partitions.lock();
+        let replicated = partitions
+            .get(&partition)
+            .map_or(0, |replicas| *replicas.replicated.borrow());
+        (replicated, end)
     }
 
     /// Whether this leader may release what it has of `partition`: its
@@ -284,6 +322,22 @@ impl Leader {
         if let Some(Frame::StatusAsk { .. }) = hello {
             let status = Frame::Status {
                 json: self.status_json(&engine).to_string(),
+            };
+            return write_frame(&mut writer, &status).await;
+        }
+        if let Some(Frame::TransferAsk { partition, to, .. }) = hello {
+            let hook = self.transfers.lock().clone();
+            let answer = match hook {
+                Some(hook) => match hook(partition, to).await {
+                    Ok(leader) => serde_json::json!({ "transferred": leader }),
+                    Err(error) => serde_json::json!({ "error": error }),
+                },
+                None => serde_json::json!({
+                    "error": "this process runs no elections (no host): move a leader by hand with `skald replicas promote`"
+                }),
+            };
+            let status = Frame::Status {
+                json: answer.to_string(),
             };
             return write_frame(&mut writer, &status).await;
         }

@@ -45,11 +45,13 @@ mod metrics;
 mod replica;
 mod rewind;
 mod shipping;
+#[cfg(feature = "etcd")]
+mod transfer;
 pub mod wire;
 
-pub use crate::leader::{Leader, ReplicaView, Term, SHIPMENT_BYTES_MAX};
+pub use crate::leader::{Leader, ReplicaView, Term, TransferHook, SHIPMENT_BYTES_MAX};
 pub use crate::replica::{
-    ask_status, log_position, PartitionStatus, Replica, ReplicaError, ReplicaOptions,
+    ask_status, ask_transfer, log_position, PartitionStatus, Replica, ReplicaError, ReplicaOptions,
     LOCKED_WAIT_MAX,
 };
 

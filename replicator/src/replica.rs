@@ -298,6 +298,40 @@ pub async fn ask_status(address: &str) -> Result<serde_json::Value, ReplicaError
     }
 }
 
+/// Asks the host at `address` (its replication port) to move the
+/// leadership of `partition`, which it leads, to the host named `to`
+/// (`skald replicas transfer`): the JSON it answers, `{"transferred":
+/// leader}` or `{"error": why}` (FORMAT.md, "Replication protocol").
+/// Waits as long as the transfer takes (the new leader catching up, then
+/// elected).
+pub async fn ask_transfer(
+    address: &str,
+    partition: u16,
+    to: &str,
+) -> Result<serde_json::Value, ReplicaError> {
+    let failed = |error: WireError| ReplicaError::Leader {
+        leader: address.to_owned(),
+        error,
+    };
+    let mut stream = TcpStream::connect(address)
+        .await
+        .map_err(|e| failed(e.into()))?;
+    let ask = Frame::TransferAsk {
+        version: PROTOCOL_VERSION,
+        partition,
+        to: to.to_owned(),
+    };
+    write_frame(&mut stream, &ask).await.map_err(failed)?;
+    let answer = read_frame(&mut stream, FRAME_BYTES_MAX)
+        .await
+        .map_err(failed)?;
+    match answer {
+        Some(Frame::Status { json }) => serde_json::from_str(&json)
+            .map_err(|_| failed(WireError::Malformed("an answer that is not JSON"))),
+        _ => Err(failed(WireError::Malformed("no answer"))),
+    }
+}
+
 /// The leader's partition count, from a hello for partition 0.
 async fn ask_partitions(options: &ReplicaOptions) -> Result<u16, ReplicaError> {
     let leader = || options.leader.clone();

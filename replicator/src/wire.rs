@@ -148,6 +148,18 @@ pub enum Frame {
         /// The asker's protocol version.
         version: u16,
     },
+    /// Operator → a host, instead of a hello: move the leadership of
+    /// `partition` to the host named `to` (`skald replicas transfer`).
+    /// Answered by a [`Frame::Status`] whose JSON says the new leader, or
+    /// why not.
+    TransferAsk {
+        /// The asker's protocol version.
+        version: u16,
+        /// The partition.
+        partition: u16,
+        /// The host to lead it.
+        to: String,
+    },
     /// Leader → asker, then close: a JSON object (UTF-8) with each
     /// partition's role, epoch and end, and each replica's position and
     /// lag (FORMAT.md).
@@ -187,6 +199,7 @@ const TRUNCATE: u8 = 6;
 const SNAPSHOT: u8 = 7;
 const STATUS_ASK: u8 = 8;
 const STATUS: u8 = 9;
+const TRANSFER_ASK: u8 = 10;
 
 impl Frame {
     /// The frame's bytes, length prefix included.
@@ -239,6 +252,17 @@ impl Frame {
                 body.push(STATUS_ASK);
                 body.extend_from_slice(&MAGIC);
                 body.extend_from_slice(&version.to_le_bytes());
+            }
+            Frame::TransferAsk {
+                version,
+                partition,
+                to,
+            } => {
+                body.push(TRANSFER_ASK);
+                body.extend_from_slice(&MAGIC);
+                body.extend_from_slice(&version.to_le_bytes());
+                body.extend_from_slice(&partition.to_le_bytes());
+                put_text(&mut body, to);
             }
             Frame::Status { json } => {
                 body.push(STATUS);
@@ -338,6 +362,16 @@ impl Frame {
                 }
                 Frame::StatusAsk {
                     version: input.u16()?,
+                }
+            }
+            TRANSFER_ASK => {
+                if input.take(8)? != MAGIC {
+                    return Err(WireError::Malformed("not a Skald transfer request"));
+                }
+                Frame::TransferAsk {
+                    version: input.u16()?,
+                    partition: input.u16()?,
+                    to: input.text()?,
                 }
             }
             STATUS => Frame::Status {
@@ -480,6 +514,11 @@ mod tests {
             Frame::Ack { durable_end: 9 },
             Frame::Truncate { lsn: 12 },
             Frame::StatusAsk { version: 1 },
+            Frame::TransferAsk {
+                version: 1,
+                partition: 2,
+                to: "host-b".into(),
+            },
             Frame::Status {
                 json: "{\"partitions\":[]}".into(),
             },
