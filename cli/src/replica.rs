@@ -214,7 +214,7 @@ pub fn transfer(address: &str, partition: u16, to: &str, json: bool, out: &mut O
         .block_on(skald_replicator::ask_transfer(address, partition, to))
         .with_context(|| format!("asking {address} to transfer partition {partition}"))?;
     if let Some(error) = answer["error"].as_str() {
-        anyhow::bail!("{address}: partition {partition} did not move: {error}");
+        anyhow::bail!("{address}: the transfer of partition {partition} failed: {error}");
     }
     if json {
         return out.line(&answer.to_string());

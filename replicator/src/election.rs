@@ -9,12 +9,17 @@
 //!   revision is the leadership's **epoch**: etcd's revisions only grow, so
 //!   every new term has a higher epoch than every earlier one.
 //! - `candidates/<name>`: each candidate's position, `<epoch>/<durable
-//!   end>` (the epoch of its last record first; its lease too). A
-//!   candidate gives way, for a while, to a live one further on (a newer
-//!   last epoch, or the same and a longer log): the most up-to-date
+//!   end>` (the epoch of its last record first; its lease too), restated
+//!   at each look while the seat is free. No candidate takes the seat
+//!   while a live one's key predates its view of the vacancy, or while a
+//!   live one is further on (a newer last epoch, or the same and a longer
+//!   log): the most up-to-date
 //!   follower wins; among equals, partition `p` prefers the host an
 //!   operator pinned it to (`preferred`) while that one is live, else the
 //!   `p mod n`-th live candidate by name.
+//! - `term`: the name of the host whose term began last (no lease), written
+//!   with the leader key: a candidate that looks too seldom to see a term
+//!   begin and end learns from it that keys written before are stale.
 //! - `preferred`: the pinned host's name (no lease; `skald replicas
 //!   transfer` writes it).
 //! - `handover`: `<end>/<name>`, while a leader hands the seat to `name`
@@ -32,10 +37,6 @@ use std::time::{Duration, Instant};
 use etcd_client::{Client, Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
-
-/// How long a candidate gives way to one with a longer log before it
-/// campaigns anyway (in leases' TTLs).
-const DEFER_TTLS: u32 = 2;
 
 /// Who leads a partition, as its key says.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,6 +64,17 @@ pub enum ElectionError {
     /// etcd answered a transaction without its header (no revision).
     #[error("etcd answered without a revision")]
     NoHeader,
+    /// etcd did not answer within a TTL.
+    #[error("etcd did not answer within a lease's TTL ({0})")]
+    Timeout(&'static str),
+    /// The term of `epoch` no longer holds the partition's seat.
+    #[error("the term of epoch {epoch} no longer holds partition {partition}'s seat")]
+    NotHeld {
+        /// The partition.
+        partition: u16,
+        /// The term's epoch.
+        epoch: u64,
+    },
     /// A leader key that is not a leader's JSON.
     #[error("the leader key {key} holds no leader: {error}")]
     BadKey {
@@ -225,7 +237,7 @@ impl Elections {
     }
 
     /// Campaigns for `partition` as `me` (whose log is durable up to
-    /// `me.durable`); returns once elected. Gives way for a while to a live
+    /// `me.durable`); returns once elected. Gives way to a live
     /// candidate with a longer log. A campaign dropped or failed midway
     /// stops its keep-alives and (best effort) revokes its lease, so its
     /// keys go.
@@ -318,53 +330,54 @@ impl Elections {
         if let Some(at) = candidacy.not_before() {
             tokio::time::sleep_until(at.into()).await;
         }
-        // Giving way to a candidate whose key is older than the vacancy
-        // lasts a while from when the seat is seen free, not from the
-        // start of a long wait.
-        let mut free_since: Option<Instant> = None;
-        // The revision at which the seat fell free, when known; the last
-        // at which it was seen taken.
-        let (mut freed_at, mut taken_at): (Option<i64>, Option<i64>) = (None, None);
+        // While the seat is free, every candidate says where it stands at
+        // each look; a key counts as current once written after the
+        // revision at which this candidate first saw the seat free, in this
+        // vacancy (one written before may be a stale, shorter claim). No
+        // candidate takes the seat while a live one's key is not current.
+        let mut current_from: Option<i64> = None;
         loop {
-            let seat = client.get(leader_key.clone(), None).await?;
+            let seat = self
+                .within(
+                    "reading the leader key",
+                    client.get(leader_key.clone(), None),
+                )
+                .await?;
+            let revision = seat.header().map_or(0, |header| header.revision());
             if !seat.kvs().is_empty() {
                 // Someone leads: wait for the key to go (its lease lapsed,
                 // or it resigned), then look again.
-                let revision = seat.header().map_or(0, |header| header.revision());
-                taken_at = Some(revision);
-                freed_at = self.wait_for_vacancy(partition, revision).await?;
-                free_since = None;
+                current_from = None;
+                self.wait_for_vacancy(partition, revision).await?;
                 continue;
             }
-            if let (None, Some(revision)) = (freed_at, taken_at) {
-                // It went between two looks: etcd's history says when.
-                freed_at = self.wait_for_vacancy(partition, revision).await?;
+            // A term that began after this view of the vacancy began came
+            // and went between two looks: keys written before it ended may
+            // be stale, so the view starts again from now.
+            let term = self
+                .within(
+                    "reading the last term",
+                    client.get(self.key(partition, "term"), None),
+                )
+                .await?;
+            let term_began = term.kvs().first().map_or(0, |kv| kv.mod_revision());
+            let now = term.header().map_or(revision, |header| header.revision());
+            if current_from.is_none_or(|from| term_began >= from) {
+                current_from = Some(now);
             }
-            if free_since.is_none() {
-                // Free: where this candidate stands now, said again (the
-                // key's new revision tells the others it is current).
-                position = candidacy.position();
-                client
-                    .put(candidate.clone(), value(position), with_lease())
-                    .await?;
-                me.durable = position.1;
-            }
-            let since = *free_since.get_or_insert_with(Instant::now);
-            match self
-                .standing(partition, &me.name, position, freed_at)
-                .await?
-            {
-                // A live candidate surely further on: it takes the seat.
-                Standing::Behind => {
+            let from = current_from.expect("set above");
+            position = candidacy.position();
+            let restated = client.put(candidate.clone(), value(position), with_lease());
+            self.within("restating a candidacy", restated).await?;
+            me.durable = position.1;
+            match self.standing(partition, &me.name, position, from).await? {
+                // A live candidate surely further on takes the seat; one
+                // whose key is not current yet may be further on.
+                Standing::Behind | Standing::Unsure => {
                     tokio::time::sleep(self.ttl / 8).await;
                     continue;
                 }
-                // One whose key predates the vacancy may be: a while.
-                Standing::Unsure if since.elapsed() < self.ttl * DEFER_TTLS => {
-                    tokio::time::sleep(self.ttl / 8).await;
-                    continue;
-                }
-                Standing::Unsure | Standing::First => {}
+                Standing::First => {}
             }
             let value = serde_json::to_vec(&*me).expect("a leader encodes");
             let txn = Txn::new()
@@ -373,15 +386,17 @@ impl Elections {
                     CompareOp::Equal,
                     0,
                 )])
-                .and_then([TxnOp::put(leader_key.clone(), value.clone(), with_lease())]);
-            let response = client.txn(txn).await?;
+                .and_then([
+                    TxnOp::put(leader_key.clone(), value.clone(), with_lease()),
+                    // When the term began, for candidates that look too
+                    // seldom to see the seat taken (no lease: it stays).
+                    TxnOp::put(self.key(partition, "term"), me.name.clone(), None),
+                    // A hand-over is over once anyone wins.
+                    TxnOp::delete(self.key(partition, "handover"), None),
+                ]);
+            let response = self.within("taking the seat", client.txn(txn)).await?;
             if response.succeeded() {
                 let header = response.header().ok_or(ElectionError::NoHeader)?;
-                // A hand-over to this candidate is done (best effort: it
-                // lapses anyway).
-                if matches!(self.handed_to(partition).await, Ok(Some((to, _))) if to == me.name) {
-                    let _ = client.delete(self.key(partition, "handover"), None).await;
-                }
                 return Ok(header.revision() as u64);
             }
         }
@@ -393,21 +408,19 @@ impl Elections {
     /// prefers the `p mod n`-th of the `n` live candidates by name, so
     /// that equal logs spread the partitions over the hosts), or neither
     /// preferred and of a smaller name; unsure while a candidate's key was
-    /// written before the seat fell free (at revision `freed_at`): its
-    /// position may be stale.
+    /// written at or before `current_from` (when `me` first saw the seat
+    /// free): its position may be stale.
     async fn standing(
         &self,
         partition: u16,
         me: &str,
         position: (u64, u64),
-        freed_at: Option<i64>,
+        current_from: i64,
     ) -> Result<Standing, ElectionError> {
         let prefix = self.key(partition, "candidates/");
-        let response = self
-            .client
-            .clone()
-            .get(prefix.clone(), Some(GetOptions::new().with_prefix()))
-            .await?;
+        let mut client = self.client.clone();
+        let listed = client.get(prefix.clone(), Some(GetOptions::new().with_prefix()));
+        let response = self.within("listing the candidates", listed).await?;
         let mut candidates: Vec<(String, (u64, u64), i64)> = response
             .kvs()
             .iter()
@@ -439,7 +452,7 @@ impl Elections {
             if name == me {
                 continue;
             }
-            if freed_at.is_some_and(|freed| *revision <= freed) {
+            if *revision <= current_from {
                 standing = Standing::Unsure;
             } else if *theirs > position || (*theirs == position && rank(name) > rank(me)) {
                 return Ok(Standing::Behind);
@@ -477,7 +490,16 @@ impl Elections {
     /// records): for three TTLs, while `to` is a live candidate, every
     /// other candidate gives way to it, and it takes the seat once its
     /// durable end reaches `end`. The leader then resigns.
-    pub async fn hand_over(&self, partition: u16, to: &str, end: u64) -> Result<(), ElectionError> {
+    /// Written only while the term of `epoch` holds the seat (a
+    /// transaction on the leader key's create revision); every election
+    /// won removes it.
+    pub async fn hand_over(
+        &self,
+        partition: u16,
+        to: &str,
+        end: u64,
+        epoch: u64,
+    ) -> Result<(), ElectionError> {
         let mut client = self.client.clone();
         let lease = client
             .lease_grant(self.ttl.as_secs() as i64 * 3, None)
@@ -485,9 +507,20 @@ impl Elections {
             .id();
         let value = format!("{end}/{to}");
         let options = PutOptions::new().with_lease(lease);
-        client
-            .put(self.key(partition, "handover"), value, Some(options))
-            .await?;
+        let txn = Txn::new()
+            .when([Compare::create_revision(
+                self.key(partition, "leader"),
+                CompareOp::Equal,
+                epoch as i64,
+            )])
+            .and_then([TxnOp::put(
+                self.key(partition, "handover"),
+                value,
+                Some(options),
+            )]);
+        if !client.txn(txn).await?.succeeded() {
+            return Err(ElectionError::NotHeld { partition, epoch });
+        }
         Ok(())
     }
 
@@ -558,6 +591,19 @@ impl Elections {
         ))
     }
 
+    /// `request`, given a TTL at most: a request that hangs must not
+    /// leave a candidacy's key unrestated while its lease lives on.
+    async fn within<T>(
+        &self,
+        what: &'static str,
+        request: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
+    ) -> Result<T, ElectionError> {
+        match tokio::time::timeout(self.ttl, request).await {
+            Ok(answer) => Ok(answer?),
+            Err(_) => Err(ElectionError::Timeout(what)),
+        }
+    }
+
     /// Returns once `partition` has no leader key (or after a while, to
     /// look again).
     /// Watches from the revision after `taken_at` (when it was seen
@@ -572,7 +618,9 @@ impl Elections {
         let key = self.key(partition, "leader");
         let mut client = self.client.clone();
         let from = etcd_client::WatchOptions::new().with_start_revision(taken_at + 1);
-        let mut stream = client.watch(key, Some(from)).await?;
+        let mut stream = self
+            .within("watching the leader key", client.watch(key, Some(from)))
+            .await?;
         let deleted = async {
             while let Some(response) = stream.message().await? {
                 let gone = response

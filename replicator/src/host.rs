@@ -171,11 +171,15 @@ pub(crate) struct State {
     /// Per partition: the epoch of a term of this host's to resign now
     /// (a transfer).
     pub(crate) resign: Vec<watch::Sender<u64>>,
-    /// Per partition: a host that resigned because its replicas stalled,
-    /// or to a transfer's target, campaigns again only after this.
-    pub(crate) aside_until: Vec<Mutex<Option<tokio::time::Instant>>>,
+    /// Per partition: a host that resigned because its replicas stalled
+    /// campaigns again only after this.
+    aside_until: Vec<Mutex<Option<tokio::time::Instant>>>,
     /// Per partition: a transfer is under way.
     pub(crate) transferring: Vec<std::sync::atomic::AtomicBool>,
+    /// Per partition: a transfer holds every batch (nothing released).
+    pub(crate) held: Arc<Vec<std::sync::atomic::AtomicBool>>,
+    /// Per partition: the preferred host a rebalancing leader last saw.
+    pub(crate) preferred_seen: Vec<Mutex<Option<String>>>,
 }
 
 /// A running host: its engine, its leader side and its partitions' tasks.
@@ -203,12 +207,20 @@ impl Host {
     ) -> Result<Host, HostError> {
         let elections = Elections::connect(&options.etcd, &options.prefix, options.ttl).await?;
         let terms = Terms::default();
+        let held: Arc<Vec<std::sync::atomic::AtomicBool>> = Arc::new(
+            (0..skald_engine::PARTITIONS_MAX)
+                .map(|_| std::sync::atomic::AtomicBool::new(false))
+                .collect(),
+        );
         let term: crate::Term = {
-            let terms = terms.clone();
+            let (terms, held) = (terms.clone(), held.clone());
             Arc::new(move |partition| {
-                let terms = terms.0.lock();
-                let term = terms.get(usize::from(partition)).cloned().flatten();
-                term.is_some_and(|term| term.is_valid())
+                let index = usize::from(partition);
+                let term = terms.0.lock().get(index).cloned().flatten();
+                let held = held
+                    .get(index)
+                    .is_some_and(|held| held.load(std::sync::atomic::Ordering::Acquire));
+                !held && term.is_some_and(|term| term.is_valid())
             })
         };
         let leader = Leader::with_term(options.mode, term);
@@ -244,6 +256,8 @@ impl Host {
             transferring: (0..partitions)
                 .map(|_| std::sync::atomic::AtomicBool::new(false))
                 .collect(),
+            held,
+            preferred_seen: (0..partitions).map(|_| Mutex::new(None)).collect(),
         });
         leader.on_transfer(crate::transfer::hook(Arc::downgrade(&state)));
         let serving = tokio::spawn({
@@ -601,10 +615,14 @@ async fn hold_seat(state: &Arc<State>, partition: u16, leadership: &Leadership) 
                     break false;
                 }
                 if stall.stalled(state, partition) {
-                    let aside = state.options.ttl * STAND_ASIDE_TTLS;
-                    tracing::warn!(partition, epoch, ?aside, "no replica acknowledged anything for too long: resigning, and standing aside");
-                    *state.aside_until[index].lock() = Some(tokio::time::Instant::now() + aside);
-                    break true;
+                    if others_stand(state, partition).await {
+                        let aside = state.options.ttl * STAND_ASIDE_TTLS;
+                        tracing::warn!(partition, epoch, ?aside, "no replica acknowledged anything for too long: resigning, and standing aside");
+                        *state.aside_until[index].lock() = Some(tokio::time::Instant::now() + aside);
+                        break true;
+                    }
+                    // No other host to lead: resigning would change nothing.
+                    stall.restart();
                 }
                 if let Some((every, at)) = rebalance.as_mut() {
                     if tokio::time::Instant::now() >= *at {
@@ -613,7 +631,8 @@ async fn hold_seat(state: &Arc<State>, partition: u16, leadership: &Leadership) 
                     }
                 }
             }
-            _ = resign.wait_for(|to_resign| *to_resign == epoch) => break true,
+            // (Its guard dropped at once: the other branch awaits.)
+            () = async { drop(resign.wait_for(|to_resign| *to_resign == epoch).await) } => break true,
             () = stopped(&mut stopping) => break true,
         }
     };
@@ -629,13 +648,26 @@ async fn hold_seat(state: &Arc<State>, partition: u16, leadership: &Leadership) 
 /// meanwhile.
 const STAND_ASIDE_TTLS: u32 = 4;
 
+/// Whether another host stands for `partition` (etcd unsure: no).
+async fn others_stand(state: &State, partition: u16) -> bool {
+    match state.elections.candidates(partition).await {
+        Ok(candidates) => candidates
+            .iter()
+            .any(|(name, _)| *name != state.options.name),
+        Err(_) => false,
+    }
+}
+
 /// Whether a leader's replicas have stalled: in `replicated:K` mode,
-/// records wait and the release mark has not moved for
-/// [`HostOptions::resign_when_stalled`].
+/// records written in this term wait, and the release mark has not moved
+/// for [`HostOptions::resign_when_stalled`].
 #[derive(Default)]
 struct Stall {
     mark: u64,
     since: Option<tokio::time::Instant>,
+    /// The log's end when the term began: records below it were written
+    /// in earlier terms, and no batch of this term waits for them alone.
+    base: Option<u64>,
 }
 
 impl Stall {
@@ -644,12 +676,19 @@ impl Stall {
             return false;
         };
         let (released, end) = state.leader.replication_progress(partition);
+        let base = *self.base.get_or_insert(end);
         let now = tokio::time::Instant::now();
-        if released >= end || released != self.mark || self.since.is_none() {
+        let waiting = end > base && released < end;
+        if !waiting || released != self.mark || self.since.is_none() {
             self.mark = released;
             self.since = Some(now);
             return false;
         }
         self.since.is_some_and(|since| now - since >= after)
+    }
+
+    /// Counts from now again.
+    fn restart(&mut self) {
+        self.since = Some(tokio::time::Instant::now());
     }
 }

@@ -73,7 +73,10 @@ pub enum TransferError {
         partition: u16,
     },
     /// The target did not catch up in time: this host leads on.
-    #[error("{to} did not catch up with partition {partition} within {waited:?} (it acknowledged up to {acked}, the log ends at {end}); this host leads on")]
+    #[error("{to} did not catch up with partition {partition} within {waited:?} ({}; the log ends at {end}); this host leads on", match .connected {
+        true => format!("it acknowledged up to {acked}"),
+        false => "it is not connected to this host's replication port".to_owned(),
+    })]
     Behind {
         /// The partition.
         partition: u16,
@@ -83,6 +86,8 @@ pub enum TransferError {
         acked: u64,
         /// The partition's end.
         end: u64,
+        /// Whether it was connected.
+        connected: bool,
         /// How long the leader waited.
         waited: Duration,
     },
@@ -92,8 +97,8 @@ pub enum TransferError {
         /// The partition.
         partition: u16,
     },
-    /// The target did not take the seat in time.
-    #[error("{to} did not take partition {partition}'s seat within {waited:?}; its leader now: {}", .leader.as_deref().unwrap_or("none"))]
+    /// The target did not take the seat in time (this host resigned it).
+    #[error("this host resigned partition {partition}, but {to} did not take its seat within {waited:?}; its leader now: {}", .leader.as_deref().unwrap_or("none"))]
     NotElected {
         /// The partition.
         partition: u16,
@@ -109,7 +114,7 @@ pub enum TransferError {
     Election(#[from] ElectionError),
 }
 
-/// Clears a partition's "transfer under way" flag when dropped.
+/// Clears a partition's flag ("transfer under way", "held") when dropped.
 struct Busy<'a>(&'a std::sync::atomic::AtomicBool);
 
 impl Drop for Busy<'_> {
@@ -145,7 +150,9 @@ pub(crate) async fn transfer(
         let leader = state.partitions.lock()[index].leader.clone();
         return Err(TransferError::NotLeader {
             partition,
-            leader: leader.map(|leader| leader.name),
+            leader: leader
+                .filter(|leader| leader.name != state.options.name)
+                .map(|leader| format!("{} (replication at {})", leader.name, leader.address)),
         });
     };
     if to == state.options.name {
@@ -168,27 +175,26 @@ pub(crate) async fn transfer(
             live,
         });
     }
-    // Nothing more is released: what the target must hold is what was
-    // acknowledged, all of it below the end it catches up with.
-    state.terms.0.lock()[index] = None;
-    let handed = async {
-        let end = catch_up(state, partition, to, &leadership).await?;
-        if pin {
-            state.elections.pin(partition, to).await?;
-        }
-        state.elections.hand_over(partition, to, end).await?;
-        Ok::<_, TransferError>(())
-    };
-    if let Err(error) = handed.await {
-        if leadership.is_valid() {
-            state.terms.0.lock()[index] = Some(leadership);
-        }
-        return Err(error);
+    // Nothing more is released (until this transfer ends, whatever its
+    // outcome): what the target must hold is what was acknowledged, all of
+    // it below the end it catches up with.
+    state.held[index].store(true, Ordering::Release);
+    let _held = Busy(&state.held[index]);
+    let end = catch_up(state, partition, to, &leadership).await?;
+    if pin {
+        state.elections.pin(partition, to).await?;
     }
-    tracing::info!(partition, %to, epoch = leadership.epoch, "the target caught up: resigning the partition to it");
-    // This host stands aside while the target takes the seat.
-    *state.aside_until[index].lock() = Some(tokio::time::Instant::now() + state.options.ttl * 2);
+    // From here the seat goes, whatever happens: a hand-over key that etcd
+    // may have written names a target that holds everything released.
+    let handed = state
+        .elections
+        .hand_over(partition, to, end, leadership.epoch)
+        .await;
+    tracing::info!(partition, %to, epoch = leadership.epoch, handed = handed.is_ok(), "the target caught up: resigning the partition to it");
+    state.terms.0.lock()[index] = None;
+    let _ = state.elections.revoke(&leadership).await;
     state.resign[index].send_replace(leadership.epoch);
+    handed?;
     elected(state, partition, to).await
 }
 
@@ -207,14 +213,13 @@ async fn catch_up(
             return Err(TransferError::Lapsed { partition });
         }
         let (_, end) = state.leader.replication_progress(partition);
-        let acked = state
+        let (acked, connected) = state
             .leader
             .replicas()
             .into_iter()
             .find(|replica| replica.partition == partition && replica.name == to)
-            .filter(|replica| replica.connected)
-            .map_or(0, |replica| replica.acked);
-        if acked >= end {
+            .map_or((0, false), |replica| (replica.acked, replica.connected));
+        if connected && acked >= end {
             return Ok(end);
         }
         if tokio::time::Instant::now() >= deadline {
@@ -223,6 +228,7 @@ async fn catch_up(
                 to: to.to_owned(),
                 acked,
                 end,
+                connected,
                 waited,
             });
         }
@@ -232,8 +238,8 @@ async fn catch_up(
 
 /// Waits until etcd names `to` as the partition's leader.
 async fn elected(state: &State, partition: u16, to: &str) -> Result<LeaderInfo, TransferError> {
-    // The election waits at most two TTLs for candidates whose keys
-    // predate the vacancy; then the new leader takes the seat.
+    // The candidates restate where they stand, then the target takes the
+    // seat (within an eighth of a TTL or so, unless one does not answer).
     let waited = state.options.ttl * 4;
     let deadline = tokio::time::Instant::now() + waited;
     loop {
@@ -264,13 +270,25 @@ pub(crate) fn rebalance(state: &Arc<State>, partition: u16) {
     let state = state.clone();
     tokio::spawn(async move {
         let preferred = match state.elections.preferred(partition).await {
-            Ok(Some(preferred)) if preferred != state.options.name => preferred,
-            Ok(_) => return,
+            Ok(preferred) => preferred,
             Err(error) => {
                 tracing::debug!(partition, %error, "rebalancing: etcd did not answer");
                 return;
             }
         };
+        // Only a preference seen twice in a row moves the partition: a
+        // host between two campaigns is briefly no candidate, which
+        // changes `p mod n` for a moment.
+        let seen = std::mem::replace(
+            &mut *state.preferred_seen[usize::from(partition)].lock(),
+            preferred.clone(),
+        );
+        let Some(preferred) = preferred.filter(|p| *p != state.options.name) else {
+            return;
+        };
+        if seen.as_deref() != Some(preferred.as_str()) {
+            return;
+        }
         let (_, end) = state.leader.replication_progress(partition);
         let caught_up = state.leader.replicas().into_iter().any(|replica| {
             replica.partition == partition

@@ -24,6 +24,9 @@ async fn host(root: &std::path::Path, name: &str, etcd: String) -> Host {
     let mut options = HostOptions::new(name, vec![etcd], advertise);
     options.prefix = "/skald-partition".into();
     options.mode = Mode::Replicated(1);
+    // The partition stays where the failover put it (rebalancing would
+    // hand it back to `a`, racing the checks below).
+    options.rebalance_every = None;
     let builder = Engine::builder(root.join(name))
         .options(EngineOptions::default().partitions(PARTITIONS))
         .register(common::one_step())

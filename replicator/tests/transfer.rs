@@ -159,6 +159,12 @@ async fn an_operator_moves_a_partition_under_load_and_nothing_acknowledged_is_lo
     let elections = elections(&etcd.endpoint, prefix).await;
     // Partition 0 prefers the first host by name.
     assert_eq!(leader_among(&elections, 0, &["a", "b", "c"]).await, "a");
+    // etcd names a leader a moment before its engine leads.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !a.engine().leads(0) {
+        assert!(Instant::now() < deadline, "a never led partition 0");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     // Bad requests say why, and move nothing.
     let answer = skald_replicator::ask_transfer(&a_address, 0, "nobody")
