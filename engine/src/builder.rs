@@ -39,6 +39,7 @@ pub struct EngineBuilder {
     pub(crate) follow: Option<std::time::Duration>,
     pub(crate) hosted: Option<std::time::Duration>,
     pub(crate) replication: Option<Arc<dyn crate::replication::Replication>>,
+    pub(crate) holds: Vec<Arc<dyn crate::replication::LogHold>>,
     pub(crate) leader_at: Option<String>,
 }
 
@@ -125,6 +126,14 @@ impl EngineBuilder {
         self
     }
 
+    /// Keeps every log record `hold` still needs: a snapshot deletes no
+    /// segment holding one (an event publisher tailing the logs from a
+    /// checkpoint of its own).
+    pub fn hold_log(mut self, hold: Arc<dyn crate::replication::LogHold>) -> EngineBuilder {
+        self.holds.push(hold);
+        self
+    }
+
     /// Makes every batch wait for `replication` as well as for its own
     /// flush before anything it holds is released, and keeps the log a
     /// replica still needs (see [`crate::replication`]).
@@ -169,6 +178,7 @@ impl EngineBuilder {
             follow,
             hosted,
             replication,
+            holds,
             leader_at,
         } = self;
         check_options(&options)?;
@@ -198,6 +208,7 @@ impl EngineBuilder {
         let unshared = Arc::get_mut(&mut shared).expect("not shared yet");
         unshared.following = follow;
         unshared.replication = replication;
+        unshared.holds = holds;
         if let Some(metrics) = &shared.metrics {
             *metrics.live.shared.lock() = Some(Arc::downgrade(&shared));
         }
@@ -279,6 +290,7 @@ fn shared(
             .unwrap_or(options.segment_size_bytes.saturating_mul(4)),
         following: None,
         replication: None,
+        holds: Vec::new(),
         logs: Mutex::new(Vec::with_capacity(partitions)),
     })
 }

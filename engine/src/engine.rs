@@ -106,6 +106,7 @@ impl Engine {
             follow: None,
             hosted: None,
             replication: None,
+            holds: Vec::new(),
             leader_at: None,
         }
     }

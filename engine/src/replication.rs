@@ -12,6 +12,19 @@
 use std::future::Future;
 use std::pin::Pin;
 
+/// A reader of the partitions' logs that must see every record, however
+/// far behind it runs (an event publisher): a snapshot deletes no log
+/// segment holding a record it still needs
+/// ([`crate::EngineBuilder::hold_log`]).
+pub trait LogHold: Send + Sync + 'static {
+    /// The lowest LSN of `partition` it still needs (`None`: none).
+    fn needed_from(&self, partition: u16) -> Option<u64>;
+}
+
+/// The lowest LSN of a partition that a replica or a log hold still
+/// needs.
+pub(crate) type Needed = std::sync::Arc<dyn Fn(u16) -> Option<u64> + Send + Sync>;
+
 /// What the engine asks of a replicator.
 pub trait Replication: Send + Sync + 'static {
     /// Resolves once every record of `partition` below `end` is held as

@@ -108,7 +108,7 @@ pub(crate) async fn run(
     (open_end, damaged): (u64, Vec<(PathBuf, Damage)>),
     mut deltas: mpsc::Receiver<Delta>,
     (inline, metrics): (bool, Option<Arc<Metrics>>),
-    replication: Option<Arc<dyn crate::replication::Replication>>,
+    needed: crate::replication::Needed,
 ) {
     remove_damaged(partition, &store, &damaged, inline).await;
     let Some(first) = deltas.recv().await else {
@@ -145,20 +145,14 @@ pub(crate) async fn run(
             return;
         }
         let (log, store) = (log.clone(), store.clone());
-        let replication = replication.clone();
+        let needed = needed.clone();
         // Encoding the changed sagas and writing: off the runtime's threads.
         let began = std::time::Instant::now();
         let written = off_thread(inline, move || {
             for delta in batch {
                 absorb(&mut shadow, delta);
             }
-            let result = write(
-                partition,
-                (&log, replication),
-                &store,
-                (lsn, next_seq),
-                &shadow,
-            );
+            let result = write(partition, (&log, needed), &store, (lsn, next_seq), &shadow);
             (shadow, result)
         });
         let result;
@@ -246,7 +240,7 @@ async fn remove_damaged(
 /// payload's size.
 fn write(
     partition: u16,
-    (log, replication): (&Log, Option<Arc<dyn crate::replication::Replication>>),
+    (log, needed): (&Log, crate::replication::Needed),
     store: &SnapshotStore,
     (lsn, next_seq): (u64, u64),
     shadow: &Shadow,
@@ -256,7 +250,7 @@ fn write(
     let oldest = kept.last().copied().unwrap_or(lsn);
     // Never past what a replica still needs (asked after the write: a
     // replica that connected meanwhile counts).
-    let needed = replication.and_then(|r| r.needed_from(partition));
+    let needed = needed(partition);
     log.truncate_prefix(needed.map_or(oldest, |needed| needed.min(oldest)))?;
     Ok((kept.len(), payload.len()))
 }

@@ -109,6 +109,8 @@ pub(crate) struct Shared {
     pub(crate) following: Option<std::time::Duration>,
     /// The replicator whose replicas each batch waits for, if any.
     pub(crate) replication: Option<Arc<dyn crate::replication::Replication>>,
+    /// Readers whose records no snapshot may delete.
+    pub(crate) holds: Vec<Arc<dyn crate::replication::LogHold>>,
     /// Each partition's log (weak: the partition owns and closes it; a
     /// follower's rebuild or a change of role replaces it).
     pub(crate) logs: Mutex<Vec<std::sync::Weak<skald_log::Log>>>,
@@ -118,6 +120,20 @@ pub(crate) struct Shared {
 pub(crate) type Definitions = HashMap<String, std::collections::BTreeMap<u32, Arc<dyn Definition>>>;
 
 impl Shared {
+    /// The lowest LSN of a partition that a replica or a log hold still
+    /// needs (what a snapshot may not delete).
+    pub(crate) fn needed(&self) -> crate::replication::Needed {
+        let (replication, holds) = (self.replication.clone(), self.holds.clone());
+        Arc::new(move |partition| {
+            let replica = replication.as_ref().and_then(|r| r.needed_from(partition));
+            holds
+                .iter()
+                .filter_map(|hold| hold.needed_from(partition))
+                .chain(replica)
+                .min()
+        })
+    }
+
     /// The breaker settings of `service`.
     pub(crate) fn breaker_settings_of(&self, service: &str) -> skald_model::BreakerSettings {
         self.breaker_overrides

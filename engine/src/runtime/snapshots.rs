@@ -91,7 +91,7 @@ impl Partition {
             (self.log.next_lsn(), damaged),
             receiver,
             (self.shared.deterministic, self.shared.metrics.clone()),
-            self.shared.replication.clone(),
+            self.shared.needed(),
         ));
         self.snapshots.settings = settings;
         self.snapshots.deltas = Some(deltas);

@@ -1,0 +1,574 @@
+//! Saga events out, from the log: no outbox table, the log is the outbox.
+//!
+//! Per partition, a task tails the partition's log from its durable
+//! checkpoint and sends each saga event to the broker, with the message id
+//! `<partition>:<LSN>` (the broker drops an id it holds already: a
+//! re-publish after a crash), many in flight at once, their
+//! acknowledgements awaited in order. The checkpoint moves only past
+//! events the broker acknowledged, so every event is published at least
+//! once, and in log order per partition. The engine keeps every log
+//! segment the publisher still needs ([`skald_engine::EngineBuilder::hold_log`]).
+//! A broker that fails or is gone delays publishing (the task retries,
+//! backing off to 5 s), never the sagas: the publisher only reads the log.
+//!
+//! ```no_run
+//! # async fn doc() -> Result<(), Box<dyn std::error::Error>> {
+//! # let saga = skald_engine::Saga::<u64>::new("order");
+//! use std::sync::Arc;
+//! use skald_messaging::nats::{NatsBroker, StreamSetup};
+//! use skald_messaging::publisher::{Publishing, PublisherOptions};
+//! let dir = std::path::Path::new("/var/lib/orders");
+//! let publishing = Publishing::open(dir, PublisherOptions::default())?;
+//! let engine = skald_engine::Engine::builder(dir)
+//!     .register(saga)?
+//!     .hold_log(publishing.hold())
+//!     .open()
+//!     .await?;
+//! let broker = NatsBroker::connect("nats://127.0.0.1:4222", &StreamSetup::default()).await?;
+//! let publisher = publishing.start(engine.clone(), Arc::new(broker))?;
+//! // ...
+//! publisher.stop().await;
+//! # Ok(()) }
+//! ```
+
+use std::collections::{HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use skald_engine::replication::{LogHold, Replication};
+use skald_engine::Engine;
+use skald_model::{Event, EventKind, SagaId};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::broker::{Ack, Broker, BrokerError, PendingAck};
+use crate::checkpoint::{self, CheckpointError};
+
+/// The shortest and longest wait before a failed partition tries again.
+const RETRY_MIN: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+/// How often a partition not written here looks again.
+const LOOK_EVERY: Duration = Duration::from_millis(100);
+
+/// Which events are published (all, by default).
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter {
+    /// Only these event types (`Started`, `StepSucceeded`, ...); empty: all.
+    pub types: Vec<String>,
+    /// Only these definitions; empty: all.
+    pub definitions: Vec<String>,
+}
+
+impl EventFilter {
+    /// Whether an event of `kind` of a saga of `definition` is published.
+    pub fn admits(&self, definition: &str, kind: &str) -> bool {
+        (self.types.is_empty() || self.types.iter().any(|t| t == kind))
+            && (self.definitions.is_empty() || self.definitions.iter().any(|d| d == definition))
+    }
+}
+
+/// How a publisher runs.
+#[derive(Clone)]
+pub struct PublisherOptions {
+    /// Its name: its checkpoints are `<engine dir>/publishers/<name>/`.
+    pub name: String,
+    /// Subjects are `<prefix>.<definition>.<event type>`.
+    pub subject_prefix: String,
+    /// Which events it publishes.
+    pub filter: EventFilter,
+    /// Events sent and not yet acknowledged, per partition, at most.
+    pub in_flight_max: usize,
+    /// How often the checkpoint is written (when it moved).
+    pub checkpoint_every: Duration,
+    /// With replication, only what the replicas hold as its mode asks is
+    /// published (what the engine acknowledged: never an event a failover
+    /// could take back); give the engine's [`Replication`] here.
+    pub replication: Option<Arc<dyn Replication>>,
+}
+
+impl Default for PublisherOptions {
+    /// `events`, `skald.events`, every event, 4,096 in flight, the
+    /// checkpoint written every 100 ms, no replication.
+    fn default() -> Self {
+        PublisherOptions {
+            name: "events".into(),
+            subject_prefix: "skald.events".into(),
+            filter: EventFilter::default(),
+            in_flight_max: 4096,
+            checkpoint_every: Duration::from_millis(100),
+            replication: None,
+        }
+    }
+}
+
+/// The publisher failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// A checkpoint could not be read or written.
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    /// The broker failed.
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    /// The partition's log failed.
+    #[error("partition {partition}: {error}")]
+    Log {
+        /// The partition.
+        partition: u16,
+        /// Why.
+        error: skald_log::LogError,
+    },
+    /// A record of the log is not an event.
+    #[error("partition {partition}, LSN {lsn}: not an event: {error}")]
+    Decode {
+        /// The partition.
+        partition: u16,
+        /// Where.
+        lsn: u64,
+        /// Why.
+        error: String,
+    },
+    /// This host no longer leads the partition.
+    #[error("partition {0} is no longer led here")]
+    NotLeading(u16),
+}
+
+/// One partition's publishing, as it stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionLag {
+    /// The partition.
+    pub partition: u16,
+    /// Every event below this LSN was acknowledged by the broker.
+    pub published: u64,
+    /// The partition's log ends here.
+    pub end: u64,
+    /// Records between the two.
+    pub lag_records: u64,
+    /// How long since it was last caught up (zero when it is).
+    pub lag: Duration,
+    /// Events the broker acknowledged (this run).
+    pub sent: u64,
+    /// Of them, those it had already (a re-publish).
+    pub duplicates: u64,
+    /// Failures (broker, log) it retried after.
+    pub errors: u64,
+}
+
+/// What the tasks and the engine's hold share, per partition.
+#[derive(Default)]
+struct Mark {
+    /// The checkpoint: every event below it acknowledged (also what the
+    /// engine's log hold keeps).
+    published: AtomicU64,
+    end: AtomicU64,
+    sent: AtomicU64,
+    duplicates: AtomicU64,
+    errors: AtomicU64,
+    caught_up_at: Mutex<Option<Instant>>,
+}
+
+/// The checkpoints, shared with the engine as its log hold.
+pub(crate) struct Marks {
+    dir: PathBuf,
+    /// By partition (grown to the engine's count at start).
+    marks: Mutex<Vec<Arc<Mark>>>,
+}
+
+impl LogHold for Marks {
+    fn needed_from(&self, partition: u16) -> Option<u64> {
+        let marks = self.marks.lock();
+        // A partition not known yet: everything it holds is needed.
+        Some(
+            marks
+                .get(usize::from(partition))
+                .map_or(0, |mark| mark.published.load(Ordering::Acquire)),
+        )
+    }
+}
+
+/// A publisher's checkpoints, read before the engine opens (so that its
+/// log hold keeps what they still need from the first snapshot on).
+pub struct Publishing {
+    marks: Arc<Marks>,
+    options: PublisherOptions,
+}
+
+impl Publishing {
+    /// Reads the checkpoints of publisher `options.name` of the engine in
+    /// `engine_dir` (none yet: every partition from its first retained
+    /// record).
+    pub fn open(engine_dir: &Path, options: PublisherOptions) -> Result<Publishing, PublishError> {
+        let dir = engine_dir.join("publishers").join(&options.name);
+        let mut marks = Vec::new();
+        for partition in 0..=u16::MAX {
+            // Checkpoints are dense from partition 0: stop at the first gap.
+            let Some(lsn) = checkpoint::read(&dir, partition)? else {
+                break;
+            };
+            let mark = Mark::default();
+            mark.published.store(lsn, Ordering::Release);
+            marks.push(Arc::new(mark));
+        }
+        Ok(Publishing {
+            marks: Arc::new(Marks {
+                dir,
+                marks: Mutex::new(marks),
+            }),
+            options,
+        })
+    }
+
+    /// The engine's log hold ([`skald_engine::EngineBuilder::hold_log`]):
+    /// no snapshot deletes a record not yet published.
+    pub fn hold(&self) -> Arc<dyn LogHold> {
+        self.marks.clone()
+    }
+
+    /// Starts publishing every partition of `engine` to `broker` (in a
+    /// hosted engine: each partition while this host leads it).
+    pub fn start(self, engine: Engine, broker: Arc<dyn Broker>) -> Result<Publisher, PublishError> {
+        std::fs::create_dir_all(&self.marks.dir).map_err(|error| CheckpointError::Io {
+            path: self.marks.dir.clone(),
+            error,
+        })?;
+        let partitions = engine.partitions();
+        {
+            let mut marks = self.marks.marks.lock();
+            while marks.len() < partitions {
+                marks.push(Arc::new(Mark::default()));
+            }
+        }
+        let (stop, stopping) = watch::channel(false);
+        let options = Arc::new(self.options);
+        let tasks = (0..partitions as u16)
+            .map(|partition| {
+                let task = PartitionTask {
+                    partition,
+                    engine: engine.clone(),
+                    broker: broker.clone(),
+                    options: options.clone(),
+                    marks: self.marks.clone(),
+                    mark: self.marks.marks.lock()[usize::from(partition)].clone(),
+                    stopping: stopping.clone(),
+                };
+                tokio::spawn(task.run())
+            })
+            .collect();
+        Ok(Publisher {
+            marks: self.marks,
+            stop,
+            tasks,
+        })
+    }
+}
+
+/// A running publisher.
+pub struct Publisher {
+    marks: Arc<Marks>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Publisher {
+    /// Each partition's publishing: what the broker acknowledged, the
+    /// log's end, the lag.
+    pub fn lag(&self) -> Vec<PartitionLag> {
+        lags(&self.marks)
+    }
+
+    /// Registers the publisher's metrics (read at each scrape) under
+    /// `skald_` in `registry` (METRICS.md): per partition, its checkpoint,
+    /// lag in records and seconds, events sent, duplicates and errors.
+    pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        let collector = crate::metrics::PublisherCollector(Arc::downgrade(&self.marks));
+        registry
+            .sub_registry_with_prefix("skald")
+            .register_collector(Box::new(collector));
+    }
+
+    /// Stops: in-flight events are awaited (briefly) and the checkpoints
+    /// written.
+    pub async fn stop(self) {
+        self.stop.send_replace(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+/// Each partition's lag, from the shared marks.
+pub(crate) fn lags(marks: &Marks) -> Vec<PartitionLag> {
+    let marks = marks.marks.lock();
+    marks
+        .iter()
+        .enumerate()
+        .map(|(partition, mark)| {
+            let published = mark.published.load(Ordering::Acquire);
+            let end = mark.end.load(Ordering::Acquire).max(published);
+            PartitionLag {
+                partition: partition as u16,
+                published,
+                end,
+                lag_records: end - published,
+                lag: match *mark.caught_up_at.lock() {
+                    Some(at) if end > published => at.elapsed(),
+                    _ => Duration::ZERO,
+                },
+                sent: mark.sent.load(Ordering::Relaxed),
+                duplicates: mark.duplicates.load(Ordering::Relaxed),
+                errors: mark.errors.load(Ordering::Relaxed),
+            }
+        })
+        .collect()
+}
+
+/// One partition's publishing task.
+struct PartitionTask {
+    partition: u16,
+    engine: Engine,
+    broker: Arc<dyn Broker>,
+    options: Arc<PublisherOptions>,
+    marks: Arc<Marks>,
+    mark: Arc<Mark>,
+    stopping: watch::Receiver<bool>,
+}
+
+impl PartitionTask {
+    /// Publishes until the publisher stops, starting again (from the
+    /// checkpoint) after each failure, backing off.
+    async fn run(mut self) {
+        let mut backoff = RETRY_MIN;
+        while !*self.stopping.borrow() {
+            let began = Instant::now();
+            match self.publish().await {
+                Ok(()) => break,
+                Err(error) => {
+                    self.mark.errors.fetch_add(1, Ordering::Relaxed);
+                    if !matches!(error, PublishError::NotLeading(_)) {
+                        tracing::warn!(partition = self.partition, %error, ?backoff, "publishing failed; starting again from the checkpoint");
+                    }
+                    // A run that went on for a while starts the backoff again.
+                    if began.elapsed() > RETRY_MAX {
+                        backoff = RETRY_MIN;
+                    }
+                    let mut stopping = self.stopping.clone();
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        _ = stopping.wait_for(|stop| *stop) => {}
+                    }
+                    backoff = (backoff * 2).min(RETRY_MAX);
+                }
+            }
+        }
+        self.write_checkpoint().await;
+    }
+
+    fn stopped(&self) -> bool {
+        *self.stopping.borrow()
+    }
+
+    /// Writes the checkpoint, off the runtime's threads.
+    async fn write_checkpoint(&self) {
+        let (dir, partition) = (self.marks.dir.clone(), self.partition);
+        let lsn = self.mark.published.load(Ordering::Acquire);
+        let written =
+            tokio::task::spawn_blocking(move || checkpoint::write(&dir, partition, lsn)).await;
+        match written {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                tracing::error!(partition, %error, "the publisher's checkpoint was not written")
+            }
+            Err(error) => {
+                tracing::error!(partition, %error, "the publisher's checkpoint was not written")
+            }
+        }
+    }
+
+    /// Waits until this engine writes the partition (in a hosted engine:
+    /// leads it); its log.
+    async fn log(&mut self) -> Option<Arc<skald_log::Log>> {
+        loop {
+            if self.stopped() {
+                return None;
+            }
+            let written_here = !self.engine.is_hosted() || self.engine.leads(self.partition);
+            if let Some(log) = self.engine.partition_log(usize::from(self.partition)) {
+                if written_here {
+                    return Some(log);
+                }
+            }
+            let mut stopping = self.stopping.clone();
+            tokio::select! {
+                () = tokio::time::sleep(LOOK_EVERY) => {}
+                _ = stopping.wait_for(|stop| *stop) => {}
+            }
+        }
+    }
+
+    /// Tails the log from the checkpoint and publishes, until stopped
+    /// (`Ok`) or a failure.
+    async fn publish(&mut self) -> Result<(), PublishError> {
+        let partition = self.partition;
+        let Some(log) = self.log().await else {
+            return Ok(());
+        };
+        let log_error = |error| PublishError::Log { partition, error };
+        let checkpoint = self.mark.published.load(Ordering::Acquire);
+        let from = checkpoint.max(log.first_lsn());
+        if from > checkpoint && checkpoint > 0 {
+            tracing::warn!(partition, checkpoint, first = from, "events below the log's first retained record were never published (removed before this publisher held the log)");
+        }
+        self.mark.published.store(from, Ordering::Release);
+        let mut tailer = log.tail_from(from).map_err(log_error)?;
+        let mut in_flight: VecDeque<(u64, PendingAck)> = VecDeque::new();
+        let mut sagas: HashMap<SagaId, Known> = HashMap::new();
+        let mut released = from;
+        let mut written = self.mark.published.load(Ordering::Acquire);
+        let mut tick = tokio::time::interval(self.options.checkpoint_every);
+        let mut stopping = self.stopping.clone();
+        loop {
+            self.mark.end.store(tailer.visible_lsn(), Ordering::Release);
+            let room = in_flight.len() < self.options.in_flight_max;
+            let step = tokio::select! {
+                biased;
+                _ = stopping.wait_for(|stop| *stop) => Step::Stop,
+                ack = async { (&mut in_flight.front_mut().expect("one in flight").1 .0).await }, if !in_flight.is_empty() => Step::Acked(ack),
+                _ = tick.tick() => Step::Tick,
+                record = tailer.next(), if room => Step::Record(record.map(|r| (r.lsn, r.payload.to_vec())).map_err(log_error)),
+            };
+            match step {
+                Step::Stop => {
+                    self.drain(&mut in_flight).await;
+                    return Ok(());
+                }
+                Step::Acked(ack) => {
+                    let (end, _) = in_flight.pop_front().expect("one in flight");
+                    let ack = ack?;
+                    self.acknowledged(end, ack, tailer.visible_lsn());
+                }
+                Step::Tick => {
+                    let published = self.mark.published.load(Ordering::Acquire);
+                    if published > written {
+                        self.write_checkpoint().await;
+                        written = published;
+                    }
+                }
+                Step::Record(record) => {
+                    let (lsn, payload) = record?;
+                    if let Some(replication) = &self.options.replication {
+                        if lsn >= released {
+                            released = tailer.visible_lsn().max(lsn + 1);
+                            replication.replicated(partition, released).await;
+                        }
+                    }
+                    if self.engine.is_hosted() && !self.engine.leads(partition) {
+                        self.drain(&mut in_flight).await;
+                        return Err(PublishError::NotLeading(partition));
+                    }
+                    let pending = self.send(lsn, &payload, &mut sagas).await?;
+                    in_flight.push_back((lsn + 1, pending));
+                }
+            }
+        }
+    }
+
+    /// Awaits what is in flight (a second at most), moving the checkpoint.
+    async fn drain(&self, in_flight: &mut VecDeque<(u64, PendingAck)>) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+        while let Some((end, pending)) = in_flight.pop_front() {
+            match tokio::time::timeout_at(deadline, pending.0).await {
+                Ok(Ok(ack)) => self.acknowledged(end, ack, end),
+                _ => return,
+            }
+        }
+    }
+
+    /// The broker acknowledged every event below `end`.
+    fn acknowledged(&self, end: u64, ack: Ack, visible: u64) {
+        self.mark.published.store(end, Ordering::Release);
+        // Sequence 0: an event the filter left out (nothing was sent).
+        if ack.sequence > 0 {
+            self.mark.sent.fetch_add(1, Ordering::Relaxed);
+        }
+        if ack.duplicate {
+            self.mark.duplicates.fetch_add(1, Ordering::Relaxed);
+        }
+        if end >= visible {
+            *self.mark.caught_up_at.lock() = Some(Instant::now());
+        }
+    }
+
+    /// Sends the event at `lsn` (or, filtered out, an acknowledgement of
+    /// nothing, so that the checkpoint passes it in order).
+    async fn send(
+        &self,
+        lsn: u64,
+        payload: &[u8],
+        sagas: &mut HashMap<SagaId, Known>,
+    ) -> Result<PendingAck, PublishError> {
+        let partition = self.partition;
+        let event = Event::decode(payload).map_err(|error| PublishError::Decode {
+            partition,
+            lsn,
+            error: error.to_string(),
+        })?;
+        let known = self.known(&event, sagas).await;
+        let kind = event.kind.name();
+        if matches!(event.kind, EventKind::Completed | EventKind::Compensated) {
+            sagas.remove(&event.saga);
+        }
+        if !self.options.filter.admits(&known.definition, kind) {
+            let nothing = Ack {
+                sequence: 0,
+                duplicate: false,
+            };
+            return Ok(PendingAck(Box::pin(std::future::ready(Ok(nothing)))));
+        }
+        let message = crate::event::message(
+            &self.options.subject_prefix,
+            (partition, lsn),
+            &event,
+            (&known.definition, known.traceparent.as_deref()),
+        );
+        Ok(self.broker.send(message).await?)
+    }
+
+    /// The definition and trace of `event`'s saga: from its start, or
+    /// (started before this run's checkpoint) from the engine.
+    async fn known(&self, event: &Event, sagas: &mut HashMap<SagaId, Known>) -> Known {
+        if let Some(known) = crate::event::started(event) {
+            sagas.insert(event.saga, known);
+        }
+        if let Some(known) = sagas.get(&event.saga) {
+            return known.clone();
+        }
+        let definition = match self.engine.view(event.saga).await {
+            Ok(Some(view)) => view.definition,
+            _ => "unknown".to_owned(),
+        };
+        let known = Known {
+            definition,
+            traceparent: None,
+        };
+        sagas.insert(event.saga, known.clone());
+        known
+    }
+}
+
+/// What the publisher knows of a saga.
+#[derive(Debug, Clone)]
+pub(crate) struct Known {
+    pub(crate) definition: String,
+    pub(crate) traceparent: Option<String>,
+}
+
+/// What a partition's loop does next.
+enum Step {
+    Stop,
+    Acked(Result<Ack, BrokerError>),
+    Tick,
+    Record(Result<(u64, Vec<u8>), PublishError>),
+}
