@@ -105,6 +105,7 @@ fn main() {
             metrics: false,
             trace: false,
             replicas: 0,
+            publish: None,
         };
         let report = runtime
             .block_on(run(dir.path(), &options))

@@ -19,6 +19,7 @@ pub struct BenchArgs {
     pub metrics: bool,
     pub trace: bool,
     pub replicas: usize,
+    pub publish: Option<String>,
     pub data: Option<PathBuf>,
     pub json: bool,
 }
@@ -90,6 +91,7 @@ pub fn run_bench(args: BenchArgs, out: &mut Out) -> Result<()> {
             metrics: args.metrics,
             trace: args.trace,
             replicas: args.replicas,
+            publish: args.publish.clone(),
         },
     ))?;
     if args.json {
@@ -123,6 +125,17 @@ pub fn run_bench(args: BenchArgs, out: &mut Out) -> Result<()> {
         "memory       {:.1} MiB resident at the end",
         report.rss_bytes as f64 / (1 << 20) as f64
     ))?;
+    if let Some(publish) = &report.publish {
+        out.line(&format!(
+            "publishing   {:.0} events/s to {} ({:.2}x the engine's {:.0} events/s), at most {} record(s) behind, caught up {:.3} s after the last saga",
+            publish.events_per_sec,
+            args.publish.as_deref().unwrap_or("?"),
+            publish.events_per_sec / report.events_per_sec,
+            report.events_per_sec,
+            publish.lag_max_records,
+            publish.caught_up_after_secs
+        ))?;
+    }
     if let Some(steady) = report.steadiness() {
         let mib = |bytes: f64| bytes / (1 << 20) as f64;
         out.line(&format!(

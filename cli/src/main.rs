@@ -268,7 +268,7 @@ enum Command {
     /// Runs in a fresh directory on the disk of the current directory
     /// (removed afterwards) unless --data names one.
     #[command(
-        after_help = "Examples:\n  skald bench\n  skald bench --sagas 100000 --concurrency 1024\n  skald bench --concurrency 1 --durability os-only --json"
+        after_help = "Examples:\n  skald bench\n  skald bench --sagas 100000 --concurrency 1024\n  skald bench --concurrency 1 --durability os-only --json\n  skald bench --publish nats://127.0.0.1:4222   # and every event published to NATS JetStream"
     )]
     Bench {
         /// Sagas to complete.
@@ -301,6 +301,11 @@ enum Command {
         /// TCP), every batch held until all have it (replicated:K).
         #[arg(long, default_value_t = 0)]
         replicas: usize,
+        /// Publish every event to the NATS server (JetStream) at this URL
+        /// as the run goes, into a stream of the run's own (removed at the
+        /// end), and report how publication kept up.
+        #[arg(long, value_name = "URL")]
+        publish: Option<String>,
         /// A directory to create for the run (kept afterwards).
         #[arg(long)]
         data: Option<PathBuf>,
@@ -461,6 +466,7 @@ fn main() -> ExitCode {
             metrics,
             trace,
             replicas,
+            publish,
             data,
             json,
         } => bench::run_bench(
@@ -474,6 +480,7 @@ fn main() -> ExitCode {
                 metrics,
                 trace,
                 replicas,
+                publish,
                 data,
                 json,
             },

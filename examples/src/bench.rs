@@ -52,6 +52,9 @@ pub struct BenchOptions {
     /// Replicas in this process, over loopback TCP, and every batch held
     /// until all of them have it (`replicated(K)`); 0: none.
     pub replicas: usize,
+    /// Publishes every event to the NATS server at this URL as the run
+    /// goes (a stream of the run's own, removed at the end).
+    pub publish: Option<String>,
 }
 
 /// An exporter that drops every batch.
@@ -118,6 +121,9 @@ pub struct BenchReport {
     pub rss_bytes: u64,
     /// Throughput and memory, sampled every second.
     pub samples: Vec<Sample>,
+    /// How publication kept up (with `publish`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publish: Option<crate::publish::PublishReport>,
 }
 
 impl BenchReport {
@@ -295,10 +301,24 @@ pub async fn run(dir: &Path, options: &BenchOptions) -> Result<BenchReport, Engi
     if let Some(leader) = &leader {
         builder = builder.replication(leader.clone());
     }
+    let prepared = match &options.publish {
+        Some(_) => {
+            let (with_hold, prepared) = crate::publish::prepare(dir, builder)?;
+            builder = with_hold;
+            Some(prepared)
+        }
+        None => None,
+    };
     let engine = builder
         .register(bench_saga(options.steps.max(1), gaps.clone()))?
         .open()
         .await?;
+    let publishing = match (prepared, &options.publish) {
+        (Some(prepared), Some(url)) => {
+            Some(crate::publish::start(dir, url, prepared, &engine).await?)
+        }
+        _ => None,
+    };
     let replicas = match leader {
         Some(leader) => start_replicas(dir, leader, &engine, options.replicas).await?,
         None => Vec::new(),
@@ -342,6 +362,10 @@ pub async fn run(dir: &Path, options: &BenchOptions) -> Result<BenchReport, Engi
     }
     let elapsed = started.elapsed().as_secs_f64();
     let rss_bytes = memory().map_or(0, |m| m.resident);
+    let publish = match publishing {
+        Some(running) => Some(running.finish(dir, started, Instant::now()).await?),
+        None => None,
+    };
     sampler.abort();
     let _ = sampler.await;
     let samples = std::mem::take(&mut *samples.lock());
@@ -379,6 +403,7 @@ pub async fn run(dir: &Path, options: &BenchOptions) -> Result<BenchReport, Engi
         step_p99_us: percentile(&gaps, 0.99) as f64 / 1e3,
         rss_bytes,
         samples,
+        publish,
     })
 }
 

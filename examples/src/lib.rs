@@ -8,3 +8,4 @@
 
 pub mod bench;
 pub mod order;
+pub mod publish;
