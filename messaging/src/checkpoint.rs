@@ -41,6 +41,36 @@ pub fn path(dir: &Path, partition: u16) -> PathBuf {
     dir.join(format!("partition-{partition:03}"))
 }
 
+/// The partitions that have a checkpoint file in `dir` (none: no
+/// directory yet).
+pub fn partitions(dir: &Path) -> Result<Vec<u16>, CheckpointError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(error) => {
+            return Err(CheckpointError::Io {
+                path: dir.to_path_buf(),
+                error,
+            })
+        }
+    };
+    let mut partitions = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|error| CheckpointError::Io {
+            path: dir.to_path_buf(),
+            error,
+        })?;
+        let name = entry.file_name();
+        let partition = name
+            .to_str()
+            .and_then(|name| name.strip_prefix("partition-"))
+            .and_then(|number| number.parse::<u16>().ok());
+        partitions.extend(partition);
+    }
+    partitions.sort_unstable();
+    Ok(partitions)
+}
+
 /// Reads `partition`'s checkpoint in `dir` (`None`: none yet).
 pub fn read(dir: &Path, partition: u16) -> Result<Option<u64>, CheckpointError> {
     let path = path(dir, partition);

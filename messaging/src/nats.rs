@@ -6,6 +6,10 @@ use async_nats::jetstream;
 
 use crate::broker::{Ack, BoxFuture, Broker, BrokerError, OutMessage, PendingAck};
 
+/// Acknowledgements awaited at once on one connection, at most: the
+/// engine's most partitions times the publisher's default in flight.
+pub const ACKS_IN_FLIGHT_MAX: usize = skald_engine::PARTITIONS_MAX * 4096;
+
 /// The stream the events go to, and what it keeps.
 #[derive(Debug, Clone)]
 pub struct StreamSetup {
@@ -54,7 +58,12 @@ impl NatsBroker {
             .connect(url)
             .await
             .map_err(|e| failed(e.to_string()))?;
-        let context = jetstream::new(client);
+        // Enough acknowledgement permits for every partition's events in
+        // flight at once: the client waits for a permit inside `send`,
+        // where a publisher does not await its acknowledgements.
+        let context = jetstream::ContextBuilder::new()
+            .max_ack_inflight(ACKS_IN_FLIGHT_MAX)
+            .build(client);
         let config = jetstream::stream::Config {
             name: setup.name.clone(),
             subjects: setup.subjects.clone(),

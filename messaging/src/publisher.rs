@@ -134,6 +134,12 @@ pub enum PublishError {
     /// This host no longer leads the partition.
     #[error("partition {0} is no longer led here")]
     NotLeading(u16),
+    /// The options or the engine do not allow publishing.
+    #[error("publishing refused: {0}")]
+    Options(&'static str),
+    /// The engine did not answer a lookup.
+    #[error("looking up a saga's definition: {0}")]
+    Engine(#[from] skald_engine::EngineError),
 }
 
 /// One partition's publishing, as it stands.
@@ -158,7 +164,6 @@ pub struct PartitionLag {
 }
 
 /// What the tasks and the engine's hold share, per partition.
-#[derive(Default)]
 struct Mark {
     /// The checkpoint: every event below it acknowledged (also what the
     /// engine's log hold keeps).
@@ -168,6 +173,21 @@ struct Mark {
     duplicates: AtomicU64,
     errors: AtomicU64,
     caught_up_at: Mutex<Option<Instant>>,
+}
+
+impl Mark {
+    /// A partition with no checkpoint yet (everything it holds needed),
+    /// counted as behind from now.
+    fn unknown() -> Mark {
+        Mark {
+            published: AtomicU64::new(0),
+            end: AtomicU64::new(0),
+            sent: AtomicU64::new(0),
+            duplicates: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            caught_up_at: Mutex::new(Some(Instant::now())),
+        }
+    }
 }
 
 /// The checkpoints, shared with the engine as its log hold.
@@ -202,15 +222,17 @@ impl Publishing {
     /// record).
     pub fn open(engine_dir: &Path, options: PublisherOptions) -> Result<Publishing, PublishError> {
         let dir = engine_dir.join("publishers").join(&options.name);
-        let mut marks = Vec::new();
-        for partition in 0..=u16::MAX {
-            // Checkpoints are dense from partition 0: stop at the first gap.
+        let mut marks: Vec<Arc<Mark>> = Vec::new();
+        for partition in checkpoint::partitions(&dir)? {
             let Some(lsn) = checkpoint::read(&dir, partition)? else {
-                break;
+                continue;
             };
-            let mark = Mark::default();
-            mark.published.store(lsn, Ordering::Release);
-            marks.push(Arc::new(mark));
+            while marks.len() <= usize::from(partition) {
+                marks.push(Arc::new(Mark::unknown()));
+            }
+            marks[usize::from(partition)]
+                .published
+                .store(lsn, Ordering::Release);
         }
         Ok(Publishing {
             marks: Arc::new(Marks {
@@ -229,7 +251,29 @@ impl Publishing {
 
     /// Starts publishing every partition of `engine` to `broker` (in a
     /// hosted engine: each partition while this host leads it).
+    /// Refused: `in_flight_max` or `checkpoint_every` of zero; an engine
+    /// whose logs acknowledge before their flush (`Periodic`, `OsOnly`: a
+    /// published event could then vanish in a power cut, and another take
+    /// its LSN, and so its message id); a hosted engine without
+    /// [`PublisherOptions::replication`] (a failover could take a
+    /// published event back).
     pub fn start(self, engine: Engine, broker: Arc<dyn Broker>) -> Result<Publisher, PublishError> {
+        if self.options.in_flight_max == 0 || self.options.checkpoint_every.is_zero() {
+            return Err(PublishError::Options(
+                "in_flight_max and checkpoint_every must be above zero",
+            ));
+        }
+        let durability = engine.partition_log(0).map(|log| log.durability());
+        if durability.is_some_and(|d| d != skald_log::Durability::EveryBatch) {
+            return Err(PublishError::Options(
+                "the engine's logs acknowledge before their flush (Periodic or OsOnly durability): publish only from an engine with EveryBatch",
+            ));
+        }
+        if engine.is_hosted() && self.options.replication.is_none() {
+            return Err(PublishError::Options(
+                "a hosted engine publishes only what its replicas hold: set PublisherOptions::replication to its replicator",
+            ));
+        }
         std::fs::create_dir_all(&self.marks.dir).map_err(|error| CheckpointError::Io {
             path: self.marks.dir.clone(),
             error,
@@ -238,7 +282,18 @@ impl Publishing {
         {
             let mut marks = self.marks.marks.lock();
             while marks.len() < partitions {
-                marks.push(Arc::new(Mark::default()));
+                marks.push(Arc::new(Mark::unknown()));
+            }
+            // Every partition gets a checkpoint file at once (from its
+            // first retained record): a restart then knows each one.
+            for (partition, mark) in marks.iter().enumerate().take(partitions) {
+                if mark.published.load(Ordering::Acquire) == 0 {
+                    let first = engine
+                        .partition_log(partition)
+                        .map_or(1, |log| log.first_lsn());
+                    mark.published.store(first, Ordering::Release);
+                    checkpoint::write(&self.marks.dir, partition as u16, first)?;
+                }
             }
         }
         let (stop, stopping) = watch::channel(false);
@@ -354,9 +409,11 @@ impl PartitionTask {
                     if began.elapsed() > RETRY_MAX {
                         backoff = RETRY_MIN;
                     }
+                    self.note_end();
                     let mut stopping = self.stopping.clone();
                     tokio::select! {
                         () = tokio::time::sleep(backoff) => {}
+                        // (A dropped publisher ends the wait too.)
                         _ = stopping.wait_for(|stop| *stop) => {}
                     }
                     backoff = (backoff * 2).min(RETRY_MAX);
@@ -366,8 +423,9 @@ impl PartitionTask {
         self.write_checkpoint().await;
     }
 
+    /// Told to stop, or the publisher was dropped without `stop`.
     fn stopped(&self) -> bool {
-        *self.stopping.borrow()
+        *self.stopping.borrow() || self.stopping.has_changed().is_err()
     }
 
     /// Writes the checkpoint, off the runtime's threads.
@@ -394,7 +452,9 @@ impl PartitionTask {
             if self.stopped() {
                 return None;
             }
-            let written_here = !self.engine.is_hosted() || self.engine.leads(self.partition);
+            // (A follower engine leads nothing: it never publishes.)
+            let written_here = self.engine.leads(self.partition);
+            self.note_end();
             if let Some(log) = self.engine.partition_log(usize::from(self.partition)) {
                 if written_here {
                     return Some(log);
@@ -408,6 +468,13 @@ impl PartitionTask {
         }
     }
 
+    /// Notes the partition's end (for the lag), as its log says now.
+    fn note_end(&self) {
+        if let Some(log) = self.engine.partition_log(usize::from(self.partition)) {
+            self.mark.end.store(log.visible_lsn(), Ordering::Release);
+        }
+    }
+
     /// Tails the log from the checkpoint and publishes, until stopped
     /// (`Ok`) or a failure.
     async fn publish(&mut self) -> Result<(), PublishError> {
@@ -417,12 +484,23 @@ impl PartitionTask {
         };
         let log_error = |error| PublishError::Log { partition, error };
         let checkpoint = self.mark.published.load(Ordering::Acquire);
-        let from = checkpoint.max(log.first_lsn());
+        let mut from = checkpoint.max(log.first_lsn());
         if from > checkpoint && checkpoint > 0 {
             tracing::warn!(partition, checkpoint, first = from, "events below the log's first retained record were never published (removed before this publisher held the log)");
         }
+        if from > log.visible_lsn() {
+            // The log was cut back below what was published (a restore, or
+            // a failover in local mode): the events past its end that the
+            // broker holds were taken back, and new ones will reuse their
+            // LSNs (and ids).
+            tracing::error!(partition, checkpoint, end = log.visible_lsn(), "the publisher's checkpoint is past the log's end: events it published were taken back; publishing from the end");
+            from = log.visible_lsn();
+        }
         self.mark.published.store(from, Ordering::Release);
         let mut tailer = log.tail_from(from).map_err(log_error)?;
+        // The tailer reads on its own: the partition's log must stay free
+        // to close (a shutdown, a change of role).
+        drop(log);
         let mut in_flight: VecDeque<(u64, PendingAck)> = VecDeque::new();
         let mut sagas: HashMap<SagaId, Known> = HashMap::new();
         let mut released = from;
@@ -450,6 +528,10 @@ impl PartitionTask {
                     self.acknowledged(end, ack, tailer.visible_lsn());
                 }
                 Step::Tick => {
+                    if !self.engine.leads(partition) {
+                        self.drain(&mut in_flight).await;
+                        return Err(PublishError::NotLeading(partition));
+                    }
                     let published = self.mark.published.load(Ordering::Acquire);
                     if published > written {
                         self.write_checkpoint().await;
@@ -464,7 +546,7 @@ impl PartitionTask {
                             replication.replicated(partition, released).await;
                         }
                     }
-                    if self.engine.is_hosted() && !self.engine.leads(partition) {
+                    if !self.engine.leads(partition) {
                         self.drain(&mut in_flight).await;
                         return Err(PublishError::NotLeading(partition));
                     }
@@ -515,9 +597,13 @@ impl PartitionTask {
             lsn,
             error: error.to_string(),
         })?;
-        let known = self.known(&event, sagas).await;
+        let known = self.known(&event, sagas).await?;
         let kind = event.kind.name();
-        if matches!(event.kind, EventKind::Completed | EventKind::Compensated) {
+        // Ended (a Failed saga's later events look its definition up again).
+        if matches!(
+            event.kind,
+            EventKind::Completed | EventKind::Compensated | EventKind::Failed { .. }
+        ) {
             sagas.remove(&event.saga);
         }
         if !self.options.filter.admits(&known.definition, kind) {
@@ -538,23 +624,27 @@ impl PartitionTask {
 
     /// The definition and trace of `event`'s saga: from its start, or
     /// (started before this run's checkpoint) from the engine.
-    async fn known(&self, event: &Event, sagas: &mut HashMap<SagaId, Known>) -> Known {
+    async fn known(
+        &self,
+        event: &Event,
+        sagas: &mut HashMap<SagaId, Known>,
+    ) -> Result<Known, PublishError> {
         if let Some(known) = crate::event::started(event) {
             sagas.insert(event.saga, known);
         }
         if let Some(known) = sagas.get(&event.saga) {
-            return known.clone();
+            return Ok(known.clone());
         }
-        let definition = match self.engine.view(event.saga).await {
-            Ok(Some(view)) => view.definition,
-            _ => "unknown".to_owned(),
+        let definition = match self.engine.view(event.saga).await? {
+            Some(view) => view.definition,
+            None => "unknown".to_owned(),
         };
         let known = Known {
             definition,
             traceparent: None,
         };
         sagas.insert(event.saga, known.clone());
-        known
+        Ok(known)
     }
 }
 

@@ -14,6 +14,8 @@
 //! - every acknowledged saga's start is in the stream.
 //!
 //! Rounds: `SKALD_PUB_ROUNDS` (default 6); `SKALD_SEED` replays the kills.
+//! The engine's snapshots remove covered segments as it goes: the
+//! publisher's hold must keep every record it has not published.
 
 mod nats;
 
@@ -64,8 +66,18 @@ fn publisher_child() {
     runtime.block_on(async move {
         let dir = Path::new(&dir);
         let publishing = Publishing::open(dir, PublisherOptions::default()).unwrap();
+        // Small segments, snapshots often: the snapshots remove covered
+        // segments, and the publisher's hold must keep what it lacks.
+        let options = EngineOptions::default()
+            .partitions(PARTITIONS)
+            .segment_size_bytes(64 << 10)
+            .snapshots(skald_engine::SnapshotSettings {
+                every_events: Some(500),
+                keep: 1,
+                ..Default::default()
+            });
         let engine = Engine::builder(dir)
-            .options(EngineOptions::default().partitions(PARTITIONS))
+            .options(options)
             .register(saga())
             .unwrap()
             .hold_log(publishing.hold())
@@ -101,7 +113,11 @@ fn publisher_child() {
             let sagas = engine.list(filter).await.unwrap().sagas;
             let settled = sagas.iter().all(|s| s.status.is_final());
             let lags = publisher.lag();
-            if settled && lags.iter().all(|lag| lag.lag_records == 0) {
+            let ends: Vec<u64> = (0..PARTITIONS)
+                .map(|p| engine.partition_log(p).unwrap().visible_lsn())
+                .collect();
+            let published: Vec<u64> = lags.iter().map(|lag| lag.published).collect();
+            if settled && published == ends {
                 say(format!("caught-up {lags:?}"));
                 std::future::pending::<()>().await;
             }
@@ -115,13 +131,24 @@ fn say(line: String) {
     out.flush().unwrap();
 }
 
+/// A child process, killed (`kill -9`) and reaped when dropped, so that a
+/// failing test leaves none running.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A child's lines, as they come.
 fn spawn(
     dir: &Path,
     url: &str,
     first: u64,
     load: bool,
-) -> (Child, std::sync::mpsc::Receiver<(String, Instant)>) {
+) -> (Killed, std::sync::mpsc::Receiver<(String, Instant)>) {
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
@@ -148,7 +175,7 @@ fn spawn(
             }
         }
     });
-    (child, lines)
+    (Killed(child), lines)
 }
 
 /// Waits for a line starting with `prefix` (a minute at most).
@@ -219,6 +246,20 @@ async fn stream_contents(url: &str) -> Vec<(String, u16, u64, String, String)> {
 
 #[test]
 fn events_reach_the_stream_once_in_order_across_kills() {
+    run(false);
+}
+
+/// With the broker killed (and started again) under a running host: the
+/// sagas go on, and every event is published once; but events lost in
+/// the connection's buffers are re-sent after later ones the client sent
+/// again on reconnecting, so order per partition is not asserted (it is
+/// not promised across a broker connection lost: ARCHITECTURE.md).
+#[test]
+fn events_reach_the_stream_once_when_the_broker_is_killed_under_the_host() {
+    run(true);
+}
+
+fn run(outage: bool) {
     let Some(mut nats) = nats::nats() else { return };
     let rounds: usize = std::env::var("SKALD_PUB_ROUNDS")
         .ok()
@@ -235,10 +276,10 @@ fn events_reach_the_stream_once_in_order_across_kills() {
     let mut acks: BTreeMap<u64, u64> = BTreeMap::new();
     let mut during_outage = 0;
     for round in 0..rounds {
-        let (mut child, lines) = spawn(&dir, &nats.url, round as u64 * 1_000_000, true);
+        let (child, lines) = spawn(&dir, &nats.url, round as u64 * 1_000_000, true);
         wait_for(&lines, "ready", &mut acks);
         std::thread::sleep(Duration::from_millis(rng.random_range(150..700)));
-        if round == 1 && rounds >= 3 {
+        if outage && round == 1 {
             // The broker dies under a running host: sagas go on.
             nats.kill();
             let down = Instant::now();
@@ -252,22 +293,20 @@ fn events_reach_the_stream_once_in_order_across_kills() {
             nats.start();
             std::thread::sleep(Duration::from_millis(rng.random_range(100..500)));
         }
-        child.kill().unwrap();
-        child.wait().unwrap();
+        drop(child);
         while let Ok((line, _)) = lines.try_recv() {
             note(&line, &mut acks);
         }
     }
-    if rounds >= 3 {
+    if outage {
         assert!(
             during_outage > 0,
             "no saga was acknowledged while the broker was down"
         );
     }
-    let (mut child, lines) = spawn(&dir, &nats.url, u64::MAX / 2, false);
+    let (child, lines) = spawn(&dir, &nats.url, u64::MAX / 2, false);
     let caught_up = wait_for(&lines, "caught-up", &mut acks);
-    child.kill().unwrap();
-    child.wait().unwrap();
+    drop(child);
     println!("{} sagas acknowledged; {caught_up}", acks.len());
     assert!(acks.len() > rounds * 10, "{} sagas", acks.len());
 
@@ -283,7 +322,7 @@ fn events_reach_the_stream_once_in_order_across_kills() {
     let mut last: HashMap<u16, u64> = HashMap::new();
     for (id, partition, lsn, _, _) in &stream {
         assert_eq!(id, &format!("{partition}:{lsn}"));
-        if let Some(before) = last.insert(*partition, *lsn) {
+        if let Some(before) = last.insert(*partition, *lsn).filter(|_| !outage) {
             assert!(
                 *lsn > before,
                 "partition {partition}: LSN {lsn} after {before}"
@@ -312,6 +351,26 @@ fn events_reach_the_stream_once_in_order_across_kills() {
             records += 1;
         }
     }
+    // Every LSN of every partition, from the first (whether its segment
+    // is still there or not: the hold kept it until published).
+    for partition in 0..PARTITIONS as u16 {
+        let lsns: HashSet<u64> = stream
+            .iter()
+            .filter(|m| m.1 == partition)
+            .map(|m| m.2)
+            .collect();
+        let last = lsns.iter().max().copied().unwrap_or(0);
+        assert_eq!(
+            lsns.len() as u64,
+            last,
+            "partition {partition}: LSNs 1..={last} are not all in the stream"
+        );
+    }
+    // The snapshots did remove segments (so the hold was at work).
+    assert!(
+        firsts.values().any(|first| *first > 1),
+        "no segment was removed: {firsts:?}"
+    );
     // And nothing else (below a log's first retained record, removed
     // after a snapshot, nothing can be compared).
     let comparable = stream.iter().filter(|m| m.2 >= firsts[&m.1]).count();
