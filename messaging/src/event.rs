@@ -18,7 +18,7 @@
 use skald_model::{Event, EventKind};
 
 use crate::broker::OutMessage;
-use crate::publisher::Known;
+use crate::partition::Known;
 
 /// The subject of an event of type `kind` of a saga of `definition`.
 pub fn subject(prefix: &str, definition: &str, kind: &str) -> String {

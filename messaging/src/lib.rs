@@ -16,4 +16,5 @@ pub mod checkpoint;
 pub mod event;
 mod metrics;
 pub mod nats;
+mod partition;
 pub mod publisher;

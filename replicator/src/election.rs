@@ -38,6 +38,10 @@ use etcd_client::{Client, Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
+pub use crate::lease::Leadership;
+use crate::lease::{keep_alive, Keeper, LeaseState};
+use crate::placement::preferred_of;
+
 /// Who leads a partition, as its key says.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeaderInfo {
@@ -123,76 +127,9 @@ impl Candidacy for Fixed {
 /// The elections of one cluster of hosts.
 #[derive(Clone)]
 pub struct Elections {
-    client: Client,
+    pub(crate) client: Client,
     prefix: String,
-    ttl: Duration,
-}
-
-/// One partition's leadership, held until dropped, resigned or lost.
-pub struct Leadership {
-    /// The partition.
-    pub partition: u16,
-    /// The epoch of this term.
-    pub epoch: u64,
-    lease: i64,
-    state: Arc<Mutex<LeaseState>>,
-    keeper: tokio::task::JoinHandle<()>,
-}
-
-struct LeaseState {
-    /// Until when the lease surely holds (the moment the last answered
-    /// keep-alive was sent, plus the TTL, less a margin).
-    valid_until: Instant,
-    lost: bool,
-}
-
-/// The keep-alive task of a campaign under way: stopped, and its lease
-/// revoked (best effort), if the campaign is dropped or fails.
-struct Keeper {
-    task: Option<tokio::task::JoinHandle<()>>,
-    lease: i64,
-    client: Client,
-}
-
-impl Keeper {
-    /// Hands the task over to the leadership won.
-    fn into_task(mut self) -> tokio::task::JoinHandle<()> {
-        self.task.take().expect("a running keeper")
-    }
-}
-
-impl Drop for Keeper {
-    fn drop(&mut self) {
-        if let Some(task) = self.task.take() {
-            task.abort();
-            let (mut client, lease) = (self.client.clone(), self.lease);
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                runtime.spawn(async move {
-                    let _ = client.lease_revoke(lease).await;
-                });
-            }
-        }
-    }
-}
-
-impl Drop for Leadership {
-    fn drop(&mut self) {
-        self.keeper.abort();
-    }
-}
-
-impl Leadership {
-    /// Whether this term surely still holds: a leader acknowledges nothing
-    /// once it does not.
-    pub fn is_valid(&self) -> bool {
-        let state = self.state.lock();
-        !state.lost && Instant::now() < state.valid_until
-    }
-
-    /// Until when it surely holds (a moment in the past once lost).
-    pub fn valid_until(&self) -> Instant {
-        self.state.lock().valid_until
-    }
+    pub(crate) ttl: Duration,
 }
 
 impl Elections {
@@ -216,7 +153,7 @@ impl Elections {
         })
     }
 
-    fn key(&self, partition: u16, rest: &str) -> String {
+    pub(crate) fn key(&self, partition: u16, rest: &str) -> String {
         format!("{}/partitions/{partition}/{rest}", self.prefix)
     }
 
@@ -461,139 +398,9 @@ impl Elections {
         Ok(standing)
     }
 
-    /// The live candidates for `partition` (every host following or
-    /// leading it), by name, with the positions they last said.
-    pub async fn candidates(
-        &self,
-        partition: u16,
-    ) -> Result<Vec<(String, (u64, u64))>, ElectionError> {
-        let prefix = self.key(partition, "candidates/");
-        let response = self
-            .client
-            .clone()
-            .get(prefix.clone(), Some(GetOptions::new().with_prefix()))
-            .await?;
-        let mut candidates: Vec<(String, (u64, u64))> = response
-            .kvs()
-            .iter()
-            .map(|kv| {
-                let name = String::from_utf8_lossy(&kv.key()[prefix.len()..]).into_owned();
-                (name, parse_position(kv.value()))
-            })
-            .collect();
-        candidates.sort();
-        Ok(candidates)
-    }
-
-    /// Hands `partition`'s next election to the candidate `to`, which
-    /// holds everything this leader acknowledged (its log's first `end`
-    /// records): for three TTLs, while `to` is a live candidate, every
-    /// other candidate gives way to it, and it takes the seat once its
-    /// durable end reaches `end`. The leader then resigns.
-    /// Written only while the term of `epoch` holds the seat (a
-    /// transaction on the leader key's create revision); every election
-    /// won removes it.
-    pub async fn hand_over(
-        &self,
-        partition: u16,
-        to: &str,
-        end: u64,
-        epoch: u64,
-    ) -> Result<(), ElectionError> {
-        let mut client = self.client.clone();
-        let lease = client
-            .lease_grant(self.ttl.as_secs() as i64 * 3, None)
-            .await?
-            .id();
-        let value = format!("{end}/{to}");
-        let options = PutOptions::new().with_lease(lease);
-        let txn = Txn::new()
-            .when([Compare::create_revision(
-                self.key(partition, "leader"),
-                CompareOp::Equal,
-                epoch as i64,
-            )])
-            .and_then([TxnOp::put(
-                self.key(partition, "handover"),
-                value,
-                Some(options),
-            )]);
-        if !client.txn(txn).await?.succeeded() {
-            return Err(ElectionError::NotHeld { partition, epoch });
-        }
-        Ok(())
-    }
-
-    /// The hand-over of `partition` under way: to whom, from which end.
-    async fn handed_to(&self, partition: u16) -> Result<Option<(String, u64)>, ElectionError> {
-        let response = self
-            .client
-            .clone()
-            .get(self.key(partition, "handover"), None)
-            .await?;
-        let Some(kv) = response.kvs().first() else {
-            return Ok(None);
-        };
-        let text = String::from_utf8_lossy(kv.value());
-        Ok(text
-            .split_once('/')
-            .and_then(|(end, to)| Some((to.to_owned(), end.parse().ok()?))))
-    }
-
-    /// The host an operator pinned `partition` to (`skald replicas
-    /// transfer`), if any.
-    pub async fn pinned(&self, partition: u16) -> Result<Option<String>, ElectionError> {
-        let response = self
-            .client
-            .clone()
-            .get(self.key(partition, "preferred"), None)
-            .await?;
-        Ok(response
-            .kvs()
-            .first()
-            .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()))
-    }
-
-    /// Pins `partition` to the host `name`: among candidates as far on,
-    /// it wins the partition's elections, and a host that rebalances
-    /// moves the partition to it while it is live. The pin stays (a key
-    /// without a lease) until pinned elsewhere or [`Elections::unpin`].
-    pub async fn pin(&self, partition: u16, name: &str) -> Result<(), ElectionError> {
-        self.client
-            .clone()
-            .put(self.key(partition, "preferred"), name, None)
-            .await?;
-        Ok(())
-    }
-
-    /// Removes `partition`'s pin: the `p mod n` rule decides again.
-    pub async fn unpin(&self, partition: u16) -> Result<(), ElectionError> {
-        self.client
-            .clone()
-            .delete(self.key(partition, "preferred"), None)
-            .await?;
-        Ok(())
-    }
-
-    /// The host `partition` should be led by, among the live candidates:
-    /// the pinned one while it is live, else the `p mod n`-th by name.
-    pub async fn preferred(&self, partition: u16) -> Result<Option<String>, ElectionError> {
-        let names: Vec<String> = self
-            .candidates(partition)
-            .await?
-            .into_iter()
-            .map(|(name, _)| name)
-            .collect();
-        Ok(preferred_of(
-            partition,
-            &names,
-            self.pinned(partition).await?,
-        ))
-    }
-
     /// `request`, given a TTL at most: a request that hangs must not
     /// leave a candidacy's key unrestated while its lease lives on.
-    async fn within<T>(
+    pub(crate) async fn within<T>(
         &self,
         what: &'static str,
         request: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
@@ -669,72 +476,12 @@ impl Elections {
     }
 }
 
-/// Among live candidates `names` (sorted), the one `partition` prefers:
-/// the `pinned` one while it is live, else the `p mod n`-th.
-fn preferred_of(partition: u16, names: &[String], pinned: Option<String>) -> Option<String> {
-    if let Some(pinned) = pinned.filter(|pinned| names.contains(pinned)) {
-        return Some(pinned);
-    }
-    names
-        .get(usize::from(partition) % names.len().max(1))
-        .cloned()
-}
-
 /// A candidate key's value: `<epoch>/<durable end>` (unreadable: nowhere).
-fn parse_position(value: &[u8]) -> (u64, u64) {
+pub(crate) fn parse_position(value: &[u8]) -> (u64, u64) {
     let text = std::str::from_utf8(value).unwrap_or("");
     let mut parts = text.splitn(2, '/').map(|part| part.parse::<u64>().ok());
     match (parts.next().flatten(), parts.next().flatten()) {
         (Some(epoch), Some(end)) => (epoch, end),
         _ => (0, 0),
-    }
-}
-
-/// Keeps `lease` alive every third of its TTL. Answers come back in the
-/// order of the requests: each one moves `valid_until` to its request's
-/// send time plus four fifths of the TTL. A broken stream is opened again
-/// (an etcd member restarting does not end a term that still holds); etcd
-/// saying the lease expired, or refusing to renew it, marks it lost.
-async fn keep_alive(mut client: Client, lease: i64, ttl: Duration, state: Arc<Mutex<LeaseState>>) {
-    let margin = ttl * 4 / 5;
-    let lose = |state: &Mutex<LeaseState>| {
-        let mut state = state.lock();
-        state.lost = true;
-        state.valid_until = Instant::now();
-    };
-    'streams: loop {
-        let Ok((mut keeper, mut stream)) = client.lease_keep_alive(lease).await else {
-            // Not found (expired) or etcd unreachable: while the term may
-            // still hold, try again; past it, it is lost.
-            if Instant::now() >= state.lock().valid_until {
-                return lose(&state);
-            }
-            tokio::time::sleep(ttl / 10).await;
-            continue;
-        };
-        let mut sent: std::collections::VecDeque<Instant> = std::collections::VecDeque::new();
-        let mut tick = tokio::time::interval(ttl / 3);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {
-                    sent.push_back(Instant::now());
-                    if keeper.keep_alive().await.is_err() {
-                        continue 'streams;
-                    }
-                }
-                answer = stream.message() => match answer {
-                    Ok(Some(response)) => {
-                        let Some(at) = sent.pop_front() else { continue };
-                        if response.ttl() <= 0 {
-                            // Expired: another candidate may lead already.
-                            return lose(&state);
-                        }
-                        let mut state = state.lock();
-                        state.valid_until = state.valid_until.max(at + margin);
-                    }
-                    _ => continue 'streams,
-                },
-            }
-        }
     }
 }

@@ -41,9 +41,15 @@ mod hello;
 #[cfg(feature = "etcd")]
 pub mod host;
 mod leader;
+#[cfg(feature = "etcd")]
+mod lease;
 mod metrics;
+#[cfg(feature = "etcd")]
+mod placement;
 mod replica;
 mod rewind;
+#[cfg(feature = "etcd")]
+mod seat;
 mod shipping;
 #[cfg(feature = "etcd")]
 mod transfer;

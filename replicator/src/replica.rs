@@ -276,26 +276,10 @@ pub fn log_position(log: &Log) -> (u64, u64) {
 /// Asks the leader at `address` for its status (`skald replicas show
 /// ADDR`): the JSON it answers (FORMAT.md, "Replication protocol").
 pub async fn ask_status(address: &str) -> Result<serde_json::Value, ReplicaError> {
-    let failed = |error: WireError| ReplicaError::Leader {
-        leader: address.to_owned(),
-        error,
-    };
-    let mut stream = TcpStream::connect(address)
-        .await
-        .map_err(|e| failed(e.into()))?;
     let ask = Frame::StatusAsk {
         version: PROTOCOL_VERSION,
     };
-    write_frame(&mut stream, &ask).await.map_err(failed)?;
-    let answer = tokio::time::timeout(SILENCE_MAX, read_frame(&mut stream, FRAME_BYTES_MAX))
-        .await
-        .map_err(|_| failed(WireError::Malformed("no answer")))?
-        .map_err(failed)?;
-    match answer {
-        Some(Frame::Status { json }) => serde_json::from_str(&json)
-            .map_err(|_| failed(WireError::Malformed("a status that is not JSON"))),
-        _ => Err(failed(WireError::Malformed("no status"))),
-    }
+    ask_json(address, ask, Some(SILENCE_MAX)).await
 }
 
 /// Asks the host at `address` (its replication port) to move the
@@ -309,6 +293,21 @@ pub async fn ask_transfer(
     partition: u16,
     to: &str,
 ) -> Result<serde_json::Value, ReplicaError> {
+    let ask = Frame::TransferAsk {
+        version: PROTOCOL_VERSION,
+        partition,
+        to: to.to_owned(),
+    };
+    ask_json(address, ask, None).await
+}
+
+/// Sends `ask` to `address` and reads the `Status` frame it answers, as
+/// JSON (waiting `within` at most, when given).
+async fn ask_json(
+    address: &str,
+    ask: Frame,
+    within: Option<std::time::Duration>,
+) -> Result<serde_json::Value, ReplicaError> {
     let failed = |error: WireError| ReplicaError::Leader {
         leader: address.to_owned(),
         error,
@@ -316,15 +315,15 @@ pub async fn ask_transfer(
     let mut stream = TcpStream::connect(address)
         .await
         .map_err(|e| failed(e.into()))?;
-    let ask = Frame::TransferAsk {
-        version: PROTOCOL_VERSION,
-        partition,
-        to: to.to_owned(),
-    };
     write_frame(&mut stream, &ask).await.map_err(failed)?;
-    let answer = read_frame(&mut stream, FRAME_BYTES_MAX)
-        .await
-        .map_err(failed)?;
+    let answer = read_frame(&mut stream, FRAME_BYTES_MAX);
+    let answer = match within {
+        Some(within) => tokio::time::timeout(within, answer)
+            .await
+            .map_err(|_| failed(WireError::Malformed("no answer")))?,
+        None => answer.await,
+    }
+    .map_err(failed)?;
     match answer {
         Some(Frame::Status { json }) => serde_json::from_str(&json)
             .map_err(|_| failed(WireError::Malformed("an answer that is not JSON"))),

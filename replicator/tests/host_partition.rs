@@ -34,37 +34,11 @@ async fn host(root: &std::path::Path, name: &str, etcd: String) -> Host {
     Host::start(builder, listener, options).await.unwrap()
 }
 
-/// The host that leads `partition`, as etcd says, once it is one of
-/// `names` (a minute at most).
-async fn leader_among(elections: &Elections, partition: u16, names: &[&str]) -> String {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(leader) = elections.leader(partition).await.unwrap() {
-            if names.contains(&leader.name.as_str()) {
-                return leader.name;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no leader of {partition} among {names:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// A deduplication key that lands in `partition`.
-fn key_in(partition: usize, n: u64) -> String {
-    (0..)
-        .map(|i| format!("saga-{n}-{i}"))
-        .find(|key| skald_engine::inspect::partition_of_key(key, PARTITIONS) == partition)
-        .unwrap()
-}
-
 /// Starts and finishes `range` on `engine` in `partition`; their ids.
 async fn run(engine: &Engine, partition: usize, range: std::ops::Range<u64>) -> Vec<SagaId> {
     let mut ids = Vec::new();
     for n in range {
-        let options = StartOptions::default().key(key_in(partition, n));
+        let options = StartOptions::default().key(common::key_in(PARTITIONS, partition, n));
         // etcd names a leader a moment before its engine leads.
         let deadline = Instant::now() + Duration::from_secs(30);
         let id = loop {
@@ -84,14 +58,6 @@ async fn run(engine: &Engine, partition: usize, range: std::ops::Range<u64>) -> 
     ids
 }
 
-/// A partition's records (LSN and bytes) in a host's directory.
-fn records(root: &std::path::Path, name: &str, partition: usize) -> Vec<(u64, Vec<u8>)> {
-    let path = skald_engine::inspect::partition_dir(&root.join(name), partition);
-    let log =
-        skald_log::Log::open(&path, skald_log::LogOptions::default().read_only(true)).unwrap();
-    common::records(&log)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_cut_from_etcd_stops_acknowledging_and_follows_the_new_leader_once_healed() {
     let Some(etcd) = etcd::etcd() else { return };
@@ -106,14 +72,17 @@ async fn a_host_cut_from_etcd_stops_acknowledging_and_follows_the_new_leader_onc
         .await
         .unwrap();
     // Partition 0 prefers the first host by name.
-    assert_eq!(leader_among(&elections, 0, &["a", "b", "c"]).await, "a");
+    assert_eq!(
+        common::leader_among(&elections, 0, &["a", "b", "c"]).await,
+        "a"
+    );
     let mut acknowledged = run(a.engine(), 0, 0..20).await;
 
     cut.send_replace(true);
-    let new = leader_among(&elections, 0, &["b", "c"]).await;
+    let new = common::leader_among(&elections, 0, &["b", "c"]).await;
     let new_host = if new == "b" { &b } else { &c };
     // Deposed while cut off: it acknowledges nothing for the partition.
-    let options = StartOptions::default().key(key_in(0, 1_000));
+    let options = StartOptions::default().key(common::key_in(PARTITIONS, 0, 1_000));
     let refused = tokio::time::timeout(
         Duration::from_secs(30),
         a.engine().start_with("one", &1_000u64, options),
@@ -132,8 +101,8 @@ async fn a_host_cut_from_etcd_stops_acknowledging_and_follows_the_new_leader_onc
     // holds every acknowledged saga; their logs agree record for record.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let theirs = records(dir.path(), &new, 0);
-        let ours = records(dir.path(), "a", 0);
+        let theirs = common::host_records(dir.path(), &new, 0);
+        let ours = common::host_records(dir.path(), "a", 0);
         if ours == theirs {
             break;
         }

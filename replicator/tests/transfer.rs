@@ -59,36 +59,10 @@ async fn elections(etcd: &str, prefix: &str) -> Elections {
         .unwrap()
 }
 
-/// The host that leads `partition`, as etcd says, once it is one of
-/// `names` (a minute at most).
-async fn leader_among(elections: &Elections, partition: u16, names: &[&str]) -> String {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(leader) = elections.leader(partition).await.unwrap() {
-            if names.contains(&leader.name.as_str()) {
-                return leader.name;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no leader of {partition} among {names:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// A deduplication key that lands in `partition`.
-fn key_in(partition: usize, n: u64) -> String {
-    (0..)
-        .map(|i| format!("saga-{n}-{i}"))
-        .find(|key| skald_engine::inspect::partition_of_key(key, PARTITIONS) == partition)
-        .unwrap()
-}
-
 /// Starts saga `n` in `partition` on `engine`, waiting while it names no
 /// leader yet; the id once acknowledged.
 async fn start(engine: &Engine, partition: usize, n: u64) -> Result<SagaId, EngineError> {
-    let options = StartOptions::default().key(key_in(partition, n));
+    let options = StartOptions::default().key(common::key_in(PARTITIONS, partition, n));
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         match engine.start_with("one", &n, options.clone()).await {
@@ -102,21 +76,13 @@ async fn start(engine: &Engine, partition: usize, n: u64) -> Result<SagaId, Engi
     }
 }
 
-/// A partition's records (LSN and bytes) in a host's directory.
-fn records(root: &std::path::Path, name: &str, partition: usize) -> Vec<(u64, Vec<u8>)> {
-    let path = skald_engine::inspect::partition_dir(&root.join(name), partition);
-    let log =
-        skald_log::Log::open(&path, skald_log::LogOptions::default().read_only(true)).unwrap();
-    common::records(&log)
-}
-
 /// Waits until `name`'s log of `partition` equals `leader`'s.
 async fn agree(root: &std::path::Path, name: &str, leader: &str, partition: usize) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let (ours, theirs) = (
-            records(root, name, partition),
-            records(root, leader, partition),
+            common::host_records(root, name, partition),
+            common::host_records(root, leader, partition),
         );
         if ours == theirs {
             return;
@@ -158,7 +124,10 @@ async fn an_operator_moves_a_partition_under_load_and_nothing_acknowledged_is_lo
     let (c, _) = host(dir.path(), "c", &etcd.endpoint, prefix, no_rebalance).await;
     let elections = elections(&etcd.endpoint, prefix).await;
     // Partition 0 prefers the first host by name.
-    assert_eq!(leader_among(&elections, 0, &["a", "b", "c"]).await, "a");
+    assert_eq!(
+        common::leader_among(&elections, 0, &["a", "b", "c"]).await,
+        "a"
+    );
     // etcd names a leader a moment before its engine leads.
     let deadline = Instant::now() + Duration::from_secs(30);
     while !a.engine().leads(0) {
@@ -214,7 +183,7 @@ async fn an_operator_moves_a_partition_under_load_and_nothing_acknowledged_is_lo
         .await
         .unwrap();
     assert_eq!(answer["transferred"]["name"], "c", "{answer}");
-    assert_eq!(leader_among(&elections, 0, &["c"]).await, "c");
+    assert_eq!(common::leader_among(&elections, 0, &["c"]).await, "c");
     assert_eq!(elections.pinned(0).await.unwrap().as_deref(), Some("c"));
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, Ordering::Relaxed);
@@ -246,7 +215,7 @@ async fn a_host_that_comes_back_gets_its_share_of_the_partitions_back() {
     let (c, _) = host(dir.path(), "c", &etcd.endpoint, prefix, soon).await;
     let elections = elections(&etcd.endpoint, prefix).await;
     // Partition p prefers the (p mod 3)-th host by name: c leads 2.
-    assert_eq!(leader_among(&elections, 2, &["c"]).await, "c");
+    assert_eq!(common::leader_among(&elections, 2, &["c"]).await, "c");
     let before: Vec<SagaId> = {
         let mut ids = Vec::new();
         for n in 0..10 {
@@ -255,7 +224,7 @@ async fn a_host_that_comes_back_gets_its_share_of_the_partitions_back() {
         ids
     };
     c.stop().await.unwrap();
-    let stand_in = leader_among(&elections, 2, &["a", "b"]).await;
+    let stand_in = common::leader_among(&elections, 2, &["a", "b"]).await;
     // Back: it catches up, and partition 2 comes back to it by itself.
     let (c, _) = host(dir.path(), "c", &etcd.endpoint, prefix, soon).await;
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -303,7 +272,10 @@ async fn a_leader_cut_off_from_its_replicas_resigns_and_the_others_go_on() {
     let (b, _) = host(dir.path(), "b", &etcd.endpoint, prefix, no_rebalance).await;
     let (c, _) = host(dir.path(), "c", &etcd.endpoint, prefix, no_rebalance).await;
     let elections = elections(&etcd.endpoint, prefix).await;
-    assert_eq!(leader_among(&elections, 0, &["a", "b", "c"]).await, "a");
+    assert_eq!(
+        common::leader_among(&elections, 0, &["a", "b", "c"]).await,
+        "a"
+    );
     let mut acknowledged = Vec::new();
     for n in 0..20 {
         acknowledged.push(start(a.engine(), 0, n).await.unwrap());
@@ -312,7 +284,7 @@ async fn a_leader_cut_off_from_its_replicas_resigns_and_the_others_go_on() {
     cut.send_replace(true);
     // Cut off from its replicas: nothing more is acknowledged; once they
     // have stalled it resigns (the caller is told), and b or c leads.
-    let options = StartOptions::default().key(key_in(0, 1_000));
+    let options = StartOptions::default().key(common::key_in(PARTITIONS, 0, 1_000));
     let refused = tokio::time::timeout(
         Duration::from_secs(30),
         a.engine().start_with("one", &1_000u64, options),
@@ -320,7 +292,7 @@ async fn a_leader_cut_off_from_its_replicas_resigns_and_the_others_go_on() {
     .await
     .expect("the isolated leader answers");
     assert!(refused.is_err(), "acknowledged while isolated: {refused:?}");
-    let new = leader_among(&elections, 0, &["b", "c"]).await;
+    let new = common::leader_among(&elections, 0, &["b", "c"]).await;
     let new_host = if new == "b" { &b } else { &c };
     for n in 20..40 {
         acknowledged.push(start(new_host.engine(), 0, n).await.unwrap());

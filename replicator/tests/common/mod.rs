@@ -88,3 +88,43 @@ pub fn records(log: &skald_log::Log) -> Vec<(u64, Vec<u8>)> {
     }
     all
 }
+
+/// The host that leads `partition`, as etcd says, once it is one of
+/// `names` (a minute at most).
+#[cfg(feature = "etcd")]
+pub async fn leader_among(
+    elections: &skald_replicator::election::Elections,
+    partition: u16,
+    names: &[&str],
+) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(leader) = elections.leader(partition).await.unwrap() {
+            if names.contains(&leader.name.as_str()) {
+                return leader.name;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no leader of {partition} among {names:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A deduplication key that lands in `partition` of `partitions`.
+pub fn key_in(partitions: usize, partition: usize, n: u64) -> String {
+    (0..)
+        .map(|i| format!("saga-{n}-{i}"))
+        .find(|key| skald_engine::inspect::partition_of_key(key, partitions) == partition)
+        .unwrap()
+}
+
+/// A partition's records (LSN and bytes) in host `name`'s directory
+/// under `root`.
+pub fn host_records(root: &std::path::Path, name: &str, partition: usize) -> Vec<(u64, Vec<u8>)> {
+    let path = skald_engine::inspect::partition_dir(&root.join(name), partition);
+    let log =
+        skald_log::Log::open(&path, skald_log::LogOptions::default().read_only(true)).unwrap();
+    records(&log)
+}
